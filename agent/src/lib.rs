@@ -1,0 +1,1 @@
+//! The fleetlet agent library.

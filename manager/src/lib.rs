@@ -1,0 +1,1 @@
+//! The fleetlet manager library.

@@ -1,0 +1,228 @@
+//! Bodies of the manager's REST API that are not manifests or statuses: errors, registration,
+//! fleet rows, summaries, history, events and pages.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::Violation;
+use crate::ids::{AgentId, ResourceId};
+use crate::manifest::Resource;
+use crate::status::{AgentStatus, Phase};
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// The closed set of error kinds, each with one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidManifest,
+    TooManyRequests,
+    StoreUnavailable,
+}
+
+impl ErrorKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::InvalidManifest => 422,
+            ErrorKind::TooManyRequests => 429,
+            ErrorKind::StoreUnavailable => 503,
+        }
+    }
+}
+
+/// `POST /api/v1/agents` and `POST /api/v1/enroll`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterAgent {
+    pub agent_id: AgentId,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The answer to a registration or a token rotation: the token is shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentToken {
+    pub agent_id: AgentId,
+    pub token: String,
+}
+
+/// The answer to a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReportAck {
+    pub accepted: bool,
+}
+
+/// The fleet-level state of one agent, derived by the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetState {
+    /// Observed the current generation and every resource is Ready.
+    Converged,
+    /// Working toward the current generation; nothing has failed.
+    Progressing,
+    /// At least one resource Failed or Unsupported, or the manifest was rejected.
+    Degraded,
+    /// No report for three report intervals.
+    Stale,
+    /// Never reported.
+    Unknown,
+}
+
+impl FleetState {
+    pub const ALL: [FleetState; 5] = [
+        FleetState::Converged,
+        FleetState::Progressing,
+        FleetState::Degraded,
+        FleetState::Stale,
+        FleetState::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Converged => "converged",
+            FleetState::Progressing => "progressing",
+            FleetState::Degraded => "degraded",
+            FleetState::Stale => "stale",
+            FleetState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FleetState> {
+        FleetState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Number of resources in each phase; phases with none are left out.
+pub type PhaseCounts = BTreeMap<Phase, u32>;
+
+/// One row of the fleet list, and the summary that goes with an agent's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSummary {
+    pub agent_id: AgentId,
+    pub labels: BTreeMap<String, String>,
+    pub state: FleetState,
+    /// The manager's current generation for the agent (0: no manifest yet).
+    pub desired_generation: u64,
+    pub observed_generation: Option<u64>,
+    pub converged: bool,
+    pub counts: PhaseCounts,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// `GET /api/v1/agents/{agentId}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub status: Option<AgentStatus>,
+    pub summary: AgentSummary,
+}
+
+/// One generation of an agent's manifest history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestRevision {
+    pub generation: u64,
+    pub content_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub resources: Vec<Resource>,
+}
+
+/// Types of the events in an agent's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum EventType {
+    AgentRegistered,
+    AgentDecommissioned,
+    TokenRotated,
+    ManifestUpdated,
+    StatusReported,
+    ResourcePhaseChanged,
+    ResourceRepaired,
+    AgentStale,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::AgentRegistered,
+        EventType::AgentDecommissioned,
+        EventType::TokenRotated,
+        EventType::ManifestUpdated,
+        EventType::StatusReported,
+        EventType::ResourcePhaseChanged,
+        EventType::ResourceRepaired,
+        EventType::AgentStale,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::AgentRegistered => "AgentRegistered",
+            EventType::AgentDecommissioned => "AgentDecommissioned",
+            EventType::TokenRotated => "TokenRotated",
+            EventType::ManifestUpdated => "ManifestUpdated",
+            EventType::StatusReported => "StatusReported",
+            EventType::ResourcePhaseChanged => "ResourcePhaseChanged",
+            EventType::ResourceRepaired => "ResourceRepaired",
+            EventType::AgentStale => "AgentStale",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// One entry of an agent's append-only event log on the manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<ResourceId>,
+    pub payload: serde_json::Value,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A page of a list; `next_cursor` is opaque and `None` on the last page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,391 @@
+//! Validated newtypes for the names and values that cross the wire.
+//!
+//! Each type checks its rule once, in `TryFrom<&str>`, and deserializes through it, so a value of
+//! one of these types is valid by construction wherever it appears.
+
+use std::borrow::Borrow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string was refused as one of the newtypes of this module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidValue {
+    InvalidValue(message.into())
+}
+
+/// Checks the identifier rule shared by agent ids and resource ids:
+/// 1 to 63 characters of `[a-z0-9-_.]`, starting with a letter or a digit.
+fn check_identifier(value: &str) -> Result<(), InvalidValue> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(invalid("must be 1 to 63 characters long"));
+    }
+    let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+    if !value.chars().all(valid_char) {
+        return Err(invalid("may only contain a-z, 0-9, '-', '_' and '.'"));
+    }
+    let first = value.as_bytes()[0];
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(invalid("must start with a letter or a digit"));
+    }
+    Ok(())
+}
+
+/// Defines a string newtype whose rule is the function `$check`.
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident, $check:path) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: &str) -> Result<Self, Self::Error> {
+                $check(value)?;
+                Ok(Self(value.to_owned()))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                $check(&value)?;
+                Ok(Self(value))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string"})
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The identity of a device: 1–63 characters of `[a-z0-9-_.]`, starting with a letter or digit.
+    AgentId,
+    check_identifier
+);
+
+string_newtype!(
+    /// The identity of a resource inside one manifest, with the same rule as [`AgentId`].
+    ResourceId,
+    check_identifier
+);
+
+fn check_abs_path(value: &str) -> Result<(), InvalidValue> {
+    if !value.starts_with('/') {
+        return Err(invalid("must be absolute"));
+    }
+    if value.len() > 4096 {
+        return Err(invalid("must be at most 4096 bytes"));
+    }
+    if value.contains('\0') {
+        return Err(invalid("must not contain a NUL byte"));
+    }
+    if value.len() > 1 && value.ends_with('/') {
+        return Err(invalid("must not end with '/'"));
+    }
+    if value.contains("//") {
+        return Err(invalid("must not contain '//'"));
+    }
+    if value.split('/').any(|part| part == ".." || part == ".") {
+        return Err(invalid("must be normalised (no '.' or '..' components)"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// An absolute, normalised path: no `..` or `.` components, no `//`, no trailing `/`.
+    AbsPath,
+    check_abs_path
+);
+
+impl AbsPath {
+    pub fn as_path(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+/// The unit types a SystemdUnit resource may declare.
+pub const UNIT_SUFFIXES: [&str; 6] = [
+    ".service", ".timer", ".socket", ".path", ".mount", ".target",
+];
+
+fn check_unit_name(value: &str) -> Result<(), InvalidValue> {
+    let Some(suffix) = UNIT_SUFFIXES.iter().find(|s| value.ends_with(*s)) else {
+        return Err(invalid(
+            "must end in .service, .timer, .socket, .path, .mount or .target",
+        ));
+    };
+    let stem = &value[..value.len() - suffix.len()];
+    if stem.is_empty() || value.len() > 255 {
+        return Err(invalid(
+            "must have a name of 1 to 255 characters before its suffix",
+        ));
+    }
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c);
+    if !stem.chars().all(valid_char) {
+        return Err(invalid("may only contain letters, digits and ':-_.\\@'"));
+    }
+    if stem.starts_with('.') || stem.starts_with('-') {
+        return Err(invalid("must not start with '.' or '-'"));
+    }
+    if stem.matches('@').count() > 1 {
+        return Err(invalid("may contain at most one '@'"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A systemd unit name with one of the supported suffixes, e.g. `kiosk.service`.
+    UnitName,
+    check_unit_name
+);
+
+impl UnitName {
+    /// The suffix without its dot, e.g. `service`.
+    pub fn unit_type(&self) -> &str {
+        self.0.rsplit('.').next().unwrap_or_default()
+    }
+}
+
+fn check_image_ref(value: &str) -> Result<(), InvalidValue> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(invalid("must be 1 to 255 characters long"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain whitespace"));
+    }
+    if value.starts_with('-') {
+        return Err(invalid("must not start with '-'"));
+    }
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || "/:.-_@+".contains(c);
+    if !value.chars().all(valid_char) {
+        return Err(invalid("may only contain letters, digits and '/:.-_@+'"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A container image reference such as `localhost/busybox:test`.
+    ImageRef,
+    check_image_ref
+);
+
+fn check_session_id(value: &str) -> Result<(), InvalidValue> {
+    if value.is_empty() || value.len() > 128 {
+        return Err(invalid("must be 1 to 128 characters long"));
+    }
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if !value.chars().all(valid_char) || value.starts_with('.') {
+        return Err(invalid(
+            "may only contain letters, digits, '-', '_' and '.', and must not start with '.'",
+        ));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// The id of a storage session: 1–128 characters of `[A-Za-z0-9-_.]`, not starting with `.`.
+    SessionId,
+    check_session_id
+);
+
+fn check_account_name(value: &str) -> Result<(), InvalidValue> {
+    if value.is_empty() || value.len() > 32 {
+        return Err(invalid("must be 1 to 32 characters long"));
+    }
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if !value.chars().all(valid_char) || value.starts_with('-') {
+        return Err(invalid("must be a user or group name or a numeric id"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A user or group: a name such as `www-data` or a numeric id such as `1000`.
+    AccountName,
+    check_account_name
+);
+
+/// A permission mode, written on the wire as an octal string such as `"0644"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileMode(u32);
+
+impl FileMode {
+    pub const fn new(bits: u32) -> Option<Self> {
+        if bits <= 0o7777 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for FileMode {
+    fn default() -> Self {
+        Self(0o644)
+    }
+}
+
+impl TryFrom<&str> for FileMode {
+    type Error = InvalidValue;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        let bad = || invalid("must be an octal string such as \"0644\" (at most 07777)");
+        if value.is_empty() || value.len() > 5 || !value.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        {
+            return Err(bad());
+        }
+        let bits = u32::from_str_radix(value, 8).map_err(|_| bad())?;
+        Self::new(bits).ok_or_else(bad)
+    }
+}
+
+impl TryFrom<String> for FileMode {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::try_from(value.as_str())
+    }
+}
+
+impl From<FileMode> for String {
+    fn from(value: FileMode) -> String {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl schemars::JsonSchema for FileMode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FileMode".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-7]{1,5}$"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_follow_the_documented_rule() {
+        assert!(ResourceId::try_from("motd").is_ok());
+        assert!(ResourceId::try_from("0web_1.a-b").is_ok());
+        assert!(ResourceId::try_from("").is_err());
+        assert!(ResourceId::try_from("-web").is_err());
+        assert!(ResourceId::try_from("Web").is_err());
+        assert!(ResourceId::try_from("a/b").is_err());
+        assert!(ResourceId::try_from("a".repeat(64).as_str()).is_err());
+        assert!(AgentId::try_from("a".repeat(63).as_str()).is_ok());
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_normalised() {
+        assert!(AbsPath::try_from("/etc/motd").is_ok());
+        assert!(AbsPath::try_from("/").is_ok());
+        for bad in [
+            "etc/motd",
+            "/etc/../motd",
+            "/etc//motd",
+            "/etc/",
+            "/./etc",
+            "/a\0b",
+            "",
+        ] {
+            assert!(AbsPath::try_from(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn unit_names_need_a_known_suffix_and_safe_characters() {
+        assert!(UnitName::try_from("kiosk.service").is_ok());
+        assert!(UnitName::try_from("getty@tty1.service").is_ok());
+        assert_eq!(
+            UnitName::try_from("backup.timer").map(|u| u.unit_type().to_owned()),
+            Ok("timer".into())
+        );
+        for bad in [
+            "kiosk",
+            "kiosk.scope",
+            ".service",
+            "a b.service",
+            "../x.service",
+            "-x.service",
+            "a@b@c.service",
+        ] {
+            assert!(UnitName::try_from(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn modes_are_octal_strings() {
+        assert_eq!(FileMode::try_from("0644").map(FileMode::bits), Ok(0o644));
+        assert_eq!(FileMode::try_from("755").map(FileMode::bits), Ok(0o755));
+        assert_eq!(
+            FileMode::try_from("4755").map(|m| m.to_string()),
+            Ok("4755".into())
+        );
+        for bad in ["", "0999", "rw-r--r--", "17777", "0x1ff"] {
+            assert!(FileMode::try_from(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn image_refs_refuse_whitespace_and_options() {
+        assert!(ImageRef::try_from("localhost/busybox:test").is_ok());
+        assert!(ImageRef::try_from("registry.example/app@sha256:abcd").is_ok());
+        for bad in ["", "a b", "--privileged", "img;rm"] {
+            assert!(ImageRef::try_from(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

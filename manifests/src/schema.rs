@@ -1,0 +1,88 @@
+//! JSON Schema of the wire types, served by the manager at `/api/v1/schema/{manifest,status}`.
+
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+use crate::manifest::{
+    ContainerSpec, FileSpec, Kind, MAX_RESOURCES, SessionStorageSpec, SystemdUnitSpec,
+};
+use crate::status::AgentStatus;
+
+/// The schema of an `AgentManifest`. Resources of known kinds have a typed spec; any other kind
+/// is allowed with an object spec, since unknown kinds are kept and reported `Unsupported`.
+pub fn manifest_schema() -> Schema {
+    let mut generator = SchemaGenerator::default();
+    let mut typed = Vec::new();
+    for kind in Kind::ALL {
+        let spec = match kind {
+            Kind::File => generator.subschema_for::<FileSpec>(),
+            Kind::SessionStorage => generator.subschema_for::<SessionStorageSpec>(),
+            Kind::Container => generator.subschema_for::<ContainerSpec>(),
+            Kind::SystemdUnit => generator.subschema_for::<SystemdUnitSpec>(),
+        };
+        typed.push(json_schema!({
+            "type": "object",
+            "required": ["id", "kind", "spec"],
+            "additionalProperties": false,
+            "properties": {
+                "id": {"$ref": "#/$defs/ResourceId"},
+                "kind": {"const": kind.as_str()},
+                "spec": spec,
+            }
+        }));
+    }
+    let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    typed.push(json_schema!({
+        "type": "object",
+        "required": ["id", "kind", "spec"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"$ref": "#/$defs/ResourceId"},
+            "kind": {"type": "string", "pattern": "^[A-Za-z0-9]{1,63}$", "not": {"enum": known}},
+            "spec": {"type": "object"},
+        }
+    }));
+    let mut defs = generator.take_definitions(true);
+    defs.insert(
+        "ResourceId".into(),
+        serde_json::json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}),
+    );
+    json_schema!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "AgentManifest",
+        "type": "object",
+        "required": ["apiVersion", "kind", "agentId"],
+        "additionalProperties": false,
+        "properties": {
+            "apiVersion": {"const": crate::API_VERSION},
+            "kind": {"const": crate::manifest::MANIFEST_KIND},
+            "agentId": {"$ref": "#/$defs/ResourceId"},
+            "generation": {"type": "integer", "minimum": 1},
+            "resources": {"type": "array", "maxItems": MAX_RESOURCES, "items": {"oneOf": typed}},
+        },
+        "$defs": defs,
+    })
+}
+
+/// The schema of an `AgentStatus`.
+pub fn status_schema() -> Schema {
+    schemars::schema_for!(AgentStatus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_name_every_kind_and_status_field() {
+        let manifest = serde_json::to_string(&manifest_schema()).expect("serializes");
+        for kind in Kind::ALL {
+            assert!(
+                manifest.contains(&format!("\"const\":\"{}\"", kind.as_str())),
+                "{kind} missing"
+            );
+        }
+        assert!(manifest.contains("sizeLimitBytes") && manifest.contains("restartPolicy"));
+        let status = serde_json::to_string(&status_schema()).expect("serializes");
+        assert!(status.contains("observedGeneration") && status.contains("reportSeq"));
+    }
+}

@@ -1,0 +1,587 @@
+//! Manifest validation that reports every violation with its JSON path.
+//!
+//! serde stops at the first error, but an operator fixing a manifest wants the whole list at once.
+//! So the manifest is read field by field from a `serde_json::Value`: each field is deserialized
+//! on its own (through the validated newtypes, which hold the rules), every failure is recorded
+//! with its path, and the reading goes on. Fields nobody asked for are violations too, so a typo
+//! is never silently dropped.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::ids::{AgentId, ResourceId};
+use crate::manifest::{
+    AgentManifest, ContainerSpec, FileSpec, Kind, MANIFEST_KIND, MAX_FILE_CONTENT_BYTES,
+    MAX_MANIFEST_CONTENT_BYTES, MAX_RESOURCES, Resource, ResourceSpec, SessionStorageSpec,
+    SystemdUnitSpec,
+};
+use crate::{API_VERSION, Violation};
+
+/// Longest unit file text accepted.
+const MAX_UNIT_TEXT_BYTES: usize = 64 * 1024;
+
+/// Collects violations as a manifest is read.
+#[derive(Debug, Default)]
+struct Report {
+    violations: Vec<Violation>,
+}
+
+impl Report {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.violations.push(Violation {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads the fields of one JSON object, recording a violation for each bad or unknown field.
+struct Fields<'r> {
+    path: String,
+    map: Map<String, Value>,
+    report: &'r mut Report,
+}
+
+impl<'r> Fields<'r> {
+    /// Starts reading `value` as an object at `path`; `None` (with a violation) if it is not one.
+    fn of(value: Value, path: &str, report: &'r mut Report) -> Option<Self> {
+        match value {
+            Value::Object(map) => Some(Self {
+                path: path.to_owned(),
+                map,
+                report,
+            }),
+            other => {
+                report.add(
+                    path,
+                    format!("must be an object, found {}", json_type(&other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn child(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{}", self.path, name)
+        }
+    }
+
+    /// A field that must be present and valid.
+    fn required<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
+        let path = self.child(name);
+        match self.map.remove(name) {
+            None | Some(Value::Null) => {
+                self.report.add(path, "is required");
+                None
+            }
+            Some(value) => self.parse(&path, value),
+        }
+    }
+
+    /// A field that may be absent or null; present, it must be valid.
+    fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Option<Option<T>> {
+        let path = self.child(name);
+        match self.map.remove(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => self.parse(&path, value).map(Some),
+        }
+    }
+
+    /// A field with a default value when absent or null.
+    fn defaulted<T: DeserializeOwned + Default>(&mut self, name: &str) -> Option<T> {
+        self.optional(name).map(Option::unwrap_or_default)
+    }
+
+    fn parse<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                let inner = err.path().to_string();
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_owned()
+                } else if inner.starts_with('[') {
+                    format!("{path}{inner}")
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.report
+                    .add(full, clean_serde_message(&err.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    /// Ends the reading: every field left over is unknown.
+    fn finish(self) {
+        for name in self.map.keys() {
+            let path = if self.path.is_empty() {
+                name.clone()
+            } else {
+                format!("{}.{}", self.path, name)
+            };
+            self.report.add(path, "unknown field");
+        }
+    }
+}
+
+/// serde's messages end with " at line 1 column 5" for some inputs; paths already say where.
+fn clean_serde_message(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validates a whole manifest.
+pub(crate) fn manifest(value: Value) -> Result<AgentManifest, Vec<Violation>> {
+    let mut report = Report::default();
+    let parsed = read_manifest(value, &mut report);
+    match parsed {
+        Some(manifest) if report.violations.is_empty() => Ok(manifest),
+        _ => {
+            if report.violations.is_empty() {
+                report.add("", "invalid manifest");
+            }
+            Err(report.violations)
+        }
+    }
+}
+
+/// Validates one resource on its own (the rules that need the whole manifest are not checked).
+pub(crate) fn resource(value: Value) -> Result<Resource, Vec<Violation>> {
+    let mut report = Report::default();
+    match read_resource(value, "", &mut report) {
+        Some(resource) if report.violations.is_empty() => Ok(resource),
+        _ => Err(report.violations),
+    }
+}
+
+fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
+    let mut fields = Fields::of(value, "", report)?;
+    let api_version: Option<String> = fields.required("apiVersion");
+    let kind: Option<String> = fields.required("kind");
+    let agent_id: Option<AgentId> = fields.required("agentId");
+    let generation: Option<Option<u64>> = fields.optional("generation");
+    let raw_resources: Option<Vec<Value>> = fields.defaulted("resources");
+    fields.finish();
+
+    if let Some(v) = &api_version
+        && v != API_VERSION
+    {
+        report.add("apiVersion", format!("must be \"{API_VERSION}\""));
+    }
+    if let Some(k) = &kind
+        && k != MANIFEST_KIND
+    {
+        report.add("kind", format!("must be \"{MANIFEST_KIND}\""));
+    }
+    let raw_resources = raw_resources.unwrap_or_default();
+    if raw_resources.len() > MAX_RESOURCES {
+        report.add(
+            "resources",
+            format!("must hold at most {MAX_RESOURCES} resources"),
+        );
+    }
+
+    let mut resources = Vec::with_capacity(raw_resources.len());
+    for (index, raw) in raw_resources.into_iter().enumerate() {
+        if let Some(resource) = read_resource(raw, &format!("resources[{index}]"), report) {
+            resources.push(resource);
+        } else {
+            // Keep positions aligned for the cross-resource checks below.
+            resources.push(Resource {
+                id: ResourceId::try_from("invalid").ok()?,
+                spec: ResourceSpec::Unknown {
+                    kind: String::new(),
+                    spec: Value::Null,
+                },
+            });
+        }
+    }
+    check_across_resources(&resources, report);
+
+    Some(AgentManifest {
+        api_version: api_version?,
+        kind: kind?,
+        agent_id: agent_id?,
+        generation: generation?,
+        resources,
+    })
+}
+
+fn read_resource(value: Value, path: &str, report: &mut Report) -> Option<Resource> {
+    let mut fields = Fields::of(value, path, report)?;
+    let id: Option<ResourceId> = fields.required("id");
+    let kind: Option<String> = fields.required("kind");
+    let spec_value: Option<Value> = fields.required("spec");
+    fields.finish();
+    let (kind, spec_value) = (kind?, spec_value?);
+    let spec_path = format!("{path}.spec");
+    let spec = match Kind::parse(&kind) {
+        Some(Kind::File) => ResourceSpec::File(read_file_spec(spec_value, &spec_path, report)?),
+        Some(Kind::SessionStorage) => {
+            ResourceSpec::SessionStorage(read_session_storage_spec(spec_value, &spec_path, report)?)
+        }
+        Some(Kind::Container) => {
+            ResourceSpec::Container(read_container_spec(spec_value, &spec_path, report)?)
+        }
+        Some(Kind::SystemdUnit) => {
+            ResourceSpec::SystemdUnit(read_unit_spec(spec_value, &spec_path, report)?)
+        }
+        None => {
+            // Kept verbatim and reported Unsupported by the agent: version skew must be visible.
+            if kind.is_empty()
+                || kind.len() > 63
+                || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                report.add(
+                    format!("{path}.kind"),
+                    "must be 1 to 63 ASCII letters or digits",
+                );
+                return None;
+            }
+            ResourceSpec::Unknown {
+                kind,
+                spec: spec_value,
+            }
+        }
+    };
+    Some(Resource { id: id?, spec })
+}
+
+fn read_file_spec(value: Value, path: &str, report: &mut Report) -> Option<FileSpec> {
+    let mut fields = Fields::of(value, path, report)?;
+    // Every field is read before any `?`, so that all of their violations are reported.
+    let file_path = fields.required("path");
+    let content = fields.required("content");
+    let mode = fields.defaulted("mode");
+    let owner = fields.optional("owner");
+    let group = fields.optional("group");
+    fields.finish();
+    Some(FileSpec {
+        path: file_path?,
+        content: content?,
+        mode: mode?,
+        owner: owner?,
+        group: group?,
+    })
+}
+
+fn read_session_storage_spec(
+    value: Value,
+    path: &str,
+    report: &mut Report,
+) -> Option<SessionStorageSpec> {
+    let mut fields = Fields::of(value, path, report)?;
+    let session_id = fields.required("sessionId");
+    let size_limit_bytes: Option<u64> = fields.required("sizeLimitBytes");
+    let expires_at: Option<Option<String>> = fields.optional("expiresAt");
+    fields.finish();
+    if size_limit_bytes == Some(0) {
+        report.add(format!("{path}.sizeLimitBytes"), "must be greater than 0");
+    }
+    let expires_at = match expires_at? {
+        None => None,
+        Some(text) => {
+            match time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            {
+                Ok(at) => Some(at),
+                Err(_) => {
+                    report.add(format!("{path}.expiresAt"), "must be an RFC 3339 timestamp");
+                    return None;
+                }
+            }
+        }
+    };
+    Some(SessionStorageSpec {
+        session_id: session_id?,
+        size_limit_bytes: size_limit_bytes?,
+        expires_at,
+    })
+}
+
+fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<ContainerSpec> {
+    let mut fields = Fields::of(value, path, report)?;
+    let image = fields.required("image");
+    let command = fields.defaulted("command");
+    let args = fields.defaulted("args");
+    let env: Option<BTreeMap<String, String>> = fields.defaulted("env");
+    let working_dir = fields.optional("workingDir");
+    let user: Option<Option<String>> = fields.optional("user");
+    let ports = fields.defaulted("ports");
+    let volumes = fields.defaulted("volumes");
+    let restart_policy = fields.defaulted("restartPolicy");
+    let pull_policy = fields.defaulted("pullPolicy");
+    let memory_limit_bytes: Option<Option<u64>> = fields.optional("memoryLimitBytes");
+    let cpu_millis: Option<Option<u32>> = fields.optional("cpuMillis");
+    fields.finish();
+
+    if let Some(env) = &env {
+        for name in env.keys() {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                report.add(
+                    format!("{path}.env.{name}"),
+                    "must be a name of letters, digits and '_'",
+                );
+            }
+        }
+    }
+    if let Some(Some(user)) = &user {
+        let valid = !user.is_empty()
+            && user.len() <= 65
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !valid {
+            report.add(
+                format!("{path}.user"),
+                "must be a user name or uid, optionally with ':group'",
+            );
+        }
+    }
+    if let Some(Some(memory)) = memory_limit_bytes
+        && memory < 4 * 1024 * 1024
+    {
+        report.add(
+            format!("{path}.memoryLimitBytes"),
+            "must be at least 4194304 (4 MiB)",
+        );
+    }
+    if let Some(Some(0)) = cpu_millis {
+        report.add(format!("{path}.cpuMillis"), "must be greater than 0");
+    }
+    Some(ContainerSpec {
+        image: image?,
+        command: command?,
+        args: args?,
+        env: env?,
+        working_dir: working_dir?,
+        user: user?,
+        ports: ports?,
+        volumes: volumes?,
+        restart_policy: restart_policy?,
+        pull_policy: pull_policy?,
+        memory_limit_bytes: memory_limit_bytes?,
+        cpu_millis: cpu_millis?,
+    })
+}
+
+fn read_unit_spec(value: Value, path: &str, report: &mut Report) -> Option<SystemdUnitSpec> {
+    let mut fields = Fields::of(value, path, report)?;
+    let name = fields.required("name");
+    let unit: Option<String> = fields.required("unit");
+    let enabled = fields.optional("enabled");
+    let state = fields.defaulted("state");
+    fields.finish();
+    if let Some(text) = &unit {
+        if text.len() > MAX_UNIT_TEXT_BYTES {
+            report.add(
+                format!("{path}.unit"),
+                format!("must be at most {MAX_UNIT_TEXT_BYTES} bytes"),
+            );
+        }
+        if text.contains('\0') {
+            report.add(format!("{path}.unit"), "must not contain a NUL byte");
+        }
+    }
+    Some(SystemdUnitSpec {
+        name: name?,
+        unit: unit?,
+        enabled: enabled?.unwrap_or(true),
+        state: state?,
+    })
+}
+
+/// Rules that need the whole manifest: unique ids, content caps, volume references.
+fn check_across_resources(resources: &[Resource], report: &mut Report) {
+    let mut seen_ids = HashSet::new();
+    let mut seen_paths = HashSet::new();
+    let mut seen_units = HashSet::new();
+    let mut total_content = 0usize;
+    let storages: HashSet<&str> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, ResourceSpec::SessionStorage(_)))
+        .map(|r| r.id.as_str())
+        .collect();
+
+    for (index, resource) in resources.iter().enumerate() {
+        let path = format!("resources[{index}]");
+        if matches!(&resource.spec, ResourceSpec::Unknown { kind, .. } if kind.is_empty()) {
+            continue; // Already reported while reading it.
+        }
+        if !seen_ids.insert(resource.id.as_str()) {
+            report.add(
+                format!("{path}.id"),
+                format!("duplicate id \"{}\"", resource.id),
+            );
+        }
+        match &resource.spec {
+            ResourceSpec::File(file) => {
+                if !seen_paths.insert(file.path.as_str()) {
+                    report.add(
+                        format!("{path}.spec.path"),
+                        "another File resource writes the same path",
+                    );
+                }
+                match file.content.bytes() {
+                    Ok(bytes) if bytes.len() > MAX_FILE_CONTENT_BYTES => report.add(
+                        format!("{path}.spec.content"),
+                        format!("must be at most {MAX_FILE_CONTENT_BYTES} bytes"),
+                    ),
+                    Ok(bytes) => total_content += bytes.len(),
+                    Err(_) => report.add(
+                        format!("{path}.spec.content.base64"),
+                        "must be valid base64",
+                    ),
+                }
+            }
+            ResourceSpec::SystemdUnit(unit) => {
+                if !seen_units.insert(unit.name.as_str()) {
+                    report.add(
+                        format!("{path}.spec.name"),
+                        "another SystemdUnit resource has the same name",
+                    );
+                }
+            }
+            ResourceSpec::Container(container) => {
+                for (v, volume) in container.volumes.iter().enumerate() {
+                    if !storages.contains(volume.session_storage.as_str()) {
+                        report.add(
+                            format!("{path}.spec.volumes[{v}].sessionStorage"),
+                            format!(
+                                "names no SessionStorage resource \"{}\" of this manifest",
+                                volume.session_storage
+                            ),
+                        );
+                    }
+                }
+            }
+            ResourceSpec::SessionStorage(_) | ResourceSpec::Unknown { .. } => {}
+        }
+    }
+    if total_content > MAX_MANIFEST_CONTENT_BYTES {
+        report.add(
+            "resources",
+            format!("inline content must total at most {MAX_MANIFEST_CONTENT_BYTES} bytes"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn paths(value: Value) -> Vec<String> {
+        match AgentManifest::from_value(value) {
+            Ok(_) => vec![],
+            Err(violations) => violations.into_iter().map(|v| v.path).collect(),
+        }
+    }
+
+    fn manifest_with(resources: Value) -> Value {
+        json!({"apiVersion": API_VERSION, "kind": MANIFEST_KIND, "agentId": "pi-1", "resources": resources})
+    }
+
+    #[test]
+    fn every_violation_is_listed_with_its_path() {
+        let found = paths(manifest_with(json!([
+            {"id": "motd", "kind": "File", "spec": {"path": "etc/motd", "content": {"text": "x"}, "mode": "999"}},
+            {"id": "Bad Id", "kind": "SystemdUnit", "spec": {"name": "kiosk", "unit": "[Unit]\n"}},
+            {"id": "web", "kind": "Container", "spec": {"image": "img", "restartPolicy": "Sometimes",
+                "volumes": [{"sessionStorage": "nope", "mountPath": "/data"}], "colour": "red"}},
+        ])));
+        assert_eq!(
+            found,
+            vec![
+                "resources[0].spec.path",
+                "resources[0].spec.mode",
+                "resources[1].id",
+                "resources[1].spec.name",
+                "resources[2].spec.restartPolicy",
+                "resources[2].spec.colour",
+            ]
+        );
+    }
+
+    #[test]
+    fn cross_resource_rules_are_checked() {
+        let found = paths(manifest_with(json!([
+            {"id": "a", "kind": "File", "spec": {"path": "/x", "content": {"text": ""}}},
+            {"id": "a", "kind": "File", "spec": {"path": "/x", "content": {"base64": "!!"}}},
+            {"id": "web", "kind": "Container", "spec": {"image": "img",
+                "volumes": [{"sessionStorage": "nope", "mountPath": "/data"}]}},
+        ])));
+        assert_eq!(
+            found,
+            vec![
+                "resources[1].id",
+                "resources[1].spec.path",
+                "resources[1].spec.content.base64",
+                "resources[2].spec.volumes[0].sessionStorage",
+            ]
+        );
+    }
+
+    #[test]
+    fn top_level_fields_are_checked() {
+        let found = paths(json!({"apiVersion": "v0", "kind": "Pod", "resources": {}, "extra": 1}));
+        assert_eq!(
+            found,
+            vec!["agentId", "resources", "extra", "apiVersion", "kind"]
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_kept_and_round_trip() {
+        let raw = manifest_with(json!([
+            {"id": "gpu", "kind": "GpuSlice", "spec": {"devices": [0, 1], "nested": {"k": "v"}}},
+        ]));
+        let manifest = AgentManifest::from_value(raw.clone()).expect("valid");
+        assert_eq!(manifest.resources[0].kind(), "GpuSlice");
+        assert_eq!(manifest.resources[0].spec.known_kind(), None);
+        assert_eq!(serde_json::to_value(&manifest).expect("serializes"), raw);
+    }
+
+    #[test]
+    fn defaults_are_filled_and_the_hash_is_stable() {
+        let terse = manifest_with(
+            json!([{"id": "f", "kind": "File", "spec": {"path": "/x", "content": {"text": "hi"}}}]),
+        );
+        let explicit = manifest_with(json!([{"id": "f", "kind": "File",
+            "spec": {"path": "/x", "content": {"text": "hi"}, "mode": "0644"}}]));
+        let a = AgentManifest::from_value(terse).expect("valid");
+        let b = AgentManifest::from_value(explicit).expect("valid");
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(a.resources[0].spec_hash(), b.resources[0].spec_hash());
+        assert!(a.resources[0].spec_hash().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn content_caps_are_enforced() {
+        let big = "x".repeat(MAX_FILE_CONTENT_BYTES + 1);
+        let found = paths(manifest_with(
+            json!([{"id": "f", "kind": "File", "spec": {"path": "/x", "content": {"text": big}}}]),
+        ));
+        assert_eq!(found, vec!["resources[0].spec.content"]);
+    }
+}
