@@ -102,3 +102,29 @@ write_if_changed() {
     mv -f "$tmp" "$file"
     return 0
 }
+
+# True when no live process has this PID. A killed daemon whose parent has gone is re-parented to
+# PID 1, and PID 1 on these machines reaps such orphans only after a second or so; until then it is a
+# zombie that still shows in /proc but holds no resources, so it counts as gone.
+process_gone() {
+    local pid=$1 state
+    # The state letter follows the command name, which is in parentheses and may contain spaces.
+    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$pid/stat" 2>/dev/null || true)
+    [ -z "$state" ] || [ "$state" = Z ]
+}
+
+# with_lock NAME ARGS...: makes sure only one run of the calling script (per NAME) works at a time.
+# The first call re-executes the script under `flock` with the same arguments; the re-executed
+# script sees FLEETLET_LOCK_HELD and carries on. flock's -o option keeps the lock out of the script's
+# reach, so daemons the script starts (postgres, dockerd, systemd) do not inherit it, which would
+# otherwise keep every later run waiting for as long as the daemon lives.
+with_lock() {
+    local name=$1
+    shift
+    if [ "${FLEETLET_LOCK_HELD:-}" != "$name" ]; then
+        exec env FLEETLET_LOCK_HELD="$name" flock -o "/run/lock/fleetlet-$name.lock" \
+            bash "$(readlink -f "$0")" "$@"
+    fi
+    # The daemons we start need not know about it.
+    unset FLEETLET_LOCK_HELD
+}

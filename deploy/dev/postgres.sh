@@ -27,7 +27,7 @@
 #   postgres.log   the server log
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 # We only change directory to / for the postgres user (see as_postgres), so the path must be absolute.
@@ -51,7 +51,7 @@ as_postgres() {
 # Prints the bin directory of the newest PostgreSQL installed from Debian packages, or nothing.
 newest_bindir() {
     local initdb
-    initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
+    initdb=$(printf '%s\n' /usr/lib/postgresql/*/bin/initdb | grep -v '[*]' | sort -V | tail -n 1 || true)
     if [ -n "$initdb" ]; then
         dirname "$initdb"
     fi
@@ -63,7 +63,8 @@ newest_bindir() {
 find_bindir() {
     BINDIR=$(newest_bindir)
     if [ -f "$DATA_DIR/PG_VERSION" ]; then
-        local own="/usr/lib/postgresql/$(cat "$DATA_DIR/PG_VERSION")/bin"
+        local own
+        own="/usr/lib/postgresql/$(cat "$DATA_DIR/PG_VERSION")/bin"
         if [ -x "$own/pg_ctl" ]; then
             BINDIR=$own
         fi
@@ -202,16 +203,8 @@ check_tcp_login() {
     fi
 }
 
-# Runs of this script for start and stop take turns, so that two callers starting at the same moment
-# (say, two test jobs) cannot both run initdb or pg_ctl start. The lock is released when we exit.
-take_lock() {
-    exec 9>/run/lock/fleetlet-postgres.lock
-    flock 9
-}
-
 cmd_start() {
     require_root
-    take_lock
     ensure_postgres_user
     choose_bindir
     ensure_layout
@@ -227,7 +220,6 @@ cmd_start() {
 
 cmd_stop() {
     require_root
-    take_lock
     find_bindir
     if [ -z "$BINDIR" ] || ! is_running; then
         log "not running"
@@ -247,6 +239,12 @@ cmd_status() {
     log "not running"
     exit 3
 }
+
+# Runs that start or stop the cluster take turns, so that two callers starting at the same moment
+# (say, two test jobs) cannot both run initdb or pg_ctl start.
+case "${1:-start}" in
+    start | stop) with_lock postgres "$@" ;;
+esac
 
 case "${1:-start}" in
     start) cmd_start ;;

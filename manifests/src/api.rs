@@ -39,6 +39,12 @@ pub enum ErrorKind {
     InvalidManifest,
     TooManyRequests,
     StoreUnavailable,
+    /// The path exists but not with this method (405).
+    MethodNotAllowed,
+    /// The request, body included, was not finished within the manager's time limit (408).
+    RequestTimeout,
+    /// A bug in the manager (500); the last resort, never with details.
+    Internal,
 }
 
 impl ErrorKind {
@@ -54,6 +60,9 @@ impl ErrorKind {
             ErrorKind::InvalidManifest => 422,
             ErrorKind::TooManyRequests => 429,
             ErrorKind::StoreUnavailable => 503,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Internal => 500,
         }
     }
 }
@@ -225,4 +234,31 @@ pub struct Event {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+}
+
+/// `GET /readyz`: whether the manager can serve, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    pub store: StoreReadiness,
+}
+
+/// The store part of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreReadiness {
+    /// `postgres` or `memory`.
+    pub adapter: String,
+    pub reachable: bool,
+    pub migration_ready: bool,
+    /// The newest applied migration (none for the memory store).
+    pub migration_version: Option<i64>,
+    /// Why the store is not ready, as a short kebab-case word (`unreachable`, `timeout`, …).
+    pub failure_kind: Option<String>,
+    /// The database URL with its password replaced by `***`.
+    pub database: Option<String>,
+    /// A warning an operator must see, e.g. that the memory store loses everything on restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }

@@ -35,8 +35,17 @@ fn check_identifier(value: &str) -> Result<(), InvalidValue> {
 }
 
 /// Defines a string newtype whose rule is the function `$check`.
+/// The rule of [`check_identifier`] as a JSON Schema pattern, so that schema-driven clients and
+/// fuzzers (the OpenAPI document) generate the ids the manager accepts.
+const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+
+/// Defines a string newtype whose rule is the function `$check`; with a `pattern`, its JSON
+/// Schema states the rule too (otherwise it is only "a string").
 macro_rules! string_newtype {
     ($(#[$meta:meta])* $name:ident, $check:path) => {
+        string_newtype!($(#[$meta])* $name, $check, pattern = None);
+    };
+    ($(#[$meta:meta])* $name:ident, $check:path, pattern = $pattern:expr) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -93,7 +102,11 @@ macro_rules! string_newtype {
                 stringify!($name).into()
             }
             fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({"type": "string"})
+                let pattern: Option<&str> = $pattern;
+                match pattern {
+                    Some(pattern) => schemars::json_schema!({"type": "string", "pattern": pattern}),
+                    None => schemars::json_schema!({"type": "string"}),
+                }
             }
         }
     };
@@ -102,13 +115,15 @@ macro_rules! string_newtype {
 string_newtype!(
     /// The identity of a device: 1–63 characters of `[a-z0-9-_.]`, starting with a letter or digit.
     AgentId,
-    check_identifier
+    check_identifier,
+    pattern = Some(IDENTIFIER_PATTERN)
 );
 
 string_newtype!(
     /// The identity of a resource inside one manifest, with the same rule as [`AgentId`].
     ResourceId,
-    check_identifier
+    check_identifier,
+    pattern = Some(IDENTIFIER_PATTERN)
 );
 
 fn check_abs_path(value: &str) -> Result<(), InvalidValue> {

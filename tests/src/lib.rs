@@ -1,1 +1,4 @@
 //! Fixtures for the end-to-end tests.
+pub mod agent;
+pub mod manager;
+pub mod postgres;

@@ -1,0 +1,64 @@
+//! The retry policy: how long to wait before trying a failing resource (or the manager) again.
+//!
+//! Kept outside the reconcilers as a small pure function so that it can be unit-tested and tuned
+//! in one place (the way kube-rs separates `error_policy` from `reconcile`).
+
+use std::time::Duration;
+
+/// Exponential backoff: `initial` after the first failure, doubling with every further failure,
+/// never more than `max`. Success resets the failure count, and with it the delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The policy for resources (DESIGN §5): 1 s doubling to 5 min.
+    pub const RESOURCE: Backoff = Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
+
+    /// The policy for reaching the manager: 1 s doubling to 30 s, so that a fleet whose manager
+    /// went down does not hammer it, yet notices within half a minute when it is back.
+    pub const MANAGER: Backoff = Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+    };
+
+    /// The delay after `consecutive_failures` failures in a row (0 means no failure: no delay).
+    pub fn delay(self, consecutive_failures: u32) -> Duration {
+        if consecutive_failures == 0 {
+            return Duration::ZERO;
+        }
+        // 2^31 seconds is far past any sane maximum, so capping the exponent keeps the
+        // multiplication from overflowing without changing the result.
+        let exponent = (consecutive_failures - 1).min(31);
+        self.initial
+            .checked_mul(1u32 << exponent)
+            .map_or(self.max, |delay| delay.min(self.max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_backoff_starts_at_one_second_and_doubles_to_five_minutes() {
+        let schedule: Vec<u64> = (0..=12)
+            .map(|failures| Backoff::RESOURCE.delay(failures).as_secs())
+            .collect();
+        assert_eq!(
+            schedule,
+            [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+        );
+    }
+
+    #[test]
+    fn backoff_never_overflows_after_many_failures() {
+        assert_eq!(Backoff::RESOURCE.delay(u32::MAX), Duration::from_secs(300));
+        assert_eq!(Backoff::MANAGER.delay(1000), Duration::from_secs(30));
+    }
+}

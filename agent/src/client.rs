@@ -1,0 +1,397 @@
+//! The manager client: the manifest long-poll watch and the status reports, with timeouts on
+//! every call and backoff while the manager cannot be reached.
+//!
+//! Two tasks use it: [`watch_manifests`] feeds new generations to the engine, and
+//! [`deliver_reports`] drains the store's outbox. Both say through one `watch` channel whether
+//! the manager answers, which the engine turns into the `Offline` condition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetlet_manifests::api::{ErrorBody, ReportAck};
+use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ManifestError};
+use reqwest::StatusCode;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::config::Token;
+use crate::engine::DesiredUpdate;
+use crate::shutdown::ShutdownSignal;
+use crate::status::Connectivity;
+use crate::store::Store;
+
+/// How long a request other than a long-poll may take, end to end.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the manager may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait before asking again when the manager has no manifest for this agent yet.
+const NO_MANIFEST_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a call to the manager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not build the HTTP client: {0}")]
+    Setup(String),
+    #[error("manager at {url} is unreachable: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("manager refused agent {agent_id}'s token (HTTP {status})")]
+    Unauthorized { agent_id: AgentId, status: u16 },
+    #[error("manager answered {url} with HTTP {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the failure means the manager is out of reach (as opposed to a refused request).
+    fn connectivity(&self) -> Option<Connectivity> {
+        match self {
+            ClientError::Unreachable { message, .. } => Some(Connectivity::Offline {
+                reason: "ManagerUnreachable".into(),
+                message: message.clone(),
+            }),
+            ClientError::Unauthorized { status, .. } => Some(Connectivity::Offline {
+                reason: "Unauthorized".into(),
+                message: format!("the manager refused the agent's token (HTTP {status})"),
+            }),
+            ClientError::Status {
+                status, message, ..
+            } if *status >= 500 => Some(Connectivity::Offline {
+                reason: "ManagerUnavailable".into(),
+                message: format!("HTTP {status}: {message}"),
+            }),
+            ClientError::Status { .. } | ClientError::Setup(_) => None,
+        }
+    }
+}
+
+/// What one manifest request found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestAnswer {
+    /// A newer manifest than the one asked after.
+    Changed(AgentManifest),
+    /// Nothing newer within the wait.
+    Unchanged,
+    /// The manager has no manifest for this agent yet.
+    NoManifest,
+    /// The manager sent something that is not a valid manifest.
+    Invalid(String),
+}
+
+/// A client for one agent's endpoints.
+#[derive(Debug, Clone)]
+pub struct ManagerClient {
+    http: reqwest::Client,
+    base_url: String,
+    agent_id: AgentId,
+    token: Token,
+}
+
+impl ManagerClient {
+    pub fn new(base_url: &str, agent_id: AgentId, token: Token) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("fleetlet-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent_id,
+            token,
+        })
+    }
+
+    fn url(&self, tail: &str) -> String {
+        format!("{}/api/v1/agents/{}/{tail}", self.base_url, self.agent_id)
+    }
+
+    fn unreachable(&self, url: &str, error: &reqwest::Error) -> ClientError {
+        // reqwest's message names the URL but never a header, so the token cannot leak here.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message = format!("{message}: {cause}");
+            source = cause.source();
+        }
+        ClientError::Unreachable {
+            url: url.to_owned(),
+            message,
+        }
+    }
+
+    async fn refused(&self, url: &str, response: reqwest::Response) -> ClientError {
+        let status = response.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return ClientError::Unauthorized {
+                agent_id: self.agent_id.clone(),
+                status: status.as_u16(),
+            };
+        }
+        let message = match response.json::<ErrorBody>().await {
+            Ok(body) => body.error.message,
+            Err(_) => status.canonical_reason().unwrap_or("error").to_owned(),
+        };
+        ClientError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+            message,
+        }
+    }
+
+    /// Asks for the manifest. With `after_generation`, long-polls up to `wait` for a generation
+    /// above it; without, answers at once with whatever the manager has.
+    pub async fn fetch_manifest(
+        &self,
+        after_generation: Option<u64>,
+        wait: Duration,
+    ) -> Result<ManifestAnswer, ClientError> {
+        let url = self.url("manifest");
+        let mut request = self.http.get(&url).bearer_auth(self.token.expose());
+        let timeout = match after_generation {
+            Some(after) => {
+                request = request.query(&[
+                    ("afterGeneration", after.to_string()),
+                    ("waitSeconds", wait.as_secs().to_string()),
+                ]);
+                wait + REQUEST_TIMEOUT
+            }
+            None => REQUEST_TIMEOUT,
+        };
+        let response = request
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, &e))?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(ManifestAnswer::Unchanged),
+            StatusCode::NOT_FOUND => Ok(ManifestAnswer::NoManifest),
+            StatusCode::OK => {
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| self.unreachable(&url, &e))?;
+                Ok(match AgentManifest::from_slice(&bytes) {
+                    Ok(manifest) if manifest.generation.is_none() => {
+                        ManifestAnswer::Invalid("the manifest has no generation".into())
+                    }
+                    Ok(manifest)
+                        if after_generation
+                            .is_some_and(|after| manifest.generation <= Some(after)) =>
+                    {
+                        ManifestAnswer::Unchanged
+                    }
+                    Ok(manifest) => ManifestAnswer::Changed(manifest),
+                    Err(ManifestError::Malformed(message)) => ManifestAnswer::Invalid(message),
+                    Err(ManifestError::Invalid(violations)) => ManifestAnswer::Invalid(
+                        violations
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                })
+            }
+            _ => Err(self.refused(&url, response).await),
+        }
+    }
+
+    /// Sends one status report.
+    pub async fn report_status(&self, status: &AgentStatus) -> Result<ReportAck, ClientError> {
+        let url = self.url("status");
+        let response = self
+            .http
+            .put(&url)
+            .bearer_auth(self.token.expose())
+            .json(status)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, &e))?;
+        if response.status() != StatusCode::OK {
+            return Err(self.refused(&url, response).await);
+        }
+        response
+            .json::<ReportAck>()
+            .await
+            .map_err(|e| ClientError::Status {
+                url: url.clone(),
+                status: 200,
+                message: format!("the answer is not a report acknowledgement: {e}"),
+            })
+    }
+}
+
+/// Tells the engine whether the manager answers; only actual changes wake it.
+fn set_connectivity(connectivity: &watch::Sender<Connectivity>, now: Connectivity) {
+    connectivity.send_if_modified(|current| {
+        if *current == now {
+            false
+        } else {
+            *current = now;
+            true
+        }
+    });
+}
+
+fn note_failure(connectivity: &watch::Sender<Connectivity>, error: &ClientError) {
+    match error.connectivity() {
+        Some(offline) => set_connectivity(connectivity, offline),
+        None => set_connectivity(connectivity, Connectivity::Online),
+    }
+}
+
+/// Waits for `delay`, returning early (with `true`) on shutdown.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &ShutdownSignal) -> bool {
+    tokio::select! {
+        () = shutdown.triggered() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// Long-polls the manager for generations above `after_generation` and hands each new manifest
+/// (or the reason one was refused) to the engine. Runs until shutdown.
+pub async fn watch_manifests(
+    client: ManagerClient,
+    mut after_generation: u64,
+    wait: Duration,
+    updates: mpsc::Sender<DesiredUpdate>,
+    connectivity: watch::Sender<Connectivity>,
+    shutdown: ShutdownSignal,
+) {
+    let mut failures = 0u32;
+    loop {
+        let answer = tokio::select! {
+            () = shutdown.triggered() => return,
+            answer = client.fetch_manifest(Some(after_generation), wait) => answer,
+        };
+        let delay = match answer {
+            Ok(answer) => {
+                failures = 0;
+                set_connectivity(&connectivity, Connectivity::Online);
+                match answer {
+                    ManifestAnswer::Changed(manifest) => {
+                        after_generation = manifest.generation.unwrap_or(after_generation);
+                        if updates
+                            .send(DesiredUpdate::Manifest(manifest))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        Duration::ZERO
+                    }
+                    ManifestAnswer::Unchanged => Duration::ZERO,
+                    ManifestAnswer::NoManifest => NO_MANIFEST_RETRY,
+                    ManifestAnswer::Invalid(why) => {
+                        tracing::error!(%why, "the manager sent an invalid manifest; keeping the last accepted one");
+                        if updates.send(DesiredUpdate::Rejected(why)).await.is_err() {
+                            return;
+                        }
+                        Backoff::MANAGER.max
+                    }
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = Backoff::MANAGER.delay(failures);
+                tracing::warn!(%error, retry_in = ?delay, "manifest watch failed");
+                note_failure(&connectivity, &error);
+                delay
+            }
+        };
+        if !delay.is_zero() && sleep_or_shutdown(delay, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Sends the outbox's pending report whenever there is one, retrying with backoff while the
+/// manager is unreachable. A newer report replaces an unsent one in the outbox, so the manager
+/// gets the latest state when it is back. Runs until shutdown.
+pub async fn deliver_reports(
+    client: ManagerClient,
+    store: Arc<dyn Store>,
+    report_ready: Arc<Notify>,
+    connectivity: watch::Sender<Connectivity>,
+    shutdown: ShutdownSignal,
+) {
+    let mut failures = 0u32;
+    let mut online = connectivity.subscribe();
+    loop {
+        let pending = match store.pending_report() {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::error!(%error, "could not read the outbox");
+                None
+            }
+        };
+        let Some(report) = pending else {
+            tokio::select! {
+                () = shutdown.triggered() => return,
+                () = report_ready.notified() => continue,
+            }
+        };
+        match deliver(&client, &*store, &report).await {
+            Ok(()) => {
+                failures = 0;
+                set_connectivity(&connectivity, Connectivity::Online);
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = Backoff::MANAGER.delay(failures);
+                tracing::warn!(%error, retry_in = ?delay, report_seq = report.report_seq, "status report failed");
+                note_failure(&connectivity, &error);
+                if error.connectivity().is_none() {
+                    // The manager understood and refused this report; sending it again would
+                    // be refused again. The next status change makes a new one.
+                    if let Err(error) = store.acknowledge_report(report.report_seq) {
+                        tracing::error!(%error, "could not drop a refused report");
+                    }
+                    continue;
+                }
+                online.mark_unchanged();
+                // Retry after the backoff, or as soon as the watch reaches the manager again.
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    () = tokio::time::sleep(delay) => {}
+                    _ = online.wait_for(|c| *c == Connectivity::Online) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends one report and removes it from the outbox once the manager has it.
+async fn deliver(
+    client: &ManagerClient,
+    store: &dyn Store,
+    report: &AgentStatus,
+) -> Result<(), ClientError> {
+    let ack = client.report_status(report).await?;
+    if !ack.accepted {
+        // The manager holds a report with a seq at least as high: ours is stale, not lost.
+        tracing::warn!(
+            report_seq = report.report_seq,
+            "the manager did not accept a stale report"
+        );
+    }
+    if let Err(error) = store.acknowledge_report(report.report_seq) {
+        tracing::error!(%error, "could not remove a delivered report from the outbox");
+    }
+    Ok(())
+}
+
+/// One last attempt to deliver the pending report, used at shutdown (bounded by `timeout`).
+pub async fn deliver_pending_once(client: &ManagerClient, store: &dyn Store, timeout: Duration) {
+    let Ok(Some(report)) = store.pending_report() else {
+        return;
+    };
+    match tokio::time::timeout(timeout, deliver(client, store, &report)).await {
+        Ok(Ok(())) => tracing::debug!(report_seq = report.report_seq, "final report delivered"),
+        Ok(Err(error)) => tracing::warn!(%error, "final report not delivered"),
+        Err(_) => tracing::warn!("final report not delivered in time"),
+    }
+}

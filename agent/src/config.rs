@@ -1,0 +1,585 @@
+//! The agent's configuration: command-line flags, each with a `FLEETLET_*` environment variable
+//! (DESIGN §5), over an optional TOML file, over built-in defaults.
+//!
+//! Precedence is flag or environment, then the file, then the default, so that a unit file can
+//! ship a TOML and an operator can still override one value with an environment variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use fleetlet_manifests::AgentId;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineSettings;
+use crate::reconcile::systemd_unit::ManagerScope;
+use crate::reconcile::{ContainerSettings, ReconcilerSettings, SystemdSettings};
+use crate::runtime::RuntimeFlavor;
+
+/// The manager answers a long-poll after at most this long (DESIGN §3).
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Command-line flags and environment variables.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "fleetlet-agent",
+    version,
+    about = "The fleetlet device agent: converges this device toward its manifest"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (kebab-case keys); flags and environment win.
+    #[arg(long, env = "FLEETLET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The identity of this device (1–63 of a-z, 0-9, '-', '_', '.').
+    #[arg(long, env = "FLEETLET_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Base URL of the manager, e.g. http://manager:7800.
+    #[arg(long, env = "FLEETLET_MANAGER_URL")]
+    pub manager_url: Option<String>,
+    /// The agent's token. Prefer the environment or --token-file: flags are visible in `ps`.
+    #[arg(long, env = "FLEETLET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the agent's token (surrounding whitespace is ignored).
+    #[arg(long, env = "FLEETLET_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Directory of the agent's local state.
+    #[arg(long, env = "FLEETLET_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Absolute directories, separated by ':', under which File resources may write.
+    #[arg(long, env = "FLEETLET_FILE_ROOTS", value_delimiter = ':')]
+    pub file_roots: Option<Vec<PathBuf>>,
+    /// Directory under which SessionStorage resources live.
+    #[arg(long, env = "FLEETLET_SESSION_ROOT")]
+    pub session_root: Option<PathBuf>,
+    /// Container runtime for Container resources.
+    #[arg(long, env = "FLEETLET_CONTAINER_RUNTIME")]
+    pub container_runtime: Option<ContainerRuntimeKind>,
+    /// The container runtime's binary, when it is not `podman` or `docker` on PATH.
+    #[arg(long, env = "FLEETLET_CONTAINER_RUNTIME_PATH")]
+    pub container_runtime_path: Option<PathBuf>,
+    /// Which systemd manager SystemdUnit resources go to.
+    #[arg(long, env = "FLEETLET_SYSTEMD_SCOPE")]
+    pub systemd_scope: Option<SystemdScope>,
+    /// Directory where SystemdUnit resources write their unit files.
+    #[arg(long, env = "FLEETLET_UNIT_DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// How often every resource is observed again and drift repaired (e.g. 10s, 500ms).
+    #[arg(long, env = "FLEETLET_RESYNC_INTERVAL", value_parser = parse_duration)]
+    pub resync_interval: Option<Duration>,
+    /// How long one manifest long-poll waits at the manager (at most 60s).
+    #[arg(long, env = "FLEETLET_WATCH_WAIT", value_parser = parse_duration)]
+    pub watch_wait: Option<Duration>,
+    /// Heartbeat: a status is reported at least this often.
+    #[arg(long, env = "FLEETLET_REPORT_INTERVAL", value_parser = parse_duration)]
+    pub report_interval: Option<Duration>,
+    /// How many resources of one kind are reconciled at the same time.
+    #[arg(long, env = "FLEETLET_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// An apply or delete taking longer than this fails and is retried with backoff.
+    #[arg(long, env = "FLEETLET_APPLY_TIMEOUT", value_parser = parse_duration)]
+    pub apply_timeout: Option<Duration>,
+    /// Standalone mode: take the desired state from this manifest file, with no manager.
+    #[arg(long, env = "FLEETLET_MANIFEST_FILE")]
+    pub manifest_file: Option<PathBuf>,
+    /// Make one full pass, print the status JSON on stdout, exit 0 only if converged.
+    #[arg(long, env = "FLEETLET_ONCE")]
+    pub once: bool,
+}
+
+/// The same settings, read from the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub agent_id: Option<String>,
+    pub manager_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub file_roots: Option<Vec<PathBuf>>,
+    pub session_root: Option<PathBuf>,
+    pub container_runtime: Option<ContainerRuntimeKind>,
+    pub container_runtime_path: Option<PathBuf>,
+    pub systemd_scope: Option<SystemdScope>,
+    pub unit_dir: Option<PathBuf>,
+    pub resync_interval: Option<String>,
+    pub watch_wait: Option<String>,
+    pub report_interval: Option<String>,
+    pub concurrency: Option<usize>,
+    pub apply_timeout: Option<String>,
+    pub manifest_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntimeKind {
+    Podman,
+    Docker,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemdScope {
+    System,
+    User,
+    None,
+}
+
+/// A bearer token. Its `Debug` never shows the value, so it cannot leak through a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value, for the `Authorization` header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// Where desired state comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Manager { url: String, token: Token },
+    ManifestFile(PathBuf),
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// May be absent only in standalone mode, where the manifest file names the agent.
+    pub agent_id: Option<AgentId>,
+    pub source: Source,
+    pub once: bool,
+    pub state_dir: PathBuf,
+    pub file_roots: Vec<PathBuf>,
+    pub session_root: PathBuf,
+    pub container_runtime: ContainerRuntimeKind,
+    pub container_runtime_path: Option<PathBuf>,
+    pub systemd_scope: SystemdScope,
+    pub unit_dir: PathBuf,
+    pub resync_interval: Duration,
+    pub watch_wait: Duration,
+    pub report_interval: Duration,
+    pub concurrency: usize,
+    pub apply_timeout: Duration,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error("could not read the token file {path}: {source}")]
+    ReadToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m`, `1h` or `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 10s, 500ms, 2m or 1h");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn file_duration(
+    setting: &'static str,
+    value: Option<&String>,
+) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|text| parse_duration(text).map_err(|message| invalid(setting, message)))
+        .transpose()
+}
+
+impl Config {
+    /// Parses the process's flags and environment, then the TOML file they name.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_cli(Cli::parse())
+    }
+
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli, file)
+    }
+
+    /// Merges flags over the file over defaults, and checks the result.
+    pub fn resolve(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let agent_id = cli
+            .agent_id
+            .or(file.agent_id)
+            .map(|id| AgentId::try_from(id).map_err(|e| invalid("FLEETLET_AGENT_ID", e.0)))
+            .transpose()?;
+        let manifest_file = cli.manifest_file.or(file.manifest_file);
+        let manager_url = cli.manager_url.or(file.manager_url);
+        let source = match (manifest_file, manager_url) {
+            (Some(path), _) => Source::ManifestFile(path),
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "FLEETLET_MANAGER_URL",
+                        format!("{url:?} must start with http:// or https://"),
+                    ));
+                }
+                let token = match (cli.token, cli.token_file.or(file.token_file)) {
+                    (Some(token), _) => token,
+                    (None, Some(path)) => std::fs::read_to_string(&path)
+                        .map_err(|source| ConfigError::ReadToken { path, source })?,
+                    (None, None) => {
+                        return Err(invalid(
+                            "FLEETLET_TOKEN",
+                            "a token is needed to talk to the manager (FLEETLET_TOKEN or FLEETLET_TOKEN_FILE)",
+                        ));
+                    }
+                };
+                let token = token.trim().to_owned();
+                if token.is_empty() {
+                    return Err(invalid("FLEETLET_TOKEN", "the token is empty"));
+                }
+                Source::Manager {
+                    url: url.trim_end_matches('/').to_owned(),
+                    token: Token::new(token),
+                }
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "FLEETLET_MANAGER_URL",
+                    "set a manager URL, or --manifest-file for standalone mode",
+                ));
+            }
+        };
+        if agent_id.is_none() && matches!(source, Source::Manager { .. }) {
+            return Err(invalid(
+                "FLEETLET_AGENT_ID",
+                "an agent id is needed to talk to the manager",
+            ));
+        }
+
+        let file_roots = cli.file_roots.or(file.file_roots).unwrap_or_default();
+        if let Some(relative) = file_roots.iter().find(|root| !root.is_absolute()) {
+            return Err(invalid(
+                "FLEETLET_FILE_ROOTS",
+                format!("{} is not an absolute directory", relative.display()),
+            ));
+        }
+        let watch_wait = cli
+            .watch_wait
+            .or(file_duration(
+                "FLEETLET_WATCH_WAIT",
+                file.watch_wait.as_ref(),
+            )?)
+            .unwrap_or(Duration::from_secs(30));
+        if watch_wait > MAX_WATCH_WAIT {
+            return Err(invalid("FLEETLET_WATCH_WAIT", "must be at most 60s"));
+        }
+        let positive = |setting: &'static str, value: Duration| {
+            if value.is_zero() {
+                Err(invalid(setting, "must be more than zero"))
+            } else {
+                Ok(value)
+            }
+        };
+        let resync_interval = positive(
+            "FLEETLET_RESYNC_INTERVAL",
+            cli.resync_interval
+                .or(file_duration(
+                    "FLEETLET_RESYNC_INTERVAL",
+                    file.resync_interval.as_ref(),
+                )?)
+                .unwrap_or(Duration::from_secs(10)),
+        )?;
+        let report_interval = positive(
+            "FLEETLET_REPORT_INTERVAL",
+            cli.report_interval
+                .or(file_duration(
+                    "FLEETLET_REPORT_INTERVAL",
+                    file.report_interval.as_ref(),
+                )?)
+                .unwrap_or(Duration::from_secs(30)),
+        )?;
+        let apply_timeout = positive(
+            "FLEETLET_APPLY_TIMEOUT",
+            cli.apply_timeout
+                .or(file_duration(
+                    "FLEETLET_APPLY_TIMEOUT",
+                    file.apply_timeout.as_ref(),
+                )?)
+                .unwrap_or(Duration::from_secs(120)),
+        )?;
+        let concurrency = cli.concurrency.or(file.concurrency).unwrap_or(8);
+        if concurrency == 0 {
+            return Err(invalid("FLEETLET_CONCURRENCY", "must be at least 1"));
+        }
+        let state_dir = cli
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/fleetlet"));
+        let systemd_scope = cli
+            .systemd_scope
+            .or(file.systemd_scope)
+            .unwrap_or(SystemdScope::System);
+        Ok(Config {
+            agent_id,
+            source,
+            once: cli.once,
+            session_root: cli
+                .session_root
+                .or(file.session_root)
+                .unwrap_or_else(|| state_dir.join("sessions")),
+            state_dir,
+            file_roots,
+            container_runtime: cli
+                .container_runtime
+                .or(file.container_runtime)
+                .unwrap_or(ContainerRuntimeKind::Podman),
+            container_runtime_path: cli.container_runtime_path.or(file.container_runtime_path),
+            systemd_scope,
+            unit_dir: cli
+                .unit_dir
+                .or(file.unit_dir)
+                .unwrap_or_else(|| default_unit_dir(systemd_scope)),
+            resync_interval,
+            watch_wait,
+            report_interval,
+            concurrency,
+            apply_timeout,
+        })
+    }
+
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            concurrency: self.concurrency,
+            apply_timeout: self.apply_timeout,
+            resync_interval: self.resync_interval,
+            report_interval: self.report_interval,
+            ..EngineSettings::default()
+        }
+    }
+
+    /// File roots are resolved once, at start, so that a root given through a link (such as
+    /// /tmp on some systems) compares equal to the paths under it.
+    pub fn reconciler_settings(&self) -> ReconcilerSettings {
+        ReconcilerSettings {
+            file_roots: self
+                .file_roots
+                .iter()
+                .map(|root| canonical_or_given(root))
+                .collect(),
+            systemd: match self.systemd_scope {
+                SystemdScope::System => Some(ManagerScope::System),
+                SystemdScope::User => Some(ManagerScope::User),
+                SystemdScope::None => None,
+            }
+            .map(|scope| SystemdSettings {
+                scope,
+                unit_dir: self.unit_dir.clone(),
+            }),
+            agent_id: self.agent_id.clone(),
+            container: ContainerSettings {
+                runtime: match self.container_runtime {
+                    ContainerRuntimeKind::Podman => Some(RuntimeFlavor::Podman),
+                    ContainerRuntimeKind::Docker => Some(RuntimeFlavor::Docker),
+                    ContainerRuntimeKind::None => None,
+                },
+                runtime_path: self.container_runtime_path.clone(),
+            },
+        }
+    }
+
+    /// The configuration as recorded in the store's agent record: no secret in it.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let source = match &self.source {
+            Source::Manager { url, .. } => serde_json::json!({"managerUrl": url}),
+            Source::ManifestFile(path) => serde_json::json!({"manifestFile": path}),
+        };
+        serde_json::json!({
+            "source": source,
+            "stateDir": self.state_dir,
+            "fileRoots": self.file_roots,
+            "sessionRoot": self.session_root,
+            "containerRuntime": self.container_runtime,
+            "containerRuntimePath": self.container_runtime_path,
+            "systemdScope": self.systemd_scope,
+            "unitDir": self.unit_dir,
+            "resyncIntervalMs": self.resync_interval.as_millis() as u64,
+            "watchWaitMs": self.watch_wait.as_millis() as u64,
+            "reportIntervalMs": self.report_interval.as_millis() as u64,
+            "concurrency": self.concurrency,
+        })
+    }
+}
+
+/// Where unit files go unless configured: the directory an administrator's own units live in,
+/// for the system manager or for the user the agent runs as.
+fn default_unit_dir(scope: SystemdScope) -> PathBuf {
+    match scope {
+        SystemdScope::User => std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|dir| Path::new(dir).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))
+            .map_or_else(
+                || PathBuf::from("/etc/systemd/user"),
+                |config| config.join("systemd/user"),
+            ),
+        SystemdScope::System | SystemdScope::None => PathBuf::from("/etc/systemd/system"),
+    }
+}
+
+fn canonical_or_given(root: &Path) -> PathBuf {
+    std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_documented_forms() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "10", "s", "10x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let cli = Cli::try_parse_from([
+            "fleetlet-agent",
+            "--agent-id",
+            "pi-1",
+            "--manager-url",
+            "http://m:7800/",
+            "--token",
+            " secret\n",
+            "--resync-interval",
+            "500ms",
+        ])
+        .expect("flags parse");
+        let file: FileConfig = toml::from_str(
+            "resync-interval = \"20s\"\nreport-interval = \"5s\"\nfile-roots = [\"/srv/a\", \"/srv/b\"]\n",
+        )
+        .expect("toml parses");
+        let config = Config::resolve(cli, file).expect("valid");
+        assert_eq!(config.resync_interval, Duration::from_millis(500));
+        assert_eq!(config.report_interval, Duration::from_secs(5));
+        assert_eq!(config.watch_wait, Duration::from_secs(30));
+        assert_eq!(
+            config.file_roots,
+            [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
+        assert_eq!(
+            config.source,
+            Source::Manager {
+                url: "http://m:7800".into(),
+                token: Token::new("secret".into())
+            }
+        );
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "fleetlet-agent",
+            "--agent-id",
+            "pi-1",
+            "--manager-url",
+            "http://m:7800",
+            "--token",
+            "very-secret-token",
+        ])
+        .expect("flags parse");
+        let config = Config::resolve(cli, FileConfig::default()).expect("valid");
+        assert!(!format!("{config:?}").contains("very-secret-token"));
+        assert!(!config.snapshot().to_string().contains("very-secret-token"));
+    }
+
+    #[test]
+    fn a_manager_needs_an_id_and_a_token_and_roots_must_be_absolute() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["fleetlet-agent"];
+            all.extend_from_slice(args);
+            Config::resolve(
+                Cli::try_parse_from(all).expect("flags parse"),
+                FileConfig::default(),
+            )
+        };
+        assert!(parse(&["--manager-url", "http://m", "--token", "t"]).is_err());
+        assert!(parse(&["--agent-id", "a", "--manager-url", "http://m"]).is_err());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--manifest-file", "/m.json", "--file-roots", "/a:rel"]).is_err());
+        assert!(parse(&["--manifest-file", "/m.json", "--watch-wait", "61s"]).is_err());
+        let standalone =
+            parse(&["--manifest-file", "/m.json", "--file-roots", "/a:/b"]).expect("valid");
+        assert_eq!(standalone.file_roots.len(), 2);
+        assert_eq!(standalone.agent_id, None);
+    }
+}

@@ -1,0 +1,742 @@
+//! The reconcile engine: level-triggered passes that diff desired against owned state, and the
+//! loop that runs them on manifest changes, on resync and when a backoff runs out.
+//!
+//! A pass first deletes what is owned but no longer desired (kinds in reverse order: Container,
+//! SystemdUnit, File, SessionStorage), then applies every desired resource (SessionStorage, File,
+//! SystemdUnit, Container). Within one kind, resources run concurrently up to a bound; a kind
+//! starts when the previous one is done. Every apply is independent: a failure only sets that
+//! resource's state and backoff, and a hung apply is cut off by a timeout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetlet_manifests::{
+    AgentInfo, AgentManifest, AgentStatus, ErrorReason, Kind, Phase, Resource, ResourceError,
+    ResourceId, ResourceStatus,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::reconcile::{Applied, Change, Deleted, Reconcile, ReconcileError};
+use crate::shutdown::ShutdownSignal;
+use crate::status::{self, Connectivity, StatusInputs};
+use crate::store::{EventKind, NewEvent, OwnershipRecord, ResourceState, Store, StoreError};
+
+/// How the engine runs its passes.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How many resources of one kind are reconciled at the same time.
+    pub concurrency: usize,
+    /// An apply or delete taking longer than this fails (and backs off) instead of holding the pass.
+    pub apply_timeout: Duration,
+    pub backoff: Backoff,
+    /// Every resource is observed again at least this often, to repair drift.
+    pub resync_interval: Duration,
+    /// A report is sent at least this often even when nothing changed.
+    pub report_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            apply_timeout: Duration::from_secs(120),
+            backoff: Backoff::RESOURCE,
+            resync_interval: Duration::from_secs(10),
+            report_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the engine stopped or a pass could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A change of desired state, from the manager watch or the manifest file.
+#[derive(Debug, Clone)]
+pub enum DesiredUpdate {
+    /// A valid manifest.
+    Manifest(AgentManifest),
+    /// The newest manifest was refused; the agent keeps converging to the last accepted one.
+    Rejected(String),
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PassOutcome {
+    /// False when shutdown cut the pass short.
+    pub complete: bool,
+    /// The earliest moment a failed resource may be retried.
+    pub next_retry: Option<OffsetDateTime>,
+}
+
+/// The engine: one store, one set of reconcilers, and what it knows about the current manifest.
+#[derive(Debug)]
+pub struct Engine<R> {
+    store: Arc<dyn Store>,
+    reconcilers: Arc<R>,
+    settings: EngineSettings,
+    agent: AgentInfo,
+    manifest: Option<AgentManifest>,
+    manifest_generation: u64,
+    observed_generation: u64,
+    manifest_rejected: Option<String>,
+    last_report: Option<AgentStatus>,
+}
+
+/// Events a pass records: the kind, the resource and a message.
+type PendingEvent = (EventKind, ResourceId, String);
+
+impl<R: Reconcile> Engine<R> {
+    /// An engine over `store`, starting from the manifest the store last accepted (so a device
+    /// converges after a reboot without its manager).
+    pub fn new(
+        store: Arc<dyn Store>,
+        reconcilers: Arc<R>,
+        settings: EngineSettings,
+        agent: AgentInfo,
+    ) -> Result<Self, EngineError> {
+        let manifest = store.load_manifest()?;
+        let manifest_generation = manifest.as_ref().and_then(|m| m.generation).unwrap_or(0);
+        let last_report = store.load_status()?;
+        Ok(Self {
+            store,
+            reconcilers,
+            settings,
+            agent,
+            manifest,
+            manifest_generation,
+            observed_generation: 0,
+            manifest_rejected: None,
+            last_report,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn manifest(&self) -> Option<&AgentManifest> {
+        self.manifest.as_ref()
+    }
+
+    pub fn manifest_generation(&self) -> u64 {
+        self.manifest_generation
+    }
+
+    /// Takes a new desired state. A manifest for another agent is refused.
+    pub fn accept(&mut self, update: DesiredUpdate) -> Result<(), EngineError> {
+        match update {
+            DesiredUpdate::Manifest(manifest) if manifest.agent_id != *self.store.agent_id() => {
+                let why = format!(
+                    "manifest is for agent {}, not {}",
+                    manifest.agent_id,
+                    self.store.agent_id()
+                );
+                self.reject(why)
+            }
+            DesiredUpdate::Manifest(manifest) => {
+                let generation = manifest.generation.unwrap_or(0);
+                let unchanged = self.manifest.as_ref() == Some(&manifest);
+                self.manifest_rejected = None;
+                if !unchanged {
+                    self.store.save_manifest(&manifest)?;
+                    self.record_event(
+                        EventKind::ManifestAccepted,
+                        None,
+                        format!(
+                            "generation {generation} with {} resources",
+                            manifest.resources.len()
+                        ),
+                    )?;
+                    self.manifest_generation = generation;
+                    self.manifest = Some(manifest);
+                }
+                Ok(())
+            }
+            DesiredUpdate::Rejected(why) => self.reject(why),
+        }
+    }
+
+    fn reject(&mut self, why: String) -> Result<(), EngineError> {
+        if self.manifest_rejected.as_deref() != Some(why.as_str()) {
+            self.record_event(EventKind::ManifestRejected, None, why.clone())?;
+            self.manifest_rejected = Some(why);
+        }
+        Ok(())
+    }
+
+    fn record_event(
+        &self,
+        kind: EventKind,
+        resource_id: Option<ResourceId>,
+        message: String,
+    ) -> Result<(), EngineError> {
+        match &resource_id {
+            Some(id) => tracing::info!(event = %kind, resource = %id, "{message}"),
+            None => tracing::info!(event = %kind, "{message}"),
+        }
+        self.store.append_event(NewEvent {
+            kind,
+            resource_id,
+            message,
+        })?;
+        Ok(())
+    }
+
+    /// One full pass over the current manifest (or, with none, over what is owned: nothing is
+    /// deleted before a first manifest arrives, since an empty desired state is not the same as
+    /// an unknown one).
+    pub async fn pass(&mut self, shutdown: &ShutdownSignal) -> Result<PassOutcome, EngineError> {
+        let Some(manifest) = self.manifest.clone() else {
+            return Ok(PassOutcome {
+                complete: true,
+                next_retry: None,
+            });
+        };
+        let generation = manifest.generation.unwrap_or(0);
+        let now = OffsetDateTime::now_utc();
+        let records = self.store.ownership_records()?;
+        let mut states = self.store.resource_states()?;
+        let desired: BTreeMap<&ResourceId, &Resource> =
+            manifest.resources.iter().map(|r| (&r.id, r)).collect();
+        let mut events: Vec<PendingEvent> = Vec::new();
+        let mut complete = true;
+
+        // Deletes first, in reverse kind order: what depends on others goes away first, and a
+        // path or name freed by one resource can be taken by another in the same pass.
+        for kind in Kind::ALL.into_iter().rev() {
+            let batch: Vec<(ResourceId, OwnershipRecord)> = records
+                .iter()
+                .filter(|(id, record)| {
+                    record.kind == kind
+                        && desired
+                            .get(id)
+                            .is_none_or(|r| r.spec.known_kind() != Some(kind))
+                        && !backing_off(states.get(*id), None, now)
+                })
+                .map(|(id, record)| (id.clone(), record.clone()))
+                .collect();
+            if shutdown.is_triggered() {
+                complete = false;
+                break;
+            }
+            let results = self.run_deletes(batch, shutdown).await;
+            for (id, record, result) in results {
+                let previous = states.remove(&id);
+                match result {
+                    Ok(deleted) => {
+                        self.store.remove_ownership_record(&id)?;
+                        self.store.remove_resource_state(&id)?;
+                        let (event, message) = match deleted {
+                            Deleted::Removed => (EventKind::ResourceDeleted, "removed".to_owned()),
+                            Deleted::AlreadyGone => {
+                                (EventKind::ResourceDeleted, "was already gone".to_owned())
+                            }
+                            Deleted::Released { why } => (EventKind::ResourceReleased, why),
+                        };
+                        events.push((event, id, message));
+                    }
+                    Err(error) => {
+                        let state = self.failed_state(
+                            previous.as_ref(),
+                            record.kind.as_str(),
+                            Some(record.spec_hash.clone()),
+                            record.generation,
+                            &error,
+                            now,
+                        );
+                        self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
+                        self.store.save_resource_state(&id, &state)?;
+                        states.insert(id, state);
+                    }
+                }
+            }
+        }
+
+        // Then applies, in kind order.
+        for kind in Kind::ALL {
+            if shutdown.is_triggered() {
+                complete = false;
+                break;
+            }
+            let batch: Vec<(Resource, Option<OwnershipRecord>)> = manifest
+                .resources
+                .iter()
+                .filter(|r| r.spec.known_kind() == Some(kind))
+                .filter(|r| !backing_off(states.get(&r.id), Some(&r.spec_hash()), now))
+                .map(|r| {
+                    let record = records.get(&r.id).filter(|rec| rec.kind == kind).cloned();
+                    (r.clone(), record)
+                })
+                .collect();
+            let results = self.run_applies(batch, shutdown).await;
+            for (resource, result) in results {
+                let id = resource.id.clone();
+                let spec_hash = resource.spec_hash();
+                let previous = states.get(&id).cloned();
+                let state = match result {
+                    Ok(applied) => {
+                        self.store.save_ownership_record(
+                            &id,
+                            &OwnershipRecord {
+                                kind,
+                                spec_hash: spec_hash.clone(),
+                                generation,
+                                owned: applied.owned.clone(),
+                            },
+                        )?;
+                        if let Some(event) = change_event(&applied) {
+                            events.push((event.0, id.clone(), event.1));
+                        }
+                        let state = ResourceState {
+                            status: ResourceStatus {
+                                kind: resource.kind().to_owned(),
+                                phase: Phase::Ready,
+                                since: since(previous.as_ref(), Phase::Ready, now),
+                                generation,
+                                spec_hash: Some(spec_hash),
+                                error: None,
+                                retry_after: None,
+                                details: applied.details,
+                            },
+                            consecutive_failures: 0,
+                        };
+                        if previous
+                            .as_ref()
+                            .is_some_and(|p| p.status.phase != Phase::Ready)
+                        {
+                            events.push((
+                                EventKind::ResourcePhaseChanged,
+                                id.clone(),
+                                "phase is now Ready".into(),
+                            ));
+                        }
+                        state
+                    }
+                    Err(error) => {
+                        let state = self.failed_state(
+                            previous.as_ref(),
+                            resource.kind(),
+                            Some(spec_hash),
+                            generation,
+                            &error,
+                            now,
+                        );
+                        self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
+                        state
+                    }
+                };
+                self.store.save_resource_state(&id, &state)?;
+                states.insert(id, state);
+            }
+        }
+
+        // Kinds this build does not know: reported, never touched.
+        for resource in manifest
+            .resources
+            .iter()
+            .filter(|r| r.spec.known_kind().is_none())
+        {
+            let previous = states.get(&resource.id);
+            let state = ResourceState {
+                status: ResourceStatus {
+                    kind: resource.kind().to_owned(),
+                    phase: Phase::Unsupported,
+                    since: since(previous, Phase::Unsupported, now),
+                    generation,
+                    spec_hash: Some(resource.spec_hash()),
+                    error: Some(ResourceError {
+                        reason: ErrorReason::UnsupportedKind,
+                        message: format!(
+                            "kind {} is not known to this agent build (version {})",
+                            resource.kind(),
+                            self.agent.version
+                        ),
+                    }),
+                    retry_after: None,
+                    details: None,
+                },
+                consecutive_failures: 0,
+            };
+            if previous.is_none_or(|p| p.status.phase != Phase::Unsupported) {
+                events.push((
+                    EventKind::ResourcePhaseChanged,
+                    resource.id.clone(),
+                    "phase is now Unsupported".into(),
+                ));
+            }
+            self.store.save_resource_state(&resource.id, &state)?;
+            states.insert(resource.id.clone(), state);
+        }
+
+        // States of resources neither desired nor owned (one that failed before it was ever
+        // applied, then left the manifest) have nothing left to report.
+        let records = self.store.ownership_records()?;
+        for id in states.keys() {
+            if !desired.contains_key(id) && !records.contains_key(id) {
+                self.store.remove_resource_state(id)?;
+            }
+        }
+
+        for (kind, id, message) in events {
+            self.record_event(kind, Some(id), message)?;
+        }
+        if complete {
+            self.observed_generation = generation;
+        }
+        let next_retry = self
+            .store
+            .resource_states()?
+            .values()
+            .filter_map(|s| s.status.retry_after)
+            .min();
+        self.store.flush()?;
+        Ok(PassOutcome {
+            complete,
+            next_retry,
+        })
+    }
+
+    fn failed_state(
+        &self,
+        previous: Option<&ResourceState>,
+        kind: &str,
+        spec_hash: Option<String>,
+        generation: u64,
+        error: &ReconcileError,
+        now: OffsetDateTime,
+    ) -> ResourceState {
+        // Failures count up only while the spec stays the same: a new spec gets a fresh start.
+        let failures = previous
+            .filter(|p| p.status.spec_hash == spec_hash)
+            .map_or(0, |p| p.consecutive_failures)
+            .saturating_add(1);
+        // A reconciler may know when a retry makes sense (a container's restart backoff).
+        let delay = error
+            .retry_in()
+            .unwrap_or_else(|| self.settings.backoff.delay(failures));
+        ResourceState {
+            status: ResourceStatus {
+                kind: kind.to_owned(),
+                phase: Phase::Failed,
+                since: since(previous, Phase::Failed, now),
+                generation,
+                spec_hash,
+                error: Some(ResourceError {
+                    reason: error.reason(),
+                    message: error.to_string(),
+                }),
+                retry_after: Some(now + delay),
+                details: error
+                    .details()
+                    .or_else(|| previous.and_then(|p| p.status.details.clone())),
+            },
+            consecutive_failures: failures,
+        }
+    }
+
+    /// Records a failure event when the resource was not already failing for the same reason,
+    /// so that a resource stuck in backoff does not flood the log.
+    fn note_failure(
+        &self,
+        id: &ResourceId,
+        previous: Option<&ResourceState>,
+        state: &ResourceState,
+        error: &ReconcileError,
+        events: &mut Vec<PendingEvent>,
+    ) {
+        let same_as_before = previous.is_some_and(|p| {
+            p.status.phase == Phase::Failed
+                && p.status.error.as_ref().map(|e| &e.reason)
+                    == state.status.error.as_ref().map(|e| &e.reason)
+        });
+        if same_as_before {
+            tracing::debug!(resource = %id, %error, failures = state.consecutive_failures, "still failing");
+        } else {
+            events.push((EventKind::ResourceFailed, id.clone(), error.to_string()));
+        }
+    }
+
+    async fn run_applies(
+        &self,
+        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        shutdown: &ShutdownSignal,
+    ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+        let timeout = self.settings.apply_timeout;
+        run_bounded(
+            batch,
+            self.settings.concurrency,
+            shutdown,
+            |(resource, _)| resource.id.clone(),
+            |(resource, record)| {
+                let reconcilers = Arc::clone(&self.reconcilers);
+                async move {
+                    let result = tokio::time::timeout(
+                        timeout,
+                        reconcilers.apply(&resource, record.as_ref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ReconcileError::TimedOut {
+                            id: resource.id.clone(),
+                            timeout,
+                        })
+                    });
+                    (resource, result)
+                }
+            },
+            |(resource, _), message| {
+                let id = resource.id.clone();
+                (resource, Err(ReconcileError::Crashed { id, message }))
+            },
+        )
+        .await
+    }
+
+    async fn run_deletes(
+        &self,
+        batch: Vec<(ResourceId, OwnershipRecord)>,
+        shutdown: &ShutdownSignal,
+    ) -> Vec<(ResourceId, OwnershipRecord, Result<Deleted, ReconcileError>)> {
+        let timeout = self.settings.apply_timeout;
+        run_bounded(
+            batch,
+            self.settings.concurrency,
+            shutdown,
+            |(id, _)| id.clone(),
+            |(id, record)| {
+                let reconcilers = Arc::clone(&self.reconcilers);
+                async move {
+                    let result = tokio::time::timeout(timeout, reconcilers.delete(&id, &record))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ReconcileError::TimedOut {
+                                id: id.clone(),
+                                timeout,
+                            })
+                        });
+                    (id, record, result)
+                }
+            },
+            |(id, record), message| {
+                let crashed = ReconcileError::Crashed {
+                    id: id.clone(),
+                    message,
+                };
+                (id, record, Err(crashed))
+            },
+        )
+        .await
+    }
+
+    /// The status as of now.
+    pub fn build_status(&self, connectivity: &Connectivity) -> Result<AgentStatus, EngineError> {
+        let states = self.store.resource_states()?;
+        Ok(status::build_status(&StatusInputs {
+            agent_id: self.store.agent_id(),
+            agent: &self.agent,
+            manifest: self.manifest.as_ref(),
+            manifest_generation: self.manifest_generation,
+            observed_generation: self.observed_generation,
+            states: &states,
+            connectivity,
+            manifest_rejected: self.manifest_rejected.as_deref(),
+            previous: self.last_report.as_ref(),
+            now: OffsetDateTime::now_utc(),
+        }))
+    }
+
+    /// Builds the status and, when it says something new (or `heartbeat` is set), gives it the
+    /// next `reportSeq`, stores it and queues it for the manager. Returns the queued status.
+    pub fn publish_status(
+        &mut self,
+        connectivity: &Connectivity,
+        heartbeat: bool,
+    ) -> Result<Option<AgentStatus>, EngineError> {
+        let mut status = self.build_status(connectivity)?;
+        let changed = self
+            .last_report
+            .as_ref()
+            .is_none_or(|last| !status::same_content(last, &status));
+        if !changed && !heartbeat {
+            return Ok(None);
+        }
+        let seq = status::next_report_seq(self.store.last_report_seq()?, status.observed_at);
+        self.store.save_last_report_seq(seq)?;
+        status.report_seq = seq;
+        self.store.save_status(&status)?;
+        self.store.enqueue_report(&status)?;
+        self.last_report = Some(status.clone());
+        Ok(Some(status))
+    }
+
+    /// Runs passes until shutdown: on start, on every desired-state update, every resync
+    /// interval, and when a failed resource's backoff runs out. Statuses are published after
+    /// every pass, when connectivity changes, and as a heartbeat.
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<DesiredUpdate>,
+        mut connectivity: watch::Receiver<Connectivity>,
+        report_ready: Arc<Notify>,
+        shutdown: ShutdownSignal,
+    ) -> Result<(), EngineError> {
+        let mut next_pass = Instant::now();
+        let mut next_heartbeat = Instant::now() + self.settings.report_interval;
+        let mut updates_open = true;
+        let mut connectivity_open = true;
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            if Instant::now() >= next_pass {
+                next_pass = Instant::now() + self.settings.resync_interval;
+                match self.pass(&shutdown).await {
+                    Ok(outcome) => {
+                        if let Some(retry) = outcome.next_retry {
+                            let wait = (retry - OffsetDateTime::now_utc())
+                                .max(time::Duration::ZERO)
+                                .unsigned_abs();
+                            next_pass = next_pass.min(Instant::now() + wait);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "pass failed; retrying at the next resync")
+                    }
+                }
+                self.publish(&connectivity.borrow().clone(), false, &report_ready);
+            }
+            tokio::select! {
+                () = shutdown.triggered() => break,
+                update = updates.recv(), if updates_open => match update {
+                    Some(update) => {
+                        if let Err(error) = self.accept(update) {
+                            tracing::error!(%error, "could not record the new desired state");
+                        }
+                        next_pass = Instant::now();
+                        self.publish(&connectivity.borrow().clone(), false, &report_ready);
+                    }
+                    None => updates_open = false,
+                },
+                changed = connectivity.changed(), if connectivity_open => {
+                    if changed.is_ok() {
+                        self.publish(&connectivity.borrow_and_update().clone(), false, &report_ready);
+                    } else {
+                        connectivity_open = false;
+                    }
+                }
+                () = tokio::time::sleep_until(next_pass) => {}
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    next_heartbeat = Instant::now() + self.settings.report_interval;
+                    self.publish(&connectivity.borrow().clone(), true, &report_ready);
+                }
+            }
+        }
+        // Last word: the status as the agent leaves it, then everything to durable storage.
+        self.publish(&connectivity.borrow().clone(), false, &report_ready);
+        self.store.flush()?;
+        Ok(())
+    }
+
+    fn publish(&mut self, connectivity: &Connectivity, heartbeat: bool, report_ready: &Notify) {
+        match self.publish_status(connectivity, heartbeat) {
+            Ok(Some(_)) => report_ready.notify_one(),
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "could not publish the status"),
+        }
+    }
+}
+
+/// Whether a resource is waiting out its backoff. A changed spec (`spec_hash` differs from the
+/// failed one) is never held back: the new spec may well work.
+fn backing_off(
+    state: Option<&ResourceState>,
+    spec_hash: Option<&str>,
+    now: OffsetDateTime,
+) -> bool {
+    state.is_some_and(|state| {
+        state.status.phase == Phase::Failed
+            && state.status.retry_after.is_some_and(|at| at > now)
+            && spec_hash.is_none_or(|hash| state.status.spec_hash.as_deref() == Some(hash))
+    })
+}
+
+/// When the resource entered `phase`: kept from the previous state if it was already there.
+fn since(previous: Option<&ResourceState>, phase: Phase, now: OffsetDateTime) -> OffsetDateTime {
+    previous
+        .filter(|p| p.status.phase == phase)
+        .map_or(now, |p| p.status.since)
+}
+
+fn change_event(applied: &Applied) -> Option<(EventKind, String)> {
+    match &applied.change {
+        Change::Unchanged => None,
+        Change::Created => Some((EventKind::ResourceCreated, "created".into())),
+        Change::Adopted => Some((
+            EventKind::ResourceAdopted,
+            "an existing object was taken over and made to match its spec".into(),
+        )),
+        Change::Updated => Some((EventKind::ResourceUpdated, "updated to a new spec".into())),
+        Change::Repaired { drift } => Some((
+            EventKind::ResourceRepaired,
+            format!("drift repaired: {drift}"),
+        )),
+    }
+}
+
+/// Runs `work` on every item with at most `limit` running at once, in the order given, and
+/// returns the results in completion order. After shutdown no new item starts; running ones
+/// finish. A panicking task becomes `crashed(item, message)`.
+async fn run_bounded<T, O, K, W, F, C>(
+    items: Vec<T>,
+    limit: usize,
+    shutdown: &ShutdownSignal,
+    key: K,
+    work: W,
+    crashed: C,
+) -> Vec<O>
+where
+    T: Clone + Send + 'static,
+    O: Send + 'static,
+    K: Fn(&T) -> ResourceId,
+    W: Fn(T) -> F,
+    F: std::future::Future<Output = O> + Send + 'static,
+    C: Fn(T, String) -> O,
+{
+    let limit = limit.max(1);
+    let mut pending = items.into_iter();
+    let mut running: JoinSet<O> = JoinSet::new();
+    let mut started: HashMap<tokio::task::Id, T> = HashMap::new();
+    let mut results = Vec::new();
+    loop {
+        while running.len() < limit && !shutdown.is_triggered() {
+            let Some(item) = pending.next() else { break };
+            let handle = running.spawn(work(item.clone()));
+            started.insert(handle.id(), item);
+        }
+        match running.join_next_with_id().await {
+            Some(Ok((task, output))) => {
+                started.remove(&task);
+                results.push(output);
+            }
+            Some(Err(join_error)) => {
+                if let Some(item) = started.remove(&join_error.id()) {
+                    tracing::error!(resource = %key(&item), error = %join_error, "reconciler task failed");
+                    results.push(crashed(item, join_error.to_string()));
+                }
+            }
+            None => break,
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests;

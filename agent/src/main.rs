@@ -1,0 +1,100 @@
+//! The `fleetlet-agent` binary: parses the configuration, sets up logging, runs the agent, and
+//! drains it on SIGTERM/SIGINT within the 5 s systemd and operators expect.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fleetlet_agent::config::Config;
+use fleetlet_agent::shutdown::{Shutdown, wait_for_termination_signal};
+use fleetlet_agent::status::is_converged;
+use tracing_subscriber::EnvFilter;
+
+/// After a termination signal, the agent gets this long to finish in-flight work and flush.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("fleetlet-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Logs go to stderr so that `--once` can print the status, and only it, on stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_env("FLEETLET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fleetlet-agent: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async_main(config));
+    // Blocking file writes still running past the drain deadline are abandoned: each one is
+    // atomic, so a cut-off write leaves the old file in place.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+async fn async_main(config: Config) -> ExitCode {
+    if config.once {
+        return match fleetlet_agent::run_once(config).await {
+            Ok(status) => {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(json) => println!("{json}"),
+                    Err(error) => tracing::error!(%error, "could not print the status"),
+                }
+                if is_converged(&status) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "agent failed");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let shutdown = Shutdown::new();
+    let mut agent = tokio::spawn(fleetlet_agent::run(config, shutdown.signal()));
+    let outcome = tokio::select! {
+        outcome = &mut agent => outcome,
+        signal = wait_for_termination_signal() => {
+            match signal {
+                Ok(name) => tracing::info!(signal = name, "shutting down"),
+                Err(error) => tracing::error!(%error, "could not listen for signals; shutting down"),
+            }
+            shutdown.trigger();
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut agent).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::warn!("in-flight work did not finish in time; exiting anyway");
+                    agent.abort();
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "agent failed");
+            ExitCode::FAILURE
+        }
+        Err(join_error) => {
+            tracing::error!(error = %join_error, "agent task failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,994 @@
+//! The Container reconciler: one container per resource on podman or docker, found by its
+//! labels, replaced when its spec changes, and restarted by the agent (not the runtime) when it
+//! exits, with exponential backoff between restarts.
+//!
+//! Ownership: a container is the agent's only if it carries `dev.fleetlet.agent=<agentId>` and
+//! `dev.fleetlet.resource=<resourceId>`. Containers are always looked up by those labels, never
+//! by name alone; a container holding the name the agent wants without those labels is a
+//! `Conflict`, and is never stopped or removed.
+//!
+//! Restarts: containers are created with the runtime's `--restart=no`, so that the agent sees
+//! every exit, counts it, and applies one backoff policy whatever the runtime. The timing is
+//! kept in the ownership record (`crashStreak`, with the runtime's `FinishedAt` as the clock):
+//! the n-th restart in a row waits `Backoff::RESOURCE.delay(n)` (1 s, 2 s, 4 s, … 5 min) after
+//! the exit, and a container that ran for [`STABLE_RUN`] before exiting starts a fresh streak.
+//! While it waits, the apply fails with `CrashLoopBackOff` and tells the engine exactly when to
+//! come back ([`ContainerError::retry_in`]); the restart itself is a successful apply, which is
+//! how the new restart count reaches the ownership record (the engine records only successful
+//! applies). Counting in the engine's failure counter instead would not work: a successful
+//! restart resets it, so the delay would never grow.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetlet_manifests::{
+    AgentId, ContainerDetails, ContainerSpec, ErrorReason, PullPolicy, ResourceDetails, ResourceId,
+    RestartPolicy,
+};
+use time::OffsetDateTime;
+
+use super::{Applied, Change, Deleted};
+use crate::backoff::Backoff;
+use crate::runtime::{
+    CliRuntime, ConfiguredRuntime, ContainerInfo, ContainerRuntime, CreateRequest, LABEL_AGENT,
+    LABEL_RESOURCE, LABEL_SPEC_HASH, RunState, RuntimeError, RuntimeFlavor,
+};
+use crate::store::{Owned, OwnedContainer};
+
+/// A container that ran this long before exiting was healthy: its next restart is not delayed
+/// by earlier crashes (kubelet uses the same rule, with the same duration).
+pub const STABLE_RUN: Duration = Duration::from_secs(600);
+
+/// The delay before the n-th restart in a row: the resource backoff of DESIGN §5.
+const RESTART_BACKOFF: Backoff = Backoff::RESOURCE;
+
+/// Which runtime Container resources use, from the agent's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSettings {
+    /// `None`: no runtime (`FLEETLET_CONTAINER_RUNTIME=none`); every container then fails with
+    /// `RuntimeUnavailable`.
+    pub runtime: Option<RuntimeFlavor>,
+    /// The runtime's binary, when not `podman` or `docker` on `PATH`.
+    pub runtime_path: Option<PathBuf>,
+}
+
+impl ContainerSettings {
+    pub fn runtime(&self) -> ConfiguredRuntime {
+        match self.runtime {
+            Some(flavor) => {
+                ConfiguredRuntime::Cli(CliRuntime::new(flavor, self.runtime_path.clone()))
+            }
+            None => ConfiguredRuntime::Disabled,
+        }
+    }
+}
+
+/// Why a Container resource could not be applied or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(
+        "container resource {id} mounts session storage {storage}, but session storage is not available in this agent build yet"
+    )]
+    StorageNotReady { id: ResourceId, storage: ResourceId },
+    #[error("container resource {id}: {source}")]
+    Runtime {
+        id: ResourceId,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("container resource {id}: image {image} is not present and its pull policy is Never")]
+    ImageNotFound { id: ResourceId, image: String },
+    #[error(
+        "container resource {id}: the name {name} is taken by container {holder}, which this agent did not create"
+    )]
+    NameTaken {
+        id: ResourceId,
+        name: String,
+        holder: String,
+    },
+    #[error(
+        "container resource {id}: container {container} exited with code {exit_code} and restart policy {policy} keeps it down"
+    )]
+    Exited {
+        id: ResourceId,
+        container: String,
+        exit_code: i32,
+        policy: &'static str,
+        details: Box<ContainerDetails>,
+    },
+    #[error(
+        "container resource {id}: container {container} exited with code {exit_code}; next restart in {wait:?} (restarted {restarts} times so far)"
+    )]
+    CrashLoop {
+        id: ResourceId,
+        container: String,
+        exit_code: i32,
+        restarts: u32,
+        wait: Duration,
+        details: Box<ContainerDetails>,
+    },
+    #[error("container resource {id}: container {container} is {status}; waiting for it to settle")]
+    Unsettled {
+        id: ResourceId,
+        container: String,
+        status: String,
+    },
+    #[error("container resource {id}: the container reconciler was started without an agent id")]
+    NoAgentId { id: ResourceId },
+}
+
+impl ContainerError {
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            ContainerError::StorageNotReady { .. } => ErrorReason::StorageNotReady,
+            ContainerError::Runtime { source, .. } => match source {
+                RuntimeError::Unavailable { .. }
+                | RuntimeError::TimedOut { .. }
+                | RuntimeError::BadOutput { .. } => ErrorReason::RuntimeUnavailable,
+                RuntimeError::ImageNotFound { .. } => ErrorReason::ImageNotFound,
+                RuntimeError::PullFailed { .. } => ErrorReason::ImagePullFailed,
+                RuntimeError::NameInUse { .. } => ErrorReason::Conflict,
+                RuntimeError::Failed { .. } => ErrorReason::ContainerCreateFailed,
+            },
+            ContainerError::ImageNotFound { .. } => ErrorReason::ImageNotFound,
+            ContainerError::NameTaken { .. } => ErrorReason::Conflict,
+            ContainerError::Exited { .. } => ErrorReason::ContainerExited,
+            ContainerError::CrashLoop { .. } => ErrorReason::CrashLoopBackOff,
+            ContainerError::Unsettled { .. } => ErrorReason::ContainerCreateFailed,
+            ContainerError::NoAgentId { .. } => ErrorReason::RuntimeUnavailable,
+        }
+    }
+
+    /// What the failed apply saw of the container, so that the status shows the exit code and
+    /// restart count of an exited container rather than the details of its last good run.
+    pub fn details(&self) -> Option<ResourceDetails> {
+        match self {
+            ContainerError::Exited { details, .. } | ContainerError::CrashLoop { details, .. } => {
+                Some(ResourceDetails::Container(details.as_ref().clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// When the next attempt is due, if the reconciler knows better than the engine's failure
+    /// count (the restart backoff, measured from the container's exit).
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            ContainerError::CrashLoop { wait, .. } => Some(*wait),
+            _ => None,
+        }
+    }
+}
+
+/// Runs Container resources on one runtime. Cheap to clone.
+#[derive(Debug)]
+pub struct ContainerReconciler<R> {
+    runtime: Arc<R>,
+    agent_id: Option<AgentId>,
+}
+
+impl<R> Clone for ContainerReconciler<R> {
+    fn clone(&self) -> Self {
+        Self {
+            runtime: Arc::clone(&self.runtime),
+            agent_id: self.agent_id.clone(),
+        }
+    }
+}
+
+/// The name the agent gives the container of `resource`. Names are for people; the agent finds
+/// its containers by label.
+pub fn container_name(agent: &AgentId, resource: &ResourceId) -> String {
+    format!("fleetlet-{agent}-{resource}")
+}
+
+fn policy_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Always => "Always",
+        RestartPolicy::OnFailure => "OnFailure",
+        RestartPolicy::Never => "Never",
+    }
+}
+
+fn details_of(info: &ContainerInfo, restarts: u32) -> ContainerDetails {
+    ContainerDetails {
+        container_id: Some(info.id.clone()),
+        image_id: Some(info.image_id.clone()).filter(|id| !id.is_empty()),
+        state: info.status.clone(),
+        started_at: info.started_at,
+        restarts,
+        exit_code: info.exit_code,
+    }
+}
+
+/// Restart bookkeeping carried in the ownership record.
+#[derive(Debug, Clone, Copy, Default)]
+struct RestartBook {
+    restarts: u32,
+    crash_streak: u32,
+}
+
+impl<R: ContainerRuntime> ContainerReconciler<R> {
+    pub fn new(runtime: R, agent_id: Option<AgentId>) -> Self {
+        Self {
+            runtime: Arc::new(runtime),
+            agent_id,
+        }
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    fn agent<'a>(&'a self, id: &ResourceId) -> Result<&'a AgentId, ContainerError> {
+        self.agent_id
+            .as_ref()
+            .ok_or_else(|| ContainerError::NoAgentId { id: id.clone() })
+    }
+
+    /// Containers labelled as this agent's container for `id` (the filter is the runtime's; the
+    /// labels are checked again here, since removal depends on them).
+    async fn observe_ours(
+        &self,
+        agent: &AgentId,
+        id: &ResourceId,
+    ) -> Result<Vec<ContainerInfo>, ContainerError> {
+        let found = self
+            .runtime
+            .list(&[(LABEL_AGENT, agent.as_str()), (LABEL_RESOURCE, id.as_str())])
+            .await
+            .map_err(|source| runtime_error(id, source))?;
+        Ok(found
+            .into_iter()
+            .filter(|c| c.belongs_to(agent.as_str(), id.as_str()))
+            .collect())
+    }
+
+    /// Makes the resource's container match `spec`. `previous` is the spec hash and ownership
+    /// of the last successful apply.
+    pub async fn apply(
+        &self,
+        id: &ResourceId,
+        spec: &ContainerSpec,
+        spec_hash: &str,
+        previous: Option<(&str, &OwnedContainer)>,
+    ) -> Result<Applied, ContainerError> {
+        let agent = self.agent(id)?;
+        if let Some(volume) = spec.volumes.first() {
+            // The SessionStorage kind does not exist yet; starting without the mount would run
+            // the workload on an empty directory, so the container is refused instead.
+            return Err(ContainerError::StorageNotReady {
+                id: id.clone(),
+                storage: volume.session_storage.clone(),
+            });
+        }
+        let ours = self.observe_ours(agent, id).await?;
+        // Restart counts carry over while the spec stays the same.
+        let same_spec = previous
+            .filter(|(hash, _)| *hash == spec_hash)
+            .map(|(_, owned)| owned);
+        let mut book = same_spec.map_or_else(RestartBook::default, |owned| RestartBook {
+            restarts: owned.restarts,
+            crash_streak: owned.crash_streak,
+        });
+
+        // The container to keep is one built from this spec: the recorded one if it is still
+        // there, else the newest. Everything else of ours goes: older specs, and duplicates
+        // left by an agent that stopped halfway through a replace.
+        let recorded_id = same_spec.map(|owned| owned.container_id.as_str());
+        let (mut current, outdated): (Vec<ContainerInfo>, Vec<ContainerInfo>) = ours
+            .into_iter()
+            .partition(|c| c.spec_hash() == Some(spec_hash));
+        current.sort_by_key(|c| (Some(c.id.as_str()) == recorded_id, c.created_at));
+        let keep = current.pop();
+        let replaced = !outdated.is_empty();
+        for container in outdated.iter().chain(current.iter()) {
+            self.runtime
+                .remove(&container.id)
+                .await
+                .map_err(|source| runtime_error(id, source))?;
+        }
+
+        let (container, change) = match keep {
+            None => {
+                let created = self.create_and_start(agent, id, spec, spec_hash).await?;
+                let change = if replaced || previous.is_some_and(|(hash, _)| hash != spec_hash) {
+                    book = RestartBook::default();
+                    Change::Updated
+                } else if same_spec.is_some() {
+                    Change::Repaired {
+                        drift: "the container was removed".into(),
+                    }
+                } else {
+                    Change::Created
+                };
+                (created, change)
+            }
+            Some(found) => match found.run_state() {
+                RunState::Running if replaced => (
+                    found,
+                    Change::Repaired {
+                        drift: "a container of an older spec was left behind".into(),
+                    },
+                ),
+                RunState::Running => (found, Change::Unchanged),
+                RunState::NotStarted => {
+                    let started = self.start_and_inspect(id, &found.id).await?;
+                    let drift = "the container was created but not started".into();
+                    (started, Change::Repaired { drift })
+                }
+                RunState::Exited => self.after_exit(id, spec, found, &mut book).await?,
+                RunState::Transient => {
+                    return Err(ContainerError::Unsettled {
+                        id: id.clone(),
+                        container: found.id,
+                        status: found.status,
+                    });
+                }
+            },
+        };
+        Ok(Applied {
+            change,
+            owned: Owned::Container(OwnedContainer {
+                container_id: container.id.clone(),
+                name: container.name.clone(),
+                restarts: book.restarts,
+                crash_streak: book.crash_streak,
+            }),
+            details: Some(ResourceDetails::Container(details_of(
+                &container,
+                book.restarts,
+            ))),
+        })
+    }
+
+    /// Decides what an exited container gets from its restart policy: a restart (once its
+    /// backoff has passed), a wait, or nothing.
+    async fn after_exit(
+        &self,
+        id: &ResourceId,
+        spec: &ContainerSpec,
+        found: ContainerInfo,
+        book: &mut RestartBook,
+    ) -> Result<(ContainerInfo, Change), ContainerError> {
+        // An exited container without a code is treated as failed: restarting it is the safe
+        // side for Always and OnFailure, and Never reports it.
+        let exit_code = found.exit_code.unwrap_or(-1);
+        let restart = match spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            if exit_code == 0 {
+                // Ran to completion, as its policy allows: that is the desired state.
+                return Ok((found, Change::Unchanged));
+            }
+            return Err(ContainerError::Exited {
+                id: id.clone(),
+                exit_code,
+                policy: policy_name(spec.restart_policy),
+                details: Box::new(details_of(&found, book.restarts)),
+                container: found.id,
+            });
+        }
+        let ran_for = match (found.started_at, found.finished_at) {
+            (Some(started), Some(finished)) => (finished - started).unsigned_abs(),
+            _ => Duration::ZERO,
+        };
+        if ran_for >= STABLE_RUN {
+            book.crash_streak = 0;
+        }
+        let delay = RESTART_BACKOFF.delay(book.crash_streak.saturating_add(1));
+        let since_exit = found.finished_at.map_or(delay, |finished| {
+            (OffsetDateTime::now_utc() - finished).unsigned_abs()
+        });
+        if since_exit < delay {
+            return Err(ContainerError::CrashLoop {
+                id: id.clone(),
+                exit_code,
+                restarts: book.restarts,
+                wait: delay - since_exit,
+                details: Box::new(details_of(&found, book.restarts)),
+                container: found.id,
+            });
+        }
+        let started = self.start_and_inspect(id, &found.id).await?;
+        book.restarts = book.restarts.saturating_add(1);
+        book.crash_streak = book.crash_streak.saturating_add(1);
+        let drift = format!(
+            "container exited with code {exit_code}; restarted (restart {})",
+            book.restarts
+        );
+        Ok((started, Change::Repaired { drift }))
+    }
+
+    async fn start_and_inspect(
+        &self,
+        id: &ResourceId,
+        container: &str,
+    ) -> Result<ContainerInfo, ContainerError> {
+        self.runtime
+            .start(container)
+            .await
+            .map_err(|source| runtime_error(id, source))?;
+        self.inspect_existing(id, container).await
+    }
+
+    async fn inspect_existing(
+        &self,
+        id: &ResourceId,
+        container: &str,
+    ) -> Result<ContainerInfo, ContainerError> {
+        self.runtime
+            .inspect(container)
+            .await
+            .map_err(|source| runtime_error(id, source))?
+            .ok_or_else(|| ContainerError::Unsettled {
+                id: id.clone(),
+                container: container.to_owned(),
+                status: "gone right after it was started".into(),
+            })
+    }
+
+    /// Makes sure the image is there as the pull policy says: pulled every time (`Always`),
+    /// pulled when missing (`IfNotPresent`), or never pulled (`Never`).
+    async fn ensure_image(
+        &self,
+        id: &ResourceId,
+        spec: &ContainerSpec,
+    ) -> Result<(), ContainerError> {
+        let image = spec.image.as_str();
+        let present = match spec.pull_policy {
+            PullPolicy::Always => false,
+            PullPolicy::IfNotPresent | PullPolicy::Never => self
+                .runtime
+                .image_id(image)
+                .await
+                .map_err(|source| runtime_error(id, source))?
+                .is_some(),
+        };
+        if present {
+            return Ok(());
+        }
+        if spec.pull_policy == PullPolicy::Never {
+            return Err(ContainerError::ImageNotFound {
+                id: id.clone(),
+                image: image.to_owned(),
+            });
+        }
+        self.runtime
+            .pull(image)
+            .await
+            .map_err(|source| runtime_error(id, source))
+    }
+
+    async fn create_and_start(
+        &self,
+        agent: &AgentId,
+        id: &ResourceId,
+        spec: &ContainerSpec,
+        spec_hash: &str,
+    ) -> Result<ContainerInfo, ContainerError> {
+        self.ensure_image(id, spec).await?;
+        let name = container_name(agent, id);
+        let request = create_request(agent, id, spec, spec_hash, name.clone());
+        let created = match self.runtime.create(&request).await {
+            Ok(created) => created,
+            // Ours would have been found by its labels, so whatever holds the name is not ours.
+            // Asking who holds it only after the create failed saves a call on every create.
+            Err(RuntimeError::NameInUse { .. }) => {
+                let holder = self
+                    .runtime
+                    .inspect(&name)
+                    .await
+                    .map_err(|source| runtime_error(id, source))?
+                    .map_or_else(|| "unknown".to_owned(), |holder| holder.id);
+                return Err(ContainerError::NameTaken {
+                    id: id.clone(),
+                    name,
+                    holder,
+                });
+            }
+            Err(source) => return Err(runtime_error(id, source)),
+        };
+        // A container that fails to start is left in place: the next pass finds it labelled as
+        // ours and tries to start it again, after the backoff.
+        self.start_and_inspect(id, &created).await
+    }
+
+    /// Removes every container labelled as this agent's for `id`, and nothing else.
+    pub async fn delete(
+        &self,
+        id: &ResourceId,
+        _owned: &OwnedContainer,
+    ) -> Result<Deleted, ContainerError> {
+        let agent = self.agent(id)?;
+        let ours = self.observe_ours(agent, id).await?;
+        if ours.is_empty() {
+            return Ok(Deleted::AlreadyGone);
+        }
+        for container in &ours {
+            self.runtime
+                .remove(&container.id)
+                .await
+                .map_err(|source| runtime_error(id, source))?;
+        }
+        Ok(Deleted::Removed)
+    }
+}
+
+fn runtime_error(id: &ResourceId, source: RuntimeError) -> ContainerError {
+    ContainerError::Runtime {
+        id: id.clone(),
+        source,
+    }
+}
+
+/// The runtime request for `spec`. `command` replaces the image's entrypoint and `args` its
+/// CMD, as in Kubernetes; both runtimes drop the image's CMD when the entrypoint is replaced.
+fn create_request(
+    agent: &AgentId,
+    id: &ResourceId,
+    spec: &ContainerSpec,
+    spec_hash: &str,
+    name: String,
+) -> CreateRequest {
+    let (entrypoint, mut arguments) = match spec.command.split_first() {
+        Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
+        None => (None, Vec::new()),
+    };
+    arguments.extend(spec.args.iter().cloned());
+    CreateRequest {
+        name,
+        image: spec.image.as_str().to_owned(),
+        labels: BTreeMap::from([
+            (LABEL_AGENT.to_owned(), agent.as_str().to_owned()),
+            (LABEL_RESOURCE.to_owned(), id.as_str().to_owned()),
+            (LABEL_SPEC_HASH.to_owned(), spec_hash.to_owned()),
+        ]),
+        entrypoint,
+        arguments,
+        env: spec.env.clone(),
+        working_dir: spec.working_dir.as_ref().map(|dir| dir.to_string()),
+        user: spec.user.clone(),
+        ports: spec.ports.clone(),
+        memory_limit_bytes: spec.memory_limit_bytes,
+        cpu_millis: spec.cpu_millis,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetlet_manifests::{Resource, ResourceSpec};
+    use serde_json::json;
+
+    use super::*;
+    use crate::runtime::fake::{Call, FakeRuntime};
+
+    const IMAGE: &str = "localhost/busybox:test";
+
+    fn agent() -> AgentId {
+        AgentId::try_from("pi-1").expect("agent id")
+    }
+
+    fn reconciler(fake: FakeRuntime) -> ContainerReconciler<FakeRuntime> {
+        ContainerReconciler::new(fake, Some(agent()))
+    }
+
+    fn resource(spec: serde_json::Value) -> Resource {
+        serde_json::from_value(json!({"id": "web", "kind": "Container", "spec": spec}))
+            .expect("valid resource")
+    }
+
+    fn web(extra: serde_json::Value) -> Resource {
+        let mut spec = json!({"image": IMAGE, "command": ["sleep", "1000"]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        resource(spec)
+    }
+
+    /// Applies `resource` the way the engine does: with the record of the previous success.
+    async fn apply(
+        reconciler: &ContainerReconciler<FakeRuntime>,
+        resource: &Resource,
+        previous: Option<&(String, OwnedContainer)>,
+    ) -> Result<Applied, ContainerError> {
+        let ResourceSpec::Container(spec) = &resource.spec else {
+            panic!("not a container spec");
+        };
+        reconciler
+            .apply(
+                &resource.id,
+                spec,
+                &resource.spec_hash(),
+                previous.map(|(hash, owned)| (hash.as_str(), owned)),
+            )
+            .await
+    }
+
+    fn record(resource: &Resource, applied: &Applied) -> (String, OwnedContainer) {
+        match &applied.owned {
+            Owned::Container(owned) => (resource.spec_hash(), owned.clone()),
+            other => panic!("not a container record: {other:?}"),
+        }
+    }
+
+    fn container_details(applied: &Applied) -> ContainerDetails {
+        match &applied.details {
+            Some(ResourceDetails::Container(details)) => details.clone(),
+            other => panic!("no container details: {other:?}"),
+        }
+    }
+
+    fn ago(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::now_utc() - time::Duration::seconds(seconds)
+    }
+
+    #[tokio::test]
+    async fn creates_a_labelled_container_from_the_spec_and_starts_it() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({"args": ["extra"], "env": {"MODE": "kiosk"},
+            "memoryLimitBytes": 67108864, "cpuMillis": 250, "user": "nobody", "workingDir": "/tmp"}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        assert_eq!(applied.change, Change::Created);
+        let details = container_details(&applied);
+        assert_eq!(details.state, "running");
+        assert_eq!(details.restarts, 0);
+        let id = details.container_id.expect("container id");
+        let request = reconciler.runtime().request(&id).expect("request");
+        assert_eq!(request.name, "fleetlet-pi-1-web");
+        assert_eq!(request.labels[LABEL_AGENT], "pi-1");
+        assert_eq!(request.labels[LABEL_RESOURCE], "web");
+        assert_eq!(request.labels[LABEL_SPEC_HASH], resource.spec_hash());
+        assert_eq!(request.entrypoint.as_deref(), Some("sleep"));
+        assert_eq!(request.arguments, ["1000", "extra"]);
+        assert_eq!(request.env["MODE"], "kiosk");
+        assert_eq!(request.memory_limit_bytes, Some(67108864));
+        assert_eq!(request.cpu_millis, Some(250));
+        assert_eq!(request.user.as_deref(), Some("nobody"));
+        assert_eq!(request.working_dir.as_deref(), Some("/tmp"));
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_spec_makes_no_call_beyond_observing() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({}));
+        let first = apply(&reconciler, &resource, None).await.expect("apply");
+        reconciler.runtime().take_calls();
+        let second = apply(&reconciler, &resource, Some(&record(&resource, &first)))
+            .await
+            .expect("apply");
+        assert_eq!(second.change, Change::Unchanged);
+        assert_eq!(reconciler.runtime().take_calls(), [Call::List]);
+        // Without a record (an agent restarted on a memory store) the labels still identify
+        // the container: kept, not restarted.
+        let third = apply(&reconciler, &resource, None).await.expect("apply");
+        assert_eq!(third.change, Change::Unchanged);
+        assert_eq!(reconciler.runtime().take_calls(), [Call::List]);
+        assert_eq!(
+            container_details(&third).container_id,
+            container_details(&first).container_id
+        );
+    }
+
+    #[tokio::test]
+    async fn a_spec_change_removes_the_old_container_and_creates_a_new_one() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let before = web(json!({"env": {"MODE": "a"}}));
+        let first = apply(&reconciler, &before, None).await.expect("apply");
+        let old_id = container_details(&first).container_id.expect("id");
+        reconciler.runtime().take_calls();
+
+        let after = web(json!({"env": {"MODE": "b"}}));
+        let second = apply(&reconciler, &after, Some(&record(&before, &first)))
+            .await
+            .expect("apply");
+        assert_eq!(second.change, Change::Updated);
+        let new_id = container_details(&second).container_id.expect("id");
+        assert_ne!(new_id, old_id);
+        let calls = reconciler.runtime().take_calls();
+        let removed = calls
+            .iter()
+            .position(|c| *c == Call::Remove(old_id.clone()));
+        let created = calls.iter().position(|c| matches!(c, Call::Create(_)));
+        assert!(
+            removed.is_some() && removed < created,
+            "old removed before the new one is created: {calls:?}"
+        );
+        assert!(reconciler.runtime().container(&old_id).is_none());
+        assert_eq!(reconciler.runtime().containers().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_exited_container_under_always_is_restarted_with_growing_delays() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({"restartPolicy": "Always"}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        let id = container_details(&applied).container_id.expect("id");
+        let mut previous = record(&resource, &applied);
+
+        // First exit, long enough ago: restarted at once and counted.
+        reconciler.runtime().exit(&id, 137, ago(5));
+        reconciler.runtime().take_calls();
+        let restarted = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect("restart");
+        assert!(matches!(restarted.change, Change::Repaired { .. }));
+        assert!(
+            reconciler
+                .runtime()
+                .take_calls()
+                .contains(&Call::Start(id.clone()))
+        );
+        let details = container_details(&restarted);
+        assert_eq!((details.restarts, details.state.as_str()), (1, "running"));
+        assert_eq!(details.container_id.as_deref(), Some(id.as_str()));
+        previous = record(&resource, &restarted);
+        assert_eq!(previous.1.restarts, 1);
+
+        // Second exit, just now: the second restart in a row waits 2 s after the exit, and the
+        // failure tells the engine when to come back.
+        reconciler.runtime().exit(&id, 137, ago(0));
+        let waiting = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect_err("backing off");
+        assert_eq!(waiting.reason(), ErrorReason::CrashLoopBackOff);
+        let wait = waiting.retry_in().expect("a retry time");
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        let Some(ResourceDetails::Container(details)) = waiting.details() else {
+            panic!("details of the exited container");
+        };
+        assert_eq!((details.exit_code, details.restarts), (Some(137), 1));
+        assert!(
+            !reconciler
+                .runtime()
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::Start(_)))
+        );
+
+        // Once the delay has passed it is restarted; the next delay doubles.
+        reconciler.runtime().exit(&id, 137, ago(3));
+        let restarted = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect("restart");
+        previous = record(&resource, &restarted);
+        assert_eq!((previous.1.restarts, previous.1.crash_streak), (2, 2));
+        reconciler.runtime().exit(&id, 137, ago(3));
+        let waiting = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect_err("backing off");
+        let wait = waiting.retry_in().expect("a retry time");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "4 s after exit, 3 s passed: {wait:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_container_that_ran_long_before_exiting_starts_a_fresh_streak() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        let id = container_details(&applied).container_id.expect("id");
+        let (hash, mut owned) = record(&resource, &applied);
+        owned.crash_streak = 8;
+        owned.restarts = 8;
+        let previous = (hash, owned);
+
+        // Crashing again right after the eighth restart: the ninth waits 256 s.
+        reconciler.runtime().set_started_at(&id, ago(1));
+        reconciler.runtime().exit(&id, 1, ago(0));
+        let waiting = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect_err("backing off");
+        assert!(waiting.retry_in().expect("retry") > Duration::from_secs(200));
+
+        // After a run longer than STABLE_RUN the streak starts over: 1 s.
+        reconciler.runtime().set_started_at(&id, ago(1200));
+        let waiting = apply(&reconciler, &resource, Some(&previous))
+            .await
+            .expect_err("backing off");
+        assert!(waiting.retry_in().expect("retry") <= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn under_never_an_exited_container_stays_down_and_reports_its_exit_code() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({"restartPolicy": "Never"}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        let id = container_details(&applied).container_id.expect("id");
+        reconciler.runtime().exit(&id, 137, ago(60));
+        reconciler.runtime().take_calls();
+        let error = apply(&reconciler, &resource, Some(&record(&resource, &applied)))
+            .await
+            .expect_err("exited");
+        assert_eq!(error.reason(), ErrorReason::ContainerExited);
+        let Some(ResourceDetails::Container(details)) = error.details() else {
+            panic!("details");
+        };
+        assert_eq!(
+            (details.exit_code, details.state.as_str()),
+            (Some(137), "exited")
+        );
+        assert_eq!(reconciler.runtime().take_calls(), [Call::List]);
+
+        // Under OnFailure a clean exit is completion, not a failure.
+        let job = web(json!({"restartPolicy": "OnFailure"}));
+        let reconciler = super::tests::reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let applied = apply(&reconciler, &job, None).await.expect("apply");
+        let id = container_details(&applied).container_id.expect("id");
+        reconciler.runtime().exit(&id, 0, ago(60));
+        let done = apply(&reconciler, &job, Some(&record(&job, &applied)))
+            .await
+            .expect("completed");
+        assert_eq!(container_details(&done).exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_container_holding_the_name_is_a_conflict_and_is_never_removed() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        // Same name, and even the agent label of another agent.
+        let foreign = fake.plant(
+            "fleetlet-pi-1-web",
+            BTreeMap::from([(LABEL_AGENT.to_owned(), "someone-else".to_owned())]),
+        );
+        let reconciler = reconciler(fake);
+        let resource = web(json!({}));
+        let error = apply(&reconciler, &resource, None)
+            .await
+            .expect_err("conflict");
+        assert_eq!(error.reason(), ErrorReason::Conflict);
+        let owned = OwnedContainer {
+            container_id: foreign.clone(),
+            name: "fleetlet-pi-1-web".into(),
+            restarts: 0,
+            crash_streak: 0,
+        };
+        // Even a record naming it (a corrupted or forged record) does not get it removed.
+        let deleted = reconciler
+            .delete(&resource.id, &owned)
+            .await
+            .expect("delete");
+        assert_eq!(deleted, Deleted::AlreadyGone);
+        let calls = reconciler.runtime().take_calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::Remove(_))),
+            "{calls:?}"
+        );
+        assert!(reconciler.runtime().container(&foreign).is_some());
+    }
+
+    #[tokio::test]
+    async fn delete_removes_only_the_labelled_container() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let other = fake.plant("unrelated", BTreeMap::new());
+        let reconciler = reconciler(fake);
+        let resource = web(json!({}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        let (_, owned) = record(&resource, &applied);
+        assert_eq!(
+            reconciler
+                .delete(&resource.id, &owned)
+                .await
+                .expect("delete"),
+            Deleted::Removed
+        );
+        assert_eq!(
+            reconciler
+                .delete(&resource.id, &owned)
+                .await
+                .expect("delete"),
+            Deleted::AlreadyGone
+        );
+        assert_eq!(reconciler.runtime().containers().len(), 1);
+        assert!(reconciler.runtime().container(&other).is_some());
+    }
+
+    #[tokio::test]
+    async fn images_follow_the_pull_policy() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[]));
+        let never = resource(json!({"image": "localhost/nope:1", "pullPolicy": "Never"}));
+        let error = apply(&reconciler, &never, None).await.expect_err("missing");
+        assert_eq!(error.reason(), ErrorReason::ImageNotFound);
+        assert!(
+            !reconciler
+                .runtime()
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::Pull(_)))
+        );
+
+        let if_missing =
+            resource(json!({"image": "localhost/nope:1", "pullPolicy": "IfNotPresent"}));
+        let error = apply(&reconciler, &if_missing, None)
+            .await
+            .expect_err("pull fails");
+        assert_eq!(error.reason(), ErrorReason::ImagePullFailed);
+        assert!(
+            reconciler
+                .runtime()
+                .take_calls()
+                .contains(&Call::Pull("localhost/nope:1".into()))
+        );
+
+        let present = FakeRuntime::with_images(&[IMAGE]);
+        let reconciler = super::tests::reconciler(present);
+        apply(
+            &reconciler,
+            &web(json!({"pullPolicy": "IfNotPresent"})),
+            None,
+        )
+        .await
+        .expect("present");
+        assert!(
+            !reconciler
+                .runtime()
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::Pull(_)))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_runtime_fails_with_runtime_unavailable() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        fake.set_down(true);
+        let reconciler = reconciler(fake);
+        let error = apply(&reconciler, &web(json!({})), None)
+            .await
+            .expect_err("down");
+        assert_eq!(error.reason(), ErrorReason::RuntimeUnavailable);
+
+        let disabled = ContainerReconciler::new(ConfiguredRuntime::Disabled, Some(agent()));
+        let resource = web(json!({}));
+        let ResourceSpec::Container(spec) = &resource.spec else {
+            panic!("container spec");
+        };
+        let error = disabled
+            .apply(&resource.id, spec, &resource.spec_hash(), None)
+            .await
+            .expect_err("disabled");
+        assert_eq!(error.reason(), ErrorReason::RuntimeUnavailable);
+    }
+
+    #[tokio::test]
+    async fn volumes_wait_for_session_storage() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource =
+            web(json!({"volumes": [{"sessionStorage": "scratch", "mountPath": "/data"}]}));
+        let error = apply(&reconciler, &resource, None)
+            .await
+            .expect_err("no storage");
+        assert_eq!(error.reason(), ErrorReason::StorageNotReady);
+        assert!(
+            error
+                .to_string()
+                .contains("session storage is not available")
+        );
+        assert!(reconciler.runtime().take_calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_container_is_recreated_and_its_restart_count_kept() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let resource = web(json!({}));
+        let applied = apply(&reconciler, &resource, None).await.expect("apply");
+        let id = container_details(&applied).container_id.expect("id");
+        let (hash, mut owned) = record(&resource, &applied);
+        owned.restarts = 3;
+        reconciler.runtime().remove(&id).await.expect("remove");
+        let repaired = apply(&reconciler, &resource, Some(&(hash, owned)))
+            .await
+            .expect("apply");
+        assert!(matches!(repaired.change, Change::Repaired { .. }));
+        assert_eq!(container_details(&repaired).restarts, 3);
+    }
+}

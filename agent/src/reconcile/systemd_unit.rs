@@ -1,0 +1,635 @@
+//! The SystemdUnit reconciler: writes a unit file into the configured unit dir and drives the
+//! unit to its desired enablement and state through a [`SystemdManager`].
+//!
+//! One apply, in order: write the file atomically (with the File reconciler's machinery) if its
+//! text differs; `daemon-reload` only if the file changed (or systemd says its copy is stale);
+//! enable or disable; start, stop, or restart when the text changed while it should run; then
+//! observe what systemd itself reports. A start is only trusted after a short settle time,
+//! because a `Type=simple` service "starts" successfully and dies a moment later when its
+//! command is missing or exits 1.
+//!
+//! **Ownership.** Every file the agent writes begins with a marker line naming the agent and the
+//! resource. A file at the target path without that exact marker was not written by this agent
+//! for this resource, and it is never modified or removed (reason `Conflict`), whatever the
+//! store says: a record can be lost or stale, the file's own first line cannot be mistaken. The
+//! marker also lets an agent whose store was lost recognise its own files after a restart
+//! instead of rewriting (and restarting) them.
+
+mod manager;
+mod systemctl;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetlet_manifests::{
+    AbsPath, ErrorReason, FileContent, FileMode, FileSpec, ResourceDetails, ResourceId,
+    SystemdUnitDetails, SystemdUnitSpec, UnitName, UnitState,
+};
+use sha2::{Digest, Sha256};
+
+use super::{Applied, Change, Deleted, FileError, FileReconciler};
+use crate::store::{Owned, OwnedUnit};
+pub use manager::{ManagerScope, SystemdError, SystemdManager, UnitObservation, UnitOperation};
+pub use systemctl::Systemctl;
+
+/// How long a freshly started unit must stay up before the start counts as a success.
+pub const START_SETTLE: Duration = Duration::from_millis(500);
+/// How often the settling unit is observed.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// Mode of the unit files the agent writes: systemd only needs to read them.
+const UNIT_FILE_MODE: &str = "0644";
+/// Unit files are small; reading a foreign file at the target path stops here.
+const MAX_UNIT_FILE_READ: u64 = 2 * 1024 * 1024;
+
+/// Why a SystemdUnit resource could not be applied or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdUnitError {
+    #[error("unit {unit}: systemd is not available to this agent (FLEETLET_SYSTEMD_SCOPE=none)")]
+    Disabled { unit: String },
+    #[error("unit name {unit} is not valid: {message}")]
+    InvalidName { unit: String, message: String },
+    #[error(
+        "unit {unit} failed (Result={result}, ActiveState={active_state}, SubState={sub_state})"
+    )]
+    UnitFailed {
+        unit: String,
+        result: String,
+        active_state: String,
+        sub_state: String,
+    },
+    #[error(
+        "unit {unit} could not be loaded by systemd (LoadState={load_state}); check the unit text and that {dir} is in the manager's search path"
+    )]
+    NotLoaded {
+        unit: String,
+        load_state: String,
+        dir: String,
+    },
+    #[error(
+        "unit file {path} of {unit} was not written by this agent for this resource ({why}); it is left untouched"
+    )]
+    ForeignFile {
+        unit: String,
+        path: String,
+        why: String,
+    },
+    #[error("unit {unit} is loaded from {fragment}, not from the agent's file {path}")]
+    Shadowed {
+        unit: String,
+        path: String,
+        fragment: String,
+    },
+    #[error("unit dir {dir} of {unit} is not usable: {message}")]
+    UnitDir {
+        unit: String,
+        dir: String,
+        message: String,
+    },
+    #[error("unit file of {unit}: {source}")]
+    File {
+        unit: String,
+        #[source]
+        source: FileError,
+    },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+}
+
+impl SystemdUnitError {
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            SystemdUnitError::Disabled { .. } => ErrorReason::SystemdUnavailable,
+            SystemdUnitError::InvalidName { .. } => ErrorReason::InvalidSpec,
+            SystemdUnitError::UnitFailed { .. } | SystemdUnitError::NotLoaded { .. } => {
+                ErrorReason::UnitFailed
+            }
+            SystemdUnitError::ForeignFile { .. } | SystemdUnitError::Shadowed { .. } => {
+                ErrorReason::Conflict
+            }
+            SystemdUnitError::UnitDir { .. } => ErrorReason::IoError,
+            SystemdUnitError::File { source, .. } => source.reason(),
+            SystemdUnitError::Systemd(SystemdError::Unavailable { .. }) => {
+                ErrorReason::SystemdUnavailable
+            }
+            SystemdUnitError::Systemd(_) => ErrorReason::UnitOperationFailed,
+        }
+    }
+}
+
+/// Where SystemdUnit resources go; absent when the agent's systemd scope is `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdSettings {
+    pub scope: ManagerScope,
+    /// The directory unit files are written to; it must be in the manager's search path.
+    pub unit_dir: PathBuf,
+}
+
+/// Reconciles SystemdUnit resources through the manager `M`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SystemdUnitReconciler<M> {
+    /// None: the agent is configured without systemd, and every unit fails as unavailable.
+    target: Option<Target<M>>,
+    /// Names the agent in the marker line of every file it writes.
+    agent: String,
+    start_settle: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Target<M> {
+    manager: Arc<M>,
+    unit_dir: PathBuf,
+    /// The File reconciler rooted at the unit dir writes and removes unit files, so unit files
+    /// get the same atomic replace and the same refusal to follow links as File resources.
+    files: FileReconciler,
+}
+
+/// What was at the unit file's path before the apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Existing {
+    Missing,
+    /// A file with this agent's marker for this resource, holding `text`.
+    Ours {
+        text: String,
+    },
+    /// Anything else; `why` says what.
+    Foreign {
+        why: String,
+    },
+}
+
+impl SystemdUnitReconciler<Systemctl> {
+    /// The real reconciler: `systemctl` on the configured scope, or none at all.
+    pub fn new(settings: Option<&SystemdSettings>, agent: &str) -> Self {
+        Self::with_manager(
+            settings.map(|settings| (Systemctl::new(settings.scope), settings.unit_dir.clone())),
+            agent,
+            START_SETTLE,
+        )
+    }
+}
+
+impl<M: SystemdManager> SystemdUnitReconciler<M> {
+    pub fn with_manager(target: Option<(M, PathBuf)>, agent: &str, start_settle: Duration) -> Self {
+        Self {
+            target: target.map(|(manager, unit_dir)| Target {
+                manager: Arc::new(manager),
+                files: FileReconciler::new(vec![unit_dir.clone()]),
+                unit_dir,
+            }),
+            agent: agent.to_owned(),
+            start_settle,
+        }
+    }
+
+    /// The first line of every unit file this agent writes for resource `id`.
+    fn marker(&self, id: &ResourceId) -> String {
+        format!("# Managed by fleetlet: agent={} resource={id}", self.agent)
+    }
+
+    /// The file's full text: the marker, a warning for whoever opens it, then the spec's text.
+    fn render_unit_file(&self, id: &ResourceId, spec: &SystemdUnitSpec) -> String {
+        format!(
+            "{}\n# Edits are overwritten: change the resource in the manifest instead.\n{}",
+            self.marker(id),
+            spec.unit
+        )
+    }
+
+    fn target(&self, unit: &str) -> Result<&Target<M>, SystemdUnitError> {
+        self.target
+            .as_ref()
+            .ok_or_else(|| SystemdUnitError::Disabled {
+                unit: unit.to_owned(),
+            })
+    }
+
+    /// Applies one SystemdUnit resource. `previous` is the spec hash and ownership of the last
+    /// successful apply.
+    pub async fn apply(
+        &self,
+        id: &ResourceId,
+        spec: &SystemdUnitSpec,
+        spec_hash: &str,
+        previous: Option<(String, OwnedUnit)>,
+    ) -> Result<Applied, SystemdUnitError> {
+        let unit = check_unit_name(spec.name.as_str())?;
+        let target = self.target(unit.as_str())?;
+        let manager = &*target.manager;
+        let path = target.unit_dir.join(unit.as_str());
+        let rendered = self.render_unit_file(id, spec);
+
+        let existing = self
+            .write_unit_file(target, id, &unit, &path, &rendered)
+            .await?;
+        let text_changed = !matches!(&existing, Existing::Ours { text } if *text == rendered);
+        let mut observed = manager.observe(&unit).await?;
+        if text_changed || observed.need_daemon_reload {
+            tracing::info!(resource = %id, unit = %unit, "systemd daemon-reload");
+            manager.daemon_reload(&unit).await?;
+            observed = manager.observe(&unit).await?;
+        }
+        check_loaded(&unit, &path, &observed)?;
+
+        // What had to be done besides the file, in words for the drift message.
+        let mut done: Vec<String> = Vec::new();
+        if spec.enabled && !observed.is_enabled() && observed.can_be_enabled() {
+            manager.run(UnitOperation::Enable, &unit).await?;
+            done.push("the unit was not enabled".into());
+        } else if !spec.enabled && observed.is_enabled() {
+            manager.run(UnitOperation::Disable, &unit).await?;
+            done.push("the unit was enabled".into());
+        }
+
+        let mut settled = None;
+        match spec.state {
+            UnitState::Started if observed.is_up() => {
+                // A running unit picks up new text only by a restart; unchanged text never
+                // restarts it (an agent restart must not bounce every service).
+                if text_changed && existing != Existing::Missing {
+                    tracing::info!(resource = %id, unit = %unit, "restarting for the new unit text");
+                    settled = Some(
+                        self.run_and_settle(manager, UnitOperation::Restart, &unit)
+                            .await?,
+                    );
+                }
+            }
+            UnitState::Started if observed.is_auto_restarting() => {
+                // systemd's own Restart= is already on it; starting now would only skip its delay.
+                return Err(unit_failed(&unit, &observed));
+            }
+            UnitState::Started => {
+                if observed.active_state == "failed" {
+                    // A fresh attempt: clears the failed state and systemd's start rate limit,
+                    // whose pace the agent's own backoff replaces.
+                    manager.run(UnitOperation::ResetFailed, &unit).await?;
+                }
+                done.push(format!(
+                    "the unit was not running ({}/{}, Result={})",
+                    observed.active_state, observed.sub_state, observed.result
+                ));
+                settled = Some(
+                    self.run_and_settle(manager, UnitOperation::Start, &unit)
+                        .await?,
+                );
+            }
+            UnitState::Stopped if observed.is_up() && observed.triggered_by.is_empty() => {
+                manager.run(UnitOperation::Stop, &unit).await?;
+                done.push("the unit was running".into());
+            }
+            // A unit started by its timer, socket or path unit runs when its trigger says so:
+            // `Stopped` means "not started by the agent", not "killed whenever seen running".
+            UnitState::Stopped => {}
+        }
+        // Enabling happens before a start, so a settled observation is already the latest.
+        let observed = match settled {
+            Some(observed) => observed,
+            None => manager.observe(&unit).await?,
+        };
+
+        let same_spec = previous.as_ref().is_some_and(|(hash, _)| hash == spec_hash);
+        let change = if existing == Existing::Missing && same_spec {
+            Change::Repaired {
+                drift: "the unit file was deleted".into(),
+            }
+        } else if existing == Existing::Missing {
+            Change::Created
+        } else if text_changed && same_spec {
+            Change::Repaired {
+                drift: "the unit file was edited".into(),
+            }
+        } else if text_changed || (!done.is_empty() && previous.is_some() && !same_spec) {
+            Change::Updated
+        } else if done.is_empty() {
+            Change::Unchanged
+        } else {
+            Change::Repaired {
+                drift: done.join(", "),
+            }
+        };
+
+        // The resource now names another unit: the old one is ours to remove.
+        if let Some((_, old)) = previous.filter(|(_, old)| old.name != unit.as_str())
+            && let Err(error) = self.delete(id, &old).await
+        {
+            tracing::warn!(resource = %id, unit = %old.name, %error, "could not remove the unit the resource named before");
+        }
+
+        Ok(Applied {
+            change,
+            owned: Owned::SystemdUnit(OwnedUnit {
+                name: unit.to_string(),
+                path: path.display().to_string(),
+                sha256: hex::encode(Sha256::digest(rendered.as_bytes())),
+            }),
+            details: Some(ResourceDetails::SystemdUnit(details_of(&observed))),
+        })
+    }
+
+    /// Stops, disables and removes a unit the agent wrote, then reloads. A file that is not the
+    /// agent's (any more) is left alone, and so is the unit loaded from it.
+    pub async fn delete(
+        &self,
+        id: &ResourceId,
+        owned: &OwnedUnit,
+    ) -> Result<Deleted, SystemdUnitError> {
+        let Ok(unit) = check_unit_name(&owned.name) else {
+            return Ok(Deleted::Released {
+                why: format!("{} is not a valid unit name", owned.name),
+            });
+        };
+        let target = self.target(unit.as_str())?;
+        let manager = &*target.manager;
+        let path = PathBuf::from(&owned.path);
+        let existing = read_existing(&path, &self.marker(id), unit.as_str())?;
+        if let Existing::Foreign { why } = existing {
+            return Ok(Deleted::Released {
+                why: format!("{}: {why}", path.display()),
+            });
+        }
+        let observed = manager.observe(&unit).await?;
+        // Only the unit loaded from the agent's own file is stopped: a same-named unit from
+        // another directory of the search path belongs to someone else.
+        let from_our_file = observed.load_state != "not-found"
+            && (observed.fragment_path.is_empty() || Path::new(&observed.fragment_path) == path);
+        if from_our_file {
+            if observed.is_up() || observed.is_auto_restarting() {
+                manager.run(UnitOperation::Stop, &unit).await?;
+            }
+            if observed.is_enabled() {
+                manager.run(UnitOperation::Disable, &unit).await?;
+            }
+            if observed.active_state == "failed" {
+                manager.run(UnitOperation::ResetFailed, &unit).await?;
+            }
+        }
+        if existing == Existing::Missing {
+            if from_our_file {
+                manager.daemon_reload(&unit).await?;
+            }
+            return Ok(Deleted::AlreadyGone);
+        }
+        self.remove_unit_file(target, id, &unit, &path).await?;
+        tracing::info!(resource = %id, unit = %unit, "systemd daemon-reload");
+        manager.daemon_reload(&unit).await?;
+        Ok(Deleted::Removed)
+    }
+
+    /// Starts or restarts the unit and watches it for the settle time: a unit that fails in
+    /// that window failed to start.
+    async fn run_and_settle(
+        &self,
+        manager: &M,
+        operation: UnitOperation,
+        unit: &UnitName,
+    ) -> Result<UnitObservation, SystemdUnitError> {
+        if let Err(error) = manager.run(operation, unit).await {
+            // A start job that fails ("control process exited with error code") leaves the
+            // unit failed; systemd's Result says more than systemctl's message.
+            let observed = manager.observe(unit).await?;
+            if observed.has_failed() {
+                return Err(unit_failed(unit, &observed));
+            }
+            return Err(error.into());
+        }
+        let deadline = tokio::time::Instant::now() + self.start_settle;
+        loop {
+            let observed = manager.observe(unit).await?;
+            if observed.has_failed() {
+                return Err(unit_failed(unit, &observed));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(observed);
+            }
+            tokio::time::sleep(SETTLE_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// Writes the unit file if its text differs, refusing to touch a file that is not ours.
+    /// Returns what was there before.
+    async fn write_unit_file(
+        &self,
+        target: &Target<M>,
+        id: &ResourceId,
+        unit: &UnitName,
+        path: &Path,
+        rendered: &str,
+    ) -> Result<Existing, SystemdUnitError> {
+        let file_spec = FileSpec {
+            path: abs_path(unit, path)?,
+            content: FileContent::Text(rendered.to_owned()),
+            mode: FileMode::try_from(UNIT_FILE_MODE).map_err(|error| {
+                SystemdUnitError::UnitDir {
+                    unit: unit.to_string(),
+                    dir: target.unit_dir.display().to_string(),
+                    message: error.to_string(),
+                }
+            })?,
+            owner: None,
+            group: None,
+        };
+        let files = target.files.clone();
+        let unit_dir = target.unit_dir.clone();
+        let marker = self.marker(id);
+        let id = id.clone();
+        let unit_name = unit.to_string();
+        let path = path.to_path_buf();
+        let rendered_text = rendered.to_owned();
+        run_blocking(unit, move || {
+            let existing = read_existing(&path, &marker, &unit_name)?;
+            match &existing {
+                Existing::Foreign { why } => {
+                    return Err(SystemdUnitError::ForeignFile {
+                        unit: unit_name,
+                        path: path.display().to_string(),
+                        why: why.clone(),
+                    });
+                }
+                Existing::Ours { text } if *text == rendered_text => return Ok(existing),
+                _ => {}
+            }
+            std::fs::create_dir_all(&unit_dir).map_err(|error| SystemdUnitError::UnitDir {
+                unit: unit_name.clone(),
+                dir: unit_dir.display().to_string(),
+                message: error.to_string(),
+            })?;
+            files
+                .apply_blocking(&id, &file_spec, "", None)
+                .map_err(|source| SystemdUnitError::File {
+                    unit: unit_name,
+                    source,
+                })?;
+            Ok(existing)
+        })
+        .await
+    }
+
+    async fn remove_unit_file(
+        &self,
+        target: &Target<M>,
+        id: &ResourceId,
+        unit: &UnitName,
+        path: &Path,
+    ) -> Result<(), SystemdUnitError> {
+        let files = target.files.clone();
+        let id = id.clone();
+        let unit_name = unit.to_string();
+        let owned = crate::store::OwnedFile {
+            path: path.display().to_string(),
+            created: true,
+            sha256: String::new(),
+        };
+        run_blocking(unit, move || {
+            files
+                .delete_blocking(&id, &owned)
+                .map(drop)
+                .map_err(|source| SystemdUnitError::File {
+                    unit: unit_name,
+                    source,
+                })
+        })
+        .await
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn run_blocking<T, F>(unit: &UnitName, work: F) -> Result<T, SystemdUnitError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, SystemdUnitError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| {
+            Err(SystemdUnitError::File {
+                unit: unit.to_string(),
+                source: FileError::WorkerStopped {
+                    path: unit.to_string(),
+                    message: join.to_string(),
+                },
+            })
+        })
+}
+
+/// Checks the unit name again although the manifest was validated: the name becomes a file
+/// name and a `systemctl` argument, so the agent does not take that on trust (defence in depth).
+fn check_unit_name(name: &str) -> Result<UnitName, SystemdUnitError> {
+    let unit = UnitName::try_from(name).map_err(|error| SystemdUnitError::InvalidName {
+        unit: name.to_owned(),
+        message: error.to_string(),
+    })?;
+    if name.contains('/') || name.starts_with('-') || name.starts_with('.') {
+        return Err(SystemdUnitError::InvalidName {
+            unit: name.to_owned(),
+            message: "must be a plain file name".into(),
+        });
+    }
+    Ok(unit)
+}
+
+fn abs_path(unit: &UnitName, path: &Path) -> Result<AbsPath, SystemdUnitError> {
+    AbsPath::try_from(path.display().to_string().as_str()).map_err(|error| {
+        SystemdUnitError::UnitDir {
+            unit: unit.to_string(),
+            dir: path
+                .parent()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default(),
+            message: format!("{error} (it must be absolute and normalised)"),
+        }
+    })
+}
+
+/// Reads what is at a unit file's path, without following a link.
+fn read_existing(path: &Path, marker: &str, unit: &str) -> Result<Existing, SystemdUnitError> {
+    let io_error = |error: std::io::Error| SystemdUnitError::File {
+        unit: unit.to_owned(),
+        source: FileError::Io {
+            path: path.display().to_string(),
+            action: "read",
+            source: error,
+        },
+    };
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Missing),
+        Err(error) => return Err(io_error(error)),
+    };
+    if metadata.file_type().is_symlink() {
+        return Ok(Existing::Foreign {
+            why: "it is a symbolic link".into(),
+        });
+    }
+    if !metadata.is_file() {
+        return Ok(Existing::Foreign {
+            why: "it is not a regular file".into(),
+        });
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_UNIT_FILE_READ).read_to_end(&mut bytes))
+        .map_err(io_error)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if text.lines().next() != Some(marker) {
+        return Ok(Existing::Foreign {
+            why: "its first line is not this agent's marker for this resource".into(),
+        });
+    }
+    Ok(Existing::Ours { text })
+}
+
+/// The unit must be loaded, and from the agent's file: a same-named unit earlier in the search
+/// path would otherwise be driven in its place.
+fn check_loaded(
+    unit: &UnitName,
+    path: &Path,
+    observed: &UnitObservation,
+) -> Result<(), SystemdUnitError> {
+    if observed.load_state != "loaded" {
+        return Err(SystemdUnitError::NotLoaded {
+            unit: unit.to_string(),
+            load_state: observed.load_state.clone(),
+            dir: path
+                .parent()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default(),
+        });
+    }
+    if !observed.fragment_path.is_empty() && Path::new(&observed.fragment_path) != path {
+        return Err(SystemdUnitError::Shadowed {
+            unit: unit.to_string(),
+            path: path.display().to_string(),
+            fragment: observed.fragment_path.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn unit_failed(unit: &UnitName, observed: &UnitObservation) -> SystemdUnitError {
+    SystemdUnitError::UnitFailed {
+        unit: unit.to_string(),
+        result: observed.result.clone(),
+        active_state: observed.active_state.clone(),
+        sub_state: observed.sub_state.clone(),
+    }
+}
+
+fn details_of(observed: &UnitObservation) -> SystemdUnitDetails {
+    let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    SystemdUnitDetails {
+        active_state: observed.active_state.clone(),
+        sub_state: observed.sub_state.clone(),
+        main_pid: observed.main_pid,
+        n_restarts: observed.n_restarts,
+        enabled: observed.is_enabled(),
+        result: non_empty(&observed.result),
+        unit_file_state: non_empty(&observed.unit_file_state),
+    }
+}

@@ -1,0 +1,446 @@
+//! Unit tests of the SystemdUnit reconciler against the recording fake manager: which systemd
+//! calls each situation leads to, in which order, and what is reported.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetlet_manifests::{Resource, ResourceSpec};
+use serde_json::json;
+
+use super::fake::{Call, FakeSystemd};
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    unit_dir: PathBuf,
+    systemd: FakeSystemd,
+    reconciler: SystemdUnitReconciler<FakeSystemd>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit_dir = dir.path().join("units");
+    let systemd = FakeSystemd::new(&unit_dir);
+    let reconciler = SystemdUnitReconciler::with_manager(
+        Some((systemd.clone(), unit_dir.clone())),
+        "pi-1",
+        Duration::ZERO,
+    );
+    Fixture {
+        _dir: dir,
+        unit_dir,
+        systemd,
+        reconciler,
+    }
+}
+
+const SLEEPER: &str = "[Unit]\nDescription=Kiosk\n[Service]\nExecStart=/usr/bin/sleep infinity\n\
+                       [Install]\nWantedBy=default.target\n";
+
+fn unit_resource(id: &str, name: &str, unit: &str, enabled: bool, state: &str) -> Resource {
+    serde_json::from_value(json!({
+        "id": id,
+        "kind": "SystemdUnit",
+        "spec": {"name": name, "unit": unit, "enabled": enabled, "state": state},
+    }))
+    .expect("valid resource")
+}
+
+fn spec_of(resource: &Resource) -> &SystemdUnitSpec {
+    match &resource.spec {
+        ResourceSpec::SystemdUnit(spec) => spec,
+        other => panic!("not a unit spec: {other:?}"),
+    }
+}
+
+fn owned_of(applied: &Applied) -> OwnedUnit {
+    match &applied.owned {
+        Owned::SystemdUnit(owned) => owned.clone(),
+        other => panic!("not a unit: {other:?}"),
+    }
+}
+
+fn details_of_applied(applied: &Applied) -> SystemdUnitDetails {
+    match &applied.details {
+        Some(ResourceDetails::SystemdUnit(details)) => details.clone(),
+        other => panic!("no unit details: {other:?}"),
+    }
+}
+
+fn run(operation: UnitOperation, unit: &str) -> Call {
+    Call::Run(operation, unit.to_owned())
+}
+
+impl Fixture {
+    /// Applies `resource`, as the engine would after `previous` was applied successfully.
+    async fn apply(
+        &self,
+        resource: &Resource,
+        previous: Option<(&Resource, &Applied)>,
+    ) -> Result<Applied, SystemdUnitError> {
+        let previous =
+            previous.map(|(resource, applied)| (resource.spec_hash(), owned_of(applied)));
+        self.reconciler
+            .apply(
+                &resource.id,
+                spec_of(resource),
+                &resource.spec_hash(),
+                previous,
+            )
+            .await
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.unit_dir.join(name)
+    }
+}
+
+#[tokio::test]
+async fn a_new_unit_is_written_reloaded_once_enabled_and_started() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let applied = fx.apply(&kiosk, None).await.expect("apply");
+
+    assert_eq!(applied.change, Change::Created);
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [
+            Call::Reload,
+            run(UnitOperation::Enable, "kiosk.service"),
+            run(UnitOperation::Start, "kiosk.service"),
+        ]
+    );
+    let text = std::fs::read_to_string(fx.file("kiosk.service")).expect("unit file");
+    assert_eq!(
+        text.lines().next(),
+        Some("# Managed by fleetlet: agent=pi-1 resource=kiosk")
+    );
+    assert!(text.ends_with(SLEEPER));
+    let details = details_of_applied(&applied);
+    assert_eq!(
+        (details.active_state.as_str(), details.sub_state.as_str()),
+        ("active", "running")
+    );
+    assert!(details.enabled);
+    assert_ne!(details.main_pid, 0);
+    assert_eq!(details.unit_file_state.as_deref(), Some("enabled"));
+    assert_eq!(owned_of(&applied).name, "kiosk.service");
+}
+
+#[tokio::test]
+async fn an_unchanged_unit_is_neither_reloaded_nor_restarted() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let first = fx.apply(&kiosk, None).await.expect("apply");
+    let pid = details_of_applied(&first).main_pid;
+    fx.systemd.take_calls();
+
+    let again = fx
+        .apply(&kiosk, Some((&kiosk, &first)))
+        .await
+        .expect("apply");
+    assert_eq!(again.change, Change::Unchanged);
+    assert_eq!(fx.systemd.take_calls(), []);
+    assert_eq!(details_of_applied(&again).main_pid, pid);
+
+    // An agent that lost its store (no previous record) recognises its own file by the marker.
+    let after_restart = fx.apply(&kiosk, None).await.expect("apply");
+    assert_eq!(after_restart.change, Change::Unchanged);
+    assert_eq!(fx.systemd.take_calls(), []);
+}
+
+#[tokio::test]
+async fn changed_text_rewrites_the_file_reloads_once_and_restarts() {
+    let fx = fixture();
+    let v1 = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let first = fx.apply(&v1, None).await.expect("apply");
+    let pid = details_of_applied(&first).main_pid;
+    fx.systemd.take_calls();
+
+    let text = SLEEPER.replace("Kiosk", "Kiosk v2");
+    let v2 = unit_resource("kiosk", "kiosk.service", &text, true, "Started");
+    let updated = fx.apply(&v2, Some((&v1, &first))).await.expect("apply");
+    assert_eq!(updated.change, Change::Updated);
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [Call::Reload, run(UnitOperation::Restart, "kiosk.service")]
+    );
+    assert!(
+        std::fs::read_to_string(fx.file("kiosk.service"))
+            .expect("read")
+            .contains("Kiosk v2")
+    );
+    assert_ne!(details_of_applied(&updated).main_pid, pid);
+
+    // A changed text on a unit that should stay stopped is loaded, not started.
+    let stopped = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Stopped");
+    fx.apply(&stopped, Some((&v2, &updated)))
+        .await
+        .expect("apply");
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [Call::Reload, run(UnitOperation::Stop, "kiosk.service")]
+    );
+}
+
+#[tokio::test]
+async fn a_unit_stopped_by_hand_is_started_again_and_reported_as_repaired() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let first = fx.apply(&kiosk, None).await.expect("apply");
+    fx.systemd.take_calls();
+
+    fx.systemd.stop_by_hand("kiosk.service");
+    let repaired = fx
+        .apply(&kiosk, Some((&kiosk, &first)))
+        .await
+        .expect("apply");
+    assert!(
+        matches!(&repaired.change, Change::Repaired { drift } if drift.contains("not running")),
+        "{:?}",
+        repaired.change
+    );
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [run(UnitOperation::Start, "kiosk.service")]
+    );
+    assert_eq!(details_of_applied(&repaired).active_state, "active");
+}
+
+#[tokio::test]
+async fn state_stopped_keeps_a_unit_stopped_and_disabled() {
+    let fx = fixture();
+    let started = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let first = fx.apply(&started, None).await.expect("apply");
+    fx.systemd.take_calls();
+
+    let stopped = unit_resource("kiosk", "kiosk.service", SLEEPER, false, "Stopped");
+    let applied = fx
+        .apply(&stopped, Some((&started, &first)))
+        .await
+        .expect("apply");
+    assert_eq!(applied.change, Change::Updated);
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [
+            run(UnitOperation::Disable, "kiosk.service"),
+            run(UnitOperation::Stop, "kiosk.service"),
+        ]
+    );
+    let again = fx
+        .apply(&stopped, Some((&stopped, &applied)))
+        .await
+        .expect("apply");
+    assert_eq!(again.change, Change::Unchanged);
+    assert_eq!(fx.systemd.take_calls(), []);
+    let details = details_of_applied(&again);
+    assert_eq!(details.active_state, "inactive");
+    assert!(!details.enabled);
+}
+
+#[tokio::test]
+async fn a_unit_without_install_section_is_not_enabled_over_and_over() {
+    let fx = fixture();
+    let text = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
+    let resource = unit_resource("plain", "plain.service", text, true, "Started");
+    let first = fx.apply(&resource, None).await.expect("apply");
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [Call::Reload, run(UnitOperation::Start, "plain.service")]
+    );
+    let again = fx
+        .apply(&resource, Some((&resource, &first)))
+        .await
+        .expect("apply");
+    assert_eq!(again.change, Change::Unchanged);
+    assert_eq!(
+        details_of_applied(&again).unit_file_state.as_deref(),
+        Some("static")
+    );
+}
+
+#[tokio::test]
+async fn a_unit_that_fails_to_start_is_unit_failed_with_systemds_result() {
+    let fx = fixture();
+    fx.systemd.fail_starts("broken.service", "exit-code");
+    let broken = unit_resource(
+        "broken",
+        "broken.service",
+        "[Service]\nExecStart=/nonexistent\n",
+        false,
+        "Started",
+    );
+    let error = fx.apply(&broken, None).await.expect_err("fails");
+    assert_eq!(error.reason(), ErrorReason::UnitFailed);
+    assert!(error.to_string().contains("Result=exit-code"), "{error}");
+
+    // The retry (the engine decides when) clears the failed state first and tries again.
+    fx.systemd.take_calls();
+    let error = fx.apply(&broken, None).await.expect_err("fails again");
+    assert_eq!(error.reason(), ErrorReason::UnitFailed);
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [
+            run(UnitOperation::ResetFailed, "broken.service"),
+            run(UnitOperation::Start, "broken.service"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn removal_stops_disables_deletes_the_file_then_reloads() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let applied = fx.apply(&kiosk, None).await.expect("apply");
+    fx.systemd.take_calls();
+
+    let deleted = fx
+        .reconciler
+        .delete(&kiosk.id, &owned_of(&applied))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, Deleted::Removed);
+    assert_eq!(
+        fx.systemd.take_calls(),
+        [
+            run(UnitOperation::Stop, "kiosk.service"),
+            run(UnitOperation::Disable, "kiosk.service"),
+            Call::Reload,
+        ]
+    );
+    assert!(!fx.file("kiosk.service").exists());
+    assert_eq!(
+        fx.systemd.observed("kiosk.service").map(|o| o.load_state),
+        None,
+        "the unit is unloaded after the reload"
+    );
+
+    // Deleting again, or what was never applied, is fine and touches nothing.
+    let again = fx
+        .reconciler
+        .delete(&kiosk.id, &owned_of(&applied))
+        .await
+        .expect("delete");
+    assert_eq!(again, Deleted::AlreadyGone);
+    assert_eq!(fx.systemd.take_calls(), []);
+}
+
+#[tokio::test]
+async fn a_unit_file_the_agent_did_not_write_is_never_modified_or_removed() {
+    let fx = fixture();
+    std::fs::create_dir_all(&fx.unit_dir).expect("mkdir");
+    let foreign = "[Service]\nExecStart=/usr/bin/true\n";
+    std::fs::write(fx.file("kiosk.service"), foreign).expect("write");
+
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let error = fx.apply(&kiosk, None).await.expect_err("conflict");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+    assert_eq!(
+        std::fs::read_to_string(fx.file("kiosk.service")).expect("read"),
+        foreign
+    );
+    assert_eq!(fx.systemd.take_calls(), []);
+
+    // Another resource's marker is not this resource's either.
+    let other = unit_resource("other", "other.service", SLEEPER, true, "Started");
+    fx.apply(&other, None).await.expect("apply");
+    let thief = unit_resource("thief", "other.service", SLEEPER, true, "Started");
+    let error = fx.apply(&thief, None).await.expect_err("conflict");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+
+    // A record claiming the file (lost marker: replaced by hand) does not make it deletable.
+    fx.systemd.take_calls();
+    let claimed = OwnedUnit {
+        name: "kiosk.service".into(),
+        path: fx.file("kiosk.service").display().to_string(),
+        sha256: String::new(),
+    };
+    let deleted = fx
+        .reconciler
+        .delete(&kiosk.id, &claimed)
+        .await
+        .expect("delete");
+    assert!(matches!(deleted, Deleted::Released { .. }), "{deleted:?}");
+    assert!(fx.file("kiosk.service").exists());
+    assert_eq!(fx.systemd.take_calls(), []);
+}
+
+#[tokio::test]
+async fn a_timer_triggered_service_in_state_stopped_is_left_to_its_timer() {
+    let fx = fixture();
+    let timer = unit_resource(
+        "tick-timer",
+        "tick.timer",
+        "[Timer]\nOnActiveSec=1s\n[Install]\nWantedBy=timers.target\n",
+        true,
+        "Started",
+    );
+    fx.apply(&timer, None).await.expect("timer");
+    let service = unit_resource(
+        "tick",
+        "tick.service",
+        "[Service]\nType=oneshot\nExecStart=/usr/bin/true\n",
+        false,
+        "Stopped",
+    );
+    let applied = fx.apply(&service, None).await.expect("service");
+    fx.systemd.take_calls();
+
+    // The timer fired and the service runs: that is not drift.
+    {
+        let mut observed = fx.systemd.observed("tick.service").expect("loaded");
+        observed.active_state = "activating".into();
+        observed.triggered_by = vec!["tick.timer".into()];
+        fx.systemd.replace("tick.service", observed);
+    }
+    let again = fx
+        .apply(&service, Some((&service, &applied)))
+        .await
+        .expect("apply");
+    assert_eq!(again.change, Change::Unchanged);
+    assert_eq!(fx.systemd.take_calls(), []);
+}
+
+#[tokio::test]
+async fn without_systemd_or_with_an_unreachable_manager_units_are_systemd_unavailable() {
+    let none: SystemdUnitReconciler<FakeSystemd> =
+        SystemdUnitReconciler::with_manager(None, "pi-1", Duration::ZERO);
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let error = none
+        .apply(&kiosk.id, spec_of(&kiosk), &kiosk.spec_hash(), None)
+        .await
+        .expect_err("no systemd");
+    assert_eq!(error.reason(), ErrorReason::SystemdUnavailable);
+
+    let fx = fixture();
+    fx.systemd.set_unreachable(true);
+    let error = fx.apply(&kiosk, None).await.expect_err("unreachable");
+    assert_eq!(error.reason(), ErrorReason::SystemdUnavailable);
+}
+
+#[test]
+fn unit_names_are_checked_again_in_the_agent() {
+    for bad in [
+        "../escape.service",
+        "a/b.service",
+        "-x.service",
+        "kiosk",
+        ".hidden.service",
+    ] {
+        let error = check_unit_name(bad).expect_err(bad);
+        assert_eq!(error.reason(), ErrorReason::InvalidSpec, "{bad}");
+    }
+    assert!(check_unit_name("getty@tty1.service").is_ok());
+}
+
+#[tokio::test]
+async fn renaming_the_unit_removes_the_old_one() {
+    let fx = fixture();
+    let old = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let applied = fx.apply(&old, None).await.expect("apply");
+    let new = unit_resource("kiosk", "kiosk2.service", SLEEPER, true, "Started");
+    fx.apply(&new, Some((&old, &applied))).await.expect("apply");
+    assert!(!fx.file("kiosk.service").exists());
+    assert!(fx.file("kiosk2.service").exists());
+    assert_eq!(fx.systemd.observed("kiosk.service"), None);
+}

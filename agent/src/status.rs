@@ -1,0 +1,449 @@
+//! Building the `AgentStatus` the agent reports: per-resource status, conditions, generations,
+//! and the `reportSeq` scheme.
+//!
+//! Pure functions of their inputs (plus the clock passed in), so that what the fleet sees can be
+//! unit-tested without an engine.
+
+use std::collections::BTreeMap;
+
+use fleetlet_manifests::status::STATUS_KIND;
+use fleetlet_manifests::{
+    API_VERSION, AgentId, AgentInfo, AgentManifest, AgentStatus, Condition, ConditionStatus,
+    ConditionType, Phase, ResourceId, ResourceStatus,
+};
+use time::OffsetDateTime;
+
+use crate::store::ResourceState;
+
+/// Where the agent stands with its manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connectivity {
+    /// Desired state comes from a local file; there is no manager.
+    Standalone,
+    /// No answer from the manager yet.
+    Connecting,
+    /// The manager answered the last request.
+    Online,
+    /// The last request did not reach the manager (or it refused the agent).
+    Offline { reason: String, message: String },
+}
+
+/// Everything a status is built from.
+#[derive(Debug)]
+pub struct StatusInputs<'a> {
+    pub agent_id: &'a AgentId,
+    pub agent: &'a AgentInfo,
+    pub manifest: Option<&'a AgentManifest>,
+    /// The newest generation received.
+    pub manifest_generation: u64,
+    /// The generation the last complete pass applied.
+    pub observed_generation: u64,
+    pub states: &'a BTreeMap<ResourceId, ResourceState>,
+    pub connectivity: &'a Connectivity,
+    /// Why the newest manifest received was refused, if it was.
+    pub manifest_rejected: Option<&'a str>,
+    /// The previous status, whose conditions keep their transition times when unchanged.
+    pub previous: Option<&'a AgentStatus>,
+    pub now: OffsetDateTime,
+}
+
+/// The next `reportSeq`: above the last one, and at least the current time in microseconds since
+/// the Unix epoch. The time floor is what makes the sequence keep increasing across restarts
+/// even when the store forgot the last value (memory store), as long as the clock does not jump
+/// back by more than the time between two reports.
+pub fn next_report_seq(last: u64, now: OffsetDateTime) -> u64 {
+    let micros = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    last.saturating_add(1).max(micros)
+}
+
+/// Builds the status; `report_seq` is left at 0 for the caller to assign when it is queued.
+pub fn build_status(inputs: &StatusInputs<'_>) -> AgentStatus {
+    let resources = resource_statuses(inputs);
+    let conditions = conditions(inputs, &resources);
+    AgentStatus {
+        api_version: API_VERSION.to_owned(),
+        kind: STATUS_KIND.to_owned(),
+        agent_id: inputs.agent_id.clone(),
+        report_seq: 0,
+        manifest_generation: inputs.manifest_generation,
+        observed_generation: inputs.observed_generation.min(inputs.manifest_generation),
+        observed_at: inputs.now,
+        agent: inputs.agent.clone(),
+        conditions,
+        resources,
+    }
+}
+
+/// Every desired resource, plus owned ones still being deleted. A desired resource whose state is
+/// for an older spec (or that has no state yet) is `Pending`.
+fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, ResourceStatus> {
+    let mut resources = BTreeMap::new();
+    if let Some(manifest) = inputs.manifest {
+        for resource in &manifest.resources {
+            let spec_hash = resource.spec_hash();
+            let status = match inputs.states.get(&resource.id) {
+                Some(state) if state.status.spec_hash.as_deref() == Some(spec_hash.as_str()) => {
+                    state.status.clone()
+                }
+                _ => ResourceStatus {
+                    kind: resource.kind().to_owned(),
+                    phase: Phase::Pending,
+                    since: inputs.now,
+                    generation: inputs.manifest_generation,
+                    spec_hash: Some(spec_hash),
+                    error: None,
+                    retry_after: None,
+                    details: None,
+                },
+            };
+            resources.insert(resource.id.clone(), status);
+        }
+    }
+    for (id, state) in inputs.states {
+        if !resources.contains_key(id) {
+            resources.insert(id.clone(), state.status.clone());
+        }
+    }
+    resources
+}
+
+/// Counts of resources per phase.
+fn count(resources: &BTreeMap<ResourceId, ResourceStatus>, phase: Phase) -> usize {
+    resources.values().filter(|r| r.phase == phase).count()
+}
+
+/// Whether a status says the device is converged: the generation it received is the one it last
+/// applied completely, and every resource is Ready.
+pub fn is_converged(status: &AgentStatus) -> bool {
+    status.manifest_generation > 0 && status.all_ready_at(status.manifest_generation)
+}
+
+fn conditions(
+    inputs: &StatusInputs<'_>,
+    resources: &BTreeMap<ResourceId, ResourceStatus>,
+) -> Vec<Condition> {
+    let total = resources.len();
+    let ready = count(resources, Phase::Ready);
+    let failed = count(resources, Phase::Failed);
+    let unsupported = count(resources, Phase::Unsupported);
+    let unsettled = count(resources, Phase::Pending)
+        + count(resources, Phase::Reconciling)
+        + count(resources, Phase::Deleting);
+    let generation = inputs.manifest_generation;
+    let applied = inputs.manifest.is_some() && inputs.observed_generation >= generation;
+
+    let mut conditions = Vec::new();
+    let mut add = |type_, status, reason: &str, message: String| {
+        let last_transition_time = inputs
+            .previous
+            .and_then(|previous| {
+                previous
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == status)
+            })
+            .map_or(inputs.now, |c| c.last_transition_time);
+        conditions.push(Condition {
+            type_,
+            status,
+            reason: reason.to_owned(),
+            message,
+            last_transition_time,
+        });
+    };
+
+    if inputs.manifest.is_none() {
+        add(
+            ConditionType::Ready,
+            ConditionStatus::False,
+            "NoManifest",
+            "no manifest has been received yet".into(),
+        );
+    } else if applied && ready == total {
+        add(
+            ConditionType::Ready,
+            ConditionStatus::True,
+            "Converged",
+            format!("all {total} resources are ready at generation {generation}"),
+        );
+    } else if !applied {
+        add(
+            ConditionType::Ready,
+            ConditionStatus::False,
+            "Progressing",
+            format!("generation {generation} is not applied yet"),
+        );
+    } else {
+        add(
+            ConditionType::Ready,
+            ConditionStatus::False,
+            "ResourcesNotReady",
+            format!("{} of {total} resources are not ready", total - ready),
+        );
+    }
+
+    if failed + unsupported > 0 {
+        add(
+            ConditionType::Degraded,
+            ConditionStatus::True,
+            if failed > 0 {
+                "ResourcesFailed"
+            } else {
+                "ResourcesUnsupported"
+            },
+            format!("{failed} of {total} resources failed, {unsupported} unsupported"),
+        );
+    } else {
+        add(
+            ConditionType::Degraded,
+            ConditionStatus::False,
+            "NoFailures",
+            "no resource failed".into(),
+        );
+    }
+
+    if inputs.manifest.is_some() && (!applied || unsettled > 0) {
+        add(
+            ConditionType::Reconciling,
+            ConditionStatus::True,
+            "Applying",
+            format!("applying generation {generation}: {unsettled} resources not settled"),
+        );
+    } else {
+        add(
+            ConditionType::Reconciling,
+            ConditionStatus::False,
+            "Idle",
+            "nothing left to apply".into(),
+        );
+    }
+
+    match inputs.manifest_rejected {
+        Some(why) => add(
+            ConditionType::ManifestRejected,
+            ConditionStatus::True,
+            "InvalidManifest",
+            why.to_owned(),
+        ),
+        None => add(
+            ConditionType::ManifestRejected,
+            ConditionStatus::False,
+            "Accepted",
+            "the newest manifest was accepted".into(),
+        ),
+    }
+
+    match inputs.connectivity {
+        Connectivity::Standalone => add(
+            ConditionType::Offline,
+            ConditionStatus::False,
+            "Standalone",
+            "desired state comes from a local manifest file".into(),
+        ),
+        Connectivity::Connecting => add(
+            ConditionType::Offline,
+            ConditionStatus::Unknown,
+            "Connecting",
+            "the manager has not answered yet".into(),
+        ),
+        Connectivity::Online => add(
+            ConditionType::Offline,
+            ConditionStatus::False,
+            "Connected",
+            "the manager answers".into(),
+        ),
+        Connectivity::Offline { reason, message } => add(
+            ConditionType::Offline,
+            ConditionStatus::True,
+            reason,
+            message.clone(),
+        ),
+    }
+    conditions
+}
+
+/// Whether two statuses say the same thing, ignoring when they were made and their seq.
+pub fn same_content(a: &AgentStatus, b: &AgentStatus) -> bool {
+    a.manifest_generation == b.manifest_generation
+        && a.observed_generation == b.observed_generation
+        && a.agent == b.agent
+        && a.conditions == b.conditions
+        && a.resources == b.resources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetlet_manifests::{ErrorReason, ResourceError};
+    use time::macros::datetime;
+
+    fn agent() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0".into(),
+            hostname: "pi".into(),
+            arch: "aarch64".into(),
+            os: "linux".into(),
+            boot_id: String::new(),
+            started_at: datetime!(2026-11-22 10:00 UTC),
+            supported_kinds: vec!["File".into()],
+        }
+    }
+
+    fn manifest() -> AgentManifest {
+        AgentManifest::from_value(serde_json::json!({
+            "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi", "generation": 2,
+            "resources": [
+                {"id": "a", "kind": "File", "spec": {"path": "/r/a", "content": {"text": "a"}, "mode": "0644"}},
+                {"id": "b", "kind": "File", "spec": {"path": "/r/b", "content": {"text": "b"}, "mode": "0644"}}
+            ]
+        }))
+        .expect("valid manifest")
+    }
+
+    fn state(manifest: &AgentManifest, id: &str, phase: Phase) -> (ResourceId, ResourceState) {
+        let resource = manifest.resource(id).expect("resource");
+        (
+            resource.id.clone(),
+            ResourceState {
+                status: ResourceStatus {
+                    kind: "File".into(),
+                    phase,
+                    since: datetime!(2026-11-22 10:00 UTC),
+                    generation: 2,
+                    spec_hash: Some(resource.spec_hash()),
+                    error: (phase == Phase::Failed).then(|| ResourceError {
+                        reason: ErrorReason::PathNotAllowed,
+                        message: "outside".into(),
+                    }),
+                    retry_after: None,
+                    details: None,
+                },
+                consecutive_failures: 0,
+            },
+        )
+    }
+
+    fn condition(status: &AgentStatus, type_: ConditionType) -> &Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn report_seq_increases_and_is_floored_by_the_clock() {
+        let now = datetime!(2026-11-22 10:00 UTC);
+        let micros = 1_795_341_600_000_000;
+        assert_eq!(next_report_seq(0, now), micros);
+        assert_eq!(next_report_seq(micros + 5, now), micros + 6);
+        assert!(next_report_seq(7, now + time::Duration::seconds(1)) > next_report_seq(7, now));
+    }
+
+    #[test]
+    fn converged_when_every_resource_is_ready_at_the_received_generation() {
+        let manifest = manifest();
+        let states = BTreeMap::from([
+            state(&manifest, "a", Phase::Ready),
+            state(&manifest, "b", Phase::Ready),
+        ]);
+        let agent_id = AgentId::try_from("pi").expect("id");
+        let agent = agent();
+        let inputs = StatusInputs {
+            agent_id: &agent_id,
+            agent: &agent,
+            manifest: Some(&manifest),
+            manifest_generation: 2,
+            observed_generation: 2,
+            states: &states,
+            connectivity: &Connectivity::Online,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        };
+        let status = build_status(&inputs);
+        assert!(is_converged(&status));
+        assert_eq!(
+            condition(&status, ConditionType::Ready).status,
+            ConditionStatus::True
+        );
+        assert_eq!(
+            condition(&status, ConditionType::Offline).status,
+            ConditionStatus::False
+        );
+        assert!(status.check().is_empty());
+    }
+
+    #[test]
+    fn a_failed_resource_degrades_and_transition_times_are_kept() {
+        let manifest = manifest();
+        let states = BTreeMap::from([
+            state(&manifest, "a", Phase::Ready),
+            state(&manifest, "b", Phase::Failed),
+        ]);
+        let agent_id = AgentId::try_from("pi").expect("id");
+        let agent = agent();
+        let offline = Connectivity::Offline {
+            reason: "ManagerUnreachable".into(),
+            message: "connection refused".into(),
+        };
+        let mut inputs = StatusInputs {
+            agent_id: &agent_id,
+            agent: &agent,
+            manifest: Some(&manifest),
+            manifest_generation: 2,
+            observed_generation: 2,
+            states: &states,
+            connectivity: &offline,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        };
+        let first = build_status(&inputs);
+        assert!(!is_converged(&first));
+        assert_eq!(
+            condition(&first, ConditionType::Degraded).status,
+            ConditionStatus::True
+        );
+        assert_eq!(
+            condition(&first, ConditionType::Offline).status,
+            ConditionStatus::True
+        );
+
+        inputs.previous = Some(&first);
+        inputs.now = datetime!(2026-11-22 10:05 UTC);
+        let second = build_status(&inputs);
+        assert_eq!(
+            condition(&second, ConditionType::Degraded).last_transition_time,
+            datetime!(2026-11-22 10:01 UTC)
+        );
+        assert!(same_content(&first, &second));
+    }
+
+    #[test]
+    fn resources_with_a_newer_spec_than_their_state_are_pending() {
+        let manifest = manifest();
+        let (id, mut stale) = state(&manifest, "a", Phase::Ready);
+        stale.status.spec_hash = Some("sha256:old".into());
+        let states = BTreeMap::from([(id, stale)]);
+        let agent_id = AgentId::try_from("pi").expect("id");
+        let agent = agent();
+        let status = build_status(&StatusInputs {
+            agent_id: &agent_id,
+            agent: &agent,
+            manifest: Some(&manifest),
+            manifest_generation: 2,
+            observed_generation: 1,
+            states: &states,
+            connectivity: &Connectivity::Standalone,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        });
+        assert!(status.resources.values().all(|r| r.phase == Phase::Pending));
+        assert_eq!(
+            condition(&status, ConditionType::Reconciling).status,
+            ConditionStatus::True
+        );
+    }
+}

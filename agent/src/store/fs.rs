@@ -1,0 +1,1014 @@
+//! The filesystem store (cargo feature `fs-store`): the agent's memory on local disk, so that a
+//! device converges again after a reboot, a power cut or a kill -9 without its manager (DESIGN §6).
+//!
+//! Layout, scoped by agent id and resource id:
+//!
+//! ```text
+//! <state-dir>/LOCK                                  flock held while an agent runs; names the holder
+//! <state-dir>/agents/<agentId>/agent.json           agent record and config snapshot
+//! <state-dir>/agents/<agentId>/manifest.json        last accepted manifest
+//! <state-dir>/agents/<agentId>/status.json          last built AgentStatus (overview)
+//! <state-dir>/agents/<agentId>/seq.json             last reportSeq handed out, and a floor for event seqs
+//! <state-dir>/agents/<agentId>/events.jsonl         agent event log (plus events.jsonl.1, the previous segment)
+//! <state-dir>/agents/<agentId>/outbox.jsonl         the newest report not yet acknowledged (latest wins)
+//! <state-dir>/agents/<agentId>/resources/<id>/record.json   ownership: kind, specHash, what was created
+//! <state-dir>/agents/<agentId>/resources/<id>/state.json    phase, failures (backoff), last error
+//! <state-dir>/agents/<agentId>/resources/<id>/events.jsonl  that resource's events (plus .1)
+//! ```
+//!
+//! `seq.json` is the one file DESIGN §6 does not list: the trait's last `reportSeq` has no other
+//! natural home, and it also keeps a floor for event seqs so they keep increasing even after an
+//! event log was quarantined.
+//!
+//! **Crash safety.** Whole-file records are replaced atomically (see [`atomic`]: temp file in the
+//! same directory, fsync, rename, fsync directory), so a record is always the old or the new
+//! version in full. Logs are appended one line per write and fsynced (see [`jsonl`]), so a crash
+//! can only tear the last line, which is skipped when read and cut off before the next append.
+//! Every call returns only once its write is durable; the agent's own write order (apply, then
+//! record ownership) then decides what a crash between two calls means, and every such window is
+//! converged by the next pass.
+//!
+//! **Damage never stops the agent.** A missing file is "none". A torn last line is a
+//! [`Diagnostic::TornLine`]. A record or a log line that cannot be read (corruption, not a crash)
+//! is moved aside to `<file>.corrupt-<timestamp>` and reported as [`Diagnostic::Quarantined`],
+//! naming the file and line; the load that met it answers as if the file were missing
+//! (`Ok(None)`, or the collection without that entry), so the agent converges from its manifest
+//! instead of crash-looping. Every diagnostic is logged with `tracing::warn!` and kept for
+//! [`FsStore::diagnostics`].
+//!
+//! **Size bound.** With a cap of `max_bytes`, the agent log takes at most a quarter (two segments
+//! of `max_bytes / 8`), resource logs share another quarter (two segments each), and the rest is
+//! for the records, whose size is set by the manifest and the status they hold. The outbox holds
+//! one report (latest wins) and is removed when acknowledged. A resource's directory goes when
+//! it has neither a record nor a state, and only the newest quarantined copy of a file is kept.
+//! Event seqs and report seqs keep increasing across rotations and restarts. The cap cannot
+//! shrink the records themselves: it must leave room for twice the largest status (overview and
+//! outbox) plus the manifest (the default, 64 MiB, does for any valid manifest).
+
+mod atomic;
+mod jsonl;
+mod lock;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ResourceId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{
+    AgentRecord, MAX_EVENTS_PER_READ, NewEvent, OwnershipRecord, ResourceState, Store, StoreError,
+    StoredEvent,
+};
+
+/// The default cap on the state dir: small next to any SD card, large next to what one agent
+/// needs (a 4 MiB manifest at most, plus its logs).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Caps below this are raised to it: the logs need room for at least a few lines per segment.
+pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+/// A resource log segment is never smaller than this, however many resources share the budget.
+const MIN_RESOURCE_SEGMENT_BYTES: u64 = 1024;
+/// Event messages are cut to this many bytes so that one line stays small.
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Records up to this size are remembered to skip rewriting them unchanged; bigger ones (a large
+/// manifest) are rare writes and not worth the memory.
+const MAX_REMEMBERED_BYTES: usize = 64 * 1024;
+/// How many diagnostics are kept for [`FsStore::diagnostics`]; older ones are dropped.
+const MAX_DIAGNOSTICS: usize = 100;
+
+const AGENTS_DIR: &str = "agents";
+const RESOURCES_DIR: &str = "resources";
+const AGENT_FILE: &str = "agent.json";
+const MANIFEST_FILE: &str = "manifest.json";
+const STATUS_FILE: &str = "status.json";
+const SEQ_FILE: &str = "seq.json";
+const EVENTS_FILE: &str = "events.jsonl";
+const OUTBOX_FILE: &str = "outbox.jsonl";
+const RECORD_FILE: &str = "record.json";
+const STATE_FILE: &str = "state.json";
+/// Appended to a log's name for its previous segment.
+const ROTATED_SUFFIX: &str = ".1";
+
+/// How an [`FsStore`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStoreOptions {
+    /// The state dir stays under this many bytes (see the module documentation for the split).
+    pub max_bytes: u64,
+    /// Wait for the disk (fsync) before a write returns. Always on in the agent; tests that
+    /// only measure sizes turn it off, which keeps every write order but not power-cut safety.
+    pub sync: bool,
+}
+
+impl Default for FsStoreOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+            sync: true,
+        }
+    }
+}
+
+/// Why a state dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum FsStoreError {
+    #[error(
+        "the state dir is in use by {holder} (lock {}); refusing to run a second agent on it",
+        lock_path.display()
+    )]
+    Locked { lock_path: PathBuf, holder: String },
+    #[error("cannot prepare the state dir at {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Damage the store met and worked around. Each is also logged as a warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Diagnostic {
+    /// The last line of a log was cut short by a crash; it is skipped, and cut off before the
+    /// next append.
+    #[error("torn last line {line} of {} skipped (a write cut short by a crash)", path.display())]
+    TornLine { path: PathBuf, line: u64 },
+    /// A record or log that cannot be read was moved aside; the store goes on without it.
+    #[error(
+        "corrupt record in {} at line {line}: {message}; quarantined as {}",
+        path.display(),
+        quarantined_as.display()
+    )]
+    Quarantined {
+        path: PathBuf,
+        line: u64,
+        message: String,
+        quarantined_as: PathBuf,
+    },
+}
+
+impl Diagnostic {
+    /// The typed store error a quarantine stands for (none for a torn line, which is expected
+    /// after a crash and is not an error).
+    pub fn as_store_error(&self) -> Option<StoreError> {
+        match self {
+            Diagnostic::TornLine { .. } => None,
+            Diagnostic::Quarantined {
+                path,
+                line,
+                message,
+                ..
+            } => Some(StoreError::Corrupt {
+                path: path.display().to_string(),
+                line: *line,
+                message: message.clone(),
+            }),
+        }
+    }
+}
+
+/// The persistent store of one agent on local disk. Opening it takes the state dir's lock,
+/// which is held until the store is dropped.
+#[derive(Debug)]
+pub struct FsStore {
+    agent_id: AgentId,
+    state_dir: PathBuf,
+    agent_dir: PathBuf,
+    resources_dir: PathBuf,
+    options: FsStoreOptions,
+    _lock: lock::StateDirLock,
+    inner: Mutex<Inner>,
+}
+
+/// Everything that changes while the store is open; one mutex serialises all store calls, so
+/// that no two writes of one file ever overlap.
+#[derive(Debug, Default)]
+struct Inner {
+    last_event_seq: u64,
+    sequences: Sequences,
+    agent_log: LiveLog,
+    /// Resource dirs that exist (the state dir is ours alone, so this mirrors the disk).
+    resource_dirs: HashSet<ResourceId>,
+    /// Resource logs whose tail was checked (and repaired) since open.
+    checked_resource_logs: HashSet<ResourceId>,
+    /// Each small record file's content as last read or written: an unchanged record is not
+    /// rewritten, which spares the card a write per resource per resync.
+    written: HashMap<PathBuf, Vec<u8>>,
+    diagnostics: VecDeque<Diagnostic>,
+}
+
+/// The open segment of the agent event log.
+#[derive(Debug, Default)]
+struct LiveLog {
+    file: Option<File>,
+    bytes: u64,
+    first_seq: Option<u64>,
+    /// A torn tail starts here; it is cut off before the next append.
+    repair_to: Option<u64>,
+}
+
+/// The content of `seq.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sequences {
+    last_report_seq: u64,
+    /// Event seqs start above this even when every log segment is gone.
+    #[serde(default)]
+    event_seq_floor: u64,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(ROTATED_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn remember(inner: &mut Inner, path: &Path, bytes: Vec<u8>) {
+    if bytes.len() <= MAX_REMEMBERED_BYTES {
+        inner.written.insert(path.to_path_buf(), bytes);
+    } else {
+        inner.written.remove(path);
+    }
+}
+
+fn to_json_line<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec(value).map_err(|e| io_error(path)(io::Error::other(e)))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn cut_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// Creates `dir` and its missing parents, fsyncing the parent of each new directory so that the
+/// new entries survive a power cut.
+fn create_dir_durably(dir: &Path, sync: bool) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir)?;
+    if sync {
+        for created in missing {
+            if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+                atomic::sync_dir(parent)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sum of the sizes of all files under `dir`.
+fn usage_of(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            usage_of(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+impl FsStore {
+    /// Opens (creating if needed) the store of `agent_id` in `state_dir`. Fails with
+    /// [`FsStoreError::Locked`], naming the holder, when another agent has the state dir open.
+    ///
+    /// Opening also recovers from whatever a crash left: temporary files are removed, the event
+    /// seq is recovered from the newest log segment, a torn log tail is noted for repair, and
+    /// resource dirs that hold neither a record nor a state are dropped.
+    pub fn open(
+        state_dir: impl AsRef<Path>,
+        agent_id: AgentId,
+        options: FsStoreOptions,
+    ) -> Result<Self, FsStoreError> {
+        let state_dir = state_dir.as_ref().to_path_buf();
+        let options = FsStoreOptions {
+            max_bytes: options.max_bytes.max(MIN_MAX_BYTES),
+            ..options
+        };
+        create_dir_durably(&state_dir, options.sync).map_err(|source| FsStoreError::Io {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let lock = lock::acquire(&state_dir, &agent_id, options.sync)?;
+        let agent_dir = state_dir.join(AGENTS_DIR).join(agent_id.as_str());
+        let resources_dir = agent_dir.join(RESOURCES_DIR);
+        create_dir_durably(&resources_dir, options.sync).map_err(|source| FsStoreError::Io {
+            path: resources_dir.clone(),
+            source,
+        })?;
+        let store = FsStore {
+            agent_id,
+            state_dir,
+            agent_dir,
+            resources_dir,
+            options,
+            _lock: lock,
+            inner: Mutex::new(Inner::default()),
+        };
+        {
+            let mut inner = store.lock()?;
+            store.recover(&mut inner)?;
+        }
+        Ok(store)
+    }
+
+    /// The state dir this store lives in.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// What the store met and worked around since it was opened, oldest first.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.diagnostics.iter().cloned().collect()
+    }
+
+    /// Bytes used by all files under the state dir (what the size cap bounds).
+    pub fn disk_usage(&self) -> Result<u64, StoreError> {
+        usage_of(&self.state_dir).map_err(io_error(&self.state_dir))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Poisoned {
+            agent_id: self.agent_id.clone(),
+        })
+    }
+
+    fn agent_file(&self, name: &str) -> PathBuf {
+        self.agent_dir.join(name)
+    }
+
+    fn resource_dir(&self, id: &ResourceId) -> PathBuf {
+        self.resources_dir.join(id.as_str())
+    }
+
+    fn agent_segment_bytes(&self) -> u64 {
+        self.options.max_bytes / 8
+    }
+
+    /// Resource logs share a quarter of the cap, two segments each.
+    fn resource_segment_bytes(&self, resources: usize) -> u64 {
+        let share = self.options.max_bytes / 4 / (2 * resources.max(1) as u64);
+        share.clamp(MIN_RESOURCE_SEGMENT_BYTES, self.options.max_bytes / 8)
+    }
+
+    /// Logs and keeps a diagnostic, once: a torn tail met again by every read until the next
+    /// append is one finding, not many.
+    fn note(&self, inner: &mut Inner, diagnostic: Diagnostic) {
+        if !inner.diagnostics.contains(&diagnostic) {
+            tracing::warn!(diagnostic = %diagnostic, "local store damage worked around");
+            inner.diagnostics.push_back(diagnostic);
+            while inner.diagnostics.len() > MAX_DIAGNOSTICS {
+                inner.diagnostics.pop_front();
+            }
+        }
+    }
+
+    fn quarantine(
+        &self,
+        inner: &mut Inner,
+        path: &Path,
+        line: u64,
+        message: String,
+    ) -> Result<(), StoreError> {
+        let quarantined_as = atomic::quarantine(path, self.options.sync).map_err(io_error(path))?;
+        inner.written.remove(path);
+        self.note(
+            inner,
+            Diagnostic::Quarantined {
+                path: path.to_path_buf(),
+                line,
+                message,
+                quarantined_as,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads a whole-file record: `None` when missing, and also `None` (after quarantining it)
+    /// when it cannot be parsed.
+    fn load_record<T: DeserializeOwned>(
+        &self,
+        inner: &mut Inner,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(path)(error)),
+        };
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(value) => {
+                remember(inner, path, bytes);
+                Ok(Some(value))
+            }
+            Err(error) => {
+                let line = error.line().max(1) as u64;
+                self.quarantine(inner, path, line, jsonl::describe_parse_error(&error))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Replaces a whole-file record atomically, unless it already holds exactly these bytes.
+    fn save_bytes(&self, inner: &mut Inner, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if inner.written.get(path).is_some_and(|last| last == bytes) && path.exists() {
+            return Ok(());
+        }
+        atomic::write_atomically(path, bytes, self.options.sync).map_err(io_error(path))?;
+        remember(inner, path, bytes.to_vec());
+        Ok(())
+    }
+
+    fn save_record<T: Serialize>(
+        &self,
+        inner: &mut Inner,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let mut bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| io_error(path)(io::Error::other(e)))?;
+        bytes.push(b'\n');
+        self.save_bytes(inner, path, &bytes)
+    }
+
+    fn remove_record(&self, inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
+        inner.written.remove(path);
+        atomic::remove_durably(path, self.options.sync).map_err(io_error(path))?;
+        Ok(())
+    }
+
+    fn save_sequences(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let sequences = inner.sequences.clone();
+        self.save_record(inner, &self.agent_file(SEQ_FILE), &sequences)
+    }
+
+    /// Brings the in-memory view in line with the disk after whatever the last run left.
+    fn recover(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        self.sweep_temporaries(&self.agent_dir)?;
+        let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.resources_dir))?;
+            let dir = entry.path();
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| ResourceId::try_from(name).ok())
+            else {
+                continue;
+            };
+            if !dir.is_dir() {
+                continue;
+            }
+            if dir.join(RECORD_FILE).exists() || dir.join(STATE_FILE).exists() {
+                self.sweep_temporaries(&dir)?;
+                inner.resource_dirs.insert(id);
+            } else {
+                // Nothing owned and no state: only the log of a deleted resource (its events
+                // remain in the agent log), or a removal that a crash interrupted.
+                fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+            }
+        }
+
+        // reportSeq: the highest of what seq.json, the status and the outbox remember, so that a
+        // lost seq.json cannot make a seq be handed out twice.
+        let seq_path = self.agent_file(SEQ_FILE);
+        inner.sequences = self.load_record(inner, &seq_path)?.unwrap_or_default();
+        let status: Option<AgentStatus> = self.load_record(inner, &self.agent_file(STATUS_FILE))?;
+        let pending = self.read_outbox(inner)?;
+        inner.sequences.last_report_seq =
+            [status.map(|s| s.report_seq), pending.map(|s| s.report_seq)]
+                .into_iter()
+                .flatten()
+                .fold(inner.sequences.last_report_seq, u64::max);
+
+        // Event seq: recovered from the newest segment that has events.
+        let live = self.agent_file(EVENTS_FILE);
+        let (mut first, mut last) = (None, 0u64);
+        let report = jsonl::scan::<StoredEvent>(&live, |event| {
+            first.get_or_insert(event.seq);
+            last = last.max(event.seq);
+            ControlFlow::Continue(())
+        })
+        .map_err(io_error(&live))?;
+        let mut floor_moved = false;
+        if let Some(report) = report {
+            if let Some((line, message)) = report.corrupt {
+                self.quarantine(inner, &live, line, message)?;
+                first = None;
+                floor_moved = true;
+            } else {
+                inner.agent_log.bytes = fs::metadata(&live).map_err(io_error(&live))?.len();
+                if let Some((line, offset)) = report.torn {
+                    self.note(
+                        inner,
+                        Diagnostic::TornLine {
+                            path: live.clone(),
+                            line,
+                        },
+                    );
+                    inner.agent_log.repair_to = Some(offset);
+                }
+            }
+        }
+        inner.agent_log.first_seq = first;
+        if first.is_none() {
+            let older = rotated(&live);
+            let report = jsonl::scan::<StoredEvent>(&older, |event| {
+                last = last.max(event.seq);
+                ControlFlow::Continue(())
+            })
+            .map_err(io_error(&older))?;
+            if let Some((line, message)) = report.and_then(|r| r.corrupt) {
+                self.quarantine(inner, &older, line, message)?;
+                floor_moved = true;
+            }
+        }
+        inner.last_event_seq = last.max(inner.sequences.event_seq_floor);
+        if floor_moved {
+            inner.sequences.event_seq_floor = inner.last_event_seq;
+            self.save_sequences(inner)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files that a crash in the middle of a replacement left in `dir`.
+    fn sweep_temporaries(&self, dir: &Path) -> Result<(), StoreError> {
+        for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            if atomic::is_temp_name(&entry.file_name().to_string_lossy()) {
+                fs::remove_file(entry.path()).map_err(io_error(dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_resource_dir(&self, inner: &mut Inner, id: &ResourceId) -> Result<(), StoreError> {
+        if !inner.resource_dirs.contains(id) {
+            let dir = self.resource_dir(id);
+            create_dir_durably(&dir, self.options.sync).map_err(io_error(&dir))?;
+            inner.resource_dirs.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Once a resource has neither a record nor a state, its directory (and its log) goes: the
+    /// resource no longer exists for this agent, and its events remain in the agent log.
+    fn drop_resource_dir_if_unused(
+        &self,
+        inner: &mut Inner,
+        id: &ResourceId,
+    ) -> Result<(), StoreError> {
+        let dir = self.resource_dir(id);
+        if !inner.resource_dirs.contains(id)
+            || dir.join(RECORD_FILE).exists()
+            || dir.join(STATE_FILE).exists()
+        {
+            return Ok(());
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(&dir)(error)),
+        }
+        if self.options.sync {
+            atomic::sync_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
+        }
+        inner.resource_dirs.remove(id);
+        inner.checked_resource_logs.remove(id);
+        inner.written.retain(|path, _| !path.starts_with(&dir));
+        Ok(())
+    }
+
+    /// Appends one line to the agent log, cutting a torn tail first and rotating when the
+    /// segment is full. Rotation renames the live segment over the previous one in one atomic
+    /// step, so a crash leaves either the old pair of segments or the new one.
+    fn append_agent_line(
+        &self,
+        inner: &mut Inner,
+        line: &[u8],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let path = self.agent_file(EVENTS_FILE);
+        let sync = self.options.sync;
+        let log = &mut inner.agent_log;
+        if log.file.is_none() {
+            let (file, len, created) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
+            if created && sync {
+                atomic::sync_dir(&self.agent_dir).map_err(io_error(&self.agent_dir))?;
+            }
+            log.file = Some(file);
+            log.bytes = len;
+        }
+        if let (Some(to), Some(file)) = (log.repair_to, log.file.as_ref()) {
+            jsonl::truncate_to(file, to, sync).map_err(io_error(&path))?;
+            log.bytes = to;
+            log.repair_to = None;
+        }
+        if log.bytes > 0 && log.bytes + line.len() as u64 > self.agent_segment_bytes() {
+            log.file = None;
+            fs::rename(&path, rotated(&path)).map_err(io_error(&path))?;
+            let (file, _, _) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
+            if sync {
+                atomic::sync_dir(&self.agent_dir).map_err(io_error(&self.agent_dir))?;
+            }
+            log.file = Some(file);
+            log.bytes = 0;
+            log.first_seq = None;
+        }
+        let Some(file) = log.file.as_mut() else {
+            return Err(io_error(&path)(io::Error::other(
+                "the event log is not open",
+            )));
+        };
+        if let Err(error) = jsonl::append_line(file, line, sync) {
+            // Part of the line may have been written: cut it off before the next append.
+            log.repair_to = Some(log.bytes);
+            return Err(io_error(&path)(error));
+        }
+        log.bytes += line.len() as u64;
+        log.first_seq.get_or_insert(seq);
+        Ok(())
+    }
+
+    /// Appends one line to a resource's log, if the resource still has a directory.
+    fn append_resource_line(
+        &self,
+        inner: &mut Inner,
+        id: &ResourceId,
+        line: &[u8],
+    ) -> Result<(), StoreError> {
+        if !inner.resource_dirs.contains(id) {
+            return Ok(());
+        }
+        let dir = self.resource_dir(id);
+        let path = dir.join(EVENTS_FILE);
+        if !inner.checked_resource_logs.contains(id) {
+            self.repair_log(inner, &path)?;
+            inner.checked_resource_logs.insert(id.clone());
+        }
+        let (mut file, len, mut created) =
+            jsonl::open_for_append(&path).map_err(io_error(&path))?;
+        let segment = self.resource_segment_bytes(inner.resource_dirs.len());
+        if len > 0 && len + line.len() as u64 > segment {
+            drop(file);
+            fs::rename(&path, rotated(&path)).map_err(io_error(&path))?;
+            (file, _, created) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
+        }
+        if created && self.options.sync {
+            atomic::sync_dir(&dir).map_err(io_error(&dir))?;
+        }
+        if let Err(error) = jsonl::append_line(&mut file, line, self.options.sync) {
+            inner.checked_resource_logs.remove(id);
+            return Err(io_error(&path)(error));
+        }
+        Ok(())
+    }
+
+    /// Makes a log line-aligned again: a torn tail is cut off, a corrupt log quarantined.
+    fn repair_log(&self, inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
+        let Some(report) = jsonl::scan::<StoredEvent>(path, |_| ControlFlow::Continue(()))
+            .map_err(io_error(path))?
+        else {
+            return Ok(());
+        };
+        if let Some((line, message)) = report.corrupt {
+            return self.quarantine(inner, path, line, message);
+        }
+        if let Some((line, offset)) = report.torn {
+            self.note(
+                inner,
+                Diagnostic::TornLine {
+                    path: path.to_path_buf(),
+                    line,
+                },
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_error(path))?;
+            jsonl::truncate_to(&file, offset, self.options.sync).map_err(io_error(path))?;
+        }
+        Ok(())
+    }
+
+    /// One page of events from a log's segments (older first), line by line: at most `limit`
+    /// events are held in memory, whatever the size of the files.
+    fn read_page(
+        &self,
+        inner: &mut Inner,
+        segments: &[PathBuf],
+        after_seq: u64,
+        limit: usize,
+        keep: impl Fn(&StoredEvent) -> bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = limit.min(MAX_EVENTS_PER_READ);
+        let mut page = Vec::new();
+        if limit == 0 {
+            return Ok(page);
+        }
+        for path in segments {
+            let report = jsonl::scan::<StoredEvent>(path, |event| {
+                if event.seq > after_seq && keep(&event) {
+                    page.push(event);
+                }
+                if page.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(io_error(path))?;
+            let Some(report) = report else { continue };
+            if let Some((line, message)) = report.corrupt {
+                self.quarantine(inner, path, line, message)?;
+                if *path == self.agent_file(EVENTS_FILE) {
+                    inner.agent_log = LiveLog::default();
+                    inner.sequences.event_seq_floor = inner.last_event_seq;
+                    self.save_sequences(inner)?;
+                }
+            } else if let Some((line, _)) = report.torn {
+                self.note(
+                    inner,
+                    Diagnostic::TornLine {
+                        path: path.clone(),
+                        line,
+                    },
+                );
+            }
+            if report.stopped {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// The agent log's segments worth reading for events after `after_seq`: the previous
+    /// segment is skipped when the live one already starts early enough.
+    fn agent_segments(&self, inner: &Inner, after_seq: u64) -> Vec<PathBuf> {
+        let live = self.agent_file(EVENTS_FILE);
+        match inner.agent_log.first_seq {
+            Some(first) if first <= after_seq.saturating_add(1) => vec![live],
+            _ => vec![rotated(&live), live],
+        }
+    }
+
+    /// The outbox's newest readable report.
+    fn read_outbox(&self, inner: &mut Inner) -> Result<Option<AgentStatus>, StoreError> {
+        let path = self.agent_file(OUTBOX_FILE);
+        let mut newest = None;
+        let report = jsonl::scan::<AgentStatus>(&path, |status| {
+            newest = Some(status);
+            ControlFlow::Continue(())
+        })
+        .map_err(io_error(&path))?;
+        let Some(report) = report else {
+            return Ok(None);
+        };
+        if let Some((line, message)) = report.corrupt {
+            self.quarantine(inner, &path, line, message)?;
+            return Ok(None);
+        }
+        if let Some((line, _)) = report.torn {
+            self.note(inner, Diagnostic::TornLine { path, line });
+        }
+        Ok(newest)
+    }
+
+    fn resource_records<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<ResourceId, T>, StoreError> {
+        let mut inner = self.lock()?;
+        let mut ids: Vec<ResourceId> = inner.resource_dirs.iter().cloned().collect();
+        ids.sort();
+        let mut found = BTreeMap::new();
+        for id in ids {
+            let path = self.resource_dir(&id).join(name);
+            if let Some(value) = self.load_record(&mut inner, &path)? {
+                found.insert(id, value);
+            }
+        }
+        Ok(found)
+    }
+
+    fn save_resource_file<T: Serialize>(
+        &self,
+        id: &ResourceId,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        self.ensure_resource_dir(&mut inner, id)?;
+        self.save_record(&mut inner, &self.resource_dir(id).join(name), value)
+    }
+
+    fn remove_resource_file(&self, id: &ResourceId, name: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.resource_dirs.contains(id) {
+            return Ok(());
+        }
+        self.remove_record(&mut inner, &self.resource_dir(id).join(name))?;
+        self.drop_resource_dir_if_unused(&mut inner, id)
+    }
+}
+
+/// What each load returns when it meets damage is stated on the module: missing or quarantined
+/// files read as absent, torn log tails are skipped.
+impl Store for FsStore {
+    fn agent_id(&self) -> &AgentId {
+        &self.agent_id
+    }
+
+    fn load_agent_record(&self) -> Result<Option<AgentRecord>, StoreError> {
+        let mut inner = self.lock()?;
+        self.load_record(&mut inner, &self.agent_file(AGENT_FILE))
+    }
+
+    fn save_agent_record(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        self.save_record(&mut inner, &self.agent_file(AGENT_FILE), record)
+    }
+
+    fn load_manifest(&self) -> Result<Option<AgentManifest>, StoreError> {
+        let mut inner = self.lock()?;
+        self.load_record(&mut inner, &self.agent_file(MANIFEST_FILE))
+    }
+
+    fn save_manifest(&self, manifest: &AgentManifest) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        self.save_record(&mut inner, &self.agent_file(MANIFEST_FILE), manifest)
+    }
+
+    /// Records that cannot be read are quarantined and left out: the agent then treats the
+    /// resource as not owned and converges it from the manifest.
+    fn ownership_records(&self) -> Result<BTreeMap<ResourceId, OwnershipRecord>, StoreError> {
+        self.resource_records(RECORD_FILE)
+    }
+
+    fn save_ownership_record(
+        &self,
+        id: &ResourceId,
+        record: &OwnershipRecord,
+    ) -> Result<(), StoreError> {
+        self.save_resource_file(id, RECORD_FILE, record)
+    }
+
+    fn remove_ownership_record(&self, id: &ResourceId) -> Result<(), StoreError> {
+        self.remove_resource_file(id, RECORD_FILE)
+    }
+
+    /// States that cannot be read are quarantined and left out (the resource starts afresh).
+    fn resource_states(&self) -> Result<BTreeMap<ResourceId, ResourceState>, StoreError> {
+        self.resource_records(STATE_FILE)
+    }
+
+    fn save_resource_state(
+        &self,
+        id: &ResourceId,
+        state: &ResourceState,
+    ) -> Result<(), StoreError> {
+        self.save_resource_file(id, STATE_FILE, state)
+    }
+
+    fn remove_resource_state(&self, id: &ResourceId) -> Result<(), StoreError> {
+        self.remove_resource_file(id, STATE_FILE)
+    }
+
+    /// The event goes to the agent log first (it is the one that assigns seqs), then to the
+    /// resource's log while the resource has a directory. A crash between the two loses the
+    /// event from the resource's log only.
+    fn append_event(&self, event: NewEvent) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let seq = inner.last_event_seq + 1;
+        let stored = StoredEvent {
+            seq,
+            at: OffsetDateTime::now_utc(),
+            kind: event.kind,
+            resource_id: event.resource_id,
+            message: cut_message(event.message),
+        };
+        let line = to_json_line(&self.agent_file(EVENTS_FILE), &stored)?;
+        self.append_agent_line(&mut inner, &line, seq)?;
+        inner.last_event_seq = seq;
+        if let Some(id) = &stored.resource_id {
+            self.append_resource_line(&mut inner, id, &line)?;
+        }
+        Ok(seq)
+    }
+
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut inner = self.lock()?;
+        let segments = self.agent_segments(&inner, after_seq);
+        self.read_page(&mut inner, &segments, after_seq, limit, |_| true)
+    }
+
+    /// From the resource's own log while it exists; for a resource that is gone, from the
+    /// agent log (where its last events remain).
+    fn read_resource_events(
+        &self,
+        id: &ResourceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut inner = self.lock()?;
+        if inner.resource_dirs.contains(id) {
+            let live = self.resource_dir(id).join(EVENTS_FILE);
+            let segments = [rotated(&live), live];
+            self.read_page(&mut inner, &segments, after_seq, limit, |_| true)
+        } else {
+            let segments = self.agent_segments(&inner, after_seq);
+            self.read_page(&mut inner, &segments, after_seq, limit, |event| {
+                event.resource_id.as_ref() == Some(id)
+            })
+        }
+    }
+
+    fn load_status(&self) -> Result<Option<AgentStatus>, StoreError> {
+        let mut inner = self.lock()?;
+        self.load_record(&mut inner, &self.agent_file(STATUS_FILE))
+    }
+
+    fn save_status(&self, status: &AgentStatus) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        self.save_record(&mut inner, &self.agent_file(STATUS_FILE), status)
+    }
+
+    /// The outbox is rewritten atomically with the one newest report: every report is a full
+    /// snapshot, so older unsent ones are worthless, and the file never grows.
+    fn enqueue_report(&self, status: &AgentStatus) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let path = self.agent_file(OUTBOX_FILE);
+        let line = to_json_line(&path, status)?;
+        self.save_bytes(&mut inner, &path, &line)
+    }
+
+    fn pending_report(&self) -> Result<Option<AgentStatus>, StoreError> {
+        let mut inner = self.lock()?;
+        self.read_outbox(&mut inner)
+    }
+
+    fn acknowledge_report(&self, report_seq: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if self
+            .read_outbox(&mut inner)?
+            .is_some_and(|pending| pending.report_seq <= report_seq)
+        {
+            self.remove_record(&mut inner, &self.agent_file(OUTBOX_FILE))?;
+        }
+        Ok(())
+    }
+
+    fn last_report_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.sequences.last_report_seq)
+    }
+
+    /// Durable before it returns, so that a seq handed out is never handed out again.
+    fn save_last_report_seq(&self, report_seq: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if report_seq > inner.sequences.last_report_seq {
+            inner.sequences.last_report_seq = report_seq;
+            self.save_sequences(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Every write is durable when it returns (with `sync` on); this also syncs what `sync`
+    /// off left to the kernel.
+    fn flush(&self) -> Result<(), StoreError> {
+        let inner = self.lock()?;
+        if let Some(file) = &inner.agent_log.file {
+            file.sync_data()
+                .map_err(io_error(&self.agent_file(EVENTS_FILE)))?;
+        }
+        atomic::sync_dir(&self.agent_dir).map_err(io_error(&self.agent_dir))
+    }
+}

@@ -1,0 +1,145 @@
+//! Crash-safe replacement and removal of whole files, and quarantine of corrupt ones.
+//!
+//! The crash-safety argument for [`write_atomically`]: the new content goes to a temporary file
+//! in the same directory, is fsynced, and only then renamed over the old name; the directory is
+//! fsynced last. A kill -9 or a power cut before the rename leaves the old file untouched (plus a
+//! stray temporary, swept away at the next open). `rename(2)` within one directory is atomic, so
+//! at no point does the name point to a half-written file: because the data was durable before
+//! the rename, whichever directory entry survives a power cut (old or new) names a complete file.
+//! The final directory fsync makes the new entry itself durable before the caller is told the
+//! write happened, so an acknowledged write is never rolled back by a power cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+/// Marks the temporary file a replacement is written to: `<dir>/.<name>.tmp`.
+pub(super) const TEMP_SUFFIX: &str = ".tmp";
+
+/// Marks a quarantined file: `<name>.corrupt-<UTC timestamp>`.
+pub(super) const QUARANTINE_MARK: &str = ".corrupt-";
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or_else(|| Path::new("."))
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The temporary sibling of `path`. A fixed name is enough: the state dir is locked by one agent,
+/// and every write of one file is serialised by the store's mutex.
+pub(super) fn temp_path(path: &Path) -> PathBuf {
+    parent_of(path).join(format!(".{}{TEMP_SUFFIX}", file_name_of(path)))
+}
+
+/// True for names written by [`temp_path`], which only a crash can leave behind.
+pub(super) fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+/// Replaces `path` with `bytes` so that, whatever the moment of a crash, the file holds either the
+/// old or the new content in full. With `sync` off the order is the same but nothing waits for the
+/// disk: a process crash is still safe, a power cut may lose the latest writes (never tear them).
+pub(super) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let temp = temp_path(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    if sync {
+        // Data and size must be on disk before the rename makes them visible under the real name.
+        file.sync_all()?;
+    }
+    drop(file);
+    fs::rename(&temp, path)?;
+    if sync {
+        sync_dir(parent_of(path))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed in it) durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Removes `path` if it exists and makes the removal durable. Returns whether it existed.
+pub(super) fn remove_durably(path: &Path, sync: bool) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if sync {
+                sync_dir(parent_of(path))?;
+            }
+            Ok(true)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Moves a corrupt file aside as `<name>.corrupt-<timestamp>` so that the store starts over
+/// without it while an operator can still inspect it. Only the newest quarantined copy of each
+/// file is kept: a disk that keeps corrupting one file must not fill the card with copies.
+pub(super) fn quarantine(path: &Path, sync: bool) -> io::Result<PathBuf> {
+    let dir = parent_of(path);
+    let prefix = format!("{}{QUARANTINE_MARK}", file_name_of(path));
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    let stamp = OffsetDateTime::now_utc()
+        .format(format_description!(
+            "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+        ))
+        .unwrap_or_else(|_| "unknown-time".to_owned());
+    let target = dir.join(format!("{prefix}{stamp}"));
+    fs::rename(path, &target)?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replacement_leaves_no_temporary_and_quarantine_keeps_one_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"one", true).expect("write");
+        write_atomically(&path, b"two", true).expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert!(!temp_path(&path).exists());
+        assert!(is_temp_name(&file_name_of(&temp_path(&path))));
+
+        quarantine(&path, true).expect("quarantine");
+        assert!(!path.exists());
+        write_atomically(&path, b"three", true).expect("write");
+        let second = quarantine(&path, true).expect("quarantine");
+        let copies: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("state.json.corrupt-"))
+            .collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "older quarantined copies are dropped: {copies:?}"
+        );
+        assert_eq!(fs::read(&second).expect("read"), b"three");
+        assert!(remove_durably(&second, true).expect("remove"));
+        assert!(!remove_durably(&second, true).expect("remove"));
+    }
+}

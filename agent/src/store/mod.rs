@@ -1,0 +1,261 @@
+//! The agent's local store: what it must remember between passes (and, with a persistent store,
+//! across restarts): the last accepted manifest, what it owns, per-resource state, events, the
+//! status overview and the outbox of unsent reports.
+//!
+//! One store instance is scoped to one agent id; resource records are scoped by resource id
+//! (DESIGN §6). The trait is synchronous on purpose: every call is a small read or write, the
+//! memory store never blocks, and a filesystem store does short, fsync-bounded I/O that is
+//! cheaper to run inline than to hop threads for.
+
+#[cfg(feature = "fs-store")]
+pub mod fs;
+pub mod memory;
+
+use std::collections::BTreeMap;
+
+use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, Kind, ResourceId, ResourceStatus};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[cfg(feature = "fs-store")]
+pub use fs::{FsStore, FsStoreError, FsStoreOptions};
+pub use memory::MemoryStore;
+
+/// No read of an event log returns more than this many entries, whatever the caller asks for.
+pub const MAX_EVENTS_PER_READ: usize = 500;
+
+/// The local store of one agent.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The agent this store belongs to.
+    fn agent_id(&self) -> &AgentId;
+
+    /// The agent record: who ran on this store, with which version and configuration.
+    fn load_agent_record(&self) -> Result<Option<AgentRecord>, StoreError>;
+    fn save_agent_record(&self, record: &AgentRecord) -> Result<(), StoreError>;
+
+    /// The last accepted manifest: the desired state the agent converges to, even offline.
+    fn load_manifest(&self) -> Result<Option<AgentManifest>, StoreError>;
+    fn save_manifest(&self, manifest: &AgentManifest) -> Result<(), StoreError>;
+
+    /// Ownership records: what the agent created for each resource. Deletion is derived from
+    /// these ("owned but no longer desired"), never from a one-shot event.
+    fn ownership_records(&self) -> Result<BTreeMap<ResourceId, OwnershipRecord>, StoreError>;
+    fn save_ownership_record(
+        &self,
+        id: &ResourceId,
+        record: &OwnershipRecord,
+    ) -> Result<(), StoreError>;
+    fn remove_ownership_record(&self, id: &ResourceId) -> Result<(), StoreError>;
+
+    /// Per-resource state: the status last computed and the failure count that drives backoff.
+    fn resource_states(&self) -> Result<BTreeMap<ResourceId, ResourceState>, StoreError>;
+    fn save_resource_state(&self, id: &ResourceId, state: &ResourceState)
+    -> Result<(), StoreError>;
+    fn remove_resource_state(&self, id: &ResourceId) -> Result<(), StoreError>;
+
+    /// Appends an event to the agent log (and, when it names a resource, to that resource's
+    /// log) and returns its sequence number, which increases by one per event.
+    fn append_event(&self, event: NewEvent) -> Result<u64, StoreError>;
+    /// Events with a seq greater than `after_seq`, oldest first, at most
+    /// `min(limit, MAX_EVENTS_PER_READ)` of them.
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The same, restricted to the events of one resource.
+    fn read_resource_events(
+        &self,
+        id: &ResourceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The last built status (the overview a local tool can read without the manager).
+    fn load_status(&self) -> Result<Option<AgentStatus>, StoreError>;
+    fn save_status(&self, status: &AgentStatus) -> Result<(), StoreError>;
+
+    /// The outbox: reports not yet acknowledged by the manager. Every report is a full
+    /// snapshot, so a newer report supersedes older unsent ones (latest wins).
+    fn enqueue_report(&self, status: &AgentStatus) -> Result<(), StoreError>;
+    fn pending_report(&self) -> Result<Option<AgentStatus>, StoreError>;
+    /// Drops the pending report if its seq is at most `report_seq`.
+    fn acknowledge_report(&self, report_seq: u64) -> Result<(), StoreError>;
+
+    /// The highest `reportSeq` handed out so far (0 if none).
+    fn last_report_seq(&self) -> Result<u64, StoreError>;
+    fn save_last_report_seq(&self, report_seq: u64) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable (a no-op for the memory store).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Who ran on this store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    pub agent_id: AgentId,
+    pub version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// The effective configuration, without secrets.
+    pub config: serde_json::Value,
+}
+
+/// What the agent created for one resource, so that it deletes only what it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnershipRecord {
+    /// The kind of the resource; it decides where the record's delete falls in the pass order.
+    pub kind: Kind,
+    /// The spec hash last applied successfully.
+    pub spec_hash: String,
+    /// The manifest generation of that apply.
+    pub generation: u64,
+    pub owned: Owned,
+}
+
+/// The kind-specific part of an ownership record. Later kinds add a variant each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "PascalCase")]
+pub enum Owned {
+    File(OwnedFile),
+    SystemdUnit(OwnedUnit),
+    Container(OwnedContainer),
+}
+
+impl Owned {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Owned::File(_) => Kind::File,
+            Owned::SystemdUnit(_) => Kind::SystemdUnit,
+            Owned::Container(_) => Kind::Container,
+        }
+    }
+}
+
+/// A file the agent wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedFile {
+    pub path: String,
+    /// True when the path did not exist before the agent first wrote it. Only such files are
+    /// deleted when their resource goes away; a file that existed before is adopted (the agent
+    /// manages its content while the resource exists) and left in place afterwards.
+    pub created: bool,
+    /// sha256 (hex) of the content last written.
+    pub sha256: String,
+}
+
+/// A systemd unit whose file the agent wrote. The file itself carries a marker line naming the
+/// agent and resource; the agent modifies or removes it only while that marker is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedUnit {
+    /// The unit name, e.g. `kiosk.service`.
+    pub name: String,
+    /// The unit file's path.
+    pub path: String,
+    /// sha256 (hex) of the file last written, marker included.
+    pub sha256: String,
+}
+
+/// A container the agent created, with its restart bookkeeping. The container itself carries the
+/// labels `dev.fleetlet.agent` and `dev.fleetlet.resource`; the agent removes only containers that
+/// carry both, whatever this record says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedContainer {
+    pub container_id: String,
+    pub name: String,
+    /// Restarts by the agent since the container was created for the current spec.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Restarts in a row without a stable run in between; the delay before the next restart
+    /// grows with it.
+    #[serde(default)]
+    pub crash_streak: u32,
+}
+
+/// The state of one resource between passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceState {
+    pub status: ResourceStatus,
+    /// Failures in a row; reset by a success. Drives the backoff.
+    pub consecutive_failures: u32,
+}
+
+/// What happened, in the agent's own event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    ManifestAccepted,
+    ManifestRejected,
+    ResourceCreated,
+    ResourceAdopted,
+    ResourceUpdated,
+    ResourceRepaired,
+    ResourceFailed,
+    ResourceDeleted,
+    ResourceReleased,
+    ResourcePhaseChanged,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ManifestAccepted => "ManifestAccepted",
+            EventKind::ManifestRejected => "ManifestRejected",
+            EventKind::ResourceCreated => "ResourceCreated",
+            EventKind::ResourceAdopted => "ResourceAdopted",
+            EventKind::ResourceUpdated => "ResourceUpdated",
+            EventKind::ResourceRepaired => "ResourceRepaired",
+            EventKind::ResourceFailed => "ResourceFailed",
+            EventKind::ResourceDeleted => "ResourceDeleted",
+            EventKind::ResourceReleased => "ResourceReleased",
+            EventKind::ResourcePhaseChanged => "ResourcePhaseChanged",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event to append; the store assigns its seq and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub resource_id: Option<ResourceId>,
+    pub message: String,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<ResourceId>,
+    pub message: String,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store of agent {agent_id} is unusable: a writer panicked while holding its lock")]
+    Poisoned { agent_id: AgentId },
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt record in {path} at line {line}: {message}")]
+    Corrupt {
+        path: String,
+        line: u64,
+        message: String,
+    },
+}

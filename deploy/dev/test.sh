@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one command that runs every check of the project, from a fresh machine: it brings up the real
+# components the system tests need (PostgreSQL, podman and docker with a locally built image, a
+# systemd user manager), then runs formatting, lints and all tests.
+# `.ci/run` calls this and nothing else.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+FLEETLET_LOG_TAG=test.sh
+# shellcheck source=deploy/dev/lib.sh
+. deploy/dev/lib.sh
+
+# Real components. Each script is idempotent and prints KEY=VALUE lines for the tests to use.
+set -a
+eval "$(deploy/dev/postgres.sh)"
+eval "$(deploy/dev/systemd-user.sh)"
+set +a
+deploy/dev/containers.sh
+log "postgres, systemd (user manager), podman and docker ready"
+
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "clippy (all features, then the agent without fs-store)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy -p fleetlet-agent --no-default-features --all-targets -- -D warnings
+
+# The end-to-end tests run the real binaries from target/debug, so build them before any test starts.
+log "building the binaries"
+cargo build --workspace --bins
+
+log "tests: whole workspace, all features"
+cargo test --workspace --all-features --no-fail-fast
+
+log "tests: the agent without default features (memory store only)"
+cargo test -p fleetlet-agent --no-default-features --no-fail-fast

@@ -1,0 +1,132 @@
+//! Limits that keep one client from tying up the manager: concurrent long-polls per caller and
+//! agent, and a deadline on every request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use fleetlet_manifests::AgentId;
+use fleetlet_manifests::api::ErrorKind;
+
+use super::error::HttpError;
+use super::extract::Caller;
+
+/// How many long-polls one caller may hold open on one agent at once. An agent needs one; a few
+/// more cover a restart racing its predecessor's poll, and nothing legitimate needs dozens.
+pub const MAX_LONG_POLLS_PER_CALLER: usize = 4;
+
+/// The most any request may take from its first byte to its answer: the longest long-poll
+/// (60 s) plus time for the store and a slow body. A client trickling a body in forever is cut
+/// off here.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Who holds how many long-polls. Keyed by caller and watched agent: an agent token can only
+/// watch its own agent, so for agents this is "per token"; a dashboard's reader token gets its
+/// own allowance per agent it watches.
+#[derive(Debug, Clone, Default)]
+pub struct LongPolls {
+    held: Arc<Mutex<HashMap<(Caller, AgentId), usize>>>,
+}
+
+impl LongPolls {
+    /// Takes a slot for one long-poll, or answers 429 when the caller already holds the limit.
+    /// The slot is given back when the returned guard is dropped, however the request ends.
+    pub fn acquire(&self, caller: &Caller, agent_id: &AgentId) -> Result<LongPollSlot, HttpError> {
+        let key = (caller.clone(), agent_id.clone());
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(key.clone()).or_default();
+        if *count >= MAX_LONG_POLLS_PER_CALLER {
+            return Err(HttpError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "at most {MAX_LONG_POLLS_PER_CALLER} long-polls per token and agent may be open at once"
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(LongPollSlot {
+            polls: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    /// How many long-polls are open in total (for tests and metrics).
+    pub fn open(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+}
+
+/// One held long-poll slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct LongPollSlot {
+    polls: LongPolls,
+    key: Option<(Caller, AgentId)>,
+}
+
+impl Drop for LongPollSlot {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let mut held = self
+            .polls
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            // Entries of callers that went away are removed, so the map stays bounded by the
+            // number of open polls.
+            if *count == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+}
+
+/// Middleware: a request that takes longer than [`REQUEST_TIMEOUT`] is answered 408 and its
+/// handler dropped (which also frees any long-poll slot it held).
+pub async fn enforce_request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => HttpError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request did not finish within {} seconds",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_gets_at_most_the_limit_and_slots_come_back_on_drop() {
+        let polls = LongPolls::default();
+        let agent = AgentId::try_from("pi-1").expect("valid id");
+        let caller = Caller::Agent(agent.clone());
+        let slots: Vec<_> = (0..MAX_LONG_POLLS_PER_CALLER)
+            .map(|_| polls.acquire(&caller, &agent).expect("within the limit"))
+            .collect();
+        let refused = polls
+            .acquire(&caller, &agent)
+            .expect_err("one over the limit");
+        assert_eq!(refused.kind, ErrorKind::TooManyRequests);
+        // Another caller is not affected.
+        assert!(polls.acquire(&Caller::Reader, &agent).is_ok());
+        drop(slots);
+        assert_eq!(polls.open(), 0);
+        assert!(polls.acquire(&caller, &agent).is_ok());
+    }
+}

@@ -1,0 +1,125 @@
+//! The REST API of DESIGN §3: routes, shared state and the layers every request passes.
+
+mod agents;
+mod cursor;
+pub mod error;
+mod extract;
+mod health;
+pub mod limits;
+mod manifests;
+pub mod openapi;
+mod status;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use fleetlet_manifests::api::ErrorKind;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::RoleTokens;
+use crate::store::Store;
+use crate::token::{TokenHash, hash_token};
+use crate::watch::ManifestWatch;
+use error::HttpError;
+pub use limits::LongPolls;
+
+/// No request body may exceed this. A manifest carries at most 4 MiB of decoded file content,
+/// which base64 and JSON inflate by about a third, so 8 MiB leaves room without being unbounded.
+pub const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest a manifest long-poll may wait (DESIGN §3); an operator may set a lower bound
+/// with `FLEETLET_MAX_WAIT_SECONDS`, e.g. behind a proxy with a shorter idle timeout.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// The hashes of the configured role tokens; the tokens themselves are not kept.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleHashes {
+    pub admin: TokenHash,
+    pub reader: Option<TokenHash>,
+    /// Enables `POST /api/v1/enroll` when set.
+    pub bootstrap: Option<TokenHash>,
+}
+
+impl From<&RoleTokens> for RoleHashes {
+    fn from(tokens: &RoleTokens) -> Self {
+        Self {
+            admin: hash_token(&tokens.admin),
+            reader: tokens.reader.as_deref().map(hash_token),
+            bootstrap: tokens.bootstrap.as_deref().map(hash_token),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub watch: ManifestWatch,
+    pub roles: RoleHashes,
+    pub report_interval: Duration,
+    /// Open long-polls per caller and agent, bounded by [`limits::MAX_LONG_POLLS_PER_CALLER`].
+    pub long_polls: LongPolls,
+    /// The largest `waitSeconds` accepted, at most [`MAX_WAIT_SECONDS`].
+    pub max_wait_seconds: u64,
+    /// Turns true when the manager shuts down, so long-polls answer at once instead of holding
+    /// the drain for up to a minute.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The API router with its layers: body limit, JSON fallbacks, panic catcher, request tracing.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/enroll", post(agents::enroll))
+        .route("/agents", post(agents::register).get(agents::list))
+        .route("/agents/{agent_id}", delete(agents::decommission))
+        .route("/agents/{agent_id}/token", post(agents::rotate_token))
+        .route(
+            "/agents/{agent_id}/manifest",
+            get(manifests::get).put(manifests::put),
+        )
+        .route("/agents/{agent_id}/manifests", get(manifests::history))
+        .route(
+            "/agents/{agent_id}/status",
+            get(status::get).put(status::put),
+        )
+        .route("/agents/{agent_id}/events", get(status::events))
+        .route("/schema/manifest", get(health::manifest_schema_handler))
+        .route("/schema/status", get(health::status_schema_handler))
+        .route(
+            "/openapi.json",
+            get(openapi::openapi_handler(state.max_wait_seconds)),
+        );
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn(limits::enforce_request_timeout))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                // The panic message may hold anything, so it is neither logged in full nor shown.
+                tracing::error!("a request handler panicked");
+                HttpError::internal().into_response()
+            },
+        ))
+        // The default span names method and path only: headers, which carry tokens, stay out.
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> HttpError {
+    HttpError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> HttpError {
+    HttpError::new(
+        ErrorKind::MethodNotAllowed,
+        "this endpoint does not support that method",
+    )
+}

@@ -1,0 +1,110 @@
+//! Status reports from agents, the status view, and the event log.
+
+use axum::Json;
+use axum::extract::State;
+use fleetlet_manifests::api::{Event, Page, ReportAck, StatusView};
+use fleetlet_manifests::{AgentStatus, Violation};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::error::HttpError;
+use super::extract::{AgentPath, Caller, JsonBody, QueryParams, decode};
+use crate::fleet::summarize;
+
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+/// A larger `limit` is clamped to this.
+pub const MAX_EVENTS_LIMIT: usize = 1000;
+
+/// `PUT /api/v1/agents/{agentId}/status`: the agent's report, idempotent by `reportSeq`.
+pub async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    AgentPath(agent_id): AgentPath,
+    JsonBody(body): JsonBody,
+) -> Result<Json<ReportAck>, HttpError> {
+    caller.require_agent(&agent_id)?;
+    let status: AgentStatus = decode(body, "status")?;
+    let mut violations = status.check();
+    if status.agent_id != agent_id {
+        violations.push(Violation {
+            path: "agentId".into(),
+            message: format!("must be {agent_id}, the agent of the path"),
+        });
+    }
+    // Counters are bigint columns; a value past i64 would be a broken agent, not a real count.
+    let in_range = |value: u64| i64::try_from(value).is_ok();
+    for (path, value) in [
+        ("reportSeq", status.report_seq),
+        ("manifestGeneration", status.manifest_generation),
+        ("observedGeneration", status.observed_generation),
+    ] {
+        if !in_range(value) {
+            violations.push(Violation {
+                path: path.into(),
+                message: "is too large".into(),
+            });
+        }
+    }
+    for (id, resource) in &status.resources {
+        if !in_range(resource.generation) {
+            violations.push(Violation {
+                path: format!("resources.{id}.generation"),
+                message: "is too large".into(),
+            });
+        }
+    }
+    if !violations.is_empty() {
+        return Err(HttpError::invalid("invalid status", violations));
+    }
+    let accepted = state
+        .store
+        .report_status(&status, OffsetDateTime::now_utc())
+        .await?;
+    tracing::debug!(%agent_id, report_seq = status.report_seq, accepted, "status report");
+    Ok(Json(ReportAck { accepted }))
+}
+
+/// `GET /api/v1/agents/{agentId}/status`: the stored status and its summary.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    AgentPath(agent_id): AgentPath,
+) -> Result<Json<StatusView>, HttpError> {
+    caller.require_reader()?;
+    let (row, status) = state.store.status(&agent_id).await?;
+    let summary = summarize(&row, OffsetDateTime::now_utc(), state.report_interval);
+    Ok(Json(StatusView { status, summary }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventParams {
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/agents/{agentId}/events`: the event log, oldest first, from `afterSeq` on.
+/// `nextCursor` is the seq to pass as the next `afterSeq`, or null on the last page.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    AgentPath(agent_id): AgentPath,
+    QueryParams(params): QueryParams<EventParams>,
+) -> Result<Json<Page<Event>>, HttpError> {
+    caller.require_reader()?;
+    let limit = params
+        .limit
+        .unwrap_or(DEFAULT_EVENTS_LIMIT)
+        .clamp(1, MAX_EVENTS_LIMIT);
+    let mut items = state
+        .store
+        .events(&agent_id, params.after_seq.unwrap_or(0), limit + 1)
+        .await?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = more
+        .then(|| items.last().map(|e| e.seq.to_string()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}

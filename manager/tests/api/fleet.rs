@@ -1,0 +1,185 @@
+//! Acceptance 3 (second part): the fleet list derives every state; filters and cursors.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::support::{READER, TestServer, manifest, serve, serve_with_interval, status};
+
+async fn states_by_agent(server: &TestServer, query: &str) -> Vec<(String, String)> {
+    let page = server.json(&format!("/api/v1/agents{query}"), READER).await;
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|row| {
+            (
+                row["agentId"].as_str().expect("id").to_owned(),
+                row["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Registers five agents and brings each into one of the non-stale states.
+async fn populate(server: &TestServer) {
+    for (id, labels) in [
+        ("a-converged", json!({"site": "north", "tier": "prod"})),
+        ("b-progressing", json!({"site": "north"})),
+        ("c-degraded", json!({"site": "south", "tier": "prod"})),
+        ("d-unknown", json!({"site": "south"})),
+        ("e-rejected", json!({"site": "south"})),
+    ] {
+        let token = server.register(id, labels).await;
+        server.apply(id, &manifest(id, &["a", "b"])).await;
+        let report = match id {
+            "a-converged" => status(id, 1, 1, &[("file-0", "Ready"), ("file-1", "Ready")]),
+            "b-progressing" => status(id, 1, 1, &[("file-0", "Ready"), ("file-1", "Reconciling")]),
+            "c-degraded" => status(id, 1, 1, &[("file-0", "Ready"), ("file-1", "Failed")]),
+            "e-rejected" => {
+                let mut report = status(id, 1, 0, &[]);
+                report["conditions"] = json!([{"type": "ManifestRejected", "status": "True",
+                    "reason": "SignatureInvalid", "message": "no", "lastTransitionTime": "2026-11-22T10:00:00Z"}]);
+                report
+            }
+            _ => continue,
+        };
+        server.report_accepted(id, &token, &report).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn fleet_list_derives_converged_progressing_degraded_and_unknown(pool: PgPool) {
+    let server = serve(pool).await;
+    populate(&server).await;
+    assert_eq!(
+        states_by_agent(&server, "").await,
+        vec![
+            ("a-converged".to_owned(), "converged".to_owned()),
+            ("b-progressing".to_owned(), "progressing".to_owned()),
+            ("c-degraded".to_owned(), "degraded".to_owned()),
+            ("d-unknown".to_owned(), "unknown".to_owned()),
+            ("e-rejected".to_owned(), "degraded".to_owned()),
+        ]
+    );
+    let page = server.json("/api/v1/agents?limit=1", READER).await;
+    let row = &page["items"][0];
+    assert_eq!(row["desiredGeneration"], 1);
+    assert_eq!(row["observedGeneration"], 1);
+    assert_eq!(row["counts"], json!({"Ready": 2}));
+    assert_eq!(row["labels"], json!({"site": "north", "tier": "prod"}));
+    assert!(row["lastSeenAt"].is_string());
+
+    // A new generation makes the converged agent progressing until it reports again.
+    server
+        .apply("a-converged", &manifest("a-converged", &["changed", "b"]))
+        .await;
+    assert_eq!(
+        states_by_agent(&server, "?state=progressing").await,
+        vec![
+            ("a-converged".to_owned(), "progressing".to_owned()),
+            ("b-progressing".to_owned(), "progressing".to_owned()),
+        ]
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_agent_is_stale_after_three_missed_report_intervals(pool: PgPool) {
+    let interval = Duration::from_millis(500);
+    let server = serve_with_interval(pool, interval).await;
+    let token = server.register("pi-1", json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["a"])).await;
+    let reported = Instant::now();
+    server
+        .report_accepted(
+            "pi-1",
+            &token,
+            &status("pi-1", 1, 1, &[("file-0", "Ready")]),
+        )
+        .await;
+    let fresh = states_by_agent(&server, "").await;
+    if reported.elapsed() < interval * 3 {
+        assert_eq!(fresh, vec![("pi-1".to_owned(), "converged".to_owned())]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = states_by_agent(&server, "").await;
+        if states == vec![("pi-1".to_owned(), "stale".to_owned())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became stale: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported.elapsed() >= interval * 3, "stale too early");
+    let view = server.json("/api/v1/agents/pi-1/status", READER).await;
+    assert_eq!(view["summary"]["state"], "stale");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn fleet_list_filters_by_state_and_labels(pool: PgPool) {
+    let server = serve(pool).await;
+    populate(&server).await;
+    let ids = |rows: Vec<(String, String)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(states_by_agent(&server, "?state=degraded").await),
+        ["c-degraded", "e-rejected"]
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?state=unknown").await),
+        ["d-unknown"]
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?state=stale").await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?label=tier=prod").await),
+        ["a-converged", "c-degraded"]
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?label=site=south,tier=prod").await),
+        ["c-degraded"]
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?label=site=south&state=degraded").await),
+        ["c-degraded", "e-rejected"]
+    );
+    let bad = server.get("/api/v1/agents?state=sleepy", READER).await;
+    assert_eq!(bad.status(), 400);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn fleet_list_pages_with_an_opaque_cursor(pool: PgPool) {
+    let server = serve(pool).await;
+    populate(&server).await;
+    for query in ["", "&state=degraded", "&label=site=south"] {
+        let everything = states_by_agent(&server, &format!("?limit=100{query}")).await;
+        let mut paged = Vec::new();
+        let mut path = format!("/api/v1/agents?limit=2{query}");
+        let mut pages = 0;
+        loop {
+            let page: Value = server.json(&path, READER).await;
+            pages += 1;
+            for row in page["items"].as_array().expect("items") {
+                paged.push((
+                    row["agentId"].as_str().expect("id").to_owned(),
+                    row["state"].as_str().expect("state").to_owned(),
+                ));
+            }
+            match page["nextCursor"].as_str() {
+                Some(cursor) => path = format!("/api/v1/agents?limit=2{query}&cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(paged, everything, "query {query}");
+        assert_eq!(pages, everything.len().div_ceil(2).max(1), "query {query}");
+    }
+    assert_eq!(
+        server
+            .get("/api/v1/agents?cursor=garbage", READER)
+            .await
+            .status(),
+        400
+    );
+}

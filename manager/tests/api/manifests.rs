@@ -1,0 +1,165 @@
+//! Acceptance 1: generations, If-Match, history; and in-process long-polls.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::support::{ADMIN, READER, expect_error, manifest, serve};
+
+#[sqlx::test(migrations = "../migrations")]
+async fn generation_starts_at_one_and_rises_only_when_resources_change(pool: PgPool) {
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+
+    assert_eq!(server.apply("pi-1", &manifest("pi-1", &["a"])).await, 1);
+    assert_eq!(
+        server.apply("pi-1", &manifest("pi-1", &["a"])).await,
+        1,
+        "identical re-PUT keeps the generation"
+    );
+    assert_eq!(server.apply("pi-1", &manifest("pi-1", &["b"])).await, 2);
+    assert_eq!(
+        server.apply("pi-1", &manifest("pi-1", &["b", "c"])).await,
+        3
+    );
+    assert_eq!(
+        server.apply("pi-1", &manifest("pi-1", &["b", "c"])).await,
+        3
+    );
+
+    let response = server.get("/api/v1/agents/pi-1/manifest", READER).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"3\"");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["generation"], 3);
+    assert_eq!(body["resources"].as_array().map(Vec::len), Some(2));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn if_match_with_a_stale_generation_is_a_conflict(pool: PgPool) {
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["a"])).await;
+    server.apply("pi-1", &manifest("pi-1", &["b"])).await;
+
+    let stale = server
+        .request(Method::PUT, "/api/v1/agents/pi-1/manifest", ADMIN)
+        .header("If-Match", "\"1\"")
+        .json(&manifest("pi-1", &["c"]))
+        .send()
+        .await
+        .expect("answered");
+    expect_error(stale, 409, "conflict").await;
+
+    let current = server
+        .request(Method::PUT, "/api/v1/agents/pi-1/manifest", ADMIN)
+        .header("If-Match", "\"2\"")
+        .json(&manifest("pi-1", &["c"]))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(current.status(), 200);
+    let body: Value = current.json().await.expect("JSON");
+    assert_eq!(body["generation"], 3);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn history_lists_every_generation_newest_first_in_pages(pool: PgPool) {
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+    for text in ["a", "b", "c", "d", "e"] {
+        server.apply("pi-1", &manifest("pi-1", &[text])).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/agents/pi-1/manifests?limit=2".to_owned();
+    loop {
+        let page = server.json(&path, READER).await;
+        for item in page["items"].as_array().expect("items") {
+            seen.push(item["generation"].as_u64().expect("generation"));
+            assert!(item["contentHash"].is_string() && item["createdAt"].is_string());
+            assert_eq!(item["createdBy"], "admin");
+        }
+        match page["nextCursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/agents/pi-1/manifests?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![5, 4, 3, 2, 1]);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn long_poll_answers_when_a_new_generation_is_written(pool: PgPool) {
+    let server = serve(pool).await;
+    let token = server.register("pi-1", serde_json::json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["a"])).await;
+
+    let poll = server
+        .request(
+            Method::GET,
+            "/api/v1/agents/pi-1/manifest?afterGeneration=1&waitSeconds=30",
+            &token,
+        )
+        .send();
+    let poll = tokio::spawn(poll);
+    // Give the poll time to start waiting, then write; the answer must follow the write quickly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = Instant::now();
+    server.apply("pi-1", &manifest("pi-1", &["b"])).await;
+    let response = poll.await.expect("joins").expect("answered");
+    assert!(
+        written.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        written.elapsed()
+    );
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["generation"], 2);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn long_poll_answers_not_modified_when_the_wait_runs_out(pool: PgPool) {
+    let server = serve(pool).await;
+    let token = server.register("pi-1", serde_json::json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["a"])).await;
+    let started = Instant::now();
+    let response = server
+        .get(
+            "/api/v1/agents/pi-1/manifest?afterGeneration=1&waitSeconds=1",
+            &token,
+        )
+        .await;
+    assert_eq!(response.status(), 304);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A poll for an older generation answers at once.
+    let response = server
+        .get(
+            "/api/v1/agents/pi-1/manifest?afterGeneration=0&waitSeconds=30",
+            &token,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_agent_without_a_manifest_gets_404_and_its_long_poll_waits(pool: PgPool) {
+    let server = serve(pool).await;
+    let token = server.register("pi-1", serde_json::json!({})).await;
+    expect_error(
+        server.get("/api/v1/agents/pi-1/manifest", &token).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let response = server
+        .get(
+            "/api/v1/agents/pi-1/manifest?afterGeneration=0&waitSeconds=1",
+            &token,
+        )
+        .await;
+    assert_eq!(response.status(), 304);
+}

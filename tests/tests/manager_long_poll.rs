@@ -1,0 +1,99 @@
+//! Acceptance 2: a long-poll held by one manager process is answered within a second of a
+//! manifest write made through a second process on the same database (Postgres NOTIFY), and
+//! answers 304 when its wait runs out.
+
+use std::time::{Duration, Instant};
+
+use fleetlet_tests::manager::{ManagerOptions, ManagerProcess};
+use fleetlet_tests::postgres::fresh_database;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn manifest(text: &str) -> Value {
+    json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi-1",
+           "resources": [{"id": "motd", "kind": "File",
+                          "spec": {"path": "/etc/motd", "content": {"text": text}, "mode": "0644"}}]})
+}
+
+#[tokio::test]
+async fn long_poll_is_answered_within_a_second_of_a_write_through_another_manager()
+-> anyhow::Result<()> {
+    let database = fresh_database().await?;
+    let first = ManagerProcess::start(&database.url).await?;
+    // The second replica shares the database and the admin token, as replicas behind one load
+    // balancer would.
+    let mut options = ManagerOptions::new(Some(&database.url));
+    options.admin_token = first.admin_token.clone();
+    let second = ManagerProcess::start_with(options).await?;
+    let client = reqwest::Client::new();
+
+    let registered: Value = first
+        .admin(&client, Method::POST, "/api/v1/agents")
+        .json(&json!({"agentId": "pi-1"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = registered["token"].as_str().expect("token").to_owned();
+    first
+        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
+        .json(&manifest("one"))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let poll = tokio::spawn(
+        client
+            .get(format!(
+                "{}/api/v1/agents/pi-1/manifest?afterGeneration=1&waitSeconds=30",
+                first.url
+            ))
+            .bearer_auth(&token)
+            .send(),
+    );
+    // The poll must really be waiting before the write, or the test would prove nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long-poll answered before any write"
+    );
+
+    let written = Instant::now();
+    let stored: Value = second
+        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
+        .json(&manifest("two"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(stored["generation"], 2);
+    let answer = poll.await??;
+    let latency = written.elapsed();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await?;
+    assert_eq!(body["generation"], 2);
+    assert!(
+        latency < Duration::from_secs(1),
+        "answered {latency:?} after the write"
+    );
+
+    // Nothing newer: the poll answers 304 once its wait runs out.
+    let started = Instant::now();
+    let answer = client
+        .get(format!(
+            "{}/api/v1/agents/pi-1/manifest?afterGeneration=2&waitSeconds=1",
+            first.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 304);
+    assert_eq!(answer.headers()["etag"], "\"2\"");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900)
+            && started.elapsed() < Duration::from_secs(3)
+    );
+    Ok(())
+}
