@@ -80,6 +80,32 @@ pub enum ManifestAnswer {
     Invalid(String),
 }
 
+/// The agent's HTTP client: a connect timeout here, a timeout on every request where it is sent.
+/// With `ca_file`, only that CA is trusted: a fleet's private CA must not be bypassable by any
+/// certificate a public CA issued for the manager's name.
+pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("fleetlet-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            ClientError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            ClientError::Setup(format!(
+                "the CA file {} is not a PEM certificate: {e}",
+                path.display()
+            ))
+        })?;
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(certificate);
+    }
+    builder
+        .build()
+        .map_err(|e| ClientError::Setup(e.to_string()))
+}
+
 /// A client for one agent's endpoints.
 #[derive(Debug, Clone)]
 pub struct ManagerClient {
@@ -91,17 +117,27 @@ pub struct ManagerClient {
 
 impl ManagerClient {
     pub fn new(base_url: &str, agent_id: AgentId, token: Token) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("fleetlet-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        Ok(Self {
+        Ok(Self::with_http(
+            http_client(None)?,
+            base_url,
+            agent_id,
+            token,
+        ))
+    }
+
+    /// A client over an already built HTTP client (see [`http_client`]).
+    pub fn with_http(
+        http: reqwest::Client,
+        base_url: &str,
+        agent_id: AgentId,
+        token: Token,
+    ) -> Self {
+        Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             agent_id,
             token,
-        })
+        }
     }
 
     fn url(&self, tail: &str) -> String {

@@ -42,6 +42,17 @@ pub struct Cli {
     /// File holding the agent's token (surrounding whitespace is ignored).
     #[arg(long, env = "FLEETLET_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The fleet's bootstrap token: without a token, the agent enrolls itself with it once and
+    /// keeps its own token in the state dir (mode 0600).
+    #[arg(long, env = "FLEETLET_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// File holding the bootstrap token.
+    #[arg(long, env = "FLEETLET_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the manager's certificate. With it, only that CA is
+    /// trusted for an https manager URL; without it, the system's roots are.
+    #[arg(long, env = "FLEETLET_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Directory of the agent's local state.
     #[arg(long, env = "FLEETLET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -93,6 +104,8 @@ pub struct FileConfig {
     pub agent_id: Option<String>,
     pub manager_url: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub bootstrap_token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub file_roots: Option<Vec<PathBuf>>,
     pub session_root: Option<PathBuf>,
@@ -145,10 +158,25 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// How the agent proves who it is to the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// FLEETLET_TOKEN or FLEETLET_TOKEN_FILE.
+    Token(Token),
+    /// No token configured: the one kept from an earlier enrollment, else enrollment with this
+    /// bootstrap token (see `enroll.rs`).
+    Enroll { bootstrap: Option<Token> },
+}
+
 /// Where desired state comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    Manager { url: String, token: Token },
+    Manager {
+        url: String,
+        token: Credential,
+        /// The CA the manager's certificate must chain to (FLEETLET_CA_FILE).
+        ca_file: Option<PathBuf>,
+    },
     ManifestFile(PathBuf),
 }
 
@@ -195,6 +223,38 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A secret given inline (flag or environment) or as a file. Both at once on the command line
+/// or in the environment is refused rather than guessed at; a file named in the TOML file only
+/// counts when neither is given.
+fn read_secret(
+    setting: &'static str,
+    inline: Option<String>,
+    cli_file: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+) -> Result<Option<Token>, ConfigError> {
+    let text = match (inline, cli_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                setting,
+                format!("set only one of {setting} and {setting}_FILE"),
+            ));
+        }
+        (Some(text), None) => text,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::ReadToken { path, source })?,
+        (None, None) => match config_file {
+            Some(path) => std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::ReadToken { path, source })?,
+            None => return Ok(None),
+        },
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(setting, "the token is empty"));
+    }
+    Ok(Some(Token::new(text.to_owned())))
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
@@ -286,24 +346,23 @@ impl Config {
                         format!("{url:?} must start with http:// or https://"),
                     ));
                 }
-                let token = match (cli.token, cli.token_file.or(file.token_file)) {
-                    (Some(token), _) => token,
-                    (None, Some(path)) => std::fs::read_to_string(&path)
-                        .map_err(|source| ConfigError::ReadToken { path, source })?,
-                    (None, None) => {
-                        return Err(invalid(
-                            "FLEETLET_TOKEN",
-                            "a token is needed to talk to the manager (FLEETLET_TOKEN or FLEETLET_TOKEN_FILE)",
-                        ));
-                    }
-                };
-                let token = token.trim().to_owned();
-                if token.is_empty() {
-                    return Err(invalid("FLEETLET_TOKEN", "the token is empty"));
-                }
+                let token =
+                    read_secret("FLEETLET_TOKEN", cli.token, cli.token_file, file.token_file)?;
+                let bootstrap = read_secret(
+                    "FLEETLET_BOOTSTRAP_TOKEN",
+                    cli.bootstrap_token,
+                    cli.bootstrap_token_file,
+                    file.bootstrap_token_file,
+                )?;
                 Source::Manager {
                     url: url.trim_end_matches('/').to_owned(),
-                    token: Token::new(token),
+                    // Whether a kept token exists is decided when the agent starts: the state
+                    // dir may not even exist yet.
+                    token: match token {
+                        Some(token) => Credential::Token(token),
+                        None => Credential::Enroll { bootstrap },
+                    },
+                    ca_file: cli.ca_file.or(file.ca_file),
                 }
             }
             (None, None) => {
@@ -448,6 +507,7 @@ impl Config {
                 },
                 runtime_path: self.container_runtime_path.clone(),
             },
+            session_root: Some(self.session_root.clone()),
         }
     }
 
@@ -540,9 +600,37 @@ mod tests {
             config.source,
             Source::Manager {
                 url: "http://m:7800".into(),
-                token: Token::new("secret".into())
+                token: Credential::Token(Token::new("secret".into())),
+                ca_file: None,
             }
         );
+    }
+
+    #[test]
+    fn a_token_given_both_inline_and_as_a_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").expect("written");
+        let file = file.to_str().expect("utf-8 path");
+        for (inline, file_flag) in [
+            ("--token", "--token-file"),
+            ("--bootstrap-token", "--bootstrap-token-file"),
+        ] {
+            let cli = Cli::try_parse_from([
+                "fleetlet-agent",
+                "--agent-id",
+                "pi-1",
+                "--manager-url",
+                "http://m:7800",
+                inline,
+                "inline",
+                file_flag,
+                file,
+            ])
+            .expect("flags parse");
+            let error = Config::resolve(cli, FileConfig::default()).expect_err("refused");
+            assert!(error.to_string().contains("set only one of"), "{error}");
+        }
     }
 
     #[test]
@@ -573,7 +661,15 @@ mod tests {
             )
         };
         assert!(parse(&["--manager-url", "http://m", "--token", "t"]).is_err());
-        assert!(parse(&["--agent-id", "a", "--manager-url", "http://m"]).is_err());
+        // Without a token the agent looks for a kept one, or enrolls, when it starts.
+        let enrolling = parse(&["--agent-id", "a", "--manager-url", "http://m"]).expect("valid");
+        assert!(matches!(
+            enrolling.source,
+            Source::Manager {
+                token: Credential::Enroll { bootstrap: None },
+                ..
+            }
+        ));
         assert!(parse(&[]).is_err());
         assert!(parse(&["--manifest-file", "/m.json", "--file-roots", "/a:rel"]).is_err());
         assert!(parse(&["--manifest-file", "/m.json", "--watch-wait", "61s"]).is_err());

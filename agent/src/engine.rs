@@ -261,6 +261,14 @@ impl<R: Reconcile> Engine<R> {
             }
         }
 
+        // What no record covers but the reconcilers still find of resources gone from the
+        // manifest (a session directory whose first apply failed) is collected after the deletes.
+        if complete {
+            for (id, message) in self.reconcilers.collect_garbage(&manifest.resources).await {
+                events.push((EventKind::ResourceDeleted, id, message));
+            }
+        }
+
         // Then applies, in kind order.
         for kind in Kind::ALL {
             if shutdown.is_triggered() {

@@ -22,4 +22,6 @@ pub enum AgentError {
     Engine(#[from] EngineError),
     #[error("manager client: {0}")]
     Client(#[from] ClientError),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] crate::enroll::EnrollError),
 }

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod enroll;
 pub mod error;
 pub mod manifest_file;
 pub mod reconcile;
@@ -29,7 +30,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::client::{ManagerClient, ManifestAnswer};
-use crate::config::{Config, Source};
+use crate::config::{Config, Credential, Source};
 use crate::engine::{DesiredUpdate, Engine};
 pub use crate::error::AgentError;
 use crate::reconcile::{Reconcile, Reconcilers};
@@ -123,8 +124,25 @@ fn prepare(config: &Config) -> Result<Prepared, AgentError> {
         config: config.snapshot(),
     })?;
     let client = match &config.source {
-        Source::Manager { url, token } => {
-            Some(ManagerClient::new(url, agent_id.clone(), token.clone())?)
+        Source::Manager {
+            url,
+            token: Credential::Token(token),
+            ca_file,
+        } => Some(ManagerClient::with_http(
+            client::http_client(ca_file.as_deref())?,
+            url,
+            agent_id.clone(),
+            token.clone(),
+        )),
+        // `obtain_token` turns this into a token before the agent prepares.
+        Source::Manager {
+            token: Credential::Enroll { .. },
+            ..
+        } => {
+            return Err(AgentError::Enroll(enroll::EnrollError::NoCredential {
+                path: enroll::token_path(&config.state_dir, &agent_id),
+                agent_id,
+            }));
         }
         Source::ManifestFile(_) => None,
     };
@@ -149,9 +167,51 @@ fn source_label(config: &Config) -> String {
     }
 }
 
+/// Without a configured token, uses the one kept from an earlier enrollment or enrolls now
+/// (see `enroll.rs`); the returned config always carries a token when it names a manager.
+async fn obtain_token(mut config: Config, shutdown: &ShutdownSignal) -> Result<Config, AgentError> {
+    let Source::Manager {
+        url,
+        token: Credential::Enroll { bootstrap },
+        ca_file,
+    } = &config.source
+    else {
+        return Ok(config);
+    };
+    let agent_id = agent_id_of(&config)?;
+    let token = match enroll::kept_token(&config.state_dir, &agent_id)? {
+        Some(token) => token,
+        None => {
+            let Some(bootstrap) = bootstrap else {
+                return Err(AgentError::Enroll(enroll::EnrollError::NoCredential {
+                    path: enroll::token_path(&config.state_dir, &agent_id),
+                    agent_id,
+                }));
+            };
+            let http = client::http_client(ca_file.as_deref())?;
+            enroll::enroll(
+                &http,
+                url,
+                &agent_id,
+                bootstrap,
+                &config.state_dir,
+                shutdown,
+            )
+            .await?
+        }
+    };
+    config.source = Source::Manager {
+        url: url.clone(),
+        token: Credential::Token(token),
+        ca_file: ca_file.clone(),
+    };
+    Ok(config)
+}
+
 /// Runs the agent until `shutdown` is triggered: watches the desired state, converges toward it,
 /// reports. Returns once in-flight work is finished and the store is flushed.
 pub async fn run(config: Config, shutdown: ShutdownSignal) -> Result<(), AgentError> {
+    let config = obtain_token(config, &shutdown).await?;
     let Prepared {
         engine,
         store,
@@ -219,6 +279,8 @@ pub async fn run(config: Config, shutdown: ShutdownSignal) -> Result<(), AgentEr
 /// One full pass: fetch the desired state once, converge, report once, and return the status.
 /// The caller decides the exit code with [`status::is_converged`].
 pub async fn run_once(config: Config) -> Result<AgentStatus, AgentError> {
+    // `--once` has no signal handling of its own; a shutdown that never comes is right here.
+    let config = obtain_token(config, &shutdown::Shutdown::new().signal()).await?;
     let Prepared {
         mut engine,
         store,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every check of the project, from a fresh machine: it brings up the real
 # components the system tests need (PostgreSQL, podman and docker with a locally built image, a
-# systemd user manager), then runs formatting, lints and all tests.
+# systemd user manager, headless Chromium, Schemathesis), then runs formatting, lints and all tests.
 # `.ci/run` calls this and nothing else.
 set -euo pipefail
 
@@ -15,9 +15,11 @@ FLEETLET_LOG_TAG=test.sh
 set -a
 eval "$(deploy/dev/postgres.sh)"
 eval "$(deploy/dev/systemd-user.sh)"
+eval "$(deploy/dev/chromium.sh)"
 set +a
 deploy/dev/containers.sh
-log "postgres, systemd (user manager), podman and docker ready"
+deploy/dev/schemathesis.sh >/dev/null
+log "postgres, systemd (user manager), chromium, podman, docker and schemathesis ready"
 
 log "cargo fmt --check"
 cargo fmt --all --check

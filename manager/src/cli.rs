@@ -1,27 +1,45 @@
-//! The `fleetlet` command-line client: register agents, apply manifests, read status.
+//! The `fleetlet` command-line client: register agents, apply and diff manifests, read status,
+//! history and events.
 //!
 //! It speaks only the REST API (never the database), with the wire types of
-//! `fleetlet-manifests`, and reads `FLEETLET_URL` and `FLEETLET_TOKEN`.
+//! `fleetlet-manifests`. The manager and token come from `--url`/`--token`, `FLEETLET_URL` /
+//! `FLEETLET_TOKEN`, or a TOML config file (see `cli/client.rs`). The commands live in
+//! `cli/commands.rs`, the manifest reading and diffing in `cli/manifest_file.rs`, `apply --wait`
+//! in `cli/wait.rs` and every table in `cli/render.rs`.
+
+mod client;
+mod commands;
+mod manifest_file;
+mod render;
+mod wait;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fleetlet_manifests::api::{AgentSummary, AgentToken, ErrorBody, FleetState, Page, StatusView};
-use fleetlet_manifests::{AgentManifest, Phase};
-use reqwest::{Method, StatusCode};
-use serde::de::DeserializeOwned;
+use reqwest::StatusCode;
+
+pub use render::{render_fleet, render_status};
 
 /// fleetlet: the control plane's command-line client.
 #[derive(Debug, Parser)]
 #[command(name = "fleetlet", version, about)]
 pub struct Cli {
-    /// The manager's base URL.
-    #[arg(long, env = "FLEETLET_URL", default_value = "http://127.0.0.1:7800")]
-    pub url: String,
-    /// Bearer token (admin for writes, admin or reader for reads).
-    #[arg(long, env = "FLEETLET_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// The manager's base URL [default: the config file's `url`, else http://127.0.0.1:7800].
+    #[arg(long, env = "FLEETLET_URL", global = true)]
+    pub url: Option<String>,
+    /// Bearer token (admin for writes, admin or reader for reads) [default: the config file's
+    /// `token` or `token-file`].
+    #[arg(long, env = "FLEETLET_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A TOML file with `url` and `token` or `token-file` [default:
+    /// $XDG_CONFIG_HOME/fleetlet/config.toml when it exists].
+    #[arg(long, env = "FLEETLET_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// PEM file of the CA that signed the manager's certificate; with it, only that CA is
+    /// trusted for https URLs [default: the config file's `ca-file`, else the system's roots].
+    #[arg(long, env = "FLEETLET_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,22 +51,58 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
-    /// Store a manifest (JSON) as its agent's next generation.
+    /// Store a manifest (YAML or JSON) as its agent's next generation.
     Apply {
-        /// The manifest file.
+        /// The manifest file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Wait until the agent has converged on the new generation.
+        /// Show progress until the agent has converged on the new generation; exit non-zero
+        /// with the failing resources if it does not.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits (e.g. 120s, 5m).
         #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
         timeout: Duration,
     },
+    /// Show what applying a manifest would change, by resource id.
+    Diff {
+        /// The manifest file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Exit with status 1 when there are changes (like `git diff --exit-code`).
+        #[arg(long)]
+        exit_code: bool,
+    },
     /// Read from the manager.
     Get {
         #[command(subcommand)]
         command: GetCommand,
+    },
+    /// An agent's manifest generations, newest first.
+    History {
+        agent_id: String,
+        /// At most this many generations.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// An agent's event log, oldest first.
+    Events {
+        agent_id: String,
+        /// Keep printing new events as they arrive (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// Only events with a seq above this.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = EventsOutput::Table)]
+        output: EventsOutput,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -61,6 +115,25 @@ pub enum AgentCommand {
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
+    /// The fleet list (same as `get agents`).
+    List(FleetFilter),
+    /// Decommission an agent: its token stops working.
+    Rm { agent_id: String },
+    /// Issue a new token for an agent and print it; the old one stops working.
+    RotateToken { agent_id: String },
+}
+
+/// The filters and output of the fleet list.
+#[derive(Debug, clap::Args)]
+pub struct FleetFilter {
+    /// Only agents in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateFilter>,
+    /// Only agents with this label (key=value); repeat for more, all must match.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,16 +145,31 @@ pub enum GetCommand {
         output: Output,
     },
     /// The fleet list.
-    Agents {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
+    Agents(FleetFilter),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    Json,
     Table,
+    Json,
+    Yaml,
+}
+
+/// Events print as a table or as one JSON object per line (easy to pipe while following).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventsOutput {
+    Table,
+    Jsonl,
+}
+
+/// The fleet states, as the API spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateFilter {
+    Converged,
+    Progressing,
+    Degraded,
+    Stale,
+    Unknown,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -104,307 +192,46 @@ pub enum CliError {
     },
     #[error("{path} is not a valid manifest:\n{details}")]
     InvalidManifest { path: PathBuf, details: String },
+    #[error("config file {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("the CA file {path} holds no usable PEM certificate: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("no token: set FLEETLET_TOKEN, pass --token, or put `token` in a config file")]
+    NoToken,
+    #[error("cannot print the result: {0}")]
+    Print(String),
     #[error("{0}")]
     NotConverged(String),
+    /// `diff --exit-code` found changes; nothing more to say.
+    #[error("there are changes")]
+    Changes,
 }
 
-/// A thin client over the manager's API.
-#[derive(Debug)]
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Client {
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T, CliError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url.trim_end_matches('/')))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
+impl CliError {
+    /// The process exit status: 1 for "changes found" and failures alike (as `git diff
+    /// --exit-code` does), except that a usage or config problem is 2.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config { .. } | CliError::CaFile { .. } | CliError::NoToken => 2,
+            _ => 1,
         }
-        let response = request.send().await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response.json().await?);
-        }
-        let message = match response.json::<ErrorBody>().await {
-            Ok(body) => {
-                let mut message = body.error.message;
-                for violation in body.error.violations {
-                    message.push_str(&format!("\n  {violation}"));
-                }
-                message
-            }
-            Err(_) => "no error details".to_owned(),
-        };
-        Err(CliError::Api { status, message })
     }
 }
 
-/// Runs one command, printing its result to stdout.
+/// Runs one command, printing its result to stdout (progress goes to stderr).
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
-        url: cli.url,
-        token: cli.token,
-    };
-    match cli.command {
-        Command::Agent {
-            command: AgentCommand::Add { agent_id, labels },
-        } => {
-            let labels: serde_json::Map<String, serde_json::Value> = labels
-                .into_iter()
-                .map(|(k, v)| (k, serde_json::Value::String(v)))
-                .collect();
-            let body = serde_json::json!({"agentId": agent_id, "labels": labels});
-            let token: AgentToken = client
-                .call(Method::POST, "/api/v1/agents", Some(&body))
-                .await?;
-            println!("{}", token.token);
-        }
-        Command::Apply {
-            file,
-            wait,
-            timeout,
-        } => apply(&client, file, wait, timeout).await?,
-        Command::Get {
-            command: GetCommand::Status { agent_id, output },
-        } => {
-            let view: StatusView = client
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/agents/{agent_id}/status"),
-                    None,
-                )
-                .await?;
-            match output {
-                Output::Json => print_json(&view),
-                Output::Table => print!("{}", render_status(&view)),
-            }
-        }
-        Command::Get {
-            command: GetCommand::Agents { output },
-        } => {
-            let mut rows = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let path = match &cursor {
-                    Some(c) => format!("/api/v1/agents?limit=500&cursor={c}"),
-                    None => "/api/v1/agents?limit=500".to_owned(),
-                };
-                let page: Page<AgentSummary> = client.call(Method::GET, &path, None).await?;
-                rows.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-            match output {
-                Output::Json => print_json(&rows),
-                Output::Table => print!("{}", render_fleet(&rows)),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(error) => eprintln!("cannot print JSON: {error}"),
-    }
-}
-
-async fn apply(
-    client: &Client,
-    file: PathBuf,
-    wait: bool,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let bytes = std::fs::read(&file).map_err(|source| CliError::Read {
-        path: file.clone(),
-        source,
-    })?;
-    // Validating here gives every violation at once, without a round trip.
-    let manifest = AgentManifest::from_slice(&bytes).map_err(|error| {
-        let details = match error {
-            fleetlet_manifests::ManifestError::Malformed(text) => text,
-            fleetlet_manifests::ManifestError::Invalid(violations) => violations
-                .iter()
-                .map(|v| format!("  {v}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        };
-        CliError::InvalidManifest {
-            path: file.clone(),
-            details,
-        }
-    })?;
-    let agent_id = manifest.agent_id.clone();
-    let mut body = serde_json::to_value(&manifest).map_err(|e| CliError::InvalidManifest {
-        path: file.clone(),
-        details: e.to_string(),
-    })?;
-    if let Some(object) = body.as_object_mut() {
-        object.remove("generation");
-    }
-    let stored: AgentManifest = client
-        .call(
-            Method::PUT,
-            &format!("/api/v1/agents/{agent_id}/manifest"),
-            Some(&body),
-        )
-        .await?;
-    let generation = stored.generation.unwrap_or(0);
-    println!("{agent_id}: generation {generation}");
-    if !wait {
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "fleetlet", &mut std::io::stdout());
         return Ok(());
     }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let view: StatusView = client
-            .call(
-                Method::GET,
-                &format!("/api/v1/agents/{agent_id}/status"),
-                None,
-            )
-            .await?;
-        let caught_up = view.summary.observed_generation == Some(generation);
-        if caught_up && view.summary.converged {
-            println!("{agent_id}: converged on generation {generation}");
-            return Ok(());
-        }
-        if caught_up && view.summary.state == FleetState::Degraded {
-            eprint!("{}", render_status(&view));
-            return Err(CliError::NotConverged(format!(
-                "{agent_id} applied generation {generation} but is degraded"
-            )));
-        }
-        if Instant::now() >= deadline {
-            eprint!("{}", render_status(&view));
-            return Err(CliError::NotConverged(format!(
-                "{agent_id} did not converge on generation {generation} within {timeout:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The status view as a short header and one row per resource.
-pub fn render_status(view: &StatusView) -> String {
-    let summary = &view.summary;
-    let mut out = format!(
-        "agent {}  state {}  desired {}  observed {}\n",
-        summary.agent_id,
-        summary.state.as_str(),
-        summary.desired_generation,
-        summary
-            .observed_generation
-            .map_or_else(|| "-".to_owned(), |g| g.to_string()),
-    );
-    let mut rows = vec![[
-        "RESOURCE".to_owned(),
-        "KIND".to_owned(),
-        "PHASE".to_owned(),
-        "GEN".to_owned(),
-        "REASON".to_owned(),
-        "MESSAGE".to_owned(),
-    ]];
-    if let Some(status) = &view.status {
-        for (id, resource) in &status.resources {
-            rows.push([
-                id.to_string(),
-                resource.kind.clone(),
-                resource.phase.as_str().to_owned(),
-                resource.generation.to_string(),
-                resource
-                    .error
-                    .as_ref()
-                    .map_or_else(String::new, |e| e.reason.to_string()),
-                resource
-                    .error
-                    .as_ref()
-                    .map_or_else(String::new, |e| e.message.clone()),
-            ]);
-        }
-    }
-    out.push_str(&render_table(&rows));
-    out
-}
-
-/// The fleet list as a table.
-pub fn render_fleet(rows: &[AgentSummary]) -> String {
-    let mut table = vec![[
-        "AGENT".to_owned(),
-        "STATE".to_owned(),
-        "DESIRED".to_owned(),
-        "OBSERVED".to_owned(),
-        "READY".to_owned(),
-        "LAST SEEN".to_owned(),
-    ]];
-    for row in rows {
-        let total: u32 = row.counts.values().sum();
-        let ready = row.counts.get(&Phase::Ready).copied().unwrap_or(0);
-        table.push([
-            row.agent_id.to_string(),
-            row.state.as_str().to_owned(),
-            row.desired_generation.to_string(),
-            row.observed_generation
-                .map_or_else(|| "-".to_owned(), |g| g.to_string()),
-            format!("{ready}/{total}"),
-            row.last_seen_at
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| "never".to_owned()),
-        ]);
-    }
-    render_table(&table)
-}
-
-fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let client = client::Client::from_settings(cli.url, cli.token, cli.config, cli.ca_file)?;
+    commands::dispatch(&client, cli.command).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_align_their_columns() {
-        let rows = [
-            ["A".to_owned(), "LONG HEADER".to_owned()],
-            ["value".to_owned(), "x".to_owned()],
-        ];
-        assert_eq!(render_table(&rows), "A      LONG HEADER\nvalue  x\n");
-    }
 
     #[test]
     fn labels_parse_as_key_value() {
@@ -413,5 +240,10 @@ mod tests {
             Ok(("site".into(), "north".into()))
         );
         assert!(parse_label("site").is_err());
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

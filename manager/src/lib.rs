@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod redact;
 pub mod server;
 pub mod store;

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request, body included, was not finished within the manager's time limit (408).
     RequestTimeout,
+    /// The request line and headers together exceed the manager's limit (431).
+    HeadersTooLarge,
     /// A bug in the manager (500); the last resort, never with details.
     Internal,
 }
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::StoreUnavailable => 503,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::Internal => 500,
         }
     }

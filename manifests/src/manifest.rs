@@ -315,6 +315,25 @@ pub struct ContainerSpec {
     /// CPU limit in thousandths of a core (1000 = one core).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u32>,
+    /// Privileged mode: every capability and device of the host. Refused by the agent
+    /// (`NotAllowed`): a manifest must not be able to take over the device.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// The host's network namespace instead of the container's own. Refused (`NotAllowed`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+    /// The host's PID namespace. Refused (`NotAllowed`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_pid: bool,
+    /// Host devices to pass into the container (e.g. /dev/ttyUSB0). Refused (`NotAllowed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<AbsPath>,
+}
+
+/// For `skip_serializing_if`: a flag left false is left out, so specs written before the flag
+/// existed keep their hash.
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(

@@ -56,7 +56,9 @@ pub fn manifest_schema() -> Schema {
             "apiVersion": {"const": crate::API_VERSION},
             "kind": {"const": crate::manifest::MANIFEST_KIND},
             "agentId": {"$ref": "#/$defs/ResourceId"},
-            "generation": {"type": "integer", "minimum": 1},
+            // As the parser reads it: null is like absent and 0 is allowed; neither matters in a
+            // PUT, since the manager assigns generations (from 1).
+            "generation": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
             "resources": {"type": "array", "maxItems": MAX_RESOURCES, "items": {"oneOf": typed}},
         },
         "$defs": defs,

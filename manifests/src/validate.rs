@@ -37,6 +37,21 @@ impl Report {
     }
 }
 
+/// The path of field `name` below `parent`. A name that is not a plain word (empty, or holding
+/// a dot, bracket, quote or space) is written as `parent["name"]`, so that every violation,
+/// even of an unknown field named "", points somewhere unambiguous.
+fn child_path(parent: &str, name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    match (plain, parent.is_empty()) {
+        (true, true) => name.to_owned(),
+        (true, false) => format!("{parent}.{name}"),
+        (false, _) => format!("{parent}[{}]", serde_json::Value::String(name.to_owned())),
+    }
+}
+
 /// Reads the fields of one JSON object, recording a violation for each bad or unknown field.
 struct Fields<'r> {
     path: String,
@@ -64,11 +79,7 @@ impl<'r> Fields<'r> {
     }
 
     fn child(&self, name: &str) -> String {
-        if self.path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{}", self.path, name)
-        }
+        child_path(&self.path, name)
     }
 
     /// A field that must be present and valid.
@@ -92,8 +103,17 @@ impl<'r> Fields<'r> {
         }
     }
 
-    /// A field with a default value when absent or null.
+    /// A field with a default value when absent. An explicit null is refused: the JSON Schema
+    /// (and so the OpenAPI document) types these fields without null, and the parser must accept
+    /// exactly what the schema describes.
     fn defaulted<T: DeserializeOwned + Default>(&mut self, name: &str) -> Option<T> {
+        if self.map.get(name).is_some_and(Value::is_null) {
+            let path = self.child(name);
+            self.map.remove(name);
+            self.report
+                .add(path, "must not be null (leave the field out instead)");
+            return None;
+        }
         self.optional(name).map(Option::unwrap_or_default)
     }
 
@@ -119,11 +139,7 @@ impl<'r> Fields<'r> {
     /// Ends the reading: every field left over is unknown.
     fn finish(self) {
         for name in self.map.keys() {
-            let path = if self.path.is_empty() {
-                name.clone()
-            } else {
-                format!("{}.{}", self.path, name)
-            };
+            let path = child_path(&self.path, name);
             self.report.add(path, "unknown field");
         }
     }
@@ -256,6 +272,11 @@ fn read_resource(value: Value, path: &str, report: &mut Report) -> Option<Resour
                 );
                 return None;
             }
+            // Every kind's spec is an object, including kinds a newer build will know.
+            if !spec_value.is_object() {
+                report.add(spec_path, "must be an object");
+                return None;
+            }
             ResourceSpec::Unknown {
                 kind,
                 spec: spec_value,
@@ -330,6 +351,12 @@ fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<
     let pull_policy = fields.defaulted("pullPolicy");
     let memory_limit_bytes: Option<Option<u64>> = fields.optional("memoryLimitBytes");
     let cpu_millis: Option<Option<u32>> = fields.optional("cpuMillis");
+    // Host access: valid to ask for (the contract names it), refused by the agent unless its own
+    // configuration allows it, so that the refusal is a typed failure of that resource alone.
+    let privileged = fields.defaulted("privileged");
+    let host_network = fields.defaulted("hostNetwork");
+    let host_pid = fields.defaulted("hostPid");
+    let devices = fields.defaulted("devices");
     fields.finish();
 
     if let Some(env) = &env {
@@ -382,6 +409,10 @@ fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<
         pull_policy: pull_policy?,
         memory_limit_bytes: memory_limit_bytes?,
         cpu_millis: cpu_millis?,
+        privileged: privileged?,
+        host_network: host_network?,
+        host_pid: host_pid?,
+        devices: devices?,
     })
 }
 

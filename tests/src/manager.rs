@@ -85,7 +85,7 @@ impl ManagerOptions {
 /// A running manager process.
 #[derive(Debug)]
 pub struct ManagerProcess {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when FLEETLET_TLS_CERT is in `extra_env`)
     pub url: String,
     pub admin_token: String,
     pub reader_token: String,
@@ -136,7 +136,13 @@ impl ManagerProcess {
             if let Ok(text) = std::fs::read_to_string(&port_file)
                 && text.ends_with('\n')
             {
-                process.url = format!("http://{}", text.trim());
+                // With a certificate configured the manager speaks HTTPS only.
+                let scheme = if process.options.extra_env.contains_key("FLEETLET_TLS_CERT") {
+                    "https"
+                } else {
+                    "http"
+                };
+                process.url = format!("{scheme}://{}", text.trim());
                 return Ok(process);
             }
             if let Some(status) = process.child.try_wait()? {

@@ -50,6 +50,19 @@ async fn wait_for_exit(agent: &mut AgentProcess, timeout: Duration) -> anyhow::R
     }
 }
 
+/// Fails loudly when the agent binary was built without the `fs-store` feature (a
+/// `cargo test -p fleetlet-agent --no-default-features` rebuilds it that way): every test here
+/// would otherwise run against the memory store.
+async fn wait_for_the_state_dir_lock(dirs: &AgentDirs) -> anyhow::Result<()> {
+    wait_for(
+        "the agent to lock its state dir (a binary without fs-store never does: rebuild it \
+         with `cargo build --workspace --bins`)",
+        Duration::from_secs(10),
+        || async { dirs.state_dir().join("LOCK").is_file().then_some(()) },
+    )
+    .await
+}
+
 fn kill_hard(agent: &AgentProcess) -> anyhow::Result<()> {
     let pid = i32::try_from(agent.pid()).context("pid fits in i32")?;
     nix::sys::signal::kill(
@@ -120,6 +133,7 @@ async fn a_second_agent_on_the_same_state_dir_refuses_to_start_naming_the_lock_h
         vec![file_resource("motd", &motd, "hi\n", "0644")],
     ))?;
     let mut first = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
+    wait_for_the_state_dir_lock(&dirs).await?;
     wait_for(
         "the first agent to write motd",
         Duration::from_secs(10),
@@ -150,6 +164,7 @@ async fn a_torn_event_line_and_a_corrupt_record_are_worked_around_and_the_agent_
     let files = files_of(&dirs, 3, 1);
     dirs.write_manifest(&manifest_of(AGENT, &files))?;
     let mut agent = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
+    wait_for_the_state_dir_lock(&dirs).await?;
     wait_for("the first convergence", Duration::from_secs(10), || async {
         local_status(&dirs, AGENT).filter(converged)
     })
@@ -236,6 +251,7 @@ async fn with_the_manager_stopped_a_restarted_agent_converges_from_its_store_wit
         .collect();
     let options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
     let mut agent = AgentProcess::start(&dirs, &options)?;
+    wait_for_the_state_dir_lock(&dirs).await?;
     let generation = manager
         .put_manifest(&agent_id, &manifest_of(&agent_id, &files))
         .await?;
@@ -293,6 +309,7 @@ async fn reports_made_while_the_manager_was_down_arrive_when_it_is_back_without_
         .collect();
     let options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
     let mut agent = AgentProcess::start(&dirs, &options)?;
+    wait_for_the_state_dir_lock(&dirs).await?;
     let generation = manager
         .put_manifest(&agent_id, &manifest_of(&agent_id, &files))
         .await?;
@@ -391,6 +408,7 @@ async fn thirty_rounds_of_kill_9_at_random_moments_never_leave_a_torn_file_or_an
     dirs.write_manifest(&manifest_of(AGENT, &first))?;
     let started = Instant::now();
     let mut agent = AgentProcess::start(&dirs, &options)?;
+    wait_for_the_state_dir_lock(&dirs).await?;
     wait_for("the first convergence", Duration::from_secs(60), || async {
         local_status(&dirs, AGENT).filter(converged)
     })

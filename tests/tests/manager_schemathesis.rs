@@ -119,6 +119,9 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
         .error_for_status()?;
 
     let schema_url = format!("{}/api/v1/openapi.json", manager.url);
+    // Schemathesis keeps a cache in its working directory; that belongs in a temporary one, not
+    // in the source tree.
+    let work_dir = tempfile::tempdir()?;
     let mut failures = Vec::new();
     for (role, token) in [
         ("admin", manager.admin_token.clone()),
@@ -129,8 +132,10 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
         let output = tokio::task::spawn_blocking({
             let binary = binary.clone();
             let schema_url = schema_url.clone();
+            let work_dir = work_dir.path().to_owned();
             move || {
                 Command::new(binary)
+                    .current_dir(work_dir)
                     .args(["run", &schema_url])
                     .args(["--header", &format!("Authorization: Bearer {token}")])
                     // Every check, except that every request valid by the schema must succeed:

@@ -29,11 +29,14 @@ use fleetlet_manifests::{
 };
 use time::OffsetDateTime;
 
+use sha2::{Digest, Sha256};
+
+use super::session_storage::{SessionVolumes, VolumeState};
 use super::{Applied, Change, Deleted};
 use crate::backoff::Backoff;
 use crate::runtime::{
-    CliRuntime, ConfiguredRuntime, ContainerInfo, ContainerRuntime, CreateRequest, LABEL_AGENT,
-    LABEL_RESOURCE, LABEL_SPEC_HASH, RunState, RuntimeError, RuntimeFlavor,
+    BindMount, CliRuntime, ConfiguredRuntime, ContainerInfo, ContainerRuntime, CreateRequest,
+    LABEL_AGENT, LABEL_RESOURCE, LABEL_SPEC_HASH, RunState, RuntimeError, RuntimeFlavor,
 };
 use crate::store::{Owned, OwnedContainer};
 
@@ -65,13 +68,51 @@ impl ContainerSettings {
     }
 }
 
+/// Refuses a spec that asks for access to the host: privileged mode, the host's network or PID
+/// namespace, or host devices. Each would let whoever writes manifests take over the device,
+/// so none is passed to the runtime (an operator option to allow them is not built yet).
+fn refuse_host_access(id: &ResourceId, spec: &ContainerSpec) -> Result<(), ContainerError> {
+    let mut asked = Vec::new();
+    if spec.privileged {
+        asked.push("privileged mode".to_owned());
+    }
+    if spec.host_network {
+        asked.push("the host network".to_owned());
+    }
+    if spec.host_pid {
+        asked.push("the host PID namespace".to_owned());
+    }
+    if !spec.devices.is_empty() {
+        let devices: Vec<&str> = spec.devices.iter().map(|d| d.as_str()).collect();
+        asked.push(format!("host devices ({})", devices.join(", ")));
+    }
+    if asked.is_empty() {
+        Ok(())
+    } else {
+        Err(ContainerError::NotAllowed {
+            id: id.clone(),
+            what: asked.join(" and "),
+        })
+    }
+}
+
 /// Why a Container resource could not be applied or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    #[error("container resource {id} mounts session storage {storage}, which is not ready: {why}")]
+    StorageNotReady {
+        id: ResourceId,
+        storage: ResourceId,
+        why: String,
+    },
     #[error(
-        "container resource {id} mounts session storage {storage}, but session storage is not available in this agent build yet"
+        "container resource {id} mounts session storage {storage}, which expired and was evicted; the container is not run on an empty directory"
     )]
-    StorageNotReady { id: ResourceId, storage: ResourceId },
+    StorageEvicted { id: ResourceId, storage: ResourceId },
+    #[error("container resource {id}: {path} cannot be mounted: it contains a ','")]
+    UnmountablePath { id: ResourceId, path: String },
+    #[error("container resource {id} asks for {what}, which this agent does not allow")]
+    NotAllowed { id: ResourceId, what: String },
     #[error("container resource {id}: {source}")]
     Runtime {
         id: ResourceId,
@@ -123,6 +164,9 @@ impl ContainerError {
     pub fn reason(&self) -> ErrorReason {
         match self {
             ContainerError::StorageNotReady { .. } => ErrorReason::StorageNotReady,
+            ContainerError::StorageEvicted { .. } => ErrorReason::SessionStorageEvicted,
+            ContainerError::UnmountablePath { .. } => ErrorReason::InvalidSpec,
+            ContainerError::NotAllowed { .. } => ErrorReason::NotAllowed,
             ContainerError::Runtime { source, .. } => match source {
                 RuntimeError::Unavailable { .. }
                 | RuntimeError::TimedOut { .. }
@@ -167,6 +211,7 @@ impl ContainerError {
 pub struct ContainerReconciler<R> {
     runtime: Arc<R>,
     agent_id: Option<AgentId>,
+    volumes: SessionVolumes,
 }
 
 impl<R> Clone for ContainerReconciler<R> {
@@ -174,6 +219,7 @@ impl<R> Clone for ContainerReconciler<R> {
         Self {
             runtime: Arc::clone(&self.runtime),
             agent_id: self.agent_id.clone(),
+            volumes: self.volumes.clone(),
         }
     }
 }
@@ -215,7 +261,56 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
         Self {
             runtime: Arc::new(runtime),
             agent_id,
+            volumes: SessionVolumes::default(),
         }
+    }
+
+    /// Resolves volumes through the session storage view (without one, every volume is not
+    /// ready).
+    pub fn with_volumes(mut self, volumes: SessionVolumes) -> Self {
+        self.volumes = volumes;
+        self
+    }
+
+    /// The bind mounts of `spec`'s volumes, or why the container may not run now.
+    fn resolve_mounts(
+        &self,
+        id: &ResourceId,
+        spec: &ContainerSpec,
+    ) -> Result<Vec<BindMount>, ContainerError> {
+        let mut mounts = Vec::with_capacity(spec.volumes.len());
+        for volume in &spec.volumes {
+            let storage = volume.session_storage.clone();
+            let source = match self.volumes.get(&storage) {
+                VolumeState::Ready { path } => path.display().to_string(),
+                VolumeState::Evicted => {
+                    return Err(ContainerError::StorageEvicted {
+                        id: id.clone(),
+                        storage,
+                    });
+                }
+                VolumeState::NotReady { why } => {
+                    return Err(ContainerError::StorageNotReady {
+                        id: id.clone(),
+                        storage,
+                        why,
+                    });
+                }
+            };
+            let target = volume.mount_path.to_string();
+            if let Some(path) = [&source, &target].into_iter().find(|p| p.contains(',')) {
+                return Err(ContainerError::UnmountablePath {
+                    id: id.clone(),
+                    path: path.clone(),
+                });
+            }
+            mounts.push(BindMount {
+                source,
+                target,
+                read_only: volume.read_only,
+            });
+        }
+        Ok(mounts)
     }
 
     pub fn runtime(&self) -> &R {
@@ -255,15 +350,29 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
         spec_hash: &str,
         previous: Option<(&str, &OwnedContainer)>,
     ) -> Result<Applied, ContainerError> {
+        // Before anything touches the runtime: what a manifest may not ask for is refused
+        // outright, and nothing of the resource is created.
+        refuse_host_access(id, spec)?;
         let agent = self.agent(id)?;
-        if let Some(volume) = spec.volumes.first() {
-            // The SessionStorage kind does not exist yet; starting without the mount would run
-            // the workload on an empty directory, so the container is refused instead.
-            return Err(ContainerError::StorageNotReady {
-                id: id.clone(),
-                storage: volume.session_storage.clone(),
-            });
-        }
+        let mounts = match self.resolve_mounts(id, spec) {
+            Ok(mounts) => mounts,
+            Err(error @ ContainerError::StorageEvicted { .. }) => {
+                // Its data is gone: a container still running would go on writing into a
+                // deleted directory, so it is stopped and removed too.
+                for container in self.observe_ours(agent, id).await? {
+                    self.runtime
+                        .remove(&container.id)
+                        .await
+                        .map_err(|source| runtime_error(id, source))?;
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
+        // The host paths behind the volumes are part of what the container is built from: a
+        // new session (a new directory) replaces the container even though its own spec is
+        // the same. The record keeps the plain spec hash, so restart counts carry over.
+        let label_hash = label_hash(spec_hash, &mounts);
         let ours = self.observe_ours(agent, id).await?;
         // Restart counts carry over while the spec stays the same.
         let same_spec = previous
@@ -280,7 +389,7 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
         let recorded_id = same_spec.map(|owned| owned.container_id.as_str());
         let (mut current, outdated): (Vec<ContainerInfo>, Vec<ContainerInfo>) = ours
             .into_iter()
-            .partition(|c| c.spec_hash() == Some(spec_hash));
+            .partition(|c| c.spec_hash() == Some(label_hash.as_str()));
         current.sort_by_key(|c| (Some(c.id.as_str()) == recorded_id, c.created_at));
         let keep = current.pop();
         let replaced = !outdated.is_empty();
@@ -293,7 +402,9 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
 
         let (container, change) = match keep {
             None => {
-                let created = self.create_and_start(agent, id, spec, spec_hash).await?;
+                let created = self
+                    .create_and_start(agent, id, spec, &label_hash, mounts)
+                    .await?;
                 let change = if replaced || previous.is_some_and(|(hash, _)| hash != spec_hash) {
                     book = RestartBook::default();
                     Change::Updated
@@ -471,10 +582,12 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
         id: &ResourceId,
         spec: &ContainerSpec,
         spec_hash: &str,
+        mounts: Vec<BindMount>,
     ) -> Result<ContainerInfo, ContainerError> {
         self.ensure_image(id, spec).await?;
         let name = container_name(agent, id);
-        let request = create_request(agent, id, spec, spec_hash, name.clone());
+        let mut request = create_request(agent, id, spec, spec_hash, name.clone());
+        request.mounts = mounts;
         let created = match self.runtime.create(&request).await {
             Ok(created) => created,
             // Ours would have been found by its labels, so whatever holds the name is not ours.
@@ -520,6 +633,21 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
     }
 }
 
+/// The hash in a container's spec-hash label: the spec hash alone without volumes, else
+/// combined with the host paths the volumes resolve to.
+fn label_hash(spec_hash: &str, mounts: &[BindMount]) -> String {
+    if mounts.is_empty() {
+        return spec_hash.to_owned();
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(spec_hash.as_bytes());
+    for mount in mounts {
+        hasher.update(b"\0");
+        hasher.update(mount.source.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
 fn runtime_error(id: &ResourceId, source: RuntimeError) -> ContainerError {
     ContainerError::Runtime {
         id: id.clone(),
@@ -557,6 +685,7 @@ fn create_request(
         ports: spec.ports.clone(),
         memory_limit_bytes: spec.memory_limit_bytes,
         cpu_millis: spec.cpu_millis,
+        mounts: Vec::new(),
     }
 }
 
@@ -893,6 +1022,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn privileged_host_network_host_pid_and_devices_are_not_allowed() {
+        for extra in [
+            json!({"privileged": true}),
+            json!({"hostNetwork": true}),
+            json!({"hostPid": true}),
+            json!({"devices": ["/dev/ttyUSB0"]}),
+        ] {
+            let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+            let error = apply(&reconciler, &web(extra.clone()), None)
+                .await
+                .expect_err("refused");
+            assert_eq!(error.reason(), ErrorReason::NotAllowed, "{extra}");
+            // Refused before the runtime was asked anything: nothing was created.
+            assert!(reconciler.runtime().containers().is_empty(), "{extra}");
+        }
+        // Asking for none of it (the flags left false) is fine.
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        apply(&reconciler, &web(json!({"privileged": false})), None)
+            .await
+            .expect("an ordinary container");
+    }
+
+    #[tokio::test]
     async fn images_follow_the_pull_policy() {
         let reconciler = reconciler(FakeRuntime::with_images(&[]));
         let never = resource(json!({"image": "localhost/nope:1", "pullPolicy": "Never"}));
@@ -968,12 +1120,88 @@ mod tests {
             .await
             .expect_err("no storage");
         assert_eq!(error.reason(), ErrorReason::StorageNotReady);
-        assert!(
-            error
-                .to_string()
-                .contains("session storage is not available")
-        );
+        assert!(error.to_string().contains("not ready"), "{error}");
         assert!(reconciler.runtime().take_calls().is_empty());
+    }
+
+    fn scratch() -> ResourceId {
+        ResourceId::try_from("scratch").expect("resource id")
+    }
+
+    #[tokio::test]
+    async fn a_ready_volume_is_bound_and_a_new_session_directory_replaces_the_container() {
+        let volumes = SessionVolumes::default();
+        let reconciler =
+            reconciler(FakeRuntime::with_images(&[IMAGE])).with_volumes(volumes.clone());
+        volumes.set(
+            &scratch(),
+            VolumeState::Ready {
+                path: "/sessions/scratch@s1/data".into(),
+            },
+        );
+        let resource = web(json!({"volumes": [
+            {"sessionStorage": "scratch", "mountPath": "/data", "readOnly": true}]}));
+        let first = apply(&reconciler, &resource, None).await.expect("apply");
+        let first_id = container_details(&first).container_id.expect("id");
+        let request = reconciler.runtime().request(&first_id).expect("request");
+        assert_eq!(
+            request.mounts,
+            [BindMount {
+                source: "/sessions/scratch@s1/data".into(),
+                target: "/data".into(),
+                read_only: true,
+            }]
+        );
+        assert_ne!(request.labels[LABEL_SPEC_HASH], resource.spec_hash());
+
+        let unchanged = apply(&reconciler, &resource, Some(&record(&resource, &first)))
+            .await
+            .expect("apply");
+        assert_eq!(unchanged.change, Change::Unchanged);
+
+        volumes.set(
+            &scratch(),
+            VolumeState::Ready {
+                path: "/sessions/scratch@s2/data".into(),
+            },
+        );
+        let moved = apply(&reconciler, &resource, Some(&record(&resource, &first)))
+            .await
+            .expect("apply");
+        let moved_id = container_details(&moved).container_id.expect("id");
+        assert_ne!(moved_id, first_id);
+        let request = reconciler.runtime().request(&moved_id).expect("request");
+        assert_eq!(request.mounts[0].source, "/sessions/scratch@s2/data");
+    }
+
+    #[tokio::test]
+    async fn an_evicted_volume_fails_and_stops_the_container_instead_of_running_it_empty() {
+        let volumes = SessionVolumes::default();
+        let reconciler =
+            reconciler(FakeRuntime::with_images(&[IMAGE])).with_volumes(volumes.clone());
+        volumes.set(
+            &scratch(),
+            VolumeState::Ready {
+                path: "/sessions/scratch@s1/data".into(),
+            },
+        );
+        let resource =
+            web(json!({"volumes": [{"sessionStorage": "scratch", "mountPath": "/data"}]}));
+        let first = apply(&reconciler, &resource, None).await.expect("apply");
+        let first_id = container_details(&first).container_id.expect("id");
+        volumes.set(&scratch(), VolumeState::Evicted);
+        reconciler.runtime().take_calls();
+        let error = apply(&reconciler, &resource, Some(&record(&resource, &first)))
+            .await
+            .expect_err("evicted");
+        assert_eq!(error.reason(), ErrorReason::SessionStorageEvicted);
+        let calls = reconciler.runtime().take_calls();
+        assert!(calls.contains(&Call::Remove(first_id)), "{calls:?}");
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::Create(_) | Call::Start(_)))
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 
 pub mod container;
 pub mod file;
+pub mod session_storage;
 pub mod systemd_unit;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use fleetlet_manifests::{ErrorReason, Kind, Resource, ResourceDetails, ResourceI
 use crate::store::{Owned, OwnershipRecord};
 pub use container::{ContainerError, ContainerReconciler, ContainerSettings};
 pub use file::{FileError, FileReconciler};
+pub use session_storage::{SessionStorageError, SessionStorageReconciler, SessionVolumes};
 pub use systemd_unit::{SystemdSettings, SystemdUnitError, SystemdUnitReconciler};
 
 /// The contract the engine drives. [`Reconcilers`] is the real implementation; unit tests of the
@@ -50,6 +52,16 @@ pub trait Reconcile: Send + Sync + 'static {
 
     /// The kinds this build can apply (reported in `agent.supportedKinds`).
     fn supported_kinds(&self) -> Vec<Kind>;
+
+    /// Removes what the agent made for resources that are neither desired nor recorded (a
+    /// resource whose first apply failed has no ownership record to drive its delete). Called
+    /// once per pass, after the deletes. Returns what was removed, by resource id.
+    fn collect_garbage(
+        &self,
+        _desired: &[Resource],
+    ) -> impl Future<Output = Vec<(ResourceId, String)>> + Send {
+        std::future::ready(Vec::new())
+    }
 }
 
 /// What a successful apply found and did.
@@ -96,6 +108,8 @@ pub enum ReconcileError {
     SystemdUnit(#[from] SystemdUnitError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    SessionStorage(#[from] SessionStorageError),
     #[error("{kind} resource {id}: {kind} is not implemented in this build")]
     NotImplemented { id: ResourceId, kind: Kind },
     #[error("resource {id} has kind {kind}, which this agent build does not know")]
@@ -113,6 +127,7 @@ impl ReconcileError {
             ReconcileError::File(error) => error.reason(),
             ReconcileError::SystemdUnit(error) => error.reason(),
             ReconcileError::Container(error) => error.reason(),
+            ReconcileError::SessionStorage(error) => error.reason(),
             ReconcileError::NotImplemented { .. } | ReconcileError::UnknownKind { .. } => {
                 ErrorReason::UnsupportedKind
             }
@@ -127,6 +142,7 @@ impl ReconcileError {
     pub fn details(&self) -> Option<ResourceDetails> {
         match self {
             ReconcileError::Container(error) => error.details(),
+            ReconcileError::SessionStorage(error) => error.details(),
             _ => None,
         }
     }
@@ -136,6 +152,7 @@ impl ReconcileError {
     pub fn retry_in(&self) -> Option<Duration> {
         match self {
             ReconcileError::Container(error) => error.retry_in(),
+            ReconcileError::SessionStorage(error) => error.retry_in(),
             _ => None,
         }
     }
@@ -152,6 +169,9 @@ pub struct ReconcilerSettings {
     pub agent_id: Option<fleetlet_manifests::AgentId>,
     /// Which container runtime Container resources use.
     pub container: ContainerSettings,
+    /// Where SessionStorage resources keep their directories; `None`: SessionStorage resources
+    /// fail with `StorageNotReady`.
+    pub session_root: Option<std::path::PathBuf>,
 }
 
 /// The real reconcilers, one per kind, dispatched by a `match` on the resource's kind.
@@ -160,10 +180,18 @@ pub struct Reconcilers {
     file: FileReconciler,
     systemd_unit: SystemdUnitReconciler<systemd_unit::Systemctl>,
     container: ContainerReconciler<crate::runtime::ConfiguredRuntime>,
+    session_storage: SessionStorageReconciler,
 }
 
 impl Reconcilers {
     pub fn new(settings: &ReconcilerSettings) -> Self {
+        let agent_id = settings
+            .agent_id
+            .as_ref()
+            .map_or("unknown", |id| id.as_str());
+        // Containers mount session storage through the view its reconciler keeps.
+        let session_storage =
+            SessionStorageReconciler::new(settings.session_root.clone(), agent_id);
         Self {
             file: FileReconciler::new(settings.file_roots.clone()),
             systemd_unit: SystemdUnitReconciler::new(
@@ -176,7 +204,9 @@ impl Reconcilers {
             container: ContainerReconciler::new(
                 settings.container.runtime(),
                 settings.agent_id.clone(),
-            ),
+            )
+            .with_volumes(session_storage.volumes()),
+            session_storage,
         }
     }
 }
@@ -199,10 +229,13 @@ impl Reconcile for Reconcilers {
                     .apply(id.clone(), spec.clone(), resource.spec_hash(), previous)
                     .await?)
             }
-            ResourceSpec::SessionStorage(_) => Err(ReconcileError::NotImplemented {
-                id: id.clone(),
-                kind: Kind::SessionStorage,
-            }),
+            ResourceSpec::SessionStorage(spec) => {
+                let previous = previous.and_then(|record| match &record.owned {
+                    Owned::SessionStorage(owned) => Some(owned),
+                    _ => None,
+                });
+                Ok(self.session_storage.apply(id, spec, previous).await?)
+            }
             ResourceSpec::SystemdUnit(spec) => {
                 let previous = previous.and_then(|record| match &record.owned {
                     Owned::SystemdUnit(owned) => Some((record.spec_hash.clone(), owned.clone())),
@@ -239,10 +272,20 @@ impl Reconcile for Reconcilers {
             Owned::File(owned) => Ok(self.file.delete(id.clone(), owned.clone()).await?),
             Owned::SystemdUnit(owned) => Ok(self.systemd_unit.delete(id, owned).await?),
             Owned::Container(owned) => Ok(self.container.delete(id, owned).await?),
+            Owned::SessionStorage(owned) => Ok(self.session_storage.delete(id, owned).await?),
         }
     }
 
     fn supported_kinds(&self) -> Vec<Kind> {
-        vec![Kind::File, Kind::SystemdUnit, Kind::Container]
+        vec![
+            Kind::SessionStorage,
+            Kind::File,
+            Kind::SystemdUnit,
+            Kind::Container,
+        ]
+    }
+
+    async fn collect_garbage(&self, desired: &[Resource]) -> Vec<(ResourceId, String)> {
+        self.session_storage.collect_garbage(desired).await
     }
 }

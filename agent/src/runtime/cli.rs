@@ -213,6 +213,18 @@ impl CliRuntime {
         if let Some(millis) = request.cpu_millis {
             args.push(format!("--cpus={}.{:03}", millis / 1000, millis % 1000));
         }
+        // `--mount` rather than `-v`: docker's `-v` creates a missing source as an empty
+        // directory, `--mount` fails. Paths with `,` are refused before they get here.
+        for mount in &request.mounts {
+            let mut option = format!(
+                "--mount=type=bind,source={},target={}",
+                mount.source, mount.target
+            );
+            if mount.read_only {
+                option.push_str(",readonly");
+            }
+            args.push(option);
+        }
         // Everything after `--` is positional: the image, then the container's arguments.
         args.push("--".into());
         args.push(request.image.clone());
@@ -521,6 +533,11 @@ mod tests {
             }],
             memory_limit_bytes: Some(64 << 20),
             cpu_millis: Some(500),
+            mounts: vec![super::super::BindMount {
+                source: "/var/lib/fleetlet/sessions/scratch@s1/data".into(),
+                target: "/data".into(),
+                read_only: true,
+            }],
         };
         let args = CliRuntime::create_args(&request);
         let separator = args.iter().position(|a| a == "--").expect("separator");
@@ -537,6 +554,7 @@ mod tests {
             "--memory=67108864",
             "--cpus=0.500",
             "--label=dev.fleetlet.agent=a",
+            "--mount=type=bind,source=/var/lib/fleetlet/sessions/scratch@s1/data,target=/data,readonly",
         ] {
             assert!(
                 args[..separator].iter().any(|a| a == expected),

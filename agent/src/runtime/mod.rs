@@ -96,6 +96,18 @@ pub struct CreateRequest {
     pub ports: Vec<PortMapping>,
     pub memory_limit_bytes: Option<u64>,
     pub cpu_millis: Option<u32>,
+    /// Host directories bound into the container (session storage).
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host directory bound into a container. A bind, not a named volume: the runtime refuses a
+/// missing source instead of creating an empty one, so a workload never starts on an empty
+/// directory in place of its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// Why a runtime call failed. Each variant maps to one status reason in the reconciler.

@@ -118,6 +118,7 @@ pub enum Owned {
     File(OwnedFile),
     SystemdUnit(OwnedUnit),
     Container(OwnedContainer),
+    SessionStorage(OwnedSession),
 }
 
 impl Owned {
@@ -126,6 +127,7 @@ impl Owned {
             Owned::File(_) => Kind::File,
             Owned::SystemdUnit(_) => Kind::SystemdUnit,
             Owned::Container(_) => Kind::Container,
+            Owned::SessionStorage(_) => Kind::SessionStorage,
         }
     }
 }
@@ -171,6 +173,18 @@ pub struct OwnedContainer {
     /// grows with it.
     #[serde(default)]
     pub crash_streak: u32,
+}
+
+/// A session directory the agent created. The directory carries a marker naming the agent,
+/// resource and session beside its data; the agent removes it only while that marker is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedSession {
+    /// The session directory's path (for people; removal goes by `dir` under the root).
+    pub path: String,
+    /// Its name under the session root: `<resourceId>@<sessionId>`.
+    pub dir: String,
+    pub session_id: String,
 }
 
 /// The state of one resource between passes.

@@ -165,6 +165,9 @@ pub struct FleetParams {
     state: Option<String>,
     /// `key=value` pairs separated by commas; every one must match.
     label: Option<String>,
+    /// An error reason (`QuotaExceeded`, `SessionStorageEvicted`, ...): only agents with a
+    /// resource failing with it.
+    reason: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -188,6 +191,11 @@ pub async fn list(
         })
         .transpose()?;
     let labels = parse_label_filter(params.label.as_deref())?;
+    let error_reason = params
+        .reason
+        .as_deref()
+        .map(parse_reason_filter)
+        .transpose()?;
     let limit = params
         .limit
         .unwrap_or(DEFAULT_FLEET_LIMIT)
@@ -213,6 +221,7 @@ pub async fn list(
             labels: labels.clone(),
             after: after.clone(),
             limit: batch,
+            error_reason: error_reason.clone(),
         };
         let rows = state.store.fleet(&query).await?;
         let exhausted = rows.len() < batch;
@@ -239,6 +248,21 @@ pub async fn list(
         None
     };
     Ok(Json(Page { items, next_cursor }))
+}
+
+/// A reason is a PascalCase word. Reasons this build does not know are accepted too: a newer
+/// agent may report one (it is stored as sent), and filtering on it must find that agent.
+fn parse_reason_filter(text: &str) -> Result<String, HttpError> {
+    let word = text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_uppercase())
+        && text.chars().all(|c| c.is_ascii_alphanumeric());
+    if word {
+        Ok(text.to_owned())
+    } else {
+        Err(HttpError::bad_request(
+            "reason must be an error reason such as QuotaExceeded or SessionStorageEvicted",
+        ))
+    }
 }
 
 fn parse_label_filter(text: Option<&str>) -> Result<BTreeMap<String, String>, HttpError> {

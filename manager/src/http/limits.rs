@@ -91,6 +91,29 @@ impl Drop for LongPollSlot {
     }
 }
 
+/// Middleware: a request whose target and headers together exceed
+/// [`crate::server::MAX_HEADER_BYTES`] is answered 431 before any handler runs. hyper's read
+/// buffer limit only bounds a head that arrives in pieces; this bounds every head exactly.
+pub async fn enforce_header_limit(request: Request, next: Next) -> Response {
+    let limit = crate::server::MAX_HEADER_BYTES;
+    let size = request.uri().to_string().len().saturating_add(
+        request
+            .headers()
+            .iter()
+            // ": " and CRLF around every field, as on the wire.
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>(),
+    );
+    if size > limit {
+        return HttpError::new(
+            ErrorKind::HeadersTooLarge,
+            format!("the request line and headers exceed {limit} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Middleware: a request that takes longer than [`REQUEST_TIMEOUT`] is answered 408 and its
 /// handler dropped (which also frees any long-poll slot it held).
 pub async fn enforce_request_timeout(request: Request, next: Next) -> Response {

@@ -209,7 +209,9 @@ pub async fn history(
                 .parse::<u64>()
                 .map_err(|_| HttpError::bad_request("invalid cursor"))
         })
-        .transpose()?;
+        .transpose()?
+        // Generations are bigints; a forged cursor above that range pages from the newest.
+        .map(|before| before.min(i64::MAX as u64));
     let mut stored = state
         .store
         .manifest_history(&agent_id, before, limit + 1)

@@ -2,6 +2,7 @@
 
 mod agents;
 mod cursor;
+mod dashboard;
 pub mod error;
 mod extract;
 mod health;
@@ -72,6 +73,7 @@ pub struct AppState {
 
 /// The API router with its layers: body limit, JSON fallbacks, panic catcher, request tracing.
 pub fn router(state: AppState) -> Router {
+    let metrics = crate::metrics::Metrics::default();
     let api = Router::new()
         .route("/enroll", post(agents::enroll))
         .route("/agents", post(agents::register).get(agents::list))
@@ -96,11 +98,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::metrics_handler))
+        .merge(dashboard::routes())
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(limits::enforce_request_timeout))
+        .layer(axum::middleware::from_fn(limits::enforce_header_limit))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 // The panic message may hold anything, so it is neither logged in full nor shown.
@@ -108,6 +113,12 @@ pub fn router(state: AppState) -> Router {
                 HttpError::internal().into_response()
             },
         ))
+        // Outside the panic catcher, so that a panic is counted as the 500 it became.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::metrics::track_requests,
+        ))
+        .layer(axum::Extension(metrics))
         // The default span names method and path only: headers, which carry tokens, stay out.
         .layer(TraceLayer::new_for_http())
         .with_state(state)

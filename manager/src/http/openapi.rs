@@ -88,20 +88,21 @@ fn error_description(code: u16) -> &'static str {
         415 => "unsupported-media-type: the body is not application/json",
         422 => "invalid-manifest: the body is JSON but not valid; violations list every field",
         429 => "too-many-requests: too many long-polls open with this token on this agent",
+        431 => "headers-too-large: the request line and headers exceed 64 KiB",
         503 => "store-unavailable: the database cannot be reached; retry later",
         _ => "error",
     }
 }
 
-/// The responses of an operation: its successes plus the error codes it can answer. 408 and 503
-/// can happen to any request, so they are always listed.
+/// The responses of an operation: its successes plus the error codes it can answer. 408, 431
+/// and 503 can happen to any request, so they are always listed.
 fn responses(successes: Value, errors: &[u16]) -> Value {
     let mut responses = match successes {
         Value::Object(map) => map,
         _ => Map::new(),
     };
     let mut codes: Vec<u16> = errors.to_vec();
-    codes.extend([408, 503]);
+    codes.extend([408, 431, 503]);
     codes.sort_unstable();
     codes.dedup();
     for code in codes {
@@ -239,6 +240,23 @@ pub fn document(max_wait_seconds: u64) -> Value {
                 "503": {"description": "not ready; the store part says why", "content": json_content(reference("Readiness"))}
             }
         }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics of this replica (text format 0.0.4)", "security": [],
+            "responses": {"200": {"description": "requests and latency by route, agents by state, reports ingested, long-polls open",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}
+        }},
+        "/": {"get": {
+            "operationId": "dashboard", "summary": "the fleet dashboard (HTML); its data comes from this API with a reader token", "security": [],
+            "responses": {"200": {"description": "the dashboard page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+        }},
+        "/dashboard/app.js": {"get": {
+            "operationId": "dashboardScript", "summary": "the dashboard's script", "security": [],
+            "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}
+        }},
+        "/dashboard/style.css": {"get": {
+            "operationId": "dashboardStyle", "summary": "the dashboard's stylesheet", "security": [],
+            "responses": {"200": {"description": "CSS", "content": {"text/css": {"schema": {"type": "string"}}}}}
+        }},
         "/api/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "this document", "security": [],
             "responses": {"200": {"description": "OpenAPI 3.1", "content": json_content(json!({"type": "object"}))}}
@@ -278,6 +296,8 @@ pub fn document(max_wait_seconds: u64) -> Value {
                     query("state", "only agents in this fleet state", json!({"type": "string", "enum": ["converged", "progressing", "degraded", "stale", "unknown"]})),
                     query("label", "key=value pairs separated by commas; every one must match",
                           json!({"type": "string", "pattern": "^([^,]*=[^,]*)?(,([^,]*=[^,]*)?)*$"})),
+                    query("reason", "only agents with a resource failing with this error reason, e.g. QuotaExceeded or SessionStorageEvicted",
+                          json!({"type": "string", "pattern": "^[A-Z][A-Za-z0-9]{0,63}$"})),
                     query("limit", "page size", limit_schema(MAX_FLEET_LIMIT)),
                     query("cursor", "paging cursor", cursor_schema())
                 ],
@@ -372,7 +392,7 @@ pub fn document(max_wait_seconds: u64) -> Value {
         "info": {
             "title": "fleetlet manager",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The control plane of fleetlet. Every error answer is an ErrorBody. Request headers are limited to 64 KiB in total (the connection is answered 431 without a body beyond that) and bodies to 8 MiB."
+            "description": "The control plane of fleetlet. Every error answer is an ErrorBody. The request line and headers are limited to 64 KiB (431 headers-too-large) and bodies to 8 MiB (413). More than 64 header fields, or a header block that does not arrive within 10 seconds, end the connection at the HTTP layer (431 without a body, or a closed connection), before the API sees the request."
         },
         "paths": paths,
         "components": {
@@ -473,7 +493,11 @@ mod tests {
             "/api/v1/openapi.json",
             "/healthz",
             "/readyz",
-        ] {
+            "/metrics",
+        ]
+        .into_iter()
+        .chain(super::super::dashboard::DASHBOARD_PATHS)
+        {
             assert!(paths.contains_key(path), "{path} is missing");
         }
     }

@@ -99,7 +99,13 @@ pub async fn events(
         .clamp(1, MAX_EVENTS_LIMIT);
     let mut items = state
         .store
-        .events(&agent_id, params.after_seq.unwrap_or(0), limit + 1)
+        // Seqs are bigints: nothing lies above i64::MAX, so a larger afterSeq is an empty page,
+        // not a value the store has to refuse.
+        .events(
+            &agent_id,
+            params.after_seq.unwrap_or(0).min(i64::MAX as u64),
+            limit + 1,
+        )
         .await?;
     let more = items.len() > limit;
     items.truncate(limit);

@@ -327,6 +327,16 @@ impl MemoryStore {
                         .labels
                         .iter()
                         .all(|(key, value)| agent.labels.get(key) == Some(value))
+                    && query.error_reason.as_deref().is_none_or(|wanted| {
+                        agent.status.as_ref().is_some_and(|status| {
+                            status.resources.values().any(|resource| {
+                                resource
+                                    .error
+                                    .as_ref()
+                                    .is_some_and(|error| error.reason.as_str() == wanted)
+                            })
+                        })
+                    })
             })
             .take(query.limit)
             .map(|(id, agent)| agent.fleet_row(id))
@@ -359,6 +369,67 @@ impl MemoryStore {
             failure_kind: None,
             database: None,
             warning: Some(MEMORY_WARNING.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status_with(agent_id: &str, reason: Option<&str>) -> AgentStatus {
+        let mut resource = json!({"kind": "SessionStorage", "phase": "Ready",
+            "since": "2026-11-22T10:00:00Z", "generation": 1});
+        if let Some(reason) = reason {
+            resource["phase"] = json!("Failed");
+            resource["error"] = json!({"reason": reason, "message": "m"});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": agent_id,
+            "reportSeq": 1, "manifestGeneration": 0, "observedGeneration": 0,
+            "observedAt": "2026-11-22T10:00:00Z",
+            "agent": {"version": "0.1.0", "hostname": "h", "arch": "x86_64", "os": "linux",
+                      "bootId": "b", "startedAt": "2026-11-22T09:00:00Z", "supportedKinds": []},
+            "conditions": [], "resources": {"scratch": resource},
+        }))
+        .expect("valid status")
+    }
+
+    #[tokio::test]
+    async fn the_fleet_filters_by_a_resource_error_reason() {
+        let store = MemoryStore::new(ManifestWatch::default());
+        let now = OffsetDateTime::now_utc();
+        for (id, reason) in [
+            ("a", None),
+            ("b", Some("QuotaExceeded")),
+            ("c", Some("SessionStorageEvicted")),
+        ] {
+            let agent = AgentId::try_from(id).expect("agent id");
+            store
+                .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token(id), now)
+                .await
+                .expect("register");
+            store
+                .report_status(&status_with(id, reason), now)
+                .await
+                .expect("report");
+        }
+        for (reason, expected) in [
+            (Some("QuotaExceeded"), vec!["b"]),
+            (Some("SessionStorageEvicted"), vec!["c"]),
+            (Some("UnitFailed"), vec![]),
+            (None, vec!["a", "b", "c"]),
+        ] {
+            let query = FleetQuery {
+                limit: 10,
+                error_reason: reason.map(str::to_owned),
+                ..FleetQuery::default()
+            };
+            let rows = store.fleet(&query).await.expect("fleet");
+            let ids: Vec<&str> = rows.iter().map(|r| r.agent_id.as_str()).collect();
+            assert_eq!(ids, expected, "{reason:?}");
         }
     }
 }

@@ -94,6 +94,9 @@ pub struct FleetQuery {
     /// Only agents whose id sorts after this one.
     pub after: Option<AgentId>,
     pub limit: usize,
+    /// Only agents with at least one resource failing with this reason (`QuotaExceeded`,
+    /// `SessionStorageEvicted`, ...).
+    pub error_reason: Option<String>,
 }
 
 /// An event to append to an agent's log.

@@ -18,7 +18,7 @@ use fleetlet_manifests::{
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{ConnectOptions, Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -158,7 +158,11 @@ impl PgStore {
                 reason: e.to_string(),
             })?
             .application_name("fleetlet-manager")
-            .options([("statement_timeout", STATEMENT_TIMEOUT_MS)]);
+            .options([("statement_timeout", STATEMENT_TIMEOUT_MS)])
+            // sqlx logs every statement's text at debug level (and slow ones at warn). SQL never
+            // belongs in the manager's logs (DESIGN §1): turning on debug logging to chase a
+            // problem must not show an operator the schema's queries and parameters.
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(0)
@@ -731,11 +735,14 @@ impl PgStore {
              FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.agent_id \
              WHERE a.decommissioned_at IS NULL AND a.labels @> $1 \
                AND ($2::text IS NULL OR a.agent_id > $2) \
+               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM resource_status r \
+                    WHERE r.agent_id = a.agent_id AND r.error_reason = $4)) \
              ORDER BY a.agent_id LIMIT $3",
         )
         .bind(Json(&query.labels))
         .bind(query.after.as_ref().map(AgentId::as_str))
         .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+        .bind(query.error_reason.as_deref())
         .fetch_all(&self.pool)
         .await?;
         let mut fleet = Vec::with_capacity(rows.len());

@@ -183,3 +183,90 @@ async fn fleet_list_pages_with_an_opaque_cursor(pool: PgPool) {
         400
     );
 }
+
+/// A status whose one resource is a SessionStorage in `phase`, failing with `reason` if given.
+fn session_status(agent_id: &str, phase: &str, reason: Option<&str>) -> Value {
+    let mut report = status(agent_id, 1, 1, &[]);
+    let mut resource = json!({"kind": "SessionStorage", "phase": phase,
+        "since": "2026-11-22T10:00:00Z", "generation": 1, "specHash": "sha256:00",
+        "details": {"path": "/var/lib/fleetlet/sessions/scratch@s1/data", "sizeBytes": 1510,
+                    "filesCount": 2, "sha256": "ab", "usedFraction": 1.51,
+                    "expiresAt": "2026-12-01T00:00:00Z"}});
+    if let Some(reason) = reason {
+        resource["error"] = json!({"reason": reason, "message": "session storage trouble"});
+    }
+    if reason == Some("SessionStorageEvicted") {
+        resource["details"]["evictedAt"] = json!("2026-12-01T00:00:01Z");
+    }
+    report["resources"] = json!({"scratch": resource});
+    report
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn fleet_list_filters_agents_with_evicted_or_over_quota_storage(pool: PgPool) {
+    let server = serve(pool).await;
+    for (id, phase, reason) in [
+        ("a-fine", "Ready", None),
+        ("b-over-quota", "Failed", Some("QuotaExceeded")),
+        ("c-evicted", "Failed", Some("SessionStorageEvicted")),
+        ("d-other-failure", "Failed", Some("IoError")),
+    ] {
+        let token = server.register(id, json!({"site": "north"})).await;
+        server.apply(id, &manifest(id, &["a"])).await;
+        server
+            .report_accepted(id, &token, &session_status(id, phase, reason))
+            .await;
+    }
+    let ids = |rows: Vec<(String, String)>| -> Vec<String> {
+        rows.into_iter().map(|(id, _)| id).collect()
+    };
+    assert_eq!(
+        ids(states_by_agent(&server, "?reason=QuotaExceeded").await),
+        ["b-over-quota"]
+    );
+    assert_eq!(
+        ids(states_by_agent(&server, "?reason=SessionStorageEvicted").await),
+        ["c-evicted"]
+    );
+    assert_eq!(
+        ids(states_by_agent(
+            &server,
+            "?reason=SessionStorageEvicted&state=degraded&label=site=north"
+        )
+        .await),
+        ["c-evicted"]
+    );
+    assert!(
+        states_by_agent(&server, "?reason=SessionStorageEvicted&label=site=south")
+            .await
+            .is_empty()
+    );
+    assert!(
+        states_by_agent(&server, "?reason=UnitFailed")
+            .await
+            .is_empty()
+    );
+    // Paging still works with the filter: one row per page.
+    let page = server
+        .json("/api/v1/agents?reason=QuotaExceeded&limit=1", READER)
+        .await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    assert!(page["nextCursor"].is_null());
+
+    let response = server
+        .get("/api/v1/agents?reason=not%20a%20reason", READER)
+        .await;
+    super::support::expect_error(response, 400, "bad-request").await;
+
+    // The summaries themselves are served in the status as reported.
+    let stored = server.json("/api/v1/agents/c-evicted/status", READER).await;
+    let details = &stored["status"]["resources"]["scratch"]["details"];
+    assert_eq!(details["sizeBytes"], 1510);
+    assert_eq!(details["filesCount"], 2);
+    assert_eq!(details["usedFraction"], 1.51);
+    assert_eq!(details["evictedAt"], "2026-12-01T00:00:01Z");
+    assert_eq!(
+        stored["status"]["resources"]["scratch"]["error"]["reason"],
+        "SessionStorageEvicted"
+    );
+}

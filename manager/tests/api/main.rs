@@ -6,5 +6,6 @@ mod auth;
 mod bad_input;
 mod fleet;
 mod manifests;
+mod security;
 mod status;
 mod support;

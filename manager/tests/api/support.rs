@@ -34,6 +34,19 @@ pub async fn serve(pool: PgPool) -> TestServer {
 }
 
 pub async fn serve_with_interval(pool: PgPool, report_interval: Duration) -> TestServer {
+    serve_inner(pool, report_interval, Some(BOOTSTRAP)).await
+}
+
+/// Serves with enrollment disabled: no bootstrap token is configured.
+pub async fn serve_without_bootstrap(pool: PgPool) -> TestServer {
+    serve_inner(pool, Duration::from_secs(30), None).await
+}
+
+async fn serve_inner(
+    pool: PgPool,
+    report_interval: Duration,
+    bootstrap: Option<&str>,
+) -> TestServer {
     // Warnings (such as why the store was unavailable) show up in the output of a failed test.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -59,7 +72,7 @@ pub async fn serve_with_interval(pool: PgPool, report_interval: Duration) -> Tes
         roles: RoleHashes {
             admin: hash_token(ADMIN),
             reader: Some(hash_token(READER)),
-            bootstrap: Some(hash_token(BOOTSTRAP)),
+            bootstrap: bootstrap.map(hash_token),
         },
         long_polls: LongPolls::default(),
         max_wait_seconds: fleetlet_manager::http::MAX_WAIT_SECONDS,

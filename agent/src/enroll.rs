@@ -1,0 +1,213 @@
+//! Enrollment: how an agent without a configured token gets one.
+//!
+//! With no FLEETLET_TOKEN(_FILE), the agent uses the token it kept from an earlier enrollment at
+//! `<state-dir>/agents/<agentId>/token`; without one, it enrolls with the fleet's bootstrap token
+//! (`POST /api/v1/enroll`), which answers the agent's own token exactly once, and keeps that
+//! token there (mode 0600, written atomically) so that a restart reuses it. The bootstrap token
+//! itself is never stored.
+//!
+//! A manager that is down is waited for (1 s doubling to 30 s) until shutdown; an answer that
+//! cannot change by retrying (401, 404, 409, 422) stops the agent with a message saying what the
+//! operator must do.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetlet_manifests::AgentId;
+use fleetlet_manifests::api::{AgentToken, ErrorBody};
+use reqwest::StatusCode;
+
+use crate::config::Token;
+use crate::shutdown::ShutdownSignal;
+
+/// The first wait after a failed attempt; it doubles up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(
+        "no token for agent {agent_id}: set FLEETLET_TOKEN or FLEETLET_TOKEN_FILE, or FLEETLET_BOOTSTRAP_TOKEN to enroll (no token is kept at {path})"
+    )]
+    NoCredential { agent_id: AgentId, path: PathBuf },
+    #[error("cannot read the kept token {path}: {source}")]
+    ReadToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kept token file {path} is empty; delete it to enroll again")]
+    EmptyToken { path: PathBuf },
+    #[error("cannot keep the agent token at {path}: {source}")]
+    WriteToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the manager refused the bootstrap token (HTTP 401): check FLEETLET_BOOTSTRAP_TOKEN")]
+    BootstrapRefused,
+    #[error(
+        "the manager does not allow enrollment (HTTP 404): it has no bootstrap token configured"
+    )]
+    EnrollmentDisabled,
+    #[error(
+        "agent {agent_id} is already known to the manager (HTTP 409): an admin must rotate its token and configure it with FLEETLET_TOKEN_FILE"
+    )]
+    AlreadyEnrolled { agent_id: AgentId },
+    #[error("the manager refused the enrollment of {agent_id} (HTTP {status}): {message}")]
+    Refused {
+        agent_id: AgentId,
+        status: u16,
+        message: String,
+    },
+    #[error("could not build the HTTP client: {0}")]
+    Setup(String),
+    #[error("shut down before the enrollment finished")]
+    ShutDown,
+}
+
+/// Where the agent keeps the token it got by enrolling.
+pub fn token_path(state_dir: &Path, agent_id: &AgentId) -> PathBuf {
+    state_dir
+        .join("agents")
+        .join(agent_id.as_str())
+        .join("token")
+}
+
+/// The token kept from an earlier enrollment, if there is one.
+pub fn kept_token(state_dir: &Path, agent_id: &AgentId) -> Result<Option<Token>, EnrollError> {
+    let path = token_path(state_dir, agent_id);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(EnrollError::ReadToken { path, source }),
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(EnrollError::EmptyToken { path });
+    }
+    Ok(Some(Token::new(token.to_owned())))
+}
+
+/// Writes the token with mode 0600 from the first byte (never readable by others, not even
+/// briefly), then renames it into place, so a crash leaves either no token or the whole token.
+fn keep_token(path: &Path, token: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(".token.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    // The umask cannot widen 0600, but a pre-set ACL or odd umask could narrow it oddly; be
+    // explicit.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Enrolls `agent_id` with the bootstrap token, keeps the answered token and returns it.
+/// Transient failures are retried until `shutdown`.
+pub async fn enroll(
+    http: &reqwest::Client,
+    base_url: &str,
+    agent_id: &AgentId,
+    bootstrap: &Token,
+    state_dir: &Path,
+    shutdown: &ShutdownSignal,
+) -> Result<Token, EnrollError> {
+    let url = format!("{}/api/v1/enroll", base_url.trim_end_matches('/'));
+    let body = serde_json::json!({"agentId": agent_id, "labels": {}});
+    let mut wait = FIRST_RETRY_WAIT;
+    loop {
+        let attempt = http
+            .post(&url)
+            .bearer_auth(bootstrap.expose())
+            .json(&body)
+            .timeout(crate::client::REQUEST_TIMEOUT)
+            .send()
+            .await;
+        match attempt {
+            Ok(response) if response.status() == StatusCode::CREATED => {
+                let answer: AgentToken = match response.json().await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        tracing::warn!(%error, "the enrollment answer could not be read; retrying");
+                        continue;
+                    }
+                };
+                let path = token_path(state_dir, agent_id);
+                keep_token(&path, &answer.token)
+                    .map_err(|source| EnrollError::WriteToken { path, source })?;
+                tracing::info!(%agent_id, "enrolled with the manager; the agent token is kept in the state dir");
+                return Ok(Token::new(answer.token));
+            }
+            Ok(response) => {
+                let status = response.status();
+                match status {
+                    StatusCode::UNAUTHORIZED => return Err(EnrollError::BootstrapRefused),
+                    StatusCode::NOT_FOUND => return Err(EnrollError::EnrollmentDisabled),
+                    StatusCode::CONFLICT => {
+                        return Err(EnrollError::AlreadyEnrolled {
+                            agent_id: agent_id.clone(),
+                        });
+                    }
+                    _ if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
+                        let message = response
+                            .json::<ErrorBody>()
+                            .await
+                            .map(|body| body.error.message)
+                            .unwrap_or_default();
+                        return Err(EnrollError::Refused {
+                            agent_id: agent_id.clone(),
+                            status: status.as_u16(),
+                            message,
+                        });
+                    }
+                    _ => tracing::warn!(status = status.as_u16(), "enrollment failed; retrying"),
+                }
+            }
+            // reqwest's message names the URL, never a header, so the bootstrap token stays out.
+            Err(error) => {
+                tracing::warn!(%error, "the manager is unreachable for enrollment; retrying")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.triggered() => return Err(EnrollError::ShutDown),
+        }
+        wait = (wait * 2).min(MAX_RETRY_WAIT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_token_is_private_and_read_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let agent = AgentId::try_from("pi-1").expect("valid id");
+        assert!(kept_token(dir.path(), &agent).expect("readable").is_none());
+        let path = token_path(dir.path(), &agent);
+        keep_token(&path, "flt_secret").expect("kept");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            kept_token(dir.path(), &agent).expect("readable"),
+            Some(Token::new("flt_secret".into()))
+        );
+    }
+}

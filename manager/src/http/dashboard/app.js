@@ -1,0 +1,230 @@
+// fleetlet dashboard: reads the manager's REST API with a bearer token kept in sessionStorage.
+// Every value from the API is inserted with textContent, never parsed as HTML.
+"use strict";
+
+const TOKEN_KEY = "fleetlet.token";
+const REFRESH_MS = 5000;
+const STATES = ["converged", "progressing", "degraded", "stale", "unknown"];
+// Fleet rows fetched per page, and how many agents the failing-resources column looks up.
+const PAGE = 500;
+const MAX_FAILING_LOOKUPS = 50;
+const RECENT_EVENTS = 50;
+
+let timer = null;
+
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function hashParams() { return new URLSearchParams(location.hash.replace(/^#/, "")); }
+
+// A token in the fragment (#token=...) moves into sessionStorage and leaves the address bar.
+function takeTokenFromFragment() {
+  const params = hashParams();
+  const token = params.get("token");
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "#" + rest : ""));
+  }
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) throw new ApiError(401, "no token");
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + token } });
+  if (!response.ok) {
+    let message = response.statusText;
+    try { message = (await response.json()).error.message; } catch (_) { /* keep statusText */ }
+    throw new ApiError(response.status, message);
+  }
+  return response.json();
+}
+
+function ago(iso) {
+  if (!iso) return "never";
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (seconds < 60) return seconds + "s ago";
+  if (seconds < 3600) return Math.round(seconds / 60) + "m ago";
+  if (seconds < 86400) return Math.round(seconds / 3600) + "h ago";
+  return Math.round(seconds / 86400) + "d ago";
+}
+
+function badge(text, kind) {
+  return el("span", { class: "badge " + kind + "-" + String(text).toLowerCase() }, text);
+}
+
+function show(section) {
+  for (const id of ["login", "fleet", "agent", "error"]) $(id).hidden = id !== section;
+  $("logout").hidden = section === "login";
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+async function fleetRows() {
+  const rows = [];
+  let cursor = null;
+  do {
+    const query = "limit=" + PAGE + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+    const page = await api("/api/v1/agents?" + query);
+    rows.push(...page.items);
+    cursor = page.nextCursor;
+  } while (cursor && rows.length < 20 * PAGE);
+  return rows;
+}
+
+function failingOf(status) {
+  if (!status || !status.resources) return [];
+  return Object.entries(status.resources)
+    .filter(([, r]) => r.phase === "Failed" || r.phase === "Unsupported")
+    .map(([id, r]) => id + (r.error ? " (" + r.error.reason + ")" : ""));
+}
+
+async function renderFleet() {
+  const rows = await fleetRows();
+  const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
+  for (const row of rows) counts[row.state] = (counts[row.state] || 0) + 1;
+  $("counts").replaceChildren(
+    el("div", { class: "count total", "data-state": "total" },
+      el("span", { class: "number", id: "count-total" }, rows.length), el("span", {}, "agents")),
+    ...STATES.map((state) => el("div", { class: "count state-" + state, "data-state": state },
+      el("span", { class: "number", id: "count-" + state }, counts[state]), el("span", {}, state))),
+  );
+  // Failing resources need each degraded agent's status; bounded so a bad day stays cheap.
+  const failing = {};
+  const degraded = rows.filter((r) => (r.counts.Failed || 0) + (r.counts.Unsupported || 0) > 0)
+    .slice(0, MAX_FAILING_LOOKUPS);
+  await Promise.all(degraded.map(async (row) => {
+    try {
+      const view = await api("/api/v1/agents/" + encodeURIComponent(row.agentId) + "/status");
+      failing[row.agentId] = failingOf(view.status);
+    } catch (_) { failing[row.agentId] = ["?"]; }
+  }));
+  fill($("agents").tBodies[0], rows.map((row) => {
+    const total = Object.values(row.counts).reduce((a, b) => a + b, 0);
+    const link = el("a", { href: "#agent=" + encodeURIComponent(row.agentId) }, row.agentId);
+    return el("tr", { "data-agent": row.agentId, "data-state": row.state },
+      el("td", {}, link),
+      el("td", {}, badge(row.state, "state")),
+      el("td", {}, row.desiredGeneration),
+      el("td", {}, row.observedGeneration ?? "-"),
+      el("td", {}, (row.counts.Ready || 0) + "/" + total),
+      el("td", { class: "failing" }, (failing[row.agentId] || []).join(", ")),
+      el("td", { title: row.lastSeenAt || "" }, ago(row.lastSeenAt)),
+      el("td", {}, Object.entries(row.labels || {}).map(([k, v]) => k + "=" + v).join(", ")));
+  }));
+  show("fleet");
+}
+
+function detailsText(details) {
+  if (!details) return "";
+  return Object.entries(details)
+    .filter(([, v]) => v !== null && typeof v !== "object")
+    .map(([k, v]) => k + "=" + v).join(" ");
+}
+
+async function recentEvents(agentPath) {
+  // The log pages oldest first; walk it (bounded) and keep the tail.
+  let events = [];
+  let after = 0;
+  for (let i = 0; i < 20; i++) {
+    const page = await api(agentPath + "/events?limit=1000&afterSeq=" + after);
+    events = events.concat(page.items).slice(-RECENT_EVENTS);
+    if (!page.nextCursor || page.items.length === 0) break;
+    after = page.items[page.items.length - 1].seq;
+  }
+  return events.reverse();
+}
+
+async function renderAgent(agentId) {
+  const path = "/api/v1/agents/" + encodeURIComponent(agentId);
+  const [view, events] = await Promise.all([api(path + "/status"), recentEvents(path)]);
+  const summary = view.summary;
+  $("agent-title").replaceChildren(agentId + " ", badge(summary.state, "state"));
+  const info = (view.status && view.status.agent) || {};
+  const facts = [
+    ["State", summary.state], ["Desired generation", summary.desiredGeneration],
+    ["Observed generation", summary.observedGeneration ?? "-"],
+    ["Converged", summary.converged ? "yes" : "no"], ["Last seen", ago(summary.lastSeenAt)],
+    ["Agent version", info.version || "-"], ["Host", info.hostname || "-"],
+    ["Labels", Object.entries(summary.labels || {}).map(([k, v]) => k + "=" + v).join(", ") || "-"],
+  ];
+  $("agent-summary").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  const resources = Object.entries((view.status && view.status.resources) || {});
+  fill($("resources").tBodies[0], resources.map(([id, r]) =>
+    el("tr", { "data-resource": id, "data-phase": r.phase },
+      el("td", {}, id), el("td", {}, r.kind), el("td", {}, badge(r.phase, "phase")),
+      el("td", {}, r.generation), el("td", { title: r.since || "" }, ago(r.since)),
+      el("td", {}, r.error ? r.error.reason : ""), el("td", {}, r.error ? r.error.message : ""),
+      el("td", { class: "details" }, detailsText(r.details)))));
+  const conditions = (view.status && view.status.conditions) || [];
+  fill($("conditions").tBodies[0], conditions.map((c) =>
+    el("tr", {}, el("td", {}, c.type), el("td", {}, c.status), el("td", {}, c.reason || ""),
+      el("td", {}, c.message || ""))));
+  fill($("events").tBodies[0], events.map((e) =>
+    el("tr", { "data-seq": e.seq }, el("td", {}, e.seq), el("td", { title: e.createdAt }, ago(e.createdAt)),
+      el("td", {}, e.type), el("td", {}, e.resourceId || "-"),
+      el("td", { class: "details" }, detailsText(e.payload)))));
+  show("agent");
+}
+
+async function refresh() {
+  const agentId = hashParams().get("agent");
+  try {
+    if (agentId) await renderAgent(agentId);
+    else await renderFleet();
+    $("error").hidden = true;
+    $("refreshed").textContent = "updated " + new Date().toLocaleTimeString();
+    document.body.dataset.loaded = "true";
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      $("login-error").textContent = error.status === 401 && error.message === "no token"
+        ? "" : "the manager refused this token: " + error.message;
+      show("login");
+    } else {
+      showError("cannot load: " + error.message);
+    }
+  }
+}
+
+function start() {
+  takeTokenFromFragment();
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    refresh();
+  });
+  $("logout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    show("login");
+  });
+  window.addEventListener("hashchange", () => { takeTokenFromFragment(); refresh(); });
+  refresh();
+  timer = setInterval(refresh, REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", start);

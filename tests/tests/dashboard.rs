@@ -1,0 +1,294 @@
+//! The dashboard in a real headless Chromium (Debian's package, installed by
+//! `deploy/dev/chromium.sh`) against the real manager on a seeded PostgreSQL database: the fleet
+//! page shows the counts and the state of every agent, an agent page lists its typed resources
+//! and events, and screenshots of both land in `target/test-artifacts/`.
+//!
+//! The reader token travels in the URL fragment (`#token=...`), which the browser never sends to
+//! the server; the page moves it into sessionStorage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleetlet_tests::manager::ManagerProcess;
+use fleetlet_tests::postgres::fresh_database;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// Chromium's own start and the page's first fetches fit well within this.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("FLEETLET_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("chromium"))
+                    .find(|candidate| candidate.exists())
+            })
+        });
+    match path {
+        Some(path) if path.exists() => path,
+        _ => panic!(
+            "chromium is not installed: run deploy/dev/chromium.sh (Debian's chromium package) first"
+        ),
+    }
+}
+
+fn artifacts_dir() -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs headless Chromium on `url` with a fresh profile; `mode` is `--dump-dom` or
+/// `--screenshot=PATH`. Returns stdout. The virtual time budget lets the page's fetches and
+/// first render finish before the DOM is dumped.
+fn run_chromium(url: &str, mode: &str) -> anyhow::Result<String> {
+    let profile = tempfile::tempdir()?;
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(mode)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting chromium")?;
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("chromium did not finish within {BROWSER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("chromium failed: {}", output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn report(agent_id: &str, seq: u64, observed: u64, resources: Value) -> Value {
+    json!({
+        "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": agent_id,
+        "reportSeq": seq, "manifestGeneration": 1, "observedGeneration": observed,
+        "observedAt": "2026-11-22T10:00:00Z",
+        "agent": {"version": "0.1.0", "hostname": agent_id, "arch": "aarch64", "os": "linux",
+                  "startedAt": "2026-11-22T09:00:00Z"},
+        "resources": resources
+    })
+}
+
+fn file(id: &str, path: &str) -> Value {
+    json!({"id": id, "kind": "File",
+           "spec": {"path": path, "content": {"text": "hi\n"}, "mode": "0644"}})
+}
+
+/// Registers agents in every fleet state: converged, degraded, progressing, stale, unknown.
+async fn seed(manager: &ManagerProcess, database_url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let ready = |generation: u64| json!({"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z", "generation": generation});
+    let agents = [
+        (
+            "pi-ok",
+            Some(report("pi-ok", 1, 1, json!({"motd": ready(1)}))),
+        ),
+        (
+            "pi-bad",
+            Some(report(
+                "pi-bad",
+                1,
+                1,
+                json!({
+                    "motd": ready(1),
+                    "escape": {"kind": "File", "phase": "Failed", "since": "2026-11-22T10:00:00Z",
+                               "generation": 1,
+                               "error": {"reason": "PathNotAllowed",
+                                         "message": "/root/escape is outside the file roots"}}
+                }),
+            )),
+        ),
+        (
+            "pi-busy",
+            Some(report(
+                "pi-busy",
+                1,
+                0,
+                json!({"motd": {"kind": "File", "phase": "Reconciling",
+                                "since": "2026-11-22T10:00:00Z", "generation": 1}}),
+            )),
+        ),
+        (
+            "pi-old",
+            Some(report("pi-old", 1, 1, json!({"motd": ready(1)}))),
+        ),
+        ("pi-new", None),
+    ];
+    for (agent_id, status) in agents {
+        let token: Value = manager
+            .admin(&client, Method::POST, "/api/v1/agents")
+            .json(&json!({"agentId": agent_id, "labels": {"site": "lab"}}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut resources = vec![file("motd", "/etc/motd")];
+        if agent_id == "pi-bad" {
+            resources.push(file("escape", "/root/escape"));
+        }
+        manager
+            .admin(
+                &client,
+                Method::PUT,
+                &format!("/api/v1/agents/{agent_id}/manifest"),
+            )
+            .json(
+                &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
+                          "agentId": agent_id, "resources": resources}),
+            )
+            .send()
+            .await?
+            .error_for_status()?;
+        if let Some(status) = status {
+            client
+                .put(format!("{}/api/v1/agents/{agent_id}/status", manager.url))
+                .bearer_auth(token["token"].as_str().context("token")?)
+                .json(&status)
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    // Staleness is measured by the manager's own receive time: an hour ago is stale.
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::query(
+        "UPDATE agents SET last_seen_at = now() - interval '1 hour' WHERE agent_id = 'pi-old'",
+    )
+    .execute(&mut connection)
+    .await?;
+    sqlx::query(
+        "UPDATE agent_status SET received_at = now() - interval '1 hour' WHERE agent_id = 'pi-old'",
+    )
+    .execute(&mut connection)
+    .await?;
+    connection.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<()> {
+    let chromium_path = chromium();
+    assert!(chromium_path.exists());
+    let database = fresh_database().await?;
+    let manager = ManagerProcess::start(&database.url).await?;
+    seed(&manager, &database.url).await?;
+    let fragment = format!("token={}", manager.reader_token);
+
+    // The fleet page: counts per state and one row per agent with its state.
+    let url = format!("{}/#{fragment}", manager.url);
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    for (state, count) in [
+        ("total", 5),
+        ("converged", 1),
+        ("degraded", 1),
+        ("progressing", 1),
+        ("stale", 1),
+        ("unknown", 1),
+    ] {
+        let needle = format!("id=\"count-{state}\">{count}<");
+        assert!(dom.contains(&needle), "{needle} missing:\n{dom}");
+    }
+    for (agent, state) in [
+        ("pi-ok", "converged"),
+        ("pi-bad", "degraded"),
+        ("pi-busy", "progressing"),
+        ("pi-old", "stale"),
+        ("pi-new", "unknown"),
+    ] {
+        let needle = format!("data-agent=\"{agent}\" data-state=\"{state}\"");
+        assert!(dom.contains(&needle), "{needle} missing:\n{dom}");
+    }
+    assert!(
+        dom.contains("escape (PathNotAllowed)"),
+        "failing resource missing:\n{dom}"
+    );
+    assert!(
+        !dom.contains(&manager.reader_token),
+        "the token stayed in the page"
+    );
+
+    // An agent page: its typed resources and recent events.
+    let url = format!("{}/#agent=pi-bad&{fragment}", manager.url);
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-resource=\"escape\" data-phase=\"Failed\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("data-resource=\"motd\" data-phase=\"Ready\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("/root/escape is outside the file roots"),
+        "{dom}"
+    );
+    assert!(dom.contains("ManifestUpdated"), "events missing:\n{dom}");
+
+    // Screenshots as test artifacts.
+    let dir = artifacts_dir()?;
+    for (name, fragment) in [
+        ("dashboard-fleet.png", fragment.clone()),
+        ("dashboard-agent.png", format!("agent=pi-bad&{fragment}")),
+    ] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let url = format!("{}/#{fragment}", manager.url);
+        let mode = format!("--screenshot={}", path.display());
+        tokio::task::spawn_blocking(move || run_chromium(&url, &mode)).await??;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("{} was not written", path.display()))?;
+        assert!(
+            bytes.starts_with(b"\x89PNG"),
+            "{} is not a PNG",
+            path.display()
+        );
+    }
+
+    // Without a token the page asks for one and shows no data.
+    let url = format!("{}/", manager.url);
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(dom.contains("<section id=\"login\">"), "{dom}");
+    assert!(!dom.contains("data-agent=\"pi-ok\""), "{dom}");
+    Ok(())
+}
