@@ -20,7 +20,8 @@ installed_version() {
 if [[ "$(installed_version)" != "$SCHEMATHESIS_VERSION" ]]; then
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         # Debian splits venv/ensurepip out of python3.
-        apt-get install -y python3-venv >&2
+        apt-get update -qq >&2
+        apt-get install -y -qq python3-venv >&2
     fi
     python3 -m venv "$VENV" >&2
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2

@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// Where cargo put the workspace's binaries: `$CARGO_TARGET_DIR/debug` or `<workspace>/target/debug`.
-pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug").join(name)
-}
+pub use crate::binary;
 
 /// The agent binary, or a loud failure telling how to build it.
 pub fn agent_binary() -> anyhow::Result<PathBuf> {

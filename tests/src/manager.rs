@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The manager binary, or a loud failure telling how to build it.
 pub fn manager_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join("fleetlet-manager");
+    let path = crate::binary("fleetlet-manager");
     assert!(
         path.exists(),
         "{} does not exist: run `cargo build --workspace --bins` before the tests",
