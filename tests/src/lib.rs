@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod agent;
+pub mod containers;
 pub mod manager;
 pub mod postgres;
 

@@ -2,7 +2,6 @@
 //! captured to a file, killed on drop. Build the binaries first: `cargo build --workspace --bins`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -24,30 +23,14 @@ pub fn manager_binary() -> PathBuf {
     path
 }
 
+pub use crate::agent::wait_for;
+
 /// A random token of 32 hex digits.
 pub fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}-{digits}")
-}
-
-/// Polls `check` every 50 ms until it yields a value or `timeout` passes.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// How to start a manager.

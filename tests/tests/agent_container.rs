@@ -10,80 +10,24 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fleetlet_manifests::{
     AgentStatus, ContainerDetails, ErrorReason, Phase, ResourceDetails, ResourceStatus,
 };
 use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, file_resource, manifest, unique_agent_id, wait_for,
 };
+use fleetlet_tests::containers::{IMAGE, Runtime, cli, inspect};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const IMAGE: &str = "localhost/busybox:test";
 /// How often the agent checks its manifest file; a change reaches it within this long.
 const MANIFEST_POLL: Duration = Duration::from_millis(500);
 
 /// One test at a time: restart delays and the 2 s start budget are measured, and parallel
 /// container starts on a 2-core machine would measure each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Runtime {
-    Podman,
-    Docker,
-}
-
-impl Runtime {
-    fn cli(self) -> &'static str {
-        match self {
-            Runtime::Podman => "podman",
-            Runtime::Docker => "docker",
-        }
-    }
-}
-
-/// Runs the runtime's CLI (bounded by 60 s) and returns its stdout.
-async fn cli(runtime: Runtime, args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(runtime.cli())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("{} {args:?} took more than 60 s", runtime.cli()))?
-    .with_context(|| format!("run {} {args:?}", runtime.cli()))?;
-    if !output.status.success() {
-        bail!(
-            "{} {args:?} failed: {}",
-            runtime.cli(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// The runtime's inspect document of one container, or `None` when it does not exist.
-async fn inspect(runtime: Runtime, id: &str) -> anyhow::Result<Option<Value>> {
-    match cli(runtime, &["container", "inspect", id]).await {
-        Ok(text) => {
-            let mut all: Vec<Value> = serde_json::from_str(&text)?;
-            Ok(all.pop())
-        }
-        Err(error) => {
-            let text = error.to_string().to_lowercase();
-            if text.contains("no such container") || text.contains("no such object") {
-                Ok(None)
-            } else {
-                Err(error)
-            }
-        }
-    }
-}
 
 fn state_field<'a>(document: &'a Value, field: &str) -> &'a str {
     document["State"][field].as_str().unwrap_or_default()

@@ -15,53 +15,15 @@ use fleetlet_manifests::{
 use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, file_resource, manifest, unique_agent_id, wait_for,
 };
+use fleetlet_tests::containers::{IMAGE, Runtime, cli};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const IMAGE: &str = "localhost/busybox:test";
 /// The agent's resync interval in these tests.
 const RESYNC: Duration = Duration::from_secs(1);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Runtime {
-    Podman,
-    Docker,
-}
-
-impl Runtime {
-    fn cli(self) -> &'static str {
-        match self {
-            Runtime::Podman => "podman",
-            Runtime::Docker => "docker",
-        }
-    }
-}
-
-/// Runs the runtime's CLI (bounded by 60 s) and returns its stdout.
-async fn cli(runtime: Runtime, args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(runtime.cli())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("{} {args:?} took more than 60 s", runtime.cli()))?
-    .with_context(|| format!("run {} {args:?}", runtime.cli()))?;
-    if !output.status.success() {
-        bail!(
-            "{} {args:?} failed: {}",
-            runtime.cli(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
 
 fn session(id: &str, session_id: &str, limit: u64, expires_at: Option<&str>) -> Value {
     let mut spec = json!({"sessionId": session_id, "sizeLimitBytes": limit});

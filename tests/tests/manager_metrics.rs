@@ -350,7 +350,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         );
         async move { request.send().await }
     });
-    fleetlet_tests::manager::wait_until(
+    fleetlet_tests::manager::wait_for(
         "a long-poll counted as open",
         std::time::Duration::from_secs(4),
         || {

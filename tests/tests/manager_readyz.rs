@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleetlet_tests::manager::{ManagerProcess, wait_until};
+use fleetlet_tests::manager::{ManagerProcess, wait_for};
 use fleetlet_tests::postgres::PgCluster;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ async fn readyz_follows_postgres_down_and_back_up_without_a_restart() -> anyhow:
     assert_eq!(body["store"]["adapter"], "postgres");
     assert_eq!(body["store"]["reachable"], true);
     assert_eq!(body["store"]["migrationReady"], true);
-    assert_eq!(body["store"]["migrationVersion"], 1);
+    assert_eq!(body["store"]["migrationVersion"], 2);
     assert_eq!(body["store"]["failureKind"], Value::Null);
     assert_eq!(
         body["store"]["database"],
@@ -62,7 +62,7 @@ async fn readyz_follows_postgres_down_and_back_up_without_a_restart() -> anyhow:
     assert!(asked.elapsed() < Duration::from_secs(2));
 
     cluster.start_again()?;
-    wait_until("readyz to recover", Duration::from_secs(20), || async {
+    wait_for("readyz to recover", Duration::from_secs(20), || async {
         matches!(readyz(&client, &manager).await, Ok((200, _))).then_some(())
     })
     .await?;

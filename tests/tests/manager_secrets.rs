@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleetlet_tests::manager::{ManagerOptions, ManagerProcess, wait_until};
+use fleetlet_tests::manager::{ManagerOptions, ManagerProcess, wait_for};
 use fleetlet_tests::postgres::PgCluster;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -182,7 +182,7 @@ async fn no_password_or_token_reaches_the_logs_even_at_trace_level() -> anyhow::
         .await?;
     assert_eq!(response.status(), 503);
     cluster.start_again()?;
-    wait_until(
+    wait_for(
         "the manager to be ready again",
         Duration::from_secs(20),
         || async {
