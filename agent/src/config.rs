@@ -7,17 +7,25 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
-use fleetlet_manifests::AgentId;
+use fleetlet_manifests::signature::PublicKey;
+use fleetlet_manifests::{AbsPath, AgentId};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineSettings;
 use crate::reconcile::systemd_unit::ManagerScope;
-use crate::reconcile::{ContainerSettings, ReconcilerSettings, SystemdSettings};
+use crate::reconcile::{ContainerSettings, HostAccess, ReconcilerSettings, SystemdSettings};
 use crate::runtime::RuntimeFlavor;
 
 /// The manager answers a long-poll after at most this long (DESIGN §3).
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// The filesystem store's size cap unless configured (the store's own default).
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 64 * MIB;
+/// Below this the store's logs would rotate after a handful of events.
+pub const MIN_STORE_MAX_BYTES: u64 = MIB;
+const MIB: u64 = 1024 * 1024;
 
 /// Command-line flags and environment variables.
 #[derive(Debug, Clone, Default, Parser)]
@@ -95,6 +103,34 @@ pub struct Cli {
     /// Make one full pass, print the status JSON on stdout, exit 0 only if converged.
     #[arg(long, env = "FLEETLET_ONCE")]
     pub once: bool,
+    /// Size cap of the filesystem store in the state dir: bytes, or with a KiB, MiB or GiB
+    /// suffix (e.g. 64MiB); at least 1MiB, 64MiB by default. Only used when the agent is built
+    /// with the `fs-store` feature; without it the setting is accepted and ignored.
+    #[arg(long, env = "FLEETLET_STORE_MAX_BYTES", value_parser = parse_bytes)]
+    pub store_max_bytes: Option<u64>,
+    /// Let Container resources run privileged (`privileged: true`), which hands them the whole
+    /// device. Off by default; `--allow-privileged` alone means true.
+    #[arg(long, env = "FLEETLET_ALLOW_PRIVILEGED", num_args = 0..=1, require_equals = true,
+        default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub allow_privileged: Option<bool>,
+    /// Let Container resources use the host's network namespace (`hostNetwork: true`). Off by
+    /// default.
+    #[arg(long, env = "FLEETLET_ALLOW_HOST_NETWORK", num_args = 0..=1, require_equals = true,
+        default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub allow_host_network: Option<bool>,
+    /// Let Container resources use the host's PID namespace (`hostPid: true`). Off by default.
+    #[arg(long, env = "FLEETLET_ALLOW_HOST_PID", num_args = 0..=1, require_equals = true,
+        default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub allow_host_pid: Option<bool>,
+    /// Host devices, absolute paths separated by ':', that Container resources may be given
+    /// (`devices`); matched exactly. None by default.
+    #[arg(long, env = "FLEETLET_ALLOWED_DEVICES", value_delimiter = ':')]
+    pub allowed_devices: Option<Vec<PathBuf>>,
+    /// Public key files (from `fleetlet keygen`), separated by ':', whose signatures the agent
+    /// trusts; more than one allows a key rotation. With any key set, an unsigned or mis-signed
+    /// manifest is refused. None by default: unsigned manifests are accepted (for development).
+    #[arg(long, env = "FLEETLET_TRUSTED_KEYS", value_delimiter = ':')]
+    pub trusted_keys: Option<Vec<PathBuf>>,
 }
 
 /// The same settings, read from the TOML file.
@@ -119,6 +155,21 @@ pub struct FileConfig {
     pub concurrency: Option<usize>,
     pub apply_timeout: Option<String>,
     pub manifest_file: Option<PathBuf>,
+    /// A number of bytes, or a string such as "64MiB".
+    pub store_max_bytes: Option<FileBytes>,
+    pub allow_privileged: Option<bool>,
+    pub allow_host_network: Option<bool>,
+    pub allow_host_pid: Option<bool>,
+    pub allowed_devices: Option<Vec<PathBuf>>,
+    pub trusted_keys: Option<Vec<PathBuf>>,
+}
+
+/// A size in the TOML file: `store-max-bytes = 67108864` or `store-max-bytes = "64MiB"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FileBytes {
+    Count(u64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -199,6 +250,12 @@ pub struct Config {
     pub report_interval: Duration,
     pub concurrency: usize,
     pub apply_timeout: Duration,
+    /// Size cap of the filesystem store (FLEETLET_STORE_MAX_BYTES); unused without `fs-store`.
+    pub store_max_bytes: u64,
+    /// What Container resources may ask of the host (FLEETLET_ALLOW_*, FLEETLET_ALLOWED_DEVICES).
+    pub host_access: HostAccess,
+    /// Keys whose manifest signatures are trusted (FLEETLET_TRUSTED_KEYS); empty: none required.
+    pub trusted_keys: Vec<PublicKey>,
 }
 
 /// Why the configuration is unusable.
@@ -257,6 +314,24 @@ fn read_secret(
     Ok(Some(Token::new(text.to_owned())))
 }
 
+/// Reads every trusted public key file; an unreadable or malformed one stops the start, since
+/// silently trusting fewer keys could refuse every manifest (or, with none left, accept any).
+fn read_trusted_keys(paths: Option<Vec<PathBuf>>) -> Result<Vec<PublicKey>, ConfigError> {
+    const SETTING: &str = "FLEETLET_TRUSTED_KEYS";
+    let mut keys = Vec::new();
+    for path in paths.unwrap_or_default() {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(SETTING, format!("cannot read {}: {e}", path.display())))?;
+        let key = PublicKey::from_file_text(&text)
+            .map_err(|e| invalid(SETTING, format!("{}: {e}", path.display())))?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -293,6 +368,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// Parses sizes such as `1048576`, `512KiB`, `64MiB` or `1GiB` (binary units).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size such as 67108864, 512KiB, 64MiB or 1GiB");
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let number: u64 = trimmed[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match trimmed[digits..].trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => MIB,
+        "GiB" => 1024 * MIB,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(unit).ok_or_else(bad)
 }
 
 fn file_duration(
@@ -434,6 +530,34 @@ impl Config {
         if concurrency == 0 {
             return Err(invalid("FLEETLET_CONCURRENCY", "must be at least 1"));
         }
+        let store_max_bytes = match cli.store_max_bytes {
+            Some(bytes) => bytes,
+            None => match file.store_max_bytes {
+                Some(FileBytes::Count(bytes)) => bytes,
+                Some(FileBytes::Text(text)) => parse_bytes(&text)
+                    .map_err(|message| invalid("FLEETLET_STORE_MAX_BYTES", message))?,
+                None => DEFAULT_STORE_MAX_BYTES,
+            },
+        };
+        if store_max_bytes < MIN_STORE_MAX_BYTES {
+            return Err(invalid(
+                "FLEETLET_STORE_MAX_BYTES",
+                format!("{store_max_bytes} bytes is too small: must be at least 1MiB (1048576)"),
+            ));
+        }
+        let host_access = HostAccess {
+            privileged: cli
+                .allow_privileged
+                .or(file.allow_privileged)
+                .unwrap_or(false),
+            host_network: cli
+                .allow_host_network
+                .or(file.allow_host_network)
+                .unwrap_or(false),
+            host_pid: cli.allow_host_pid.or(file.allow_host_pid).unwrap_or(false),
+            devices: allowed_devices(cli.allowed_devices.or(file.allowed_devices))?,
+        };
+        let trusted_keys = read_trusted_keys(cli.trusted_keys.or(file.trusted_keys))?;
         let state_dir = cli
             .state_dir
             .or(file.state_dir)
@@ -467,6 +591,9 @@ impl Config {
             report_interval,
             concurrency,
             apply_timeout,
+            store_max_bytes,
+            host_access,
+            trusted_keys,
         })
     }
 
@@ -476,6 +603,7 @@ impl Config {
             apply_timeout: self.apply_timeout,
             resync_interval: self.resync_interval,
             report_interval: self.report_interval,
+            trusted_keys: self.trusted_keys.clone(),
             ..EngineSettings::default()
         }
     }
@@ -506,6 +634,7 @@ impl Config {
                     ContainerRuntimeKind::None => None,
                 },
                 runtime_path: self.container_runtime_path.clone(),
+                host_access: self.host_access.clone(),
             },
             session_root: Some(self.session_root.clone()),
         }
@@ -530,6 +659,12 @@ impl Config {
             "watchWaitMs": self.watch_wait.as_millis() as u64,
             "reportIntervalMs": self.report_interval.as_millis() as u64,
             "concurrency": self.concurrency,
+            "storeMaxBytes": self.store_max_bytes,
+            "allowPrivileged": self.host_access.privileged,
+            "allowHostNetwork": self.host_access.host_network,
+            "allowHostPid": self.host_access.host_pid,
+            "allowedDevices": self.host_access.devices,
+            "trustedKeyIds": self.trusted_keys.iter().map(PublicKey::key_id).collect::<Vec<_>>(),
         })
     }
 }
@@ -550,12 +685,40 @@ fn default_unit_dir(scope: SystemdScope) -> PathBuf {
     }
 }
 
+/// The allowed device list: absolute, normalised paths (matched exactly against a manifest's
+/// `devices`), without ':' or ',', which the runtimes read as separators in `--device`.
+fn allowed_devices(paths: Option<Vec<PathBuf>>) -> Result<Vec<AbsPath>, ConfigError> {
+    let mut devices = Vec::new();
+    for path in paths.unwrap_or_default() {
+        let text = path.to_str().ok_or_else(|| {
+            invalid(
+                "FLEETLET_ALLOWED_DEVICES",
+                format!("{} is not valid UTF-8", path.display()),
+            )
+        })?;
+        if text.contains([':', ',']) {
+            return Err(invalid(
+                "FLEETLET_ALLOWED_DEVICES",
+                format!("{text} must not contain ':' or ','"),
+            ));
+        }
+        let device = AbsPath::try_from(text)
+            .map_err(|e| invalid("FLEETLET_ALLOWED_DEVICES", format!("{text}: {}", e.0)))?;
+        if !devices.contains(&device) {
+            devices.push(device);
+        }
+    }
+    Ok(devices)
+}
+
 fn canonical_or_given(root: &Path) -> PathBuf {
     std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -603,6 +766,210 @@ mod tests {
                 token: Credential::Token(Token::new("secret".into())),
                 ca_file: None,
             }
+        );
+    }
+
+    fn standalone(args: &[&str], file: &str) -> Result<Config, ConfigError> {
+        let mut all = vec!["fleetlet-agent", "--manifest-file", "/m.json"];
+        all.extend_from_slice(args);
+        Config::resolve(
+            Cli::try_parse_from(all).expect("flags parse"),
+            toml::from_str(file).expect("toml parses"),
+        )
+    }
+
+    #[test]
+    fn sizes_take_the_documented_forms() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.5MiB",
+            "64MB",
+            "64m",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_store_size_cap_comes_from_flag_then_file_then_default() {
+        let config = standalone(&[], "").expect("valid");
+        assert_eq!(config.store_max_bytes, DEFAULT_STORE_MAX_BYTES);
+        let config = standalone(&[], "store-max-bytes = 2097152").expect("valid");
+        assert_eq!(config.store_max_bytes, 2 << 20);
+        let config = standalone(&[], "store-max-bytes = \"16MiB\"").expect("valid");
+        assert_eq!(config.store_max_bytes, 16 << 20);
+        let config =
+            standalone(&["--store-max-bytes", "8MiB"], "store-max-bytes = 2097152").expect("valid");
+        assert_eq!(config.store_max_bytes, 8 << 20);
+        assert_eq!(config.snapshot()["storeMaxBytes"], 8 << 20);
+    }
+
+    #[test]
+    fn a_tiny_store_size_cap_is_refused() {
+        for (args, file) in [
+            (&["--store-max-bytes", "4096"][..], ""),
+            (&[][..], "store-max-bytes = 1000"),
+            (&[][..], "store-max-bytes = \"1023KiB\""),
+        ] {
+            let error = standalone(args, file).expect_err("refused");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Invalid {
+                        setting: "FLEETLET_STORE_MAX_BYTES",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+        let error = standalone(&[], "store-max-bytes = \"lots\"").expect_err("refused");
+        assert!(
+            error.to_string().contains("FLEETLET_STORE_MAX_BYTES"),
+            "{error}"
+        );
+        assert!(Cli::try_parse_from(["fleetlet-agent", "--store-max-bytes", "64MB"]).is_err());
+        assert_eq!(
+            standalone(&["--store-max-bytes", "1MiB"], "")
+                .expect("the minimum itself is fine")
+                .store_max_bytes,
+            MIN_STORE_MAX_BYTES
+        );
+    }
+
+    #[cfg(feature = "fs-store")]
+    #[test]
+    fn the_default_store_size_cap_is_the_stores_own() {
+        assert_eq!(
+            DEFAULT_STORE_MAX_BYTES,
+            crate::store::FsStoreOptions::default().max_bytes
+        );
+    }
+
+    #[test]
+    fn host_access_is_refused_by_default_and_allowed_by_flag_or_file() {
+        let config = standalone(&[], "").expect("valid");
+        assert_eq!(config.host_access, HostAccess::default());
+        assert_eq!(
+            config.reconciler_settings().container.host_access,
+            HostAccess::default()
+        );
+
+        let config = standalone(
+            &[
+                "--allow-privileged",
+                "--allow-host-network=true",
+                "--allow-host-pid=yes",
+                "--allowed-devices",
+                "/dev/ttyUSB0:/dev/i2c-1",
+            ],
+            "",
+        )
+        .expect("valid");
+        let device = |path: &str| AbsPath::try_from(path).expect("absolute");
+        let expected = HostAccess {
+            privileged: true,
+            host_network: true,
+            host_pid: true,
+            devices: vec![device("/dev/ttyUSB0"), device("/dev/i2c-1")],
+        };
+        assert_eq!(config.host_access, expected);
+        assert_eq!(config.reconciler_settings().container.host_access, expected);
+        let snapshot = config.snapshot();
+        assert_eq!(snapshot["allowPrivileged"], true);
+        assert_eq!(snapshot["allowHostNetwork"], true);
+        assert_eq!(snapshot["allowHostPid"], true);
+        assert_eq!(
+            snapshot["allowedDevices"],
+            json!(["/dev/ttyUSB0", "/dev/i2c-1"])
+        );
+
+        // The file allows, a flag set to false takes it back.
+        let file =
+            "allow-privileged = true\nallow-host-pid = true\nallowed-devices = [\"/dev/video0\"]\n";
+        let config = standalone(&["--allow-privileged=false"], file).expect("valid");
+        assert!(!config.host_access.privileged);
+        assert!(config.host_access.host_pid);
+        assert!(!config.host_access.host_network);
+        assert_eq!(config.host_access.devices, [device("/dev/video0")]);
+    }
+
+    #[test]
+    fn allowed_devices_must_be_plain_absolute_paths() {
+        for bad in ["dev/ttyUSB0", "/dev/../sda", "/dev/tty/"] {
+            let error = standalone(&["--allowed-devices", bad], "").expect_err(bad);
+            assert!(
+                error.to_string().contains("FLEETLET_ALLOWED_DEVICES"),
+                "{error}"
+            );
+        }
+        for bad in ["/dev/a:/dev/b", "/dev/a,rw", ""] {
+            let file = format!("allowed-devices = [{bad:?}]");
+            let error = standalone(&[], &file).expect_err(bad);
+            assert!(
+                error.to_string().contains("FLEETLET_ALLOWED_DEVICES"),
+                "{error}"
+            );
+        }
+        // An empty list is no device at all.
+        let config = standalone(&[], "allowed-devices = []").expect("valid");
+        assert!(config.host_access.devices.is_empty());
+    }
+
+    /// The environment is the process's: setting it here would race with the other tests, which
+    /// parse flags (and so read the environment) at the same time. A child process of this test
+    /// binary runs [`child_reads_the_environment`] with the variables set instead.
+    #[test]
+    fn the_new_settings_are_read_from_the_environment() {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "config::tests::child_reads_the_environment",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FLEETLET_TEST_ENV_CHILD", "1")
+            .env("FLEETLET_STORE_MAX_BYTES", "3MiB")
+            .env("FLEETLET_ALLOW_PRIVILEGED", "true")
+            .env("FLEETLET_ALLOW_HOST_NETWORK", "false")
+            .env("FLEETLET_ALLOW_HOST_PID", "1")
+            .env("FLEETLET_ALLOWED_DEVICES", "/dev/ttyUSB0:/dev/gpiochip0")
+            .output()
+            .expect("child runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run with its environment by the_new_settings_are_read_from_the_environment"]
+    fn child_reads_the_environment() {
+        if std::env::var_os("FLEETLET_TEST_ENV_CHILD").is_none() {
+            return;
+        }
+        let config = standalone(
+            &[],
+            "store-max-bytes = 2097152\nallow-host-network = true\n",
+        )
+        .expect("valid");
+        assert_eq!(config.store_max_bytes, 3 << 20);
+        assert!(config.host_access.privileged);
+        assert!(!config.host_access.host_network);
+        assert!(config.host_access.host_pid);
+        assert_eq!(
+            config.snapshot()["allowedDevices"],
+            json!(["/dev/ttyUSB0", "/dev/gpiochip0"])
         );
     }
 
@@ -677,5 +1044,34 @@ mod tests {
             parse(&["--manifest-file", "/m.json", "--file-roots", "/a:/b"]).expect("valid");
         assert_eq!(standalone.file_roots.len(), 2);
         assert_eq!(standalone.agent_id, None);
+    }
+    #[test]
+    fn trusted_keys_are_read_at_start_and_a_bad_key_file_stops_it() {
+        use fleetlet_manifests::signature::SecretKey;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (dir.path().join("a.pub"), dir.path().join("b.pub"));
+        let keys = [SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32])];
+        std::fs::write(&a, keys[0].public().to_file_text()).expect("write");
+        std::fs::write(&b, keys[1].public().to_file_text()).expect("write");
+        let both = format!("{}:{}", a.display(), b.display());
+        let config = standalone(&["--trusted-keys", &both], "").expect("valid");
+        assert_eq!(config.trusted_keys, [keys[0].public(), keys[1].public()]);
+        assert_eq!(config.engine_settings().trusted_keys.len(), 2);
+        assert_eq!(
+            config.snapshot()["trustedKeyIds"][1],
+            keys[1].public().key_id()
+        );
+        assert!(standalone(&[], "").expect("valid").trusted_keys.is_empty());
+
+        let garbage = dir.path().join("garbage.pub");
+        std::fs::write(&garbage, "not a key").expect("write");
+        for bad in [garbage, dir.path().join("missing.pub")] {
+            let path = bad.display().to_string();
+            let error = standalone(&["--trusted-keys", &path], "").expect_err("refused");
+            assert!(
+                error.to_string().contains("FLEETLET_TRUSTED_KEYS"),
+                "{error}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetlet_manifests::signature::{self, PublicKey, SignatureError};
 use fleetlet_manifests::{
     AgentInfo, AgentManifest, AgentStatus, ErrorReason, Kind, Phase, Resource, ResourceError,
     ResourceId, ResourceStatus,
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::reconcile::{Applied, Change, Deleted, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
-use crate::status::{self, Connectivity, StatusInputs};
+use crate::status::{self, Connectivity, Rejection, StatusInputs};
 use crate::store::{EventKind, NewEvent, OwnershipRecord, ResourceState, Store, StoreError};
 
 /// How the engine runs its passes.
@@ -38,6 +39,9 @@ pub struct EngineSettings {
     pub resync_interval: Duration,
     /// A report is sent at least this often even when nothing changed.
     pub report_interval: Duration,
+    /// With any key here, a manifest must be signed by one of them or it is refused
+    /// (`SignatureInvalid`); with none, unsigned manifests are accepted.
+    pub trusted_keys: Vec<PublicKey>,
 }
 
 impl Default for EngineSettings {
@@ -48,6 +52,7 @@ impl Default for EngineSettings {
             backoff: Backoff::RESOURCE,
             resync_interval: Duration::from_secs(10),
             report_interval: Duration::from_secs(30),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -87,7 +92,7 @@ pub struct Engine<R> {
     manifest: Option<AgentManifest>,
     manifest_generation: u64,
     observed_generation: u64,
-    manifest_rejected: Option<String>,
+    manifest_rejected: Option<Rejection>,
     last_report: Option<AgentStatus>,
 }
 
@@ -140,7 +145,18 @@ impl<R: Reconcile> Engine<R> {
                     manifest.agent_id,
                     self.store.agent_id()
                 );
-                self.reject(why)
+                self.reject(Rejection::invalid(why))
+            }
+            // Checked here, where every source of manifests (watch, --once, manifest file) meets,
+            // so none can bypass it. The last accepted manifest stays in force.
+            DesiredUpdate::Manifest(manifest)
+                if let Err(error) = self.check_signature(&manifest) =>
+            {
+                let generation = manifest.generation.unwrap_or(0);
+                tracing::error!(generation, %error, "refusing a manifest whose signature does not verify");
+                self.reject(Rejection::signature_invalid(format!(
+                    "generation {generation}: {error}"
+                )))
             }
             DesiredUpdate::Manifest(manifest) => {
                 let generation = manifest.generation.unwrap_or(0);
@@ -161,14 +177,26 @@ impl<R: Reconcile> Engine<R> {
                 }
                 Ok(())
             }
-            DesiredUpdate::Rejected(why) => self.reject(why),
+            DesiredUpdate::Rejected(why) => self.reject(Rejection::invalid(why)),
         }
     }
 
-    fn reject(&mut self, why: String) -> Result<(), EngineError> {
-        if self.manifest_rejected.as_deref() != Some(why.as_str()) {
-            self.record_event(EventKind::ManifestRejected, None, why.clone())?;
-            self.manifest_rejected = Some(why);
+    /// Without trusted keys every manifest passes (the documented development default).
+    fn check_signature(&self, manifest: &AgentManifest) -> Result<(), SignatureError> {
+        if self.settings.trusted_keys.is_empty() {
+            return Ok(());
+        }
+        signature::verify(manifest, &self.settings.trusted_keys)
+    }
+
+    fn reject(&mut self, rejection: Rejection) -> Result<(), EngineError> {
+        if self.manifest_rejected.as_ref() != Some(&rejection) {
+            self.record_event(
+                EventKind::ManifestRejected,
+                None,
+                format!("{}: {}", rejection.reason, rejection.message),
+            )?;
+            self.manifest_rejected = Some(rejection);
         }
         Ok(())
     }
@@ -556,7 +584,7 @@ impl<R: Reconcile> Engine<R> {
             observed_generation: self.observed_generation,
             states: &states,
             connectivity,
-            manifest_rejected: self.manifest_rejected.as_deref(),
+            manifest_rejected: self.manifest_rejected.as_ref(),
             previous: self.last_report.as_ref(),
             now: OffsetDateTime::now_utc(),
         }))

@@ -93,13 +93,17 @@ fn agent_info(reconcilers: &Reconcilers) -> AgentInfo {
 
 /// The filesystem store in the state dir when it is built in (feature `fs-store`, DESIGN §6),
 /// so the device keeps its desired state, ownership and unsent reports across restarts; it
-/// refuses to start while another agent holds the state dir. Otherwise the memory store.
+/// refuses to start while another agent holds the state dir; its size cap is
+/// FLEETLET_STORE_MAX_BYTES. Otherwise the memory store (and the size cap is not used).
 #[cfg(feature = "fs-store")]
 fn open_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
     let store = store::FsStore::open(
         &config.state_dir,
         agent_id.clone(),
-        store::FsStoreOptions::default(),
+        store::FsStoreOptions {
+            max_bytes: config.store_max_bytes,
+            ..store::FsStoreOptions::default()
+        },
     )?;
     Ok(Arc::new(store))
 }

@@ -28,6 +28,31 @@ pub enum Connectivity {
     Offline { reason: String, message: String },
 }
 
+/// Why the newest manifest was refused: the `ManifestRejected` condition's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    /// The manifest could not be parsed or validated, or is for another agent.
+    pub fn invalid(message: String) -> Self {
+        Self {
+            reason: "InvalidManifest",
+            message,
+        }
+    }
+
+    /// Trusted keys are configured and the manifest is unsigned or its signature does not verify.
+    pub fn signature_invalid(message: String) -> Self {
+        Self {
+            reason: "SignatureInvalid",
+            message,
+        }
+    }
+}
+
 /// Everything a status is built from.
 #[derive(Debug)]
 pub struct StatusInputs<'a> {
@@ -41,7 +66,7 @@ pub struct StatusInputs<'a> {
     pub states: &'a BTreeMap<ResourceId, ResourceState>,
     pub connectivity: &'a Connectivity,
     /// Why the newest manifest received was refused, if it was.
-    pub manifest_rejected: Option<&'a str>,
+    pub manifest_rejected: Option<&'a Rejection>,
     /// The previous status, whose conditions keep their transition times when unchanged.
     pub previous: Option<&'a AgentStatus>,
     pub now: OffsetDateTime,
@@ -219,11 +244,11 @@ fn conditions(
     }
 
     match inputs.manifest_rejected {
-        Some(why) => add(
+        Some(rejection) => add(
             ConditionType::ManifestRejected,
             ConditionStatus::True,
-            "InvalidManifest",
-            why.to_owned(),
+            rejection.reason,
+            rejection.message.clone(),
         ),
         None => add(
             ConditionType::ManifestRejected,

@@ -11,6 +11,7 @@ mod client;
 mod commands;
 mod manifest_file;
 mod render;
+mod signing;
 mod wait;
 
 use std::path::PathBuf;
@@ -63,6 +64,18 @@ pub enum Command {
         /// How long --wait waits (e.g. 120s, 5m).
         #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
         timeout: Duration,
+        /// Sign the manifest with this private key (from `fleetlet keygen`) before storing it;
+        /// agents with trusted keys refuse unsigned manifests.
+        #[arg(long, env = "FLEETLET_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
+    },
+    /// Create an ed25519 key pair for signing manifests: `fleetlet-signing.key` (private, mode
+    /// 0600, stays with the operator) and `fleetlet-signing.pub` (for the agents'
+    /// FLEETLET_TRUSTED_KEYS). Existing files are never overwritten.
+    Keygen {
+        /// The directory to write both files into.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Show what applying a manifest would change, by resource id.
     Diff {
@@ -192,6 +205,8 @@ pub enum CliError {
     },
     #[error("{path} is not a valid manifest:\n{details}")]
     InvalidManifest { path: PathBuf, details: String },
+    #[error("signing key {path}: {message}")]
+    Key { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("the CA file {path} holds no usable PEM certificate: {message}")]
@@ -223,6 +238,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "fleetlet", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Keygen { out } = &cli.command {
+        let key_id = signing::keygen(out)?;
+        println!(
+            "key {key_id}: {} (private, keep it with the operator) and {} (for agents)",
+            out.join(signing::SECRET_KEY_FILE).display(),
+            out.join(signing::PUBLIC_KEY_FILE).display()
+        );
         return Ok(());
     }
     let client = client::Client::from_settings(cli.url, cli.token, cli.config, cli.ca_file)?;

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod ids;
 pub mod manifest;
+pub mod signature;
 pub mod status;
 mod validate;
 
@@ -19,6 +20,7 @@ pub use manifest::{
     PullPolicy, Resource, ResourceSpec, RestartPolicy, SessionStorageSpec, SystemdUnitSpec,
     UnitState, VolumeMount,
 };
+pub use signature::ManifestSignature;
 pub use status::{
     AgentInfo, AgentStatus, Condition, ConditionStatus, ConditionType, ContainerDetails,
     ErrorReason, FileDetails, Phase, ResourceDetails, ResourceError, ResourceStatus,

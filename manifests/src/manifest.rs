@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::{
     AbsPath, AccountName, AgentId, FileMode, ImageRef, ResourceId, SessionId, UnitName,
 };
+use crate::signature::ManifestSignature;
 use crate::validate;
 use crate::{API_VERSION, Violation};
 
@@ -35,6 +36,9 @@ pub struct AgentManifest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     pub resources: Vec<Resource>,
+    /// The operator's signature over the agent id and resources (see [`crate::signature`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ManifestSignature>,
 }
 
 impl AgentManifest {
@@ -58,6 +62,7 @@ impl AgentManifest {
             agent_id,
             generation: None,
             resources,
+            signature: None,
         }
     }
 
@@ -316,16 +321,20 @@ pub struct ContainerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u32>,
     /// Privileged mode: every capability and device of the host. Refused by the agent
-    /// (`NotAllowed`): a manifest must not be able to take over the device.
+    /// (`NotAllowed`) unless its operator set FLEETLET_ALLOW_PRIVILEGED: by default a manifest
+    /// must not be able to take over the device.
     #[serde(default, skip_serializing_if = "is_false")]
     pub privileged: bool,
-    /// The host's network namespace instead of the container's own. Refused (`NotAllowed`).
+    /// The host's network namespace instead of the container's own. Refused (`NotAllowed`)
+    /// unless the agent sets FLEETLET_ALLOW_HOST_NETWORK.
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_network: bool,
-    /// The host's PID namespace. Refused (`NotAllowed`).
+    /// The host's PID namespace. Refused (`NotAllowed`) unless the agent sets
+    /// FLEETLET_ALLOW_HOST_PID.
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_pid: bool,
-    /// Host devices to pass into the container (e.g. /dev/ttyUSB0). Refused (`NotAllowed`).
+    /// Host devices to pass into the container (e.g. /dev/ttyUSB0). Each is refused
+    /// (`NotAllowed`) unless the agent lists exactly that path in FLEETLET_ALLOWED_DEVICES.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<AbsPath>,
 }

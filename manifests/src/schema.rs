@@ -60,6 +60,19 @@ pub fn manifest_schema() -> Schema {
             // PUT, since the manager assigns generations (from 1).
             "generation": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
             "resources": {"type": "array", "maxItems": MAX_RESOURCES, "items": {"oneOf": typed}},
+            // The operator's ed25519 signature over agentId and resources (see `signature.rs`).
+            "signature": {
+                "type": ["object", "null"],
+                "required": ["keyId", "ed25519"],
+                "additionalProperties": false,
+                "properties": {
+                    "keyId": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                    "ed25519": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9+/]{85}[AQgw]==$",
+                    },
+                },
+            },
         },
         "$defs": defs,
     })

@@ -17,6 +17,7 @@ use crate::manifest::{
     MAX_MANIFEST_CONTENT_BYTES, MAX_RESOURCES, Resource, ResourceSpec, SessionStorageSpec,
     SystemdUnitSpec,
 };
+use crate::signature::{self, ManifestSignature};
 use crate::{API_VERSION, Violation};
 
 /// Longest unit file text accepted.
@@ -195,7 +196,13 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
     let agent_id: Option<AgentId> = fields.required("agentId");
     let generation: Option<Option<u64>> = fields.optional("generation");
     let raw_resources: Option<Vec<Value>> = fields.defaulted("resources");
+    let raw_signature: Option<Option<Value>> = fields.optional("signature");
     fields.finish();
+    let signature = match raw_signature {
+        Some(Some(value)) => read_signature(value, "signature", report).map(Some),
+        Some(None) => Some(None),
+        None => None,
+    };
 
     if let Some(v) = &api_version
         && v != API_VERSION
@@ -238,7 +245,31 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
         agent_id: agent_id?,
         generation: generation?,
         resources,
+        signature: signature?,
     })
+}
+
+/// A manifest's `signature`: both fields are checked, each violation with its own path.
+fn read_signature(value: Value, path: &str, report: &mut Report) -> Option<ManifestSignature> {
+    let mut fields = Fields::of(value, path, report)?;
+    let key_id: Option<String> = fields.required("keyId");
+    let ed25519: Option<String> = fields.required("ed25519");
+    fields.finish();
+    let key_id = key_id.and_then(|text| match signature::parse_key_id(&text) {
+        Ok(id) => Some(id),
+        Err(error) => {
+            report.add(child_path(path, error.field()), error.rule());
+            None
+        }
+    });
+    let ed25519 = ed25519.and_then(|text| match signature::parse_signature_bytes(&text) {
+        Ok(_) => Some(text),
+        Err(error) => {
+            report.add(child_path(path, error.field()), error.rule());
+            None
+        }
+    });
+    ManifestSignature::from_parts(&key_id?, &ed25519?).ok()
 }
 
 fn read_resource(value: Value, path: &str, report: &mut Report) -> Option<Resource> {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetlet_manifests::{
-    AgentId, ContainerDetails, ContainerSpec, ErrorReason, PullPolicy, ResourceDetails, ResourceId,
-    RestartPolicy,
+    AbsPath, AgentId, ContainerDetails, ContainerSpec, ErrorReason, PullPolicy, ResourceDetails,
+    ResourceId, RestartPolicy,
 };
 use time::OffsetDateTime;
 
@@ -55,6 +55,21 @@ pub struct ContainerSettings {
     pub runtime: Option<RuntimeFlavor>,
     /// The runtime's binary, when not `podman` or `docker` on `PATH`.
     pub runtime_path: Option<PathBuf>,
+    /// What containers may ask of the host; nothing unless the operator allows it.
+    pub host_access: HostAccess,
+}
+
+/// Host access the operator lets Container resources have (`FLEETLET_ALLOW_PRIVILEGED`,
+/// `FLEETLET_ALLOW_HOST_NETWORK`, `FLEETLET_ALLOW_HOST_PID`, `FLEETLET_ALLOWED_DEVICES`). The
+/// default allows nothing: each of these lets whoever writes manifests take over the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostAccess {
+    pub privileged: bool,
+    pub host_network: bool,
+    pub host_pid: bool,
+    /// Device paths a container may be given, matched exactly (no prefixes, links are not
+    /// resolved): `/dev/ttyUSB0` allows that path and nothing else.
+    pub devices: Vec<AbsPath>,
 }
 
 impl ContainerSettings {
@@ -68,23 +83,37 @@ impl ContainerSettings {
     }
 }
 
-/// Refuses a spec that asks for access to the host: privileged mode, the host's network or PID
-/// namespace, or host devices. Each would let whoever writes manifests take over the device,
-/// so none is passed to the runtime (an operator option to allow them is not built yet).
-fn refuse_host_access(id: &ResourceId, spec: &ContainerSpec) -> Result<(), ContainerError> {
+/// Refuses a spec that asks for access to the host that the agent's configuration does not
+/// allow: privileged mode, the host's network or PID namespace, or host devices not on the
+/// allowed list. Each would let whoever writes manifests take over the device, so none reaches
+/// the runtime unless the operator allowed it; the refusal names what was asked and the setting
+/// that would allow it.
+fn refuse_host_access(
+    id: &ResourceId,
+    spec: &ContainerSpec,
+    allowed: &HostAccess,
+) -> Result<(), ContainerError> {
     let mut asked = Vec::new();
-    if spec.privileged {
-        asked.push("privileged mode".to_owned());
+    if spec.privileged && !allowed.privileged {
+        asked.push("privileged mode (allowed by FLEETLET_ALLOW_PRIVILEGED)".to_owned());
     }
-    if spec.host_network {
-        asked.push("the host network".to_owned());
+    if spec.host_network && !allowed.host_network {
+        asked.push("the host network (allowed by FLEETLET_ALLOW_HOST_NETWORK)".to_owned());
     }
-    if spec.host_pid {
-        asked.push("the host PID namespace".to_owned());
+    if spec.host_pid && !allowed.host_pid {
+        asked.push("the host PID namespace (allowed by FLEETLET_ALLOW_HOST_PID)".to_owned());
     }
-    if !spec.devices.is_empty() {
-        let devices: Vec<&str> = spec.devices.iter().map(|d| d.as_str()).collect();
-        asked.push(format!("host devices ({})", devices.join(", ")));
+    let devices: Vec<&str> = spec
+        .devices
+        .iter()
+        .filter(|device| !allowed.devices.contains(device))
+        .map(|device| device.as_str())
+        .collect();
+    if !devices.is_empty() {
+        asked.push(format!(
+            "host devices {} (not listed in FLEETLET_ALLOWED_DEVICES)",
+            devices.join(", ")
+        ));
     }
     if asked.is_empty() {
         Ok(())
@@ -212,6 +241,7 @@ pub struct ContainerReconciler<R> {
     runtime: Arc<R>,
     agent_id: Option<AgentId>,
     volumes: SessionVolumes,
+    host_access: HostAccess,
 }
 
 impl<R> Clone for ContainerReconciler<R> {
@@ -220,6 +250,7 @@ impl<R> Clone for ContainerReconciler<R> {
             runtime: Arc::clone(&self.runtime),
             agent_id: self.agent_id.clone(),
             volumes: self.volumes.clone(),
+            host_access: self.host_access.clone(),
         }
     }
 }
@@ -262,7 +293,14 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
             runtime: Arc::new(runtime),
             agent_id,
             volumes: SessionVolumes::default(),
+            host_access: HostAccess::default(),
         }
+    }
+
+    /// Allows containers the host access in `allowed` (without this call: none at all).
+    pub fn with_host_access(mut self, allowed: HostAccess) -> Self {
+        self.host_access = allowed;
+        self
     }
 
     /// Resolves volumes through the session storage view (without one, every volume is not
@@ -352,7 +390,7 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
     ) -> Result<Applied, ContainerError> {
         // Before anything touches the runtime: what a manifest may not ask for is refused
         // outright, and nothing of the resource is created.
-        refuse_host_access(id, spec)?;
+        refuse_host_access(id, spec, &self.host_access)?;
         let agent = self.agent(id)?;
         let mounts = match self.resolve_mounts(id, spec) {
             Ok(mounts) => mounts,
@@ -686,6 +724,11 @@ fn create_request(
         memory_limit_bytes: spec.memory_limit_bytes,
         cpu_millis: spec.cpu_millis,
         mounts: Vec::new(),
+        // `apply` has refused whatever of these the configuration does not allow.
+        privileged: spec.privileged,
+        host_network: spec.host_network,
+        host_pid: spec.host_pid,
+        devices: spec.devices.iter().map(|d| d.as_str().to_owned()).collect(),
     }
 }
 
@@ -709,6 +752,11 @@ mod tests {
 
     fn resource(spec: serde_json::Value) -> Resource {
         serde_json::from_value(json!({"id": "web", "kind": "Container", "spec": spec}))
+            .expect("valid resource")
+    }
+
+    fn resource_with_id(id: &str, spec: serde_json::Value) -> Resource {
+        serde_json::from_value(json!({"id": id, "kind": "Container", "spec": spec}))
             .expect("valid resource")
     }
 
@@ -1042,6 +1090,134 @@ mod tests {
         apply(&reconciler, &web(json!({"privileged": false})), None)
             .await
             .expect("an ordinary container");
+    }
+
+    fn dev(path: &str) -> AbsPath {
+        AbsPath::try_from(path).expect("absolute path")
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_what_was_asked_and_the_setting_that_allows_it() {
+        let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+        let error = apply(
+            &reconciler,
+            &web(
+                json!({"privileged": true, "hostNetwork": true, "hostPid": true,
+                "devices": ["/dev/ttyUSB0"]}),
+            ),
+            None,
+        )
+        .await
+        .expect_err("refused");
+        let message = error.to_string();
+        for expected in [
+            "privileged mode",
+            "FLEETLET_ALLOW_PRIVILEGED",
+            "the host network",
+            "FLEETLET_ALLOW_HOST_NETWORK",
+            "the host PID namespace",
+            "FLEETLET_ALLOW_HOST_PID",
+            "/dev/ttyUSB0",
+            "FLEETLET_ALLOWED_DEVICES",
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn allowed_host_access_reaches_the_create_request() {
+        let reconciler =
+            reconciler(FakeRuntime::with_images(&[IMAGE])).with_host_access(HostAccess {
+                privileged: true,
+                host_network: true,
+                host_pid: true,
+                devices: vec![dev("/dev/ttyUSB0"), dev("/dev/i2c-1")],
+            });
+        let resource = web(
+            json!({"privileged": true, "hostNetwork": true, "hostPid": true,
+            "devices": ["/dev/ttyUSB0"]}),
+        );
+        let applied = apply(&reconciler, &resource, None).await.expect("allowed");
+        let id = container_details(&applied).container_id.expect("id");
+        let request = reconciler.runtime().request(&id).expect("request");
+        assert!(request.privileged && request.host_network && request.host_pid);
+        assert_eq!(request.devices, ["/dev/ttyUSB0"]);
+        assert_eq!(request.labels[LABEL_SPEC_HASH], resource.spec_hash());
+
+        // Allowing is not asking: an ordinary container gets none of it.
+        let plain = resource_with_id("plain", json!({"image": IMAGE}));
+        let applied = apply(&reconciler, &plain, None).await.expect("ordinary");
+        let id = container_details(&applied).container_id.expect("id");
+        let request = reconciler.runtime().request(&id).expect("request");
+        assert!(!request.privileged && !request.host_network && !request.host_pid);
+        assert!(request.devices.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_what_is_allowed_passes_and_a_device_off_the_list_is_refused() {
+        // Privileged allowed, devices allowed: /dev/sda is not on the list.
+        let reconciler =
+            reconciler(FakeRuntime::with_images(&[IMAGE])).with_host_access(HostAccess {
+                privileged: true,
+                devices: vec![dev("/dev/ttyUSB0")],
+                ..HostAccess::default()
+            });
+        let error = apply(
+            &reconciler,
+            &web(json!({"privileged": true, "devices": ["/dev/ttyUSB0", "/dev/sda"]})),
+            None,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(error.reason(), ErrorReason::NotAllowed);
+        let message = error.to_string();
+        assert!(message.contains("/dev/sda"), "{message}");
+        assert!(!message.contains("/dev/ttyUSB0"), "{message}");
+        assert!(!message.contains("privileged"), "{message}");
+        // Exact paths only: a path under an allowed one, or a link to it, is not allowed.
+        let error = apply(
+            &reconciler,
+            &web(json!({"devices": ["/dev/ttyUSB0/x"]})),
+            None,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(error.reason(), ErrorReason::NotAllowed);
+        // Host network was not allowed, whatever else was.
+        let error = apply(&reconciler, &web(json!({"hostNetwork": true})), None)
+            .await
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("FLEETLET_ALLOW_HOST_NETWORK"),
+            "{error}"
+        );
+        assert!(reconciler.runtime().containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn asking_for_host_access_changes_the_spec_hash_and_replaces_the_container() {
+        let reconciler =
+            reconciler(FakeRuntime::with_images(&[IMAGE])).with_host_access(HostAccess {
+                host_network: true,
+                ..HostAccess::default()
+            });
+        let before = web(json!({}));
+        let after = web(json!({"hostNetwork": true}));
+        assert_ne!(before.spec_hash(), after.spec_hash());
+        let first = apply(&reconciler, &before, None).await.expect("apply");
+        let second = apply(&reconciler, &after, Some(&record(&before, &first)))
+            .await
+            .expect("apply");
+        assert_eq!(second.change, Change::Updated);
+        let id = container_details(&second).container_id.expect("id");
+        assert!(
+            reconciler
+                .runtime()
+                .request(&id)
+                .expect("request")
+                .host_network
+        );
+        assert_eq!(reconciler.runtime().containers().len(), 1);
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use fleetlet_manifests::{ErrorReason, Kind, Resource, ResourceDetails, ResourceId, ResourceSpec};
 
 use crate::store::{Owned, OwnershipRecord};
-pub use container::{ContainerError, ContainerReconciler, ContainerSettings};
+pub use container::{ContainerError, ContainerReconciler, ContainerSettings, HostAccess};
 pub use file::{FileError, FileReconciler};
 pub use session_storage::{SessionStorageError, SessionStorageReconciler, SessionVolumes};
 pub use systemd_unit::{SystemdSettings, SystemdUnitError, SystemdUnitReconciler};
@@ -205,7 +205,8 @@ impl Reconcilers {
                 settings.container.runtime(),
                 settings.agent_id.clone(),
             )
-            .with_volumes(session_storage.volumes()),
+            .with_volumes(session_storage.volumes())
+            .with_host_access(settings.container.host_access.clone()),
             session_storage,
         }
     }

@@ -225,6 +225,21 @@ impl CliRuntime {
             }
             args.push(option);
         }
+        // Host access, each flag its own argument. The reconciler only sets these when the
+        // agent's configuration allows them; a device path contains no ':' (the runtime's
+        // `host:container:perms` separator) because the allowed list refuses one.
+        if request.privileged {
+            args.push("--privileged".into());
+        }
+        if request.host_network {
+            args.push("--network=host".into());
+        }
+        if request.host_pid {
+            args.push("--pid=host".into());
+        }
+        for device in &request.devices {
+            args.push(format!("--device={device}"));
+        }
         // Everything after `--` is positional: the image, then the container's arguments.
         args.push("--".into());
         args.push(request.image.clone());
@@ -538,6 +553,10 @@ mod tests {
                 target: "/data".into(),
                 read_only: true,
             }],
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            devices: Vec::new(),
         };
         let args = CliRuntime::create_args(&request);
         let separator = args.iter().position(|a| a == "--").expect("separator");
@@ -561,6 +580,64 @@ mod tests {
                 "{expected}"
             );
         }
+    }
+
+    #[test]
+    fn host_access_is_passed_only_when_requested_each_flag_its_own_argument() {
+        let mut request = CreateRequest {
+            name: "fleetlet-a-probe".into(),
+            image: "localhost/busybox:test".into(),
+            labels: BTreeMap::new(),
+            entrypoint: None,
+            arguments: vec!["--privileged".into()],
+            env: BTreeMap::new(),
+            working_dir: None,
+            user: None,
+            ports: Vec::new(),
+            memory_limit_bytes: None,
+            cpu_millis: None,
+            mounts: Vec::new(),
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            devices: Vec::new(),
+        };
+        let host_flags = |args: &[String]| -> Vec<String> {
+            let separator = args.iter().position(|a| a == "--").expect("separator");
+            args[..separator]
+                .iter()
+                .filter(|a| {
+                    *a == "--privileged"
+                        || a.starts_with("--network")
+                        || a.starts_with("--pid")
+                        || a.starts_with("--device")
+                })
+                .cloned()
+                .collect()
+        };
+        // An argument after the image that looks like a flag stays an argument.
+        assert!(host_flags(&CliRuntime::create_args(&request)).is_empty());
+
+        request.privileged = true;
+        request.host_network = true;
+        request.host_pid = true;
+        request.devices = vec!["/dev/ttyUSB0".into(), "/dev/i2c-1".into()];
+        let args = CliRuntime::create_args(&request);
+        assert_eq!(
+            host_flags(&args),
+            [
+                "--privileged",
+                "--network=host",
+                "--pid=host",
+                "--device=/dev/ttyUSB0",
+                "--device=/dev/i2c-1",
+            ]
+        );
+        let separator = args.iter().position(|a| a == "--").expect("separator");
+        assert_eq!(
+            &args[separator + 1..],
+            ["localhost/busybox:test", "--privileged"]
+        );
     }
 
     #[test]

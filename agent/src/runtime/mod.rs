@@ -98,6 +98,13 @@ pub struct CreateRequest {
     pub cpu_millis: Option<u32>,
     /// Host directories bound into the container (session storage).
     pub mounts: Vec<BindMount>,
+    /// Host access, only ever set when the agent's configuration allows it (the Container
+    /// reconciler refuses the spec otherwise): `--privileged`, `--network=host`, `--pid=host`.
+    pub privileged: bool,
+    pub host_network: bool,
+    pub host_pid: bool,
+    /// Host device paths passed in with `--device=<path>`, each on the allowed list.
+    pub devices: Vec<String>,
 }
 
 /// A host directory bound into a container. A bind, not a named volume: the runtime refuses a

@@ -9,6 +9,7 @@ use reqwest::Method;
 use super::client::{Client, segment};
 use super::manifest_file::{diff, put_body, read_manifest};
 use super::render::{print_as, render_events, render_fleet, render_history, render_status};
+use super::signing::read_secret_key;
 use super::wait::wait_for_convergence;
 use super::{AgentCommand, CliError, Command, EventsOutput, FleetFilter, GetCommand, StateFilter};
 
@@ -45,8 +46,13 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
             file,
             wait,
             timeout,
+            sign_key,
         } => {
-            let manifest = read_manifest(&file)?;
+            let mut manifest = read_manifest(&file)?;
+            if let Some(key_path) = &sign_key {
+                let key = read_secret_key(key_path)?;
+                manifest.signature = Some(key.sign(&manifest));
+            }
             let agent_id = manifest.agent_id.to_string();
             let path = format!("/api/v1/agents/{}/manifest", segment(&agent_id));
             let stored: AgentManifest = client
@@ -120,7 +126,7 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
             output,
         } => events(client, &agent_id, follow, after_seq, output).await?,
         // Handled before a client exists, since it needs no manager.
-        Command::Completions { .. } => {}
+        Command::Completions { .. } | Command::Keygen { .. } => {}
     }
     Ok(())
 }

@@ -46,6 +46,15 @@ pub async fn put(
         tracing::error!(error = %e, "serializing a validated manifest failed");
         HttpError::internal()
     })?;
+    let signature = manifest
+        .signature
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(error = %e, "serializing a validated signature failed");
+            HttpError::internal()
+        })?;
     let outcome = state
         .store
         .put_manifest(
@@ -53,6 +62,7 @@ pub async fn put(
             NewManifest {
                 resources,
                 content_hash: manifest.content_hash(),
+                signature,
                 created_by: "admin".to_owned(),
                 if_generation,
             },
@@ -97,6 +107,14 @@ fn to_manifest(agent_id: &AgentId, stored: StoredManifest) -> Result<AgentManife
     let resources = to_resources(stored.resources)?;
     let mut manifest = AgentManifest::new(agent_id.clone(), resources);
     manifest.generation = Some(stored.generation);
+    manifest.signature = stored
+        .signature
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(error = %e, "a stored manifest signature no longer validates");
+            HttpError::internal()
+        })?;
     Ok(manifest)
 }
 

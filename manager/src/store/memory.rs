@@ -217,6 +217,7 @@ impl MemoryStore {
             }
             if let Some(latest) = agent.manifests.last()
                 && latest.content_hash == manifest.content_hash
+                && latest.signature == manifest.signature
             {
                 return Ok(PutManifestOutcome {
                     manifest: latest.clone(),
@@ -227,6 +228,7 @@ impl MemoryStore {
                 generation: current + 1,
                 resources: manifest.resources,
                 content_hash: manifest.content_hash,
+                signature: manifest.signature,
                 created_at: now,
                 created_by: manifest.created_by,
             };

@@ -52,6 +52,9 @@ pub struct StoredManifest {
     pub generation: u64,
     pub resources: serde_json::Value,
     pub content_hash: String,
+    /// The operator's signature as received (`None`: unsigned). Stored and served, never checked
+    /// here: the manager holds no keys, the agent verifies.
+    pub signature: Option<serde_json::Value>,
     pub created_at: OffsetDateTime,
     pub created_by: String,
 }
@@ -61,6 +64,7 @@ pub struct StoredManifest {
 pub struct NewManifest {
     pub resources: serde_json::Value,
     pub content_hash: String,
+    pub signature: Option<serde_json::Value>,
     pub created_by: String,
     /// The `If-Match` precondition: the generation the writer based its change on.
     pub if_generation: Option<u64>,
@@ -70,7 +74,7 @@ pub struct NewManifest {
 #[derive(Debug, Clone)]
 pub struct PutManifestOutcome {
     pub manifest: StoredManifest,
-    /// False when the resources were identical to the current generation's.
+    /// False when the resources and the signature were identical to the current generation's.
     pub created: bool,
 }
 

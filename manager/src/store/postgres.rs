@@ -468,7 +468,7 @@ impl PgStore {
         }
         if current > 0 {
             let latest = sqlx::query(
-                "SELECT generation, resources, content_hash, created_at, created_by FROM manifests \
+                "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
                  WHERE agent_id = $1 AND generation = $2",
             )
             .bind(agent_id.as_str())
@@ -476,7 +476,11 @@ impl PgStore {
             .fetch_one(&mut *tx)
             .await?;
             let latest = stored_manifest(&latest)?;
-            if latest.content_hash == manifest.content_hash {
+            // A new signature over the same resources is a new generation: the agent must get
+            // the signed form (ed25519 is deterministic, so re-signing with the same key is not).
+            if latest.content_hash == manifest.content_hash
+                && latest.signature == manifest.signature
+            {
                 return Ok(PutManifestOutcome {
                     manifest: latest,
                     created: false,
@@ -487,17 +491,20 @@ impl PgStore {
             generation: current + 1,
             resources: manifest.resources,
             content_hash: manifest.content_hash,
+            signature: manifest.signature,
             created_at: now,
             created_by: manifest.created_by,
         };
         sqlx::query(
-            "INSERT INTO manifests (agent_id, generation, resources, content_hash, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO manifests \
+               (agent_id, generation, resources, content_hash, signature, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(agent_id.as_str())
         .bind(to_db(stored.generation)?)
         .bind(Json(&stored.resources))
         .bind(&stored.content_hash)
+        .bind(stored.signature.as_ref().map(Json))
         .bind(now)
         .bind(&stored.created_by)
         .execute(&mut *tx)
@@ -536,7 +543,7 @@ impl PgStore {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT generation, resources, content_hash, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND generation = $2",
         )
         .bind(agent_id.as_str())
@@ -555,7 +562,7 @@ impl PgStore {
         self.ensure_active(agent_id).await?;
         let before = before.map(to_db).transpose()?;
         let rows = sqlx::query(
-            "SELECT generation, resources, content_hash, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND ($2::bigint IS NULL OR generation < $2) \
              ORDER BY generation DESC LIMIT $3",
         )
@@ -876,6 +883,9 @@ fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
         generation: from_db(row.try_get("generation")?)?,
         resources: row.try_get::<Json<serde_json::Value>, _>("resources")?.0,
         content_hash: row.try_get("content_hash")?,
+        signature: row
+            .try_get::<Option<Json<serde_json::Value>>, _>("signature")?
+            .map(|json| json.0),
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
     })

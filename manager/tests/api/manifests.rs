@@ -163,3 +163,50 @@ async fn an_agent_without_a_manifest_gets_404_and_its_long_poll_waits(pool: PgPo
         .await;
     assert_eq!(response.status(), 304);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_generation(pool: PgPool) {
+    use fleetlet_manifests::AgentManifest;
+    use fleetlet_manifests::signature::{SecretKey, verify};
+
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+    let (key, other) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+    let unsigned = AgentManifest::from_value(manifest("pi-1", &["a"])).expect("valid");
+    let signed_by = |key: &SecretKey| {
+        let mut signed = unsigned.clone();
+        signed.signature = Some(key.sign(&signed));
+        serde_json::to_value(&signed).expect("serializes")
+    };
+
+    assert_eq!(server.apply("pi-1", &signed_by(&key)).await, 1);
+    assert_eq!(server.apply("pi-1", &signed_by(&key)).await, 1);
+    let served: AgentManifest = server
+        .get("/api/v1/agents/pi-1/manifest", READER)
+        .await
+        .json()
+        .await
+        .expect("a manifest");
+    assert_eq!(
+        serde_json::to_value(&served.signature).expect("serializes"),
+        signed_by(&key)["signature"]
+    );
+    assert_eq!(verify(&served, &[key.public()]), Ok(()));
+
+    // The same resources signed by another key, or unsigned, are new generations: the agent
+    // must receive exactly what the operator last stored.
+    assert_eq!(server.apply("pi-1", &signed_by(&other)).await, 2);
+    assert_eq!(server.apply("pi-1", &manifest("pi-1", &["a"])).await, 3);
+
+    let mut bad = manifest("pi-1", &["a"]);
+    bad["signature"] = serde_json::json!({"keyId": "nothex", "ed25519": "short"});
+    let body = expect_error(
+        server.put_manifest("pi-1", &bad).await,
+        422,
+        "invalid-manifest",
+    )
+    .await;
+    let text = body.to_string();
+    assert!(text.contains("signature.keyId"), "{text}");
+    assert!(text.contains("signature.ed25519"), "{text}");
+}
