@@ -32,11 +32,7 @@ pub async fn register(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<AgentToken>), HttpError> {
     caller.require_admin()?;
-    let request: RegisterAgent = decode(body, "registration")?;
-    let violations = label_violations(&request.labels);
-    if !violations.is_empty() {
-        return Err(HttpError::invalid("invalid labels", violations));
-    }
+    let request = decode_registration(body, "registration")?;
     let token = mint_agent_token();
     state
         .store
@@ -48,13 +44,22 @@ pub async fn register(
         )
         .await?;
     tracing::info!(agent_id = %request.agent_id, "agent registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(AgentToken {
-            agent_id: request.agent_id,
-            token,
-        }),
-    ))
+    Ok(token_issued(request.agent_id, token))
+}
+
+/// Reads a registration or enrollment body: a typed `RegisterAgent` with valid labels.
+fn decode_registration(body: serde_json::Value, what: &str) -> Result<RegisterAgent, HttpError> {
+    let request: RegisterAgent = decode(body, what)?;
+    let violations = label_violations(&request.labels);
+    if !violations.is_empty() {
+        return Err(HttpError::invalid("invalid labels", violations));
+    }
+    Ok(request)
+}
+
+/// The answer that shows a newly minted agent token, this once.
+fn token_issued(agent_id: AgentId, token: String) -> (StatusCode, Json<AgentToken>) {
+    (StatusCode::CREATED, Json(AgentToken { agent_id, token }))
 }
 
 /// `POST /api/v1/enroll`: a device registers itself with the fleet's bootstrap token and gets
@@ -65,11 +70,7 @@ pub async fn enroll(
     _bootstrap: Bootstrap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<AgentToken>), HttpError> {
-    let request: RegisterAgent = decode(body, "enrollment")?;
-    let violations = label_violations(&request.labels);
-    if !violations.is_empty() {
-        return Err(HttpError::invalid("invalid labels", violations));
-    }
+    let request = decode_registration(body, "enrollment")?;
     let token = mint_agent_token();
     state
         .store
@@ -81,13 +82,7 @@ pub async fn enroll(
         )
         .await?;
     tracing::info!(agent_id = %request.agent_id, "agent enrolled itself");
-    Ok((
-        StatusCode::CREATED,
-        Json(AgentToken {
-            agent_id: request.agent_id,
-            token,
-        }),
-    ))
+    Ok(token_issued(request.agent_id, token))
 }
 
 /// Labels are filtered on as `key=value,key=value`, so keys and values may not hold the
