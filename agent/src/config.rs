@@ -400,6 +400,16 @@ fn file_duration(
         .transpose()
 }
 
+/// A duration setting: the flag or environment, else the file, else `default`.
+fn duration_setting(
+    setting: &'static str,
+    flag: Option<Duration>,
+    in_file: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    Ok(flag.or(file_duration(setting, in_file)?).unwrap_or(default))
+}
+
 impl Config {
     /// Parses the process's flags and environment, then the TOML file they name.
     pub fn load() -> Result<Self, ConfigError> {
@@ -482,13 +492,12 @@ impl Config {
                 format!("{} is not an absolute directory", relative.display()),
             ));
         }
-        let watch_wait = cli
-            .watch_wait
-            .or(file_duration(
-                "FLEETLET_WATCH_WAIT",
-                file.watch_wait.as_ref(),
-            )?)
-            .unwrap_or(Duration::from_secs(30));
+        let watch_wait = duration_setting(
+            "FLEETLET_WATCH_WAIT",
+            cli.watch_wait,
+            file.watch_wait.as_ref(),
+            Duration::from_secs(30),
+        )?;
         if watch_wait > MAX_WATCH_WAIT {
             return Err(invalid("FLEETLET_WATCH_WAIT", "must be at most 60s"));
         }
@@ -501,30 +510,30 @@ impl Config {
         };
         let resync_interval = positive(
             "FLEETLET_RESYNC_INTERVAL",
-            cli.resync_interval
-                .or(file_duration(
-                    "FLEETLET_RESYNC_INTERVAL",
-                    file.resync_interval.as_ref(),
-                )?)
-                .unwrap_or(Duration::from_secs(10)),
+            duration_setting(
+                "FLEETLET_RESYNC_INTERVAL",
+                cli.resync_interval,
+                file.resync_interval.as_ref(),
+                Duration::from_secs(10),
+            )?,
         )?;
         let report_interval = positive(
             "FLEETLET_REPORT_INTERVAL",
-            cli.report_interval
-                .or(file_duration(
-                    "FLEETLET_REPORT_INTERVAL",
-                    file.report_interval.as_ref(),
-                )?)
-                .unwrap_or(Duration::from_secs(30)),
+            duration_setting(
+                "FLEETLET_REPORT_INTERVAL",
+                cli.report_interval,
+                file.report_interval.as_ref(),
+                Duration::from_secs(30),
+            )?,
         )?;
         let apply_timeout = positive(
             "FLEETLET_APPLY_TIMEOUT",
-            cli.apply_timeout
-                .or(file_duration(
-                    "FLEETLET_APPLY_TIMEOUT",
-                    file.apply_timeout.as_ref(),
-                )?)
-                .unwrap_or(Duration::from_secs(120)),
+            duration_setting(
+                "FLEETLET_APPLY_TIMEOUT",
+                cli.apply_timeout,
+                file.apply_timeout.as_ref(),
+                Duration::from_secs(120),
+            )?,
         )?;
         let concurrency = cli.concurrency.or(file.concurrency).unwrap_or(8);
         if concurrency == 0 {
