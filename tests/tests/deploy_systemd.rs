@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fleetlet_tests::agent::{agent_binary, binary, file_resource, manifest};
+use fleetlet_tests::agent::{agent_binary, file_resource, manifest};
 
 fn systemctl(args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new("systemctl")
@@ -56,32 +56,34 @@ fn unit_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The agent's directories. Not under /tmp: the unit's PrivateTmp=yes gives the service a /tmp
-/// of its own, where the test's files would not be.
+/// The agent's directories and its binary, under /var/lib. The shipped unit's hardening hides
+/// or freezes other places the checkout may live in: `PrivateTmp=yes` gives the service its own
+/// /tmp and /var/tmp, and `ProtectHome=read-only` freezes /root and /home; a checkout under /tmp
+/// (measured: a fresh clone there) made the agent binary itself invisible to the service.
+/// /var/lib is neither. Paths are built from absolute parts, with no `..`: the agent refuses an
+/// unnormalised File path and systemd ignores an unnormalised `StandardOutput=append:` path.
 struct Dirs {
     base: tempfile::TempDir,
 }
 
 impl Dirs {
     fn new() -> anyhow::Result<Self> {
-        let parent = binary("fleetlet-agent")
-            .parent()
-            .context("the target directory")?
-            .join("deploy-systemd-tests");
-        std::fs::create_dir_all(&parent)?;
-        // Canonical, because the target dir is found as `tests/../target` and a `..` breaks
-        // both sides (measured): the agent rejects the manifest ("spec.path: must be
-        // normalised"), exits before READY=1 and is restarted forever; and systemd ignores
-        // `StandardOutput=append:` with such a path ("path is not normalized", in dmesg only),
-        // so the agent's errors went to the user manager's log instead of agent.log.
-        let parent = parent.canonicalize()?;
+        let parent = Path::new("/var/lib/fleetlet-deploy-tests");
+        std::fs::create_dir_all(parent)?;
         let base = tempfile::Builder::new()
             .prefix("unit-")
-            .tempdir_in(&parent)?;
+            .tempdir_in(parent)?;
         for sub in ["root", "state"] {
             std::fs::create_dir_all(base.path().join(sub))?;
         }
+        std::fs::copy(agent_binary()?, base.path().join("fleetlet-agent"))
+            .context("copying the agent binary next to the test's state")?;
         Ok(Self { base })
+    }
+
+    /// The agent binary the unit runs: a copy of the built one, where the service can see it.
+    fn agent(&self) -> PathBuf {
+        self.base().join("fleetlet-agent")
     }
 
     fn base(&self) -> &Path {
@@ -128,11 +130,7 @@ fn render_unit(dirs: &Dirs, log: &Path) -> anyhow::Result<String> {
     let mut rendered = String::new();
     for line in shipped.lines() {
         if line.starts_with("ExecStart=") {
-            // Canonical like every other path given to systemd here (see `Dirs::new`).
-            rendered.push_str(&format!(
-                "ExecStart={}\n",
-                agent_binary()?.canonicalize()?.display()
-            ));
+            rendered.push_str(&format!("ExecStart={}\n", dirs.agent().display()));
             for (key, value) in [
                 (
                     "FLEETLET_MANIFEST_FILE",
