@@ -78,6 +78,17 @@ impl AgentDirs {
         self.dir.path().join("state")
     }
 
+    /// The status overview the agent keeps in its store (`<state>/agents/<id>/status.json`),
+    /// readable without any manager; `None` until the agent has written one.
+    pub fn stored_status(&self, agent_id: &str) -> Option<fleetlet_manifests::AgentStatus> {
+        let path = self
+            .state_dir()
+            .join("agents")
+            .join(agent_id)
+            .join("status.json");
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
     pub fn manifest_file(&self) -> PathBuf {
         self.dir.path().join("manifest.json")
     }

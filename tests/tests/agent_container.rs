@@ -122,13 +122,7 @@ impl Fixture {
 
     /// The status the agent last wrote to its store.
     fn status(&self) -> Option<AgentStatus> {
-        let path = self
-            .dirs
-            .state_dir()
-            .join("agents")
-            .join(&self.agent_id)
-            .join("status.json");
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        self.dirs.stored_status(&self.agent_id)
     }
 
     /// Waits until the status of `resource` satisfies `check`.

@@ -125,13 +125,7 @@ impl Fixture {
     }
 
     fn status(&self) -> Option<AgentStatus> {
-        let path = self
-            .dirs
-            .state_dir()
-            .join("agents")
-            .join(&self.agent_id)
-            .join("status.json");
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        self.dirs.stored_status(&self.agent_id)
     }
 
     fn resource(&self, id: &str) -> Option<ResourceStatus> {

@@ -25,8 +25,7 @@ fn agent_dir(dirs: &AgentDirs, agent_id: &str) -> PathBuf {
 
 /// The status overview the agent keeps in its store (readable without any manager).
 fn local_status(dirs: &AgentDirs, agent_id: &str) -> Option<AgentStatus> {
-    let bytes = std::fs::read(agent_dir(dirs, agent_id).join("status.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    dirs.stored_status(agent_id)
 }
 
 fn converged(status: &AgentStatus) -> bool {
