@@ -1,14 +1,19 @@
 //! The manager client: the manifest long-poll watch and the status reports, with timeouts on
 //! every call and backoff while the manager cannot be reached.
 //!
-//! Two tasks use it: [`watch_manifests`] feeds new generations to the engine, and
-//! [`deliver_reports`] drains the store's outbox. Both say through one `watch` channel whether
-//! the manager answers, which the engine turns into the `Offline` condition.
+//! Three tasks use it: [`watch_manifests`] feeds new generations to the engine,
+//! [`deliver_reports`] drains the store's outbox, and [`send_heartbeats`] checks now and then that
+//! the manager holds the agent's latest report. The first two say through one `watch` channel
+//! whether the manager answers, which the engine turns into the `Offline` condition.
+//!
+//! An idle agent is cheap on the wire (BENCHMARKS.md, target 5): the long-poll doubles as the
+//! sign of life, a status goes out only when it changed, and the heartbeat carries a number, not
+//! the status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetlet_manifests::api::{ErrorBody, ReportAck};
+use fleetlet_manifests::api::{ErrorBody, Heartbeat, HeartbeatAck, ReportAck};
 use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ManifestError};
 use reqwest::StatusCode;
 use tokio::sync::{Notify, mpsc, watch};
@@ -26,6 +31,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait before asking again when the manager has no manifest for this agent yet.
 const NO_MANIFEST_RETRY: Duration = Duration::from_secs(1);
+/// The wait every manager accepts (older ones and those behind a proxy may cap it lower than
+/// the agent's setting); used after a manager refuses the configured one.
+const SAFE_WATCH_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a call to the manager failed.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +266,31 @@ impl ManagerClient {
                 message: format!("the answer is not a report acknowledgement: {e}"),
             })
     }
+
+    /// Sends a heartbeat naming the agent's latest report.
+    pub async fn heartbeat(&self, report_seq: u64) -> Result<HeartbeatAck, ClientError> {
+        let url = self.url("heartbeat");
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(self.token.expose())
+            .json(&Heartbeat { report_seq })
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, &e))?;
+        if response.status() != StatusCode::OK {
+            return Err(self.refused(&url, response).await);
+        }
+        response
+            .json::<HeartbeatAck>()
+            .await
+            .map_err(|e| ClientError::Status {
+                url: url.clone(),
+                status: 200,
+                message: format!("the answer is not a heartbeat acknowledgement: {e}"),
+            })
+    }
 }
 
 /// Tells the engine whether the manager answers; only actual changes wake it.
@@ -292,7 +325,7 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &ShutdownSignal) -> bool {
 pub async fn watch_manifests(
     client: ManagerClient,
     mut after_generation: u64,
-    wait: Duration,
+    mut wait: Duration,
     updates: mpsc::Sender<DesiredUpdate>,
     connectivity: watch::Sender<Connectivity>,
     shutdown: ShutdownSignal,
@@ -329,6 +362,17 @@ pub async fn watch_manifests(
                         Backoff::MANAGER.max
                     }
                 }
+            }
+            Err(ClientError::Status {
+                status: 400,
+                message,
+                ..
+            }) if wait > SAFE_WATCH_WAIT => {
+                // This manager caps the wait lower than the agent's setting: a long-poll that
+                // waits less is still a long-poll, while insisting would never reach it.
+                tracing::warn!(%message, wait = ?SAFE_WATCH_WAIT, "the manager refused the watch wait; using a shorter one");
+                wait = SAFE_WATCH_WAIT;
+                Duration::ZERO
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -418,6 +462,51 @@ async fn deliver(
         tracing::error!(%error, "could not remove a delivered report from the outbox");
     }
     Ok(())
+}
+
+/// Every `interval`, tells the manager which report the agent made last. When the manager answers
+/// that it does not hold that report, the stored status goes back into the outbox (with its own
+/// seq, which the manager will accept as newer than what it has). Runs until shutdown.
+pub async fn send_heartbeats(
+    client: ManagerClient,
+    store: Arc<dyn Store>,
+    interval: Duration,
+    report_ready: Arc<Notify>,
+    shutdown: ShutdownSignal,
+) {
+    loop {
+        if sleep_or_shutdown(interval, &shutdown).await {
+            return;
+        }
+        let last_seq = match store.last_report_seq() {
+            Ok(seq) => seq,
+            Err(error) => {
+                tracing::error!(%error, "could not read the last report seq");
+                continue;
+            }
+        };
+        match client.heartbeat(last_seq).await {
+            Ok(ack) if ack.resend => {
+                tracing::info!(report_seq = last_seq, manager_has = ?ack.report_seq, "the manager lacks the latest report; sending it again");
+                resend_latest(&*store, &report_ready);
+            }
+            Ok(_) => tracing::debug!(report_seq = last_seq, "heartbeat acknowledged"),
+            // The watch and the report delivery notice an unreachable manager and say so; a
+            // failed heartbeat has nothing to add.
+            Err(error) => tracing::debug!(%error, "heartbeat failed"),
+        }
+    }
+}
+
+fn resend_latest(store: &dyn Store, report_ready: &Notify) {
+    match store.load_status() {
+        Ok(Some(status)) => match store.enqueue_report(&status) {
+            Ok(()) => report_ready.notify_one(),
+            Err(error) => tracing::error!(%error, "could not queue the status again"),
+        },
+        Ok(None) => {}
+        Err(error) => tracing::error!(%error, "could not read the stored status"),
+    }
 }
 
 /// One last attempt to deliver the pending report, used at shutdown (bounded by `timeout`).

@@ -19,7 +19,15 @@ use crate::reconcile::{ContainerSettings, HostAccess, ReconcilerSettings, System
 use crate::runtime::RuntimeFlavor;
 
 /// The manager answers a long-poll after at most this long (DESIGN §3).
-pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(300);
+/// Long enough that idle long-polls cost little on a metered link (BENCHMARKS.md, target 5),
+/// short enough for the manager to see a lost device within minutes.
+pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(120);
+/// The compact heartbeat; the watch's polls already show the manager the agent is alive, so this
+/// only checks that the manager holds the agent's latest report.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(600);
+/// A full status is sent at least this often even when nothing changed.
+pub const FULL_STATUS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The filesystem store's size cap unless configured (the store's own default).
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 64 * MIB;
@@ -85,10 +93,12 @@ pub struct Cli {
     /// How often every resource is observed again and drift repaired (e.g. 10s, 500ms).
     #[arg(long, env = "FLEETLET_RESYNC_INTERVAL", value_parser = parse_duration)]
     pub resync_interval: Option<Duration>,
-    /// How long one manifest long-poll waits at the manager (at most 60s).
+    /// How long one manifest long-poll waits at the manager (at most 300s; default 120s). Each
+    /// poll also tells the manager the agent is alive.
     #[arg(long, env = "FLEETLET_WATCH_WAIT", value_parser = parse_duration)]
     pub watch_wait: Option<Duration>,
-    /// Heartbeat: a status is reported at least this often.
+    /// Heartbeat: a compact message (the last report's seq) sent this often (default 10m); a
+    /// full status goes out only when it changed or the manager lacks it.
     #[arg(long, env = "FLEETLET_REPORT_INTERVAL", value_parser = parse_duration)]
     pub report_interval: Option<Duration>,
     /// How many resources of one kind are reconciled at the same time.
@@ -496,10 +506,10 @@ impl Config {
             "FLEETLET_WATCH_WAIT",
             cli.watch_wait,
             file.watch_wait.as_ref(),
-            Duration::from_secs(30),
+            DEFAULT_WATCH_WAIT,
         )?;
         if watch_wait > MAX_WATCH_WAIT {
-            return Err(invalid("FLEETLET_WATCH_WAIT", "must be at most 60s"));
+            return Err(invalid("FLEETLET_WATCH_WAIT", "must be at most 300s"));
         }
         let positive = |setting: &'static str, value: Duration| {
             if value.is_zero() {
@@ -523,7 +533,7 @@ impl Config {
                 "FLEETLET_REPORT_INTERVAL",
                 cli.report_interval,
                 file.report_interval.as_ref(),
-                Duration::from_secs(30),
+                DEFAULT_REPORT_INTERVAL,
             )?,
         )?;
         let apply_timeout = positive(
@@ -611,7 +621,7 @@ impl Config {
             concurrency: self.concurrency,
             apply_timeout: self.apply_timeout,
             resync_interval: self.resync_interval,
-            report_interval: self.report_interval,
+            report_interval: FULL_STATUS_INTERVAL,
             trusted_keys: self.trusted_keys.clone(),
             ..EngineSettings::default()
         }
@@ -763,7 +773,7 @@ mod tests {
         let config = Config::resolve(cli, file).expect("valid");
         assert_eq!(config.resync_interval, Duration::from_millis(500));
         assert_eq!(config.report_interval, Duration::from_secs(5));
-        assert_eq!(config.watch_wait, Duration::from_secs(30));
+        assert_eq!(config.watch_wait, DEFAULT_WATCH_WAIT);
         assert_eq!(
             config.file_roots,
             [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
@@ -1048,7 +1058,7 @@ mod tests {
         ));
         assert!(parse(&[]).is_err());
         assert!(parse(&["--manifest-file", "/m.json", "--file-roots", "/a:rel"]).is_err());
-        assert!(parse(&["--manifest-file", "/m.json", "--watch-wait", "61s"]).is_err());
+        assert!(parse(&["--manifest-file", "/m.json", "--watch-wait", "301s"]).is_err());
         let standalone =
             parse(&["--manifest-file", "/m.json", "--file-roots", "/a:/b"]).expect("valid");
         assert_eq!(standalone.file_roots.len(), 2);

@@ -6,15 +6,21 @@
 //! SystemdUnit, Container). Within one kind, resources run concurrently up to a bound; a kind
 //! starts when the previous one is done. Every apply is independent: a failure only sets that
 //! resource's state and backoff, and a hung apply is cut off by a timeout.
+//!
+//! Rollback: after a complete pass in which every resource is Ready, that manifest is the
+//! known-good one. A new generation with a `rollout` policy gets a wall-clock deadline when it is
+//! accepted; if it is not all Ready by then, the engine either converges back to the known-good
+//! manifest (`Rollback`) or stays and reports it (`Hold`). The generation that missed its
+//! deadline is not tried again until another generation arrives.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fleetlet_manifests::signature::{self, PublicKey, SignatureError};
 use fleetlet_manifests::{
-    AgentInfo, AgentManifest, AgentStatus, ErrorReason, Kind, Phase, Resource, ResourceError,
-    ResourceId, ResourceStatus,
+    AgentInfo, AgentManifest, AgentStatus, ErrorReason, Kind, OnFailure, Phase, Resource,
+    ResourceError, ResourceId, ResourceStatus,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc, watch};
@@ -25,7 +31,10 @@ use crate::backoff::Backoff;
 use crate::reconcile::{Applied, Change, Deleted, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
 use crate::status::{self, Connectivity, Rejection, StatusInputs};
-use crate::store::{EventKind, NewEvent, OwnershipRecord, ResourceState, Store, StoreError};
+use crate::store::{
+    DeadlineOutcome, EventKind, MissedDeadline, NewEvent, OwnershipRecord, ResourceState,
+    RolloutState, RolloutTrial, Store, StoreError,
+};
 
 /// How the engine runs its passes.
 #[derive(Debug, Clone)]
@@ -42,6 +51,44 @@ pub struct EngineSettings {
     /// With any key here, a manifest must be signed by one of them or it is refused
     /// (`SignatureInvalid`); with none, unsigned manifests are accepted.
     pub trusted_keys: Vec<PublicKey>,
+    /// The wall clock that rollout deadlines and backoff are measured on.
+    pub clock: Clock,
+}
+
+/// Where the engine reads the wall clock. Rollout deadlines are wall-clock times because they
+/// must outlive a restart; tests use a manual clock to step past one instead of waiting for it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<Mutex<OffsetDateTime>>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// A clock that stands at `start` and moves only when told to.
+    pub fn manual(start: OffsetDateTime) -> Self {
+        Self {
+            manual: Some(Arc::new(Mutex::new(start))),
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        match &self.manual {
+            None => OffsetDateTime::now_utc(),
+            Some(at) => *at.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Moves a manual clock forward; the system clock ignores it.
+    pub fn advance(&self, by: Duration) {
+        if let Some(at) = &self.manual {
+            let mut at = at.lock().unwrap_or_else(PoisonError::into_inner);
+            *at += by;
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -53,6 +100,7 @@ impl Default for EngineSettings {
             resync_interval: Duration::from_secs(10),
             report_interval: Duration::from_secs(30),
             trusted_keys: Vec::new(),
+            clock: Clock::system(),
         }
     }
 }
@@ -94,6 +142,13 @@ pub struct Engine<R> {
     observed_generation: u64,
     manifest_rejected: Option<Rejection>,
     last_report: Option<AgentStatus>,
+    rollout: RolloutState,
+    /// Resources whose last delete failed: only those wait out a backoff before the next delete.
+    /// A resource that failed to *apply* and then left the manifest is deleted at once, like a
+    /// changed spec is applied at once (this is what lets a rollback remove a crash-looping
+    /// resource of the bad generation without waiting). In memory: after a restart the first
+    /// delete is simply tried again.
+    failed_deletes: HashSet<ResourceId>,
 }
 
 /// Events a pass records: the kind, the resource and a message.
@@ -111,6 +166,7 @@ impl<R: Reconcile> Engine<R> {
         let manifest = store.load_manifest()?;
         let manifest_generation = manifest.as_ref().and_then(|m| m.generation).unwrap_or(0);
         let last_report = store.load_status()?;
+        let rollout = store.load_rollout()?;
         Ok(Self {
             store,
             reconcilers,
@@ -121,6 +177,8 @@ impl<R: Reconcile> Engine<R> {
             observed_generation: 0,
             manifest_rejected: None,
             last_report,
+            rollout,
+            failed_deletes: HashSet::new(),
         })
     }
 
@@ -134,6 +192,36 @@ impl<R: Reconcile> Engine<R> {
 
     pub fn manifest_generation(&self) -> u64 {
         self.manifest_generation
+    }
+
+    /// What the engine remembers about rollouts.
+    pub fn rollout(&self) -> &RolloutState {
+        &self.rollout
+    }
+
+    /// When the generation on trial must be all Ready; the run loop wakes up then.
+    pub fn rollout_deadline(&self) -> Option<OffsetDateTime> {
+        self.rollout.trial.as_ref().map(|trial| trial.deadline)
+    }
+
+    /// The manifest passes converge to: the one received last, or the known-good one while that
+    /// generation is rolled back.
+    fn desired_manifest(&self) -> Option<&AgentManifest> {
+        if let Some(missed) = self.current_miss()
+            && let DeadlineOutcome::RolledBack { .. } = missed.outcome
+            && let Some(good) = &self.rollout.known_good
+        {
+            return Some(good);
+        }
+        self.manifest.as_ref()
+    }
+
+    /// The missed deadline of the generation received last, if it missed one.
+    fn current_miss(&self) -> Option<&MissedDeadline> {
+        self.rollout
+            .missed
+            .as_ref()
+            .filter(|missed| missed.generation == self.manifest_generation)
     }
 
     /// Takes a new desired state. A manifest for another agent is refused.
@@ -163,6 +251,7 @@ impl<R: Reconcile> Engine<R> {
                 let unchanged = self.manifest.as_ref() == Some(&manifest);
                 self.manifest_rejected = None;
                 if !unchanged {
+                    self.start_rollout(&manifest)?;
                     self.store.save_manifest(&manifest)?;
                     self.record_event(
                         EventKind::ManifestAccepted,
@@ -179,6 +268,129 @@ impl<R: Reconcile> Engine<R> {
             }
             DesiredUpdate::Rejected(why) => self.reject(Rejection::invalid(why)),
         }
+    }
+
+    /// The rollout bookkeeping of a newly accepted manifest. A missed deadline stays while the
+    /// same generation comes again (a restart, a re-poll), so it is not retried; any other
+    /// generation clears it. A manifest with a policy starts its deadline now, unless it is the
+    /// generation already on trial, whose deadline stands.
+    fn start_rollout(&mut self, manifest: &AgentManifest) -> Result<(), EngineError> {
+        let generation = manifest.generation.unwrap_or(0);
+        let mut rollout = self.rollout.clone();
+        if rollout
+            .missed
+            .as_ref()
+            .is_some_and(|missed| missed.generation != generation)
+        {
+            rollout.missed = None;
+        }
+        let missed_before = rollout.missed.is_some();
+        rollout.trial = match (manifest.rollout, rollout.trial.take()) {
+            (Some(_), Some(trial)) if trial.generation == generation => Some(trial),
+            (Some(policy), _) if !missed_before => Some(RolloutTrial {
+                generation,
+                deadline: self.settings.clock.now()
+                    + time::Duration::seconds(i64::from(policy.progress_deadline_seconds)),
+                policy,
+            }),
+            _ => None,
+        };
+        self.save_rollout(rollout)
+    }
+
+    fn save_rollout(&mut self, rollout: RolloutState) -> Result<(), EngineError> {
+        if rollout != self.rollout {
+            self.store.save_rollout(&rollout)?;
+            self.rollout = rollout;
+        }
+        Ok(())
+    }
+
+    /// Decides what happens to the generation on trial once its deadline has passed: roll back
+    /// to the known-good manifest, or stay on it (policy `Hold`, or nothing to go back to).
+    fn check_deadline(&mut self, now: OffsetDateTime) -> Result<(), EngineError> {
+        let Some(trial) = self.rollout.trial.clone() else {
+            return Ok(());
+        };
+        if now < trial.deadline {
+            return Ok(());
+        }
+        let mut rollout = self.rollout.clone();
+        rollout.trial = None;
+        let manifest = match &self.manifest {
+            Some(manifest) if trial.generation == self.manifest_generation => manifest.clone(),
+            // A trial of a generation no longer current has nothing left to decide.
+            _ => return self.save_rollout(rollout),
+        };
+        let states = self.store.resource_states()?;
+        let not_ready = not_ready_resources(&manifest, &states);
+        if not_ready.is_empty() {
+            // Ready by the deadline, only no complete pass has said so yet (one was cut short).
+            return self.note_all_ready(&manifest);
+        }
+        let summary = format!(
+            "generation {} was not Ready within {}s ({})",
+            trial.generation, trial.policy.progress_deadline_seconds, not_ready
+        );
+        // The known-good manifest was verified when it was accepted; it is checked again so
+        // that a key removed since then cannot be rolled back to.
+        let good = rollout.known_good.as_ref().filter(|good| {
+            good.generation != manifest.generation && self.check_signature(good).is_ok()
+        });
+        let outcome = match (trial.policy.on_failure, good) {
+            (OnFailure::Rollback, Some(good)) => DeadlineOutcome::RolledBack {
+                to_generation: good.generation.unwrap_or(0),
+            },
+            (OnFailure::Rollback, None) => DeadlineOutcome::NoKnownGoodGeneration,
+            (OnFailure::Hold, _) => DeadlineOutcome::Held,
+        };
+        let missed = MissedDeadline {
+            generation: trial.generation,
+            outcome,
+            summary,
+        };
+        let (kind, message) = match outcome {
+            DeadlineOutcome::RolledBack { .. } => (EventKind::RolledBack, missed.message()),
+            _ => (EventKind::ProgressDeadlineExceeded, missed.message()),
+        };
+        tracing::warn!(generation = trial.generation, "{message}");
+        // The decision is stored before it is logged: losing the event is better than deciding
+        // twice.
+        rollout.missed = Some(missed);
+        self.save_rollout(rollout)?;
+        self.record_event(kind, None, message)
+    }
+
+    /// After a complete pass: a manifest whose every resource is Ready becomes the known-good
+    /// one, ends its trial, and clears a deadline it missed but stayed on.
+    fn note_all_ready(&mut self, manifest: &AgentManifest) -> Result<(), EngineError> {
+        let states = self.store.resource_states()?;
+        if !not_ready_resources(manifest, &states).is_empty() {
+            return Ok(());
+        }
+        let generation = manifest.generation.unwrap_or(0);
+        let trial_ends = self
+            .rollout
+            .trial
+            .as_ref()
+            .is_some_and(|trial| trial.generation == generation);
+        let miss_ends = self.rollout.missed.as_ref().is_some_and(|missed| {
+            missed.generation == generation
+                && !matches!(missed.outcome, DeadlineOutcome::RolledBack { .. })
+        });
+        // The usual case, every resync of a settled device: nothing to copy or write.
+        if !trial_ends && !miss_ends && self.rollout.known_good.as_ref() == Some(manifest) {
+            return Ok(());
+        }
+        let mut rollout = self.rollout.clone();
+        rollout.known_good = Some(manifest.clone());
+        if trial_ends {
+            rollout.trial = None;
+        }
+        if miss_ends {
+            rollout.missed = None;
+        }
+        self.save_rollout(rollout)
     }
 
     /// Without trusted keys every manifest passes (the documented development default).
@@ -223,14 +435,17 @@ impl<R: Reconcile> Engine<R> {
     /// deleted before a first manifest arrives, since an empty desired state is not the same as
     /// an unknown one).
     pub async fn pass(&mut self, shutdown: &ShutdownSignal) -> Result<PassOutcome, EngineError> {
-        let Some(manifest) = self.manifest.clone() else {
+        let now = self.settings.clock.now();
+        // At the start, so that the pass that runs at a deadline (the run loop wakes up for it,
+        // and `--once` runs just one) already converges to where the decision points.
+        self.check_deadline(now)?;
+        let Some(manifest) = self.desired_manifest().cloned() else {
             return Ok(PassOutcome {
                 complete: true,
                 next_retry: None,
             });
         };
         let generation = manifest.generation.unwrap_or(0);
-        let now = OffsetDateTime::now_utc();
         let records = self.store.ownership_records()?;
         let mut states = self.store.resource_states()?;
         let desired: BTreeMap<&ResourceId, &Resource> =
@@ -248,7 +463,8 @@ impl<R: Reconcile> Engine<R> {
                         && desired
                             .get(id)
                             .is_none_or(|r| r.spec.known_kind() != Some(kind))
-                        && !backing_off(states.get(*id), None, now)
+                        && !(self.failed_deletes.contains(*id)
+                            && backing_off(states.get(*id), None, now))
                 })
                 .map(|(id, record)| (id.clone(), record.clone()))
                 .collect();
@@ -261,6 +477,7 @@ impl<R: Reconcile> Engine<R> {
                 let previous = states.remove(&id);
                 match result {
                     Ok(deleted) => {
+                        self.failed_deletes.remove(&id);
                         self.store.remove_ownership_record(&id)?;
                         self.store.remove_resource_state(&id)?;
                         let (event, message) = match deleted {
@@ -273,6 +490,7 @@ impl<R: Reconcile> Engine<R> {
                         events.push((event, id, message));
                     }
                     Err(error) => {
+                        self.failed_deletes.insert(id.clone());
                         let state = self.failed_state(
                             previous.as_ref(),
                             record.kind.as_str(),
@@ -427,6 +645,7 @@ impl<R: Reconcile> Engine<R> {
         }
         if complete {
             self.observed_generation = generation;
+            self.note_all_ready(&manifest)?;
         }
         let next_retry = self
             .store
@@ -579,14 +798,15 @@ impl<R: Reconcile> Engine<R> {
         Ok(status::build_status(&StatusInputs {
             agent_id: self.store.agent_id(),
             agent: &self.agent,
-            manifest: self.manifest.as_ref(),
+            manifest: self.desired_manifest(),
+            missed_deadline: self.current_miss(),
             manifest_generation: self.manifest_generation,
             observed_generation: self.observed_generation,
             states: &states,
             connectivity,
             manifest_rejected: self.manifest_rejected.as_ref(),
             previous: self.last_report.as_ref(),
-            now: OffsetDateTime::now_utc(),
+            now: self.settings.clock.now(),
         }))
     }
 
@@ -636,8 +856,13 @@ impl<R: Reconcile> Engine<R> {
                 next_pass = Instant::now() + self.settings.resync_interval;
                 match self.pass(&shutdown).await {
                     Ok(outcome) => {
-                        if let Some(retry) = outcome.next_retry {
-                            let wait = (retry - OffsetDateTime::now_utc())
+                        // The next pass comes no later than a retry or the rollout deadline, so a
+                        // rollback happens at the deadline, not up to a resync after it.
+                        for at in [outcome.next_retry, self.rollout_deadline()]
+                            .into_iter()
+                            .flatten()
+                        {
+                            let wait = (at - self.settings.clock.now())
                                 .max(time::Duration::ZERO)
                                 .unsigned_abs();
                             next_pass = next_pass.min(Instant::now() + wait);
@@ -702,6 +927,45 @@ fn backing_off(
             && state.status.retry_after.is_some_and(|at| at > now)
             && spec_hash.is_none_or(|hash| state.status.spec_hash.as_deref() == Some(hash))
     })
+}
+
+/// The resources of `manifest` that are not Ready at its current spec, as
+/// `web: Failed ImageNotFound, cache: Pending` (at most three named); empty when all are Ready.
+/// A kind this build does not know counts as not Ready.
+fn not_ready_resources(
+    manifest: &AgentManifest,
+    states: &BTreeMap<ResourceId, ResourceState>,
+) -> String {
+    const NAMED: usize = 3;
+    let not_ready: Vec<String> = manifest
+        .resources
+        .iter()
+        .filter_map(|resource| {
+            let state = states
+                .get(&resource.id)
+                .filter(|s| s.status.spec_hash.as_deref() == Some(resource.spec_hash().as_str()));
+            match state {
+                Some(state) if state.status.phase == Phase::Ready => None,
+                Some(state) => Some(match &state.status.error {
+                    Some(error) => {
+                        format!("{}: {} {}", resource.id, state.status.phase, error.reason)
+                    }
+                    None => format!("{}: {}", resource.id, state.status.phase),
+                }),
+                None => Some(format!("{}: {}", resource.id, Phase::Pending)),
+            }
+        })
+        .collect();
+    let mut text = not_ready
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if not_ready.len() > NAMED {
+        text.push_str(&format!(" and {} more", not_ready.len() - NAMED));
+    }
+    text
 }
 
 /// When the resource entered `phase`: kept from the previous state if it was already there.

@@ -249,6 +249,13 @@ pub async fn run(config: Config, shutdown: ShutdownSignal) -> Result<(), AgentEr
                 connectivity_sender.clone(),
                 helpers_stop.signal(),
             ));
+            helpers.spawn(client::send_heartbeats(
+                client.clone(),
+                Arc::clone(&store),
+                config.report_interval,
+                Arc::clone(&report_ready),
+                shutdown.clone(),
+            ));
         }
         (Source::ManifestFile(path), _) => {
             helpers.spawn(manifest_file::watch_manifest_file(

@@ -12,6 +12,23 @@ use tracing_subscriber::EnvFilter;
 
 /// After a termination signal, the agent gets this long to finish in-flight work and flush.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
+/// Async worker threads. The agent's async work is waiting (long-polls, timers, child
+/// processes); file work runs on tokio's blocking pool. Two workers keep a slow store flush
+/// from stalling the watchdog or the long-poll, and, unlike one per core, keep the thread
+/// count (and with it glibc's per-thread malloc arenas, the larger part of the RSS) the same
+/// on a 2-core and an 8-core device.
+const WORKER_THREADS: usize = 2;
+/// The blocking pool (file and store work) grows to at most this many threads per resource
+/// applied at once (`FLEETLET_CONCURRENCY`), and at least [`MIN_BLOCKING_THREADS`]. Tokio's
+/// default is 512, and since a finished blocking thread is not always back in the pool before
+/// the next apply asks for one, a pass of short applies at concurrency 8 kept 40 to 60 threads
+/// alive, each with its stack and its share of malloc arenas. The headroom is for the
+/// session-storage summaries that run beside the applies.
+const BLOCKING_THREADS_PER_APPLY: usize = 2;
+const MIN_BLOCKING_THREADS: usize = 16;
+/// Idle blocking-pool threads exit after this long instead of tokio's 10 s, so the threads a
+/// pass's applies needed do not stay between passes.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let config = match Config::load() {
@@ -30,6 +47,11 @@ fn main() -> ExitCode {
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(
+            (BLOCKING_THREADS_PER_APPLY * config.concurrency).max(MIN_BLOCKING_THREADS),
+        )
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()
     {

@@ -13,7 +13,7 @@ use fleetlet_manifests::{
 };
 use time::OffsetDateTime;
 
-use crate::store::ResourceState;
+use crate::store::{DeadlineOutcome, MissedDeadline, ResourceState};
 
 /// Where the agent stands with its manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,11 @@ impl Rejection {
 pub struct StatusInputs<'a> {
     pub agent_id: &'a AgentId,
     pub agent: &'a AgentInfo,
+    /// The manifest the agent converges to: the one received last, or the known-good one while
+    /// that is rolled back.
     pub manifest: Option<&'a AgentManifest>,
+    /// The rollout deadline the generation received last missed, if it did.
+    pub missed_deadline: Option<&'a MissedDeadline>,
     /// The newest generation received.
     pub manifest_generation: u64,
     /// The generation the last complete pass applied.
@@ -114,7 +118,7 @@ fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, Resource
                     kind: resource.kind().to_owned(),
                     phase: Phase::Pending,
                     since: inputs.now,
-                    generation: inputs.manifest_generation,
+                    generation: desired_generation(inputs),
                     spec_hash: Some(spec_hash),
                     error: None,
                     retry_after: None,
@@ -130,6 +134,21 @@ fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, Resource
         }
     }
     resources
+}
+
+/// The generation of the manifest being converged to (lower than the one received while a
+/// rollback is in force).
+fn desired_generation(inputs: &StatusInputs<'_>) -> u64 {
+    inputs
+        .manifest
+        .and_then(|m| m.generation)
+        .unwrap_or(inputs.manifest_generation)
+}
+
+fn rolled_back(inputs: &StatusInputs<'_>) -> bool {
+    inputs
+        .missed_deadline
+        .is_some_and(|missed| matches!(missed.outcome, DeadlineOutcome::RolledBack { .. }))
 }
 
 /// Counts of resources per phase.
@@ -155,7 +174,9 @@ fn conditions(
         + count(resources, Phase::Reconciling)
         + count(resources, Phase::Deleting);
     let generation = inputs.manifest_generation;
-    let applied = inputs.manifest.is_some() && inputs.observed_generation >= generation;
+    // While rolled back, "applied" is about the known-good generation the agent converges to.
+    let target = desired_generation(inputs);
+    let applied = inputs.manifest.is_some() && inputs.observed_generation >= target;
 
     let mut conditions = Vec::new();
     let mut add = |type_, status, reason: &str, message: String| {
@@ -183,6 +204,13 @@ fn conditions(
             ConditionStatus::False,
             "NoManifest",
             "no manifest has been received yet".into(),
+        );
+    } else if rolled_back(inputs) {
+        add(
+            ConditionType::Ready,
+            ConditionStatus::False,
+            "RolledBack",
+            format!("generation {generation} was rolled back; running generation {target}"),
         );
     } else if applied && ready == total {
         add(
@@ -232,7 +260,7 @@ fn conditions(
             ConditionType::Reconciling,
             ConditionStatus::True,
             "Applying",
-            format!("applying generation {generation}: {unsettled} resources not settled"),
+            format!("applying generation {target}: {unsettled} resources not settled"),
         );
     } else {
         add(
@@ -256,6 +284,20 @@ fn conditions(
             "Accepted",
             "the newest manifest was accepted".into(),
         ),
+    }
+
+    // Only when a deadline was missed: a rollout that went well leaves no trace here.
+    if let Some(missed) = inputs.missed_deadline {
+        let (status, reason) = match missed.outcome {
+            DeadlineOutcome::RolledBack { .. } => {
+                (ConditionStatus::True, "ProgressDeadlineExceeded")
+            }
+            DeadlineOutcome::Held => (ConditionStatus::False, "HoldPolicy"),
+            DeadlineOutcome::NoKnownGoodGeneration => {
+                (ConditionStatus::False, "NoKnownGoodGeneration")
+            }
+        };
+        add(ConditionType::RolledBack, status, reason, missed.message());
     }
 
     match inputs.connectivity {
@@ -378,6 +420,7 @@ mod tests {
             agent_id: &agent_id,
             agent: &agent,
             manifest: Some(&manifest),
+            missed_deadline: None,
             manifest_generation: 2,
             observed_generation: 2,
             states: &states,
@@ -416,6 +459,7 @@ mod tests {
             agent_id: &agent_id,
             agent: &agent,
             manifest: Some(&manifest),
+            missed_deadline: None,
             manifest_generation: 2,
             observed_generation: 2,
             states: &states,
@@ -457,6 +501,7 @@ mod tests {
             agent_id: &agent_id,
             agent: &agent,
             manifest: Some(&manifest),
+            missed_deadline: None,
             manifest_generation: 2,
             observed_generation: 1,
             states: &states,

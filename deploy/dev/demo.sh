@@ -76,7 +76,7 @@ log "starting fleetlet-agent (log: $demo_dir/agent.log)"
 env -u FLEETLET_TOKEN FLEETLET_AGENT_ID="$agent_id" FLEETLET_MANAGER_URL="$FLEETLET_URL" FLEETLET_TOKEN_FILE="$demo_dir/agent-token" \
     FLEETLET_STATE_DIR="$demo_dir/state" FLEETLET_FILE_ROOTS="$demo_dir/root" \
     FLEETLET_CONTAINER_RUNTIME=none FLEETLET_SYSTEMD_SCOPE=none FLEETLET_RESYNC_INTERVAL=5s \
-    FLEETLET_REPORT_INTERVAL=10s "$bin/fleetlet-agent" >"$demo_dir/agent.log" 2>&1 &
+    FLEETLET_WATCH_WAIT=10s "$bin/fleetlet-agent" >"$demo_dir/agent.log" 2>&1 &
 pids+=($!)
 
 log "applying $manifest and waiting for the device to converge"

@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// Show progress until the agent has converged on the new generation; exit non-zero
-        /// with the failing resources if it does not.
+        /// with the failing resources if it does not, at once if the agent rolled it back.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits (e.g. 120s, 5m).
@@ -181,6 +181,9 @@ pub enum StateFilter {
     Converged,
     Progressing,
     Degraded,
+    /// The agent went back to its last known-good generation (spelled as the API does).
+    #[value(name = "rolledBack", alias = "rolled-back")]
+    RolledBack,
     Stale,
     Unknown,
 }
@@ -264,6 +267,21 @@ mod tests {
             Ok(("site".into(), "north".into()))
         );
         assert!(parse_label("site").is_err());
+    }
+
+    #[test]
+    fn the_state_filter_is_spelled_as_the_api_spells_it() {
+        for (text, expected) in [
+            ("rolledBack", StateFilter::RolledBack),
+            ("rolled-back", StateFilter::RolledBack),
+            ("degraded", StateFilter::Degraded),
+        ] {
+            assert_eq!(
+                <StateFilter as clap::ValueEnum>::from_str(text, false),
+                Ok(expected),
+                "{text}"
+            );
+        }
     }
 
     #[test]

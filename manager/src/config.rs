@@ -43,8 +43,9 @@ pub struct Config {
     #[arg(long, env = "FLEETLET_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
 
-    /// The agents' report interval (e.g. 30s, 500ms); an agent is stale after three of them.
-    #[arg(long, env = "FLEETLET_REPORT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    /// How often agents make contact (a watch poll, a report or a heartbeat; e.g. 2m, 500ms): an
+    /// agent is stale after three of these without any. Agents poll every 2 minutes by default.
+    #[arg(long, env = "FLEETLET_REPORT_INTERVAL", default_value = "2m", value_parser = parse_duration)]
     pub report_interval: Duration,
 
     /// PEM certificate chain (leaf first) to serve HTTPS with; needs FLEETLET_TLS_KEY.
@@ -56,9 +57,9 @@ pub struct Config {
     #[arg(long, env = "FLEETLET_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// The longest a manifest long-poll may wait, in seconds (1-60; larger waitSeconds are 400).
-    #[arg(long, env = "FLEETLET_MAX_WAIT_SECONDS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..=60))]
+    /// The longest a manifest long-poll may wait, in seconds (1-300; larger waitSeconds are 400).
+    #[arg(long, env = "FLEETLET_MAX_WAIT_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
     pub max_wait_seconds: u64,
 
     /// Write the bound socket address to this file once listening (useful with port 0).

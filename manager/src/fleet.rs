@@ -25,13 +25,18 @@ pub struct StateInputs<'a> {
     pub counts: &'a PhaseCounts,
     /// The agent reported a `ManifestRejected` condition with status True.
     pub manifest_rejected: bool,
+    /// The agent reported a `RolledBack` condition with status True.
+    pub rolled_back: bool,
 }
 
-/// Derives the fleet state, checking in order: unknown, stale, degraded, converged, progressing.
+/// Derives the fleet state, checking in order: unknown, stale, rolledBack, degraded, converged,
+/// progressing.
 ///
 /// Staleness wins over what the last report said, because that report may describe a device that
-/// has since lost power. Degraded wins over converged, because a failed resource needs attention
-/// even when the agent has caught up with the generation.
+/// has since lost power. A rollback wins over degraded: it says more (the device left the desired
+/// generation on purpose and runs an older one), and the resources it reports are the known-good
+/// ones. Degraded wins over converged, because a failed resource needs attention even when the
+/// agent has caught up with the generation.
 pub fn derive_state(
     inputs: StateInputs<'_>,
     now: OffsetDateTime,
@@ -45,6 +50,9 @@ pub fn derive_state(
     let stale_after = report_interval.saturating_mul(STALE_AFTER_INTERVALS);
     if now - last_seen_at > stale_after {
         return FleetState::Stale;
+    }
+    if inputs.rolled_back {
+        return FleetState::RolledBack;
     }
     let failing = [Phase::Failed, Phase::Unsupported]
         .iter()
@@ -75,6 +83,9 @@ pub fn is_converged(
 }
 
 /// Builds the summary row that the fleet list and the status view show.
+///
+/// `converged` is false while the agent is rolled back, whatever its generations say: the device
+/// does not run the desired generation.
 pub fn summarize(row: &FleetRow, now: OffsetDateTime, report_interval: Duration) -> AgentSummary {
     let inputs = StateInputs {
         desired_generation: row.desired_generation,
@@ -82,10 +93,12 @@ pub fn summarize(row: &FleetRow, now: OffsetDateTime, report_interval: Duration)
         observed_generation: row.observed_generation,
         counts: &row.counts,
         manifest_rejected: row.manifest_rejected,
+        rolled_back: row.rolled_back,
     };
-    let converged = row
-        .observed_generation
-        .is_some_and(|observed| is_converged(row.desired_generation, observed, &row.counts));
+    let converged = !row.rolled_back
+        && row
+            .observed_generation
+            .is_some_and(|observed| is_converged(row.desired_generation, observed, &row.counts));
     AgentSummary {
         agent_id: row.agent_id.clone(),
         labels: row.labels.clone(),
@@ -119,6 +132,7 @@ mod tests {
             observed_generation: Some(observed),
             counts,
             manifest_rejected: false,
+            rolled_back: false,
         }
     }
 
@@ -131,6 +145,7 @@ mod tests {
             observed_generation: None,
             counts: &none,
             manifest_rejected: false,
+            rolled_back: false,
         };
         assert_eq!(derive_state(inputs, now(), INTERVAL), FleetState::Unknown);
     }
@@ -179,6 +194,73 @@ mod tests {
         let mut inputs = reported(2, &ready, 5);
         inputs.manifest_rejected = true;
         assert_eq!(derive_state(inputs, now(), INTERVAL), FleetState::Degraded);
+    }
+
+    #[test]
+    fn a_rolled_back_agent_is_rolled_back_even_with_everything_ready() {
+        // While rolled back the agent reports the bad generation as its manifest generation and
+        // the good one as observed; its resources are the good generation's, all Ready.
+        let ready = counts(&[(Phase::Ready, 4)]);
+        let mut inputs = reported(2, &ready, 5);
+        inputs.rolled_back = true;
+        assert_eq!(
+            derive_state(inputs, now(), INTERVAL),
+            FleetState::RolledBack
+        );
+    }
+
+    #[test]
+    fn a_rollback_wins_over_degraded_and_over_converged() {
+        let failed = counts(&[(Phase::Ready, 3), (Phase::Failed, 1)]);
+        let mut inputs = reported(3, &failed, 5);
+        inputs.rolled_back = true;
+        inputs.manifest_rejected = true;
+        assert_eq!(
+            derive_state(inputs, now(), INTERVAL),
+            FleetState::RolledBack
+        );
+        let ready = counts(&[(Phase::Ready, 4)]);
+        let mut inputs = reported(3, &ready, 5);
+        inputs.rolled_back = true;
+        assert_eq!(
+            derive_state(inputs, now(), INTERVAL),
+            FleetState::RolledBack
+        );
+    }
+
+    #[test]
+    fn staleness_wins_over_a_rollback() {
+        let ready = counts(&[(Phase::Ready, 4)]);
+        let mut inputs = reported(2, &ready, 600);
+        inputs.rolled_back = true;
+        assert_eq!(derive_state(inputs, now(), INTERVAL), FleetState::Stale);
+    }
+
+    #[test]
+    fn a_rolled_back_summary_is_not_converged() {
+        let row = FleetRow {
+            agent_id: fleetlet_manifests::AgentId::try_from("pi-1").expect("agent id"),
+            labels: std::collections::BTreeMap::new(),
+            desired_generation: 2,
+            last_seen_at: Some(now()),
+            observed_generation: Some(2),
+            counts: counts(&[(Phase::Ready, 2)]),
+            manifest_rejected: false,
+            rolled_back: true,
+        };
+        let summary = summarize(&row, now(), INTERVAL);
+        assert_eq!(summary.state, FleetState::RolledBack);
+        assert!(!summary.converged);
+        let summary = summarize(
+            &FleetRow {
+                rolled_back: false,
+                ..row
+            },
+            now(),
+            INTERVAL,
+        );
+        assert_eq!(summary.state, FleetState::Converged);
+        assert!(summary.converged);
     }
 
     #[test]

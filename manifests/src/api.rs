@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::Violation;
 use crate::ids::{AgentId, ResourceId};
-use crate::manifest::Resource;
+use crate::manifest::{Resource, RolloutPolicy};
 use crate::status::{AgentStatus, Phase};
 
 /// The body of every error answer.
@@ -93,6 +93,23 @@ pub struct ReportAck {
     pub accepted: bool,
 }
 
+/// A compact heartbeat: the agent says which report it last made, instead of sending it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Heartbeat {
+    pub report_seq: u64,
+}
+
+/// The answer to a heartbeat: the manager's newest report from the agent, and whether the agent
+/// should send its status again because the manager does not hold it (a restored database, a
+/// report lost on the way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatAck {
+    pub report_seq: Option<u64>,
+    pub resend: bool,
+}
+
 /// The fleet-level state of one agent, derived by the manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +120,10 @@ pub enum FleetState {
     Progressing,
     /// At least one resource Failed or Unsupported, or the manifest was rejected.
     Degraded,
+    /// A generation missed its rollout deadline and the agent went back to its last known-good
+    /// resources (condition `RolledBack`).
+    #[serde(rename = "rolledBack")]
+    RolledBack,
     /// No report for three report intervals.
     Stale,
     /// Never reported.
@@ -110,10 +131,11 @@ pub enum FleetState {
 }
 
 impl FleetState {
-    pub const ALL: [FleetState; 5] = [
+    pub const ALL: [FleetState; 6] = [
         FleetState::Converged,
         FleetState::Progressing,
         FleetState::Degraded,
+        FleetState::RolledBack,
         FleetState::Stale,
         FleetState::Unknown,
     ];
@@ -123,6 +145,7 @@ impl FleetState {
             FleetState::Converged => "converged",
             FleetState::Progressing => "progressing",
             FleetState::Degraded => "degraded",
+            FleetState::RolledBack => "rolledBack",
             FleetState::Stale => "stale",
             FleetState::Unknown => "unknown",
         }
@@ -171,6 +194,9 @@ pub struct ManifestRevision {
     pub created_at: OffsetDateTime,
     pub created_by: String,
     pub resources: Vec<Resource>,
+    /// The generation's rollout policy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// Types of the events in an agent's log.
@@ -184,10 +210,14 @@ pub enum EventType {
     ResourcePhaseChanged,
     ResourceRepaired,
     AgentStale,
+    /// The agent's `RolledBack` condition turned True: a generation missed its rollout deadline.
+    RolledBack,
+    /// The agent's `RolledBack` condition turned False or went away (a newer generation arrived).
+    RollbackCleared,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::AgentRegistered,
         EventType::AgentDecommissioned,
         EventType::TokenRotated,
@@ -196,6 +226,8 @@ impl EventType {
         EventType::ResourcePhaseChanged,
         EventType::ResourceRepaired,
         EventType::AgentStale,
+        EventType::RolledBack,
+        EventType::RollbackCleared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -208,6 +240,8 @@ impl EventType {
             EventType::ResourcePhaseChanged => "ResourcePhaseChanged",
             EventType::ResourceRepaired => "ResourceRepaired",
             EventType::AgentStale => "AgentStale",
+            EventType::RolledBack => "RolledBack",
+            EventType::RollbackCleared => "RollbackCleared",
         }
     }
 

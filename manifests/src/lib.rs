@@ -16,9 +16,9 @@ pub use ids::{
     UnitName,
 };
 pub use manifest::{
-    AgentManifest, ContainerSpec, FileContent, FileSpec, Kind, ManifestError, PortMapping,
-    PullPolicy, Resource, ResourceSpec, RestartPolicy, SessionStorageSpec, SystemdUnitSpec,
-    UnitState, VolumeMount,
+    AgentManifest, ContainerSpec, FileContent, FileSpec, Kind, ManifestError, OnFailure,
+    PortMapping, PullPolicy, Resource, ResourceSpec, RestartPolicy, RolloutPolicy,
+    SessionStorageSpec, SystemdUnitSpec, UnitState, VolumeMount,
 };
 pub use signature::ManifestSignature;
 pub use status::{

@@ -36,7 +36,11 @@ pub struct AgentManifest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     pub resources: Vec<Resource>,
-    /// The operator's signature over the agent id and resources (see [`crate::signature`]).
+    /// How the agent treats this generation when it does not become Ready in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+    /// The operator's signature over the agent id, resources and rollout policy (see
+    /// [`crate::signature`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<ManifestSignature>,
 }
@@ -62,13 +66,29 @@ impl AgentManifest {
             agent_id,
             generation: None,
             resources,
+            rollout: None,
             signature: None,
         }
     }
 
-    /// A hash of the resources alone, used to decide whether a new generation is needed.
+    /// A hash of what the agent is asked to do, used to decide whether a new generation is
+    /// needed. Without a rollout policy it is the hash of the resources alone, exactly as before
+    /// the policy existed, so hashes already stored by a manager keep matching.
     pub fn content_hash(&self) -> String {
-        hash_json(&self.resources)
+        match &self.rollout {
+            None => hash_json(&self.resources),
+            Some(rollout) => {
+                #[derive(Serialize)]
+                struct WithRollout<'a> {
+                    resources: &'a [Resource],
+                    rollout: &'a RolloutPolicy,
+                }
+                hash_json(&WithRollout {
+                    resources: &self.resources,
+                    rollout,
+                })
+            }
+        }
     }
 
     pub fn resource(&self, id: &str) -> Option<&Resource> {
@@ -93,6 +113,42 @@ pub enum ManifestError {
     Malformed(String),
     #[error("invalid manifest: {} violation(s)", .0.len())]
     Invalid(Vec<Violation>),
+}
+
+/// The longest `progressDeadlineSeconds` accepted: one day.
+pub const MAX_PROGRESS_DEADLINE_SECONDS: u32 = 86_400;
+
+/// A manifest's rollout policy: how long a new generation may take to become Ready, and what
+/// the agent does when it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// Seconds from the agent accepting the generation until every resource must be Ready
+    /// (1 to 86400).
+    pub progress_deadline_seconds: u32,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What the agent does when a generation misses its progress deadline.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum OnFailure {
+    /// Converge back to the last generation whose resources were all Ready.
+    #[default]
+    Rollback,
+    /// Stay on the new generation and report it failed.
+    Hold,
+}
+
+impl std::fmt::Display for OnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnFailure::Rollback => "Rollback",
+            OnFailure::Hold => "Hold",
+        })
+    }
 }
 
 /// One resource of a manifest: its identity and its typed spec.

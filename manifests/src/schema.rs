@@ -60,7 +60,23 @@ pub fn manifest_schema() -> Schema {
             // PUT, since the manager assigns generations (from 1).
             "generation": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
             "resources": {"type": "array", "maxItems": MAX_RESOURCES, "items": {"oneOf": typed}},
-            // The operator's ed25519 signature over agentId and resources (see `signature.rs`).
+            // What the agent does when this generation is not Ready in time; `onFailure` is
+            // `Rollback` when left out.
+            "rollout": {
+                "type": ["object", "null"],
+                "required": ["progressDeadlineSeconds"],
+                "additionalProperties": false,
+                "properties": {
+                    "progressDeadlineSeconds": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": crate::manifest::MAX_PROGRESS_DEADLINE_SECONDS,
+                    },
+                    "onFailure": {"enum": ["Rollback", "Hold"], "default": "Rollback"},
+                },
+            },
+            // The operator's ed25519 signature over agentId, resources and rollout (see
+            // `signature.rs`).
             "signature": {
                 "type": ["object", "null"],
                 "required": ["keyId", "ed25519"],
@@ -97,6 +113,7 @@ mod tests {
             );
         }
         assert!(manifest.contains("sizeLimitBytes") && manifest.contains("restartPolicy"));
+        assert!(manifest.contains("progressDeadlineSeconds") && manifest.contains("\"Hold\""));
         let status = serde_json::to_string(&status_schema()).expect("serializes");
         assert!(status.contains("observedGeneration") && status.contains("reportSeq"));
     }

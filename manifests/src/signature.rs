@@ -4,12 +4,15 @@
 //! The signed payload is the UTF-8 bytes of
 //!
 //! ```text
-//! fleetlet-manifest-v1\n<agentId>\n<canonical JSON of the resources>
+//! fleetlet-manifest-v1\n<agentId>\n<canonical JSON of the resources>[\n<canonical JSON of the rollout>]
 //! ```
 //!
-//! where the canonical JSON is the validated resources (defaults filled in) turned into a
+//! where the canonical JSON is the validated value (defaults filled in) turned into a
 //! `serde_json::Value` and written without whitespace, so every object's keys are sorted by
-//! bytes. Signer and verifier both parse before they serialize, so the bytes depend only on the
+//! bytes. The last line is there only when the manifest has a `rollout` policy: a manifest
+//! without one signs exactly the bytes it signed before policies existed (old signatures stay
+//! valid), and one with it cannot have its policy stripped or changed without failing
+//! verification. Signer and verifier both parse before they serialize, so the bytes depend only on the
 //! meaning of the manifest, not on how its file was formatted or how PostgreSQL's `jsonb`
 //! reordered it. The agent id is part of the payload, so a manifest signed for one device is
 //! refused by every other. The `generation` is *not*: the manager assigns it after the operator
@@ -25,7 +28,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::ids::AgentId;
-use crate::manifest::{AgentManifest, Resource};
+use crate::manifest::{AgentManifest, Resource, RolloutPolicy};
 
 /// The first line of every signed payload: names the format, so a signature over anything else
 /// (or a future format) can never verify as a manifest signature.
@@ -147,6 +150,25 @@ pub fn signed_payload(agent_id: &AgentId, resources: &[Resource]) -> Vec<u8> {
     payload
 }
 
+/// The exact bytes that are signed for `manifest`: [`signed_payload`] of its agent id and
+/// resources, plus a line with its rollout policy when it has one.
+pub fn manifest_payload(manifest: &AgentManifest) -> Vec<u8> {
+    let mut payload = signed_payload(&manifest.agent_id, &manifest.resources);
+    if let Some(rollout) = &manifest.rollout {
+        payload.push(b'\n');
+        payload.extend_from_slice(&canonical_rollout(rollout));
+    }
+    payload
+}
+
+/// The rollout policy as JSON with sorted keys, like the resources. Serializing it cannot fail;
+/// if it ever did, the empty bytes would fail verification rather than pass it.
+fn canonical_rollout(rollout: &RolloutPolicy) -> Vec<u8> {
+    serde_json::to_value(rollout)
+        .and_then(|value| serde_json::to_vec(&value))
+        .unwrap_or_default()
+}
+
 /// An operator's private signing key. Its `Debug` never shows the key.
 pub struct SecretKey(SigningKey);
 
@@ -179,9 +201,9 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// Signs `manifest` for its agent and resources.
+    /// Signs `manifest` for its agent, resources and rollout policy.
     pub fn sign(&self, manifest: &AgentManifest) -> ManifestSignature {
-        let payload = signed_payload(&manifest.agent_id, &manifest.resources);
+        let payload = manifest_payload(manifest);
         ManifestSignature {
             key_id: self.public().key_id(),
             ed25519: self.0.sign(&payload).to_bytes(),
@@ -238,8 +260,8 @@ pub enum SignatureError {
     Mismatch { key_id: String },
 }
 
-/// Checks that `manifest` carries a signature by one of `trusted` over its agent id and
-/// resources. With no trusted keys there is nothing to check against; callers decide whether
+/// Checks that `manifest` carries a signature by one of `trusted` over its agent id, resources
+/// and rollout policy. With no trusted keys there is nothing to check against; callers decide whether
 /// that means "accept unsigned" (see the agent's `FLEETLET_TRUSTED_KEYS`).
 pub fn verify(manifest: &AgentManifest, trusted: &[PublicKey]) -> Result<(), SignatureError> {
     let signature = manifest
@@ -252,7 +274,7 @@ pub fn verify(manifest: &AgentManifest, trusted: &[PublicKey]) -> Result<(), Sig
         .ok_or_else(|| SignatureError::UnknownKey {
             key_id: signature.key_id.clone(),
         })?;
-    let payload = signed_payload(&manifest.agent_id, &manifest.resources);
+    let payload = manifest_payload(manifest);
     key.0
         .verify(&payload, &Signature::from_bytes(&signature.ed25519))
         .map_err(|_| SignatureError::Mismatch {
@@ -263,6 +285,7 @@ pub fn verify(manifest: &AgentManifest, trusted: &[PublicKey]) -> Result<(), Sig
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::OnFailure;
 
     fn manifest(agent: &str, text: &str) -> AgentManifest {
         AgentManifest::from_value(serde_json::json!({
@@ -362,6 +385,69 @@ mod tests {
             payload.contains(r#""spec":{"alpha":{"a":1,"b":2},"zeta":1}"#),
             "{payload}"
         );
+    }
+
+    fn with_rollout(mut manifest: AgentManifest, on_failure: OnFailure) -> AgentManifest {
+        manifest.rollout = Some(RolloutPolicy {
+            progress_deadline_seconds: 60,
+            on_failure,
+        });
+        manifest
+    }
+
+    #[test]
+    fn without_a_rollout_the_signed_bytes_are_the_same_as_before_policies_existed() {
+        let manifest = manifest("pi-1", "hello\n");
+        assert_eq!(
+            manifest_payload(&manifest),
+            signed_payload(&manifest.agent_id, &manifest.resources)
+        );
+    }
+
+    #[test]
+    fn a_signed_rollout_verifies_and_is_in_the_signed_bytes() {
+        let key = key(5);
+        let mut manifest = with_rollout(manifest("pi-1", "hello\n"), OnFailure::Hold);
+        manifest.signature = Some(key.sign(&manifest));
+        assert_eq!(verify(&manifest, &[key.public()]), Ok(()));
+        let payload = String::from_utf8(manifest_payload(&manifest)).expect("utf-8");
+        assert!(
+            payload.ends_with("]\n{\"onFailure\":\"Hold\",\"progressDeadlineSeconds\":60}"),
+            "{payload}"
+        );
+    }
+
+    #[test]
+    fn a_stripped_rollout_no_longer_verifies() {
+        let key = key(5);
+        let mut manifest = with_rollout(manifest("pi-1", "hello\n"), OnFailure::Rollback);
+        manifest.signature = Some(key.sign(&manifest));
+        manifest.rollout = None;
+        assert!(matches!(
+            verify(&manifest, &[key.public()]),
+            Err(SignatureError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn an_altered_or_added_rollout_no_longer_verifies() {
+        let key = key(5);
+        let mut altered = with_rollout(manifest("pi-1", "hello\n"), OnFailure::Rollback);
+        altered.signature = Some(key.sign(&altered));
+        altered.rollout = Some(RolloutPolicy {
+            progress_deadline_seconds: 60,
+            on_failure: OnFailure::Hold,
+        });
+        assert!(matches!(
+            verify(&altered, &[key.public()]),
+            Err(SignatureError::Mismatch { .. })
+        ));
+        let mut added = signed("pi-1", "hello\n", &key);
+        added = with_rollout(added, OnFailure::Rollback);
+        assert!(matches!(
+            verify(&added, &[key.public()]),
+            Err(SignatureError::Mismatch { .. })
+        ));
     }
 
     #[test]

@@ -387,6 +387,9 @@ pub enum ConditionType {
     Reconciling,
     ManifestRejected,
     Offline,
+    /// True while the agent runs its last known-good generation because a newer one missed its
+    /// rollout deadline; False with a reason when a deadline passed and it did not roll back.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]

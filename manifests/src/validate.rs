@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use crate::ids::{AgentId, ResourceId};
 use crate::manifest::{
     AgentManifest, ContainerSpec, FileSpec, Kind, MANIFEST_KIND, MAX_FILE_CONTENT_BYTES,
-    MAX_MANIFEST_CONTENT_BYTES, MAX_RESOURCES, Resource, ResourceSpec, SessionStorageSpec,
-    SystemdUnitSpec,
+    MAX_MANIFEST_CONTENT_BYTES, MAX_PROGRESS_DEADLINE_SECONDS, MAX_RESOURCES, OnFailure, Resource,
+    ResourceSpec, RolloutPolicy, SessionStorageSpec, SystemdUnitSpec,
 };
 use crate::signature::{self, ManifestSignature};
 use crate::{API_VERSION, Violation};
@@ -196,10 +196,16 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
     let agent_id: Option<AgentId> = fields.required("agentId");
     let generation: Option<Option<u64>> = fields.optional("generation");
     let raw_resources: Option<Vec<Value>> = fields.defaulted("resources");
+    let raw_rollout: Option<Option<Value>> = fields.optional("rollout");
     let raw_signature: Option<Option<Value>> = fields.optional("signature");
     fields.finish();
     let signature = match raw_signature {
         Some(Some(value)) => read_signature(value, "signature", report).map(Some),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let rollout = match raw_rollout {
+        Some(Some(value)) => read_rollout(value, "rollout", report).map(Some),
         Some(None) => Some(None),
         None => None,
     };
@@ -245,7 +251,31 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
         agent_id: agent_id?,
         generation: generation?,
         resources,
+        rollout: rollout?,
         signature: signature?,
+    })
+}
+
+/// A manifest's `rollout` policy. The deadline is read as a signed integer so that a negative
+/// value gets the range message rather than serde's type complaint.
+fn read_rollout(value: Value, path: &str, report: &mut Report) -> Option<RolloutPolicy> {
+    let mut fields = Fields::of(value, path, report)?;
+    let deadline: Option<i64> = fields.required("progressDeadlineSeconds");
+    let on_failure: Option<OnFailure> = fields.defaulted("onFailure");
+    fields.finish();
+    let deadline = deadline.and_then(|seconds| match u32::try_from(seconds) {
+        Ok(seconds) if (1..=MAX_PROGRESS_DEADLINE_SECONDS).contains(&seconds) => Some(seconds),
+        _ => {
+            report.add(
+                child_path(path, "progressDeadlineSeconds"),
+                format!("must be between 1 and {MAX_PROGRESS_DEADLINE_SECONDS} seconds"),
+            );
+            None
+        }
+    });
+    Some(RolloutPolicy {
+        progress_deadline_seconds: deadline?,
+        on_failure: on_failure?,
     })
 }
 
@@ -636,6 +666,79 @@ mod tests {
         assert_eq!(a.content_hash(), b.content_hash());
         assert_eq!(a.resources[0].spec_hash(), b.resources[0].spec_hash());
         assert!(a.resources[0].spec_hash().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn rollout_violations_are_listed_with_their_paths() {
+        let mut raw = manifest_with(json!([]));
+        raw["rollout"] = json!({"progressDeadlineSeconds": 0, "onFailure": "Retry", "extra": 1});
+        let violations = AgentManifest::from_value(raw).expect_err("invalid rollout");
+        let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(text[0].starts_with("rollout.onFailure: "), "{text:?}");
+        assert_eq!(text[1], "rollout.extra: unknown field");
+        assert_eq!(
+            text[2],
+            "rollout.progressDeadlineSeconds: must be between 1 and 86400 seconds"
+        );
+
+        for bad in [
+            json!({}),
+            json!({"progressDeadlineSeconds": 86_401}),
+            json!({"progressDeadlineSeconds": -5}),
+            json!({"progressDeadlineSeconds": "60"}),
+        ] {
+            let mut raw = manifest_with(json!([]));
+            raw["rollout"] = bad.clone();
+            assert_eq!(paths(raw), vec!["rollout.progressDeadlineSeconds"], "{bad}");
+        }
+        let mut raw = manifest_with(json!([]));
+        raw["rollout"] = json!(60);
+        assert_eq!(paths(raw), vec!["rollout"]);
+    }
+
+    #[test]
+    fn on_failure_defaults_to_rollback_and_is_written_out() {
+        let mut raw = manifest_with(json!([]));
+        raw["rollout"] = json!({"progressDeadlineSeconds": 60});
+        let manifest = AgentManifest::from_value(raw).expect("valid");
+        assert_eq!(
+            manifest.rollout,
+            Some(RolloutPolicy {
+                progress_deadline_seconds: 60,
+                on_failure: OnFailure::Rollback
+            })
+        );
+        let written = serde_json::to_value(&manifest).expect("serializes");
+        assert_eq!(
+            written["rollout"],
+            json!({"progressDeadlineSeconds": 60, "onFailure": "Rollback"})
+        );
+    }
+
+    #[test]
+    fn the_content_hash_covers_the_rollout_only_when_there_is_one() {
+        let plain = AgentManifest::from_value(manifest_with(
+            json!([{"id": "f", "kind": "File", "spec": {"path": "/x", "content": {"text": "hi"}}}]),
+        ))
+        .expect("valid");
+        // Unchanged from before rollout policies existed: the hash of the resource list alone.
+        assert_eq!(
+            plain.content_hash(),
+            crate::manifest::hash_json(&plain.resources)
+        );
+        let mut rollback = plain.clone();
+        rollback.rollout = Some(RolloutPolicy {
+            progress_deadline_seconds: 60,
+            on_failure: OnFailure::Rollback,
+        });
+        let mut hold = rollback.clone();
+        hold.rollout = Some(RolloutPolicy {
+            progress_deadline_seconds: 60,
+            on_failure: OnFailure::Hold,
+        });
+        assert_ne!(plain.content_hash(), rollback.content_hash());
+        assert_ne!(rollback.content_hash(), hold.content_hash());
     }
 
     #[test]

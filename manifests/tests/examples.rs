@@ -23,6 +23,12 @@ fn every_example_manifest_is_valid_and_round_trips() {
         );
         checked += 1;
     }
+    let rollout = std::fs::read(dir.join("rollout.json")).expect("the rollout example");
+    let rollout = AgentManifest::from_slice(&rollout).expect("valid");
+    assert!(
+        rollout.rollout.is_some(),
+        "rollout.json shows a rollout policy"
+    );
     assert!(
         checked >= 2,
         "expected the example manifests, found {checked}"

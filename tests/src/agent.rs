@@ -315,10 +315,17 @@ pub struct ManagerProcess {
     address: Option<std::net::SocketAddr>,
     pub admin_token: String,
     http: reqwest::Client,
+    /// Set after the defaults, so a test can override them (e.g. `FLEETLET_MAX_WAIT_SECONDS`).
+    env: Vec<(String, String)>,
 }
 
 impl ManagerProcess {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_env(&[]).await
+    }
+
+    /// Starts the manager with extra environment, set after the defaults.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let database_url = std::env::var("DATABASE_URL").context(
             "DATABASE_URL is not set: the agent end-to-end tests need PostgreSQL; run \
              `set -a; eval \"$(deploy/dev/postgres.sh)\"; set +a` first",
@@ -334,6 +341,10 @@ impl ManagerProcess {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         manager.launch().await?;
         Ok(manager)
@@ -372,6 +383,7 @@ impl ManagerProcess {
             .env("FLEETLET_ADMIN_TOKEN", &self.admin_token)
             .env("FLEETLET_REPORT_INTERVAL", "2s")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

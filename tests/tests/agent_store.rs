@@ -176,8 +176,11 @@ async fn a_torn_event_line_and_a_corrupt_record_are_worked_around_and_the_agent_
     let mut text = std::fs::read(&log)?;
     text.extend_from_slice(b"{\"seq\":99999,\"at\":\"2026-11-");
     std::fs::write(&log, text)?;
-    let record = base.join("resources/file-0/record.json");
-    std::fs::write(&record, "{\n  \"kind\": \"File\",\n  \u{0}\u{0}garbage\n")?;
+    // The first line of the ownership journal (records and states of every resource).
+    let journal = base.join("resources.jsonl");
+    let lines = std::fs::read_to_string(&journal)?;
+    let rest: String = lines.split_inclusive('\n').skip(1).collect();
+    std::fs::write(&journal, format!("{{\"record\": \u{0}\u{0}garbage\n{rest}"))?;
     // And the device drifted while the agent was down.
     std::fs::remove_file(&files[0].0)?;
     std::fs::write(&files[1].0, "edited by hand\n")?;
@@ -190,8 +193,8 @@ async fn a_torn_event_line_and_a_corrupt_record_are_worked_around_and_the_agent_
         .wait_for_log(
             &[
                 "corrupt record in",
-                "record.json",
-                "at line 3",
+                "resources.jsonl",
+                "at line 1",
                 "quarantined as",
             ],
             Duration::from_secs(10),
@@ -210,26 +213,24 @@ async fn a_torn_event_line_and_a_corrupt_record_are_worked_around_and_the_agent_
         agent.exited()?.is_none(),
         "the agent is running, not crash-looping"
     );
-    let quarantined = std::fs::read_dir(base.join("resources/file-0"))?
-        .filter_map(Result::ok)
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("record.json.corrupt-")
-        });
+    let quarantined = std::fs::read_dir(&base)?.filter_map(Result::ok).any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("resources.jsonl.corrupt-")
+    });
     assert!(
         quarantined,
         "the corrupt record was kept aside for the operator"
     );
     agent.terminate(Duration::from_secs(10))?;
 
-    // The log is line-aligned again and the record was written anew.
+    // The log is line-aligned again and the readable records went into a new snapshot.
     for line in std::fs::read_to_string(&log)?.lines() {
         serde_json::from_str::<serde_json::Value>(line)
             .with_context(|| format!("a line of events.jsonl is not JSON: {line}"))?;
     }
     assert!(load_store(&dirs, AGENT)?.is_empty(), "no damage is left");
-    assert!(record.is_file());
+    assert!(base.join("resources.json").is_file());
     Ok(())
 }
 

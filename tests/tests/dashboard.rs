@@ -106,7 +106,24 @@ fn file(id: &str, path: &str) -> Value {
            "spec": {"path": path, "content": {"text": "hi\n"}, "mode": "0644"}})
 }
 
-/// Registers agents in every fleet state: converged, degraded, progressing, stale, unknown.
+/// A report of an agent that rolled generation 2 back to generation 1.
+fn rolled_back_report(agent_id: &str) -> Value {
+    let mut status = report(
+        agent_id,
+        1,
+        1,
+        json!({"motd": {"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z", "generation": 1}}),
+    );
+    status["manifestGeneration"] = json!(2);
+    status["conditions"] = json!([{"type": "RolledBack", "status": "True",
+        "reason": "ProgressDeadlineExceeded",
+        "message": "generation 2 was not Ready within 60s (app: ImagePullFailed); rolled back to generation 1",
+        "lastTransitionTime": "2026-11-22T10:00:00Z"}]);
+    status
+}
+
+/// Registers agents in every fleet state: converged, degraded, rolledBack, progressing, stale,
+/// unknown.
 async fn seed(manager: &ManagerProcess, database_url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let ready = |generation: u64| json!({"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z", "generation": generation});
@@ -145,6 +162,7 @@ async fn seed(manager: &ManagerProcess, database_url: &str) -> anyhow::Result<()
             Some(report("pi-old", 1, 1, json!({"motd": ready(1)}))),
         ),
         ("pi-new", None),
+        ("pi-back", Some(rolled_back_report("pi-back"))),
     ];
     for (agent_id, status) in agents {
         let token: Value = manager
@@ -159,19 +177,29 @@ async fn seed(manager: &ManagerProcess, database_url: &str) -> anyhow::Result<()
         if agent_id == "pi-bad" {
             resources.push(file("escape", "/root/escape"));
         }
-        manager
-            .admin(
-                &client,
-                Method::PUT,
-                &format!("/api/v1/agents/{agent_id}/manifest"),
-            )
-            .json(
-                &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
-                          "agentId": agent_id, "resources": resources}),
-            )
-            .send()
-            .await?
-            .error_for_status()?;
+        let mut generations = vec![resources.clone()];
+        if agent_id == "pi-back" {
+            // The generation that the agent rolled back.
+            generations.push(vec![
+                file("motd", "/etc/motd"),
+                file("app", "/etc/app.conf"),
+            ]);
+        }
+        for resources in generations {
+            manager
+                .admin(
+                    &client,
+                    Method::PUT,
+                    &format!("/api/v1/agents/{agent_id}/manifest"),
+                )
+                .json(
+                    &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
+                              "agentId": agent_id, "resources": resources}),
+                )
+                .send()
+                .await?
+                .error_for_status()?;
+        }
         if let Some(status) = status {
             client
                 .put(format!("{}/api/v1/agents/{agent_id}/status", manager.url))
@@ -215,9 +243,10 @@ async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<
         "the page did not load:\n{dom}"
     );
     for (state, count) in [
-        ("total", 5),
+        ("total", 6),
         ("converged", 1),
         ("degraded", 1),
+        ("rolledBack", 1),
         ("progressing", 1),
         ("stale", 1),
         ("unknown", 1),
@@ -231,6 +260,7 @@ async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<
         ("pi-busy", "progressing"),
         ("pi-old", "stale"),
         ("pi-new", "unknown"),
+        ("pi-back", "rolledBack"),
     ] {
         let needle = format!("data-agent=\"{agent}\" data-state=\"{state}\"");
         assert!(dom.contains(&needle), "{needle} missing:\n{dom}");
@@ -238,6 +268,10 @@ async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<
     assert!(
         dom.contains("escape (PathNotAllowed)"),
         "failing resource missing:\n{dom}"
+    );
+    assert!(
+        dom.contains("rolled back: generation 2 was not Ready within 60s"),
+        "rollback missing from the fleet list:\n{dom}"
     );
     assert!(
         !dom.contains(&manager.reader_token),
@@ -265,11 +299,31 @@ async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<
     );
     assert!(dom.contains("ManifestUpdated"), "events missing:\n{dom}");
 
+    // A rolled-back agent's page says so above its resources, and its log has the event.
+    let url = format!("{}/#agent=pi-back&{fragment}", manager.url);
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    assert!(
+        dom.contains("Rolled back: generation 2 was not Ready within 60s (app: ImagePullFailed); rolled back to generation 1"),
+        "rollback banner missing:\n{dom}"
+    );
+    assert!(
+        dom.contains(">RolledBack<"),
+        "rollback event or condition missing:\n{dom}"
+    );
+
     // Screenshots as test artifacts.
     let dir = artifacts_dir()?;
     for (name, fragment) in [
         ("dashboard-fleet.png", fragment.clone()),
         ("dashboard-agent.png", format!("agent=pi-bad&{fragment}")),
+        (
+            "dashboard-agent-rolled-back.png",
+            format!("agent=pi-back&{fragment}"),
+        ),
     ] {
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);

@@ -316,10 +316,17 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         1.0
     );
     // The agent has reported now, and its id never appears as a label value.
-    let agents: f64 = ["converged", "progressing", "degraded", "stale", "unknown"]
-        .iter()
-        .map(|state| sample(&after, "fleetlet_agents", &[("state", state)]))
-        .sum();
+    let agents: f64 = [
+        "converged",
+        "progressing",
+        "degraded",
+        "rolledBack",
+        "stale",
+        "unknown",
+    ]
+    .iter()
+    .map(|state| sample(&after, "fleetlet_agents", &[("state", state)]))
+    .sum();
     assert_eq!(agents, 1.0);
     assert_eq!(
         sample(&after, "fleetlet_agents", &[("state", "unknown")]),

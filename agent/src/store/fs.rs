@@ -11,22 +11,31 @@
 //! <state-dir>/agents/<agentId>/seq.json             last reportSeq handed out, and a floor for event seqs
 //! <state-dir>/agents/<agentId>/events.jsonl         agent event log (plus events.jsonl.1, the previous segment)
 //! <state-dir>/agents/<agentId>/outbox.jsonl         the newest report not yet acknowledged (latest wins)
-//! <state-dir>/agents/<agentId>/resources/<id>/record.json   ownership: kind, specHash, what was created
-//! <state-dir>/agents/<agentId>/resources/<id>/state.json    phase, failures (backoff), last error
+//! <state-dir>/agents/<agentId>/resources.json      every ownership record and resource state (snapshot)
+//! <state-dir>/agents/<agentId>/resources.jsonl     changes to them since the snapshot (journal)
 //! <state-dir>/agents/<agentId>/resources/<id>/events.jsonl  that resource's events (plus .1)
 //! ```
 //!
-//! `seq.json` is the one file DESIGN §6 does not list: the trait's last `reportSeq` has no other
+//! `seq.json` is one file DESIGN §6 does not list: the trait's last `reportSeq` has no other
 //! natural home, and it also keeps a floor for event seqs so they keep increasing even after an
-//! event log was quarantined.
+//! event log was quarantined. DESIGN's `resources/<id>/record.json` and `state.json` became one
+//! snapshot and one journal for all resources (see [`journal`]): a file pair per resource cost
+//! four fsyncs per resource per change. A store written in that older layout is imported at open
+//! (the snapshot is written, then the old files are removed).
 //!
 //! **Crash safety.** Whole-file records are replaced atomically (see [`atomic`]: temp file in the
 //! same directory, fsync, rename, fsync directory), so a record is always the old or the new
-//! version in full. Logs are appended one line per write and fsynced (see [`jsonl`]), so a crash
-//! can only tear the last line, which is skipped when read and cut off before the next append.
-//! Every call returns only once its write is durable; the agent's own write order (apply, then
-//! record ownership) then decides what a crash between two calls means, and every such window is
-//! converged by the next pass.
+//! version in full; these writes (agent record, manifest, status, outbox, seq, rollout) are
+//! durable when the call returns. Records and states of resources, and event lines, are
+//! *group-committed*: each change is one line appended with one `write(2)` (see [`jsonl`] and
+//! [`journal`]) and [`Store::flush`], which the engine calls at the end of every pass, makes all
+//! of them durable at once. So a kill -9 loses nothing, and a power cut loses at most what was
+//! written since the last flush (the last pass's records, states and events) and tears at most
+//! the last line of a log or journal, which is skipped when read and cut off before the next
+//! append. Removing an ownership record is the exception: it is made durable at once, so a record
+//! of something already deleted never comes back. What losing a pass means is argued in
+//! ARCHITECTURE.md; in short, a lost record makes the next pass adopt what it created (and so
+//! never delete it), which errs on the side of leaving things in place.
 //!
 //! **Damage never stops the agent.** A missing file is "none". A torn last line is a
 //! [`Diagnostic::TornLine`]. A record or a log line that cannot be read (corruption, not a crash)
@@ -38,7 +47,8 @@
 //!
 //! **Size bound.** With a cap of `max_bytes`, the agent log takes at most a quarter (two segments
 //! of `max_bytes / 8`), resource logs share another quarter (two segments each), and the rest is
-//! for the records, whose size is set by the manifest and the status they hold. The outbox holds
+//! for the records, whose size is set by the manifest and the status they hold (the resource
+//! journal is compacted once it outgrows both the snapshot and `max_bytes / 16`). The outbox holds
 //! one report (latest wins) and is removed when acknowledged. A resource's directory goes when
 //! it has neither a record nor a state, and only the newest quarantined copy of a file is kept.
 //! Event seqs and report seqs keep increasing across rotations and restarts. The cap cannot
@@ -46,6 +56,7 @@
 //! outbox) plus the manifest (the default, 64 MiB, does for any valid manifest).
 
 mod atomic;
+mod journal;
 mod jsonl;
 mod lock;
 #[cfg(test)]
@@ -82,17 +93,25 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 const MAX_REMEMBERED_BYTES: usize = 64 * 1024;
 /// How many diagnostics are kept for [`FsStore::diagnostics`]; older ones are dropped.
 const MAX_DIAGNOSTICS: usize = 100;
+/// A flush with more files and directories than this to sync uses one `syncfs(2)` of the state
+/// dir's filesystem instead of an fsync each (a first apply of 1,000 resources creates 1,000
+/// resource logs): one journal commit instead of thousands.
+const MAX_SEPARATE_SYNCS: usize = 8;
 
 const AGENTS_DIR: &str = "agents";
 const RESOURCES_DIR: &str = "resources";
 const AGENT_FILE: &str = "agent.json";
 const MANIFEST_FILE: &str = "manifest.json";
+/// The rollout state (known-good manifest, deadline on trial, missed deadline), one atomic record.
+const ROLLOUT_FILE: &str = "rollout.json";
 const STATUS_FILE: &str = "status.json";
 const SEQ_FILE: &str = "seq.json";
 const EVENTS_FILE: &str = "events.jsonl";
 const OUTBOX_FILE: &str = "outbox.jsonl";
-const RECORD_FILE: &str = "record.json";
-const STATE_FILE: &str = "state.json";
+/// A resource's ownership record and state in the layout before the journal; only read (and
+/// then removed) when a store written by an older agent is opened.
+const LEGACY_RECORD_FILE: &str = "record.json";
+const LEGACY_STATE_FILE: &str = "state.json";
 /// Appended to a log's name for its previous segment.
 const ROTATED_SUFFIX: &str = ".1";
 
@@ -194,8 +213,16 @@ struct Inner {
     last_event_seq: u64,
     sequences: Sequences,
     agent_log: LiveLog,
-    /// Resource dirs that exist (the state dir is ours alone, so this mirrors the disk).
+    /// Every ownership record and resource state, loaded once at open and written through.
+    table: journal::Table,
+    journal: journal::Journal,
+    /// Resource dirs that exist (the state dir is ours alone, so this mirrors the disk). A
+    /// resource has one once it has a record or a state and an event to log.
     resource_dirs: HashSet<ResourceId>,
+    /// Resource logs appended to since the last flush.
+    unsynced_resource_logs: HashSet<ResourceId>,
+    /// Directories whose entries changed since the last flush.
+    unsynced_dirs: HashSet<PathBuf>,
     /// Resource logs whose tail was checked (and repaired) since open.
     checked_resource_logs: HashSet<ResourceId>,
     /// Each small record file's content as last read or written: an unchanged record is not
@@ -212,6 +239,8 @@ struct LiveLog {
     first_seq: Option<u64>,
     /// A torn tail starts here; it is cut off before the next append.
     repair_to: Option<u64>,
+    /// Lines were appended since the last fsync.
+    unsynced: bool,
 }
 
 /// The content of `seq.json`.
@@ -474,6 +503,7 @@ impl FsStore {
     /// Brings the in-memory view in line with the disk after whatever the last run left.
     fn recover(&self, inner: &mut Inner) -> Result<(), StoreError> {
         self.sweep_temporaries(&self.agent_dir)?;
+        self.load_table(inner)?;
         let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
         for entry in entries {
             let entry = entry.map_err(io_error(&self.resources_dir))?;
@@ -488,8 +518,12 @@ impl FsStore {
             if !dir.is_dir() {
                 continue;
             }
-            if dir.join(RECORD_FILE).exists() || dir.join(STATE_FILE).exists() {
+            if inner.table.tracks(&id) {
                 self.sweep_temporaries(&dir)?;
+                // What a crash in the middle of an import from the older layout left behind.
+                for name in [LEGACY_RECORD_FILE, LEGACY_STATE_FILE] {
+                    atomic::remove_durably(&dir.join(name), false).map_err(io_error(&dir))?;
+                }
                 inner.resource_dirs.insert(id);
             } else {
                 // Nothing owned and no state: only the log of a deleted resource (its events
@@ -560,6 +594,138 @@ impl FsStore {
         Ok(())
     }
 
+    /// Loads the resource table: the snapshot (or, in a store an older agent wrote, the
+    /// per-resource `record.json` and `state.json` files), then the journal's lines over it.
+    /// A torn journal tail is skipped and cut before the next append. When the snapshot is
+    /// missing or unreadable, or a journal line before the last is unreadable, what could be read
+    /// is written as a new snapshot at once, and a damaged journal is then quarantined.
+    fn load_table(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let snapshot = self.agent_file(journal::SNAPSHOT_FILE);
+        let journal_path = self.agent_file(journal::JOURNAL_FILE);
+        let mut rewrite = false;
+        let mut legacy = Vec::new();
+        if snapshot.exists() {
+            match self.load_record::<journal::Table>(inner, &snapshot)? {
+                Some(table) => {
+                    inner.table = table;
+                    inner.journal.snapshot_bytes =
+                        fs::metadata(&snapshot).map_err(io_error(&snapshot))?.len();
+                }
+                None => rewrite = true,
+            }
+            inner.written.remove(&snapshot);
+        } else {
+            legacy = self.import_legacy_files(inner)?;
+            rewrite = true;
+        }
+
+        let mut table = std::mem::take(&mut inner.table);
+        let report = jsonl::scan::<journal::Change>(&journal_path, |change| {
+            table.apply(change);
+            ControlFlow::Continue(())
+        })
+        .map_err(io_error(&journal_path))?;
+        inner.table = table;
+        let mut corrupt = None;
+        if let Some(report) = report {
+            inner.journal.bytes = fs::metadata(&journal_path)
+                .map_err(io_error(&journal_path))?
+                .len();
+            if let Some((line, offset)) = report.torn {
+                self.note(
+                    inner,
+                    Diagnostic::TornLine {
+                        path: journal_path.clone(),
+                        line,
+                    },
+                );
+                // Cut at once, not at the next append: a converged agent may not append for a
+                // long time, and the finding should not come back at every open.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&journal_path)
+                    .map_err(io_error(&journal_path))?;
+                jsonl::truncate_to(&file, offset, self.options.sync)
+                    .map_err(io_error(&journal_path))?;
+                inner.journal.bytes = offset;
+            }
+            if report.corrupt.is_some() {
+                corrupt = report.corrupt;
+                rewrite = true;
+            }
+        }
+
+        if rewrite {
+            let sync = self.options.sync;
+            match corrupt {
+                None => inner
+                    .journal
+                    .compact(&inner.table, &snapshot, &journal_path, sync)
+                    .map_err(io_error(&snapshot))?,
+                Some((line, message)) => {
+                    // The snapshot takes every readable line first, so that moving the journal
+                    // aside loses nothing a crash in between could not replay again.
+                    inner
+                        .journal
+                        .write_snapshot(&inner.table, &snapshot, sync)
+                        .map_err(io_error(&snapshot))?;
+                    self.quarantine(inner, &journal_path, line, message)?;
+                    inner.journal.close();
+                }
+            }
+        }
+        // Files of the older layout go once the snapshot holding them is durable. A crash before
+        // they are all gone leaves some behind; with a snapshot present they are never read.
+        for dir in legacy {
+            for name in [LEGACY_RECORD_FILE, LEGACY_STATE_FILE] {
+                match fs::remove_file(dir.join(name)) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_error(&dir)(error));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the `record.json` and `state.json` of every resource dir (the layout before the
+    /// journal) into the table; unreadable ones are quarantined like any record. Returns the
+    /// directories read, whose old files go once the table is in a snapshot. In a store that
+    /// has a snapshot this is never called, and leftovers are removed by [`FsStore::recover`].
+    fn import_legacy_files(&self, inner: &mut Inner) -> Result<Vec<PathBuf>, StoreError> {
+        let mut dirs = Vec::new();
+        let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.resources_dir))?;
+            let dir = entry.path();
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| ResourceId::try_from(name).ok())
+            else {
+                continue;
+            };
+            if !dir.is_dir() {
+                continue;
+            }
+            self.sweep_temporaries(&dir)?;
+            let record: Option<OwnershipRecord> =
+                self.load_record(inner, &dir.join(LEGACY_RECORD_FILE))?;
+            let state: Option<ResourceState> =
+                self.load_record(inner, &dir.join(LEGACY_STATE_FILE))?;
+            if let Some(record) = record {
+                inner.table.records.insert(id.clone(), record);
+            }
+            if let Some(state) = state {
+                inner.table.states.insert(id, state);
+            }
+            inner.written.retain(|path, _| !path.starts_with(&dir));
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+
     /// Removes the temporary files that a crash in the middle of a replacement left in `dir`.
     fn sweep_temporaries(&self, dir: &Path) -> Result<(), StoreError> {
         for entry in fs::read_dir(dir).map_err(io_error(dir))? {
@@ -571,11 +737,97 @@ impl FsStore {
         Ok(())
     }
 
+    /// Creates a resource's directory for its log. Its entry is made durable by the next flush,
+    /// with the log's first lines: until then a power cut loses both, and nothing else.
     fn ensure_resource_dir(&self, inner: &mut Inner, id: &ResourceId) -> Result<(), StoreError> {
         if !inner.resource_dirs.contains(id) {
             let dir = self.resource_dir(id);
-            create_dir_durably(&dir, self.options.sync).map_err(io_error(&dir))?;
+            match fs::create_dir(&dir) {
+                Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_error(&dir)(error));
+                }
+                _ => {}
+            }
+            inner.unsynced_dirs.insert(self.resources_dir.clone());
             inner.resource_dirs.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Appends a change to the journal and then applies it to the table, compacting the journal
+    /// into the snapshot when it has grown past its share.
+    fn commit(&self, inner: &mut Inner, change: journal::ChangeRef<'_>) -> Result<(), StoreError> {
+        let path = self.agent_file(journal::JOURNAL_FILE);
+        let line = change
+            .to_line()
+            .map_err(|e| io_error(&path)(io::Error::other(e)))?;
+        if inner
+            .journal
+            .append(&path, &line)
+            .map_err(io_error(&path))?
+        {
+            inner.unsynced_dirs.insert(self.agent_dir.clone());
+        }
+        let table = &mut inner.table;
+        match change {
+            journal::ChangeRef::Record { id, value } => match value {
+                Some(record) => {
+                    table.records.insert(id.clone(), record.clone());
+                }
+                None => {
+                    table.records.remove(id);
+                }
+            },
+            journal::ChangeRef::State { id, value } => match value {
+                Some(state) => {
+                    table.states.insert(id.clone(), state.clone());
+                }
+                None => {
+                    table.states.remove(id);
+                }
+            },
+        }
+        if inner.journal.needs_compaction(self.options.max_bytes) {
+            let snapshot = self.agent_file(journal::SNAPSHOT_FILE);
+            inner
+                .journal
+                .compact(&inner.table, &snapshot, &path, self.options.sync)
+                .map_err(io_error(&snapshot))?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable: the journal and the logs appended to, and the
+    /// directories whose entries changed. Many scattered files (the logs of a first apply) are
+    /// synced by one `syncfs(2)`, a few by an fsync each; `whole_filesystem` asks for `syncfs`.
+    fn make_durable(&self, inner: &mut Inner, whole_filesystem: bool) -> Result<(), StoreError> {
+        let scattered = inner.unsynced_resource_logs.len() + inner.unsynced_dirs.len();
+        if whole_filesystem || scattered > MAX_SEPARATE_SYNCS {
+            let dir = File::open(&self.agent_dir).map_err(io_error(&self.agent_dir))?;
+            nix::unistd::syncfs(&dir).map_err(|e| io_error(&self.agent_dir)(io::Error::from(e)))?;
+            inner.journal.mark_synced();
+            inner.agent_log.unsynced = false;
+            inner.unsynced_resource_logs.clear();
+            inner.unsynced_dirs.clear();
+            return Ok(());
+        }
+        let journal_path = self.agent_file(journal::JOURNAL_FILE);
+        inner.journal.sync().map_err(io_error(&journal_path))?;
+        if let (true, Some(file)) = (inner.agent_log.unsynced, inner.agent_log.file.as_ref()) {
+            file.sync_data()
+                .map_err(io_error(&self.agent_file(EVENTS_FILE)))?;
+        }
+        inner.agent_log.unsynced = false;
+        for id in std::mem::take(&mut inner.unsynced_resource_logs) {
+            let path = self.resource_dir(&id).join(EVENTS_FILE);
+            match OpenOptions::new().append(true).open(&path) {
+                Ok(file) => file.sync_data().map_err(io_error(&path))?,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&path)(error)),
+            }
+        }
+        for dir in std::mem::take(&mut inner.unsynced_dirs) {
+            atomic::sync_dir(&dir).map_err(io_error(&dir))?;
         }
         Ok(())
     }
@@ -588,10 +840,7 @@ impl FsStore {
         id: &ResourceId,
     ) -> Result<(), StoreError> {
         let dir = self.resource_dir(id);
-        if !inner.resource_dirs.contains(id)
-            || dir.join(RECORD_FILE).exists()
-            || dir.join(STATE_FILE).exists()
-        {
+        if !inner.resource_dirs.contains(id) || inner.table.tracks(id) {
             return Ok(());
         }
         match fs::remove_dir_all(&dir) {
@@ -599,12 +848,11 @@ impl FsStore {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(&dir)(error)),
         }
-        if self.options.sync {
-            atomic::sync_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
-        }
+        // A removal a power cut undoes leaves a directory without a record or a state, which the
+        // next open removes again: no need to wait for the disk here.
         inner.resource_dirs.remove(id);
         inner.checked_resource_logs.remove(id);
-        inner.written.retain(|path, _| !path.starts_with(&dir));
+        inner.unsynced_resource_logs.remove(id);
         Ok(())
     }
 
@@ -622,8 +870,8 @@ impl FsStore {
         let log = &mut inner.agent_log;
         if log.file.is_none() {
             let (file, len, created) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
-            if created && sync {
-                atomic::sync_dir(&self.agent_dir).map_err(io_error(&self.agent_dir))?;
+            if created {
+                inner.unsynced_dirs.insert(self.agent_dir.clone());
             }
             log.file = Some(file);
             log.bytes = len;
@@ -634,6 +882,11 @@ impl FsStore {
             log.repair_to = None;
         }
         if log.bytes > 0 && log.bytes + line.len() as u64 > self.agent_segment_bytes() {
+            // The full segment's last lines are made durable before it stops being the live one
+            // (a flush only syncs the live segment).
+            if let (true, true, Some(file)) = (sync, log.unsynced, log.file.as_ref()) {
+                file.sync_data().map_err(io_error(&path))?;
+            }
             log.file = None;
             fs::rename(&path, rotated(&path)).map_err(io_error(&path))?;
             let (file, _, _) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
@@ -649,26 +902,30 @@ impl FsStore {
                 "the event log is not open",
             )));
         };
-        if let Err(error) = jsonl::append_line(file, line, sync) {
+        // Not synced here: the next flush makes every line since the last one durable at once.
+        if let Err(error) = jsonl::append_line(file, line, false) {
             // Part of the line may have been written: cut it off before the next append.
             log.repair_to = Some(log.bytes);
             return Err(io_error(&path)(error));
         }
+        log.unsynced = true;
         log.bytes += line.len() as u64;
         log.first_seq.get_or_insert(seq);
         Ok(())
     }
 
-    /// Appends one line to a resource's log, if the resource still has a directory.
+    /// Appends one line to a resource's log while the resource has a record or a state; the
+    /// next flush makes it durable.
     fn append_resource_line(
         &self,
         inner: &mut Inner,
         id: &ResourceId,
         line: &[u8],
     ) -> Result<(), StoreError> {
-        if !inner.resource_dirs.contains(id) {
+        if !inner.table.tracks(id) {
             return Ok(());
         }
+        self.ensure_resource_dir(inner, id)?;
         let dir = self.resource_dir(id);
         let path = dir.join(EVENTS_FILE);
         if !inner.checked_resource_logs.contains(id) {
@@ -677,19 +934,23 @@ impl FsStore {
         }
         let (mut file, len, mut created) =
             jsonl::open_for_append(&path).map_err(io_error(&path))?;
-        let segment = self.resource_segment_bytes(inner.resource_dirs.len());
+        let segment = self.resource_segment_bytes(inner.table.resource_count());
         if len > 0 && len + line.len() as u64 > segment {
+            if self.options.sync && inner.unsynced_resource_logs.contains(id) {
+                file.sync_data().map_err(io_error(&path))?;
+            }
             drop(file);
             fs::rename(&path, rotated(&path)).map_err(io_error(&path))?;
             (file, _, created) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
         }
-        if created && self.options.sync {
-            atomic::sync_dir(&dir).map_err(io_error(&dir))?;
+        if created {
+            inner.unsynced_dirs.insert(dir);
         }
-        if let Err(error) = jsonl::append_line(&mut file, line, self.options.sync) {
+        if let Err(error) = jsonl::append_line(&mut file, line, false) {
             inner.checked_resource_logs.remove(id);
             return Err(io_error(&path)(error));
         }
+        inner.unsynced_resource_logs.insert(id.clone());
         Ok(())
     }
 
@@ -802,43 +1063,6 @@ impl FsStore {
         }
         Ok(newest)
     }
-
-    fn resource_records<T: DeserializeOwned>(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<ResourceId, T>, StoreError> {
-        let mut inner = self.lock()?;
-        let mut ids: Vec<ResourceId> = inner.resource_dirs.iter().cloned().collect();
-        ids.sort();
-        let mut found = BTreeMap::new();
-        for id in ids {
-            let path = self.resource_dir(&id).join(name);
-            if let Some(value) = self.load_record(&mut inner, &path)? {
-                found.insert(id, value);
-            }
-        }
-        Ok(found)
-    }
-
-    fn save_resource_file<T: Serialize>(
-        &self,
-        id: &ResourceId,
-        name: &str,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        self.ensure_resource_dir(&mut inner, id)?;
-        self.save_record(&mut inner, &self.resource_dir(id).join(name), value)
-    }
-
-    fn remove_resource_file(&self, id: &ResourceId, name: &str) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if !inner.resource_dirs.contains(id) {
-            return Ok(());
-        }
-        self.remove_record(&mut inner, &self.resource_dir(id).join(name))?;
-        self.drop_resource_dir_if_unused(&mut inner, id)
-    }
 }
 
 /// What each load returns when it meets damage is stated on the module: missing or quarantined
@@ -868,39 +1092,90 @@ impl Store for FsStore {
         self.save_record(&mut inner, &self.agent_file(MANIFEST_FILE), manifest)
     }
 
-    /// Records that cannot be read are quarantined and left out: the agent then treats the
-    /// resource as not owned and converges it from the manifest.
-    fn ownership_records(&self) -> Result<BTreeMap<ResourceId, OwnershipRecord>, StoreError> {
-        self.resource_records(RECORD_FILE)
+    /// An unreadable record is quarantined and read as the default: the agent then knows no
+    /// known-good generation and no missed deadline, so it converges to its manifest (it may
+    /// retry a generation it had rolled back, but never rolls back to something unknown).
+    fn load_rollout(&self) -> Result<super::RolloutState, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(self
+            .load_record(&mut inner, &self.agent_file(ROLLOUT_FILE))?
+            .unwrap_or_default())
     }
 
+    fn save_rollout(&self, rollout: &super::RolloutState) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        self.save_record(&mut inner, &self.agent_file(ROLLOUT_FILE), rollout)
+    }
+
+    /// Records that cannot be read are quarantined and left out: the agent then treats the
+    /// resource as not owned and converges it from the manifest.
+    /// Served from memory: the table is read once, at open.
+    fn ownership_records(&self) -> Result<BTreeMap<ResourceId, OwnershipRecord>, StoreError> {
+        Ok(self.lock()?.table.records.clone())
+    }
+
+    /// A record equal to the stored one is not written again (the engine saves every record
+    /// every pass).
     fn save_ownership_record(
         &self,
         id: &ResourceId,
         record: &OwnershipRecord,
     ) -> Result<(), StoreError> {
-        self.save_resource_file(id, RECORD_FILE, record)
+        let mut inner = self.lock()?;
+        if inner.table.records.get(id) == Some(record) {
+            return Ok(());
+        }
+        let change = journal::ChangeRef::Record {
+            id,
+            value: Some(record),
+        };
+        self.commit(&mut inner, change)
     }
 
+    /// Durable before it returns, unlike other changes: the record's object is already gone, and
+    /// a record brought back by a power cut would name something the agent no longer created.
     fn remove_ownership_record(&self, id: &ResourceId) -> Result<(), StoreError> {
-        self.remove_resource_file(id, RECORD_FILE)
+        let mut inner = self.lock()?;
+        if !inner.table.records.contains_key(id) {
+            return Ok(());
+        }
+        self.commit(&mut inner, journal::ChangeRef::Record { id, value: None })?;
+        if self.options.sync {
+            let path = self.agent_file(journal::JOURNAL_FILE);
+            inner.journal.sync().map_err(io_error(&path))?;
+        }
+        self.drop_resource_dir_if_unused(&mut inner, id)
     }
 
-    /// States that cannot be read are quarantined and left out (the resource starts afresh).
+    /// Served from memory: the table is read once, at open.
     fn resource_states(&self) -> Result<BTreeMap<ResourceId, ResourceState>, StoreError> {
-        self.resource_records(STATE_FILE)
+        Ok(self.lock()?.table.states.clone())
     }
 
+    /// A state equal to the stored one is not written again.
     fn save_resource_state(
         &self,
         id: &ResourceId,
         state: &ResourceState,
     ) -> Result<(), StoreError> {
-        self.save_resource_file(id, STATE_FILE, state)
+        let mut inner = self.lock()?;
+        if inner.table.states.get(id) == Some(state) {
+            return Ok(());
+        }
+        let change = journal::ChangeRef::State {
+            id,
+            value: Some(state),
+        };
+        self.commit(&mut inner, change)
     }
 
     fn remove_resource_state(&self, id: &ResourceId) -> Result<(), StoreError> {
-        self.remove_resource_file(id, STATE_FILE)
+        let mut inner = self.lock()?;
+        if !inner.table.states.contains_key(id) {
+            return Ok(());
+        }
+        self.commit(&mut inner, journal::ChangeRef::State { id, value: None })?;
+        self.drop_resource_dir_if_unused(&mut inner, id)
     }
 
     /// The event goes to the agent log first (it is the one that assigns seqs), then to the
@@ -1001,14 +1276,12 @@ impl Store for FsStore {
         Ok(())
     }
 
-    /// Every write is durable when it returns (with `sync` on); this also syncs what `sync`
-    /// off left to the kernel.
+    /// The group commit: every journal line, event line and new directory entry since the last
+    /// flush becomes durable here (whole-file records already are). Nothing to sync costs nothing,
+    /// so an idle pass makes no system call. With `sync` off this syncs the whole filesystem, since
+    /// no write waited for the disk.
     fn flush(&self) -> Result<(), StoreError> {
-        let inner = self.lock()?;
-        if let Some(file) = &inner.agent_log.file {
-            file.sync_data()
-                .map_err(io_error(&self.agent_file(EVENTS_FILE)))?;
-        }
-        atomic::sync_dir(&self.agent_dir).map_err(io_error(&self.agent_dir))
+        let mut inner = self.lock()?;
+        self.make_durable(&mut inner, !self.options.sync)
     }
 }

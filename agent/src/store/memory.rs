@@ -10,8 +10,8 @@ use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ResourceId};
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, MAX_EVENTS_PER_READ, NewEvent, OwnershipRecord, ResourceState, Store, StoreError,
-    StoredEvent,
+    AgentRecord, MAX_EVENTS_PER_READ, NewEvent, OwnershipRecord, ResourceState, RolloutState,
+    Store, StoreError, StoredEvent,
 };
 
 /// How many events the memory store keeps; older ones are dropped first.
@@ -27,6 +27,7 @@ pub struct MemoryStore {
 struct Contents {
     agent_record: Option<AgentRecord>,
     manifest: Option<AgentManifest>,
+    rollout: RolloutState,
     records: BTreeMap<ResourceId, OwnershipRecord>,
     states: BTreeMap<ResourceId, ResourceState>,
     events: VecDeque<StoredEvent>,
@@ -85,6 +86,15 @@ impl Store for MemoryStore {
 
     fn save_manifest(&self, manifest: &AgentManifest) -> Result<(), StoreError> {
         self.lock()?.manifest = Some(manifest.clone());
+        Ok(())
+    }
+
+    fn load_rollout(&self) -> Result<RolloutState, StoreError> {
+        Ok(self.lock()?.rollout.clone())
+    }
+
+    fn save_rollout(&self, rollout: &RolloutState) -> Result<(), StoreError> {
+        self.lock()?.rollout = rollout.clone();
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The agent's local store: what it must remember between passes (and, with a persistent store,
-//! across restarts): the last accepted manifest, what it owns, per-resource state, events, the
-//! status overview and the outbox of unsent reports.
+//! across restarts): the last accepted manifest, the rollout state, what it owns, per-resource
+//! state, events, the status overview and the outbox of unsent reports.
 //!
 //! One store instance is scoped to one agent id; resource records are scoped by resource id
 //! (DESIGN §6). The trait is synchronous on purpose: every call is a small read or write, the
@@ -13,7 +13,9 @@ pub mod memory;
 
 use std::collections::BTreeMap;
 
-use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, Kind, ResourceId, ResourceStatus};
+use fleetlet_manifests::{
+    AgentId, AgentManifest, AgentStatus, Kind, ResourceId, ResourceStatus, RolloutPolicy,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -36,6 +38,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The last accepted manifest: the desired state the agent converges to, even offline.
     fn load_manifest(&self) -> Result<Option<AgentManifest>, StoreError>;
     fn save_manifest(&self, manifest: &AgentManifest) -> Result<(), StoreError>;
+
+    /// The rollout state: the known-good manifest, the deadline of a generation on trial and a
+    /// missed deadline. Kept so that a restart neither resets a deadline nor retries a
+    /// generation that was rolled back. The default (nothing known) when never saved.
+    fn load_rollout(&self) -> Result<RolloutState, StoreError>;
+    fn save_rollout(&self, rollout: &RolloutState) -> Result<(), StoreError>;
 
     /// Ownership records: what the agent created for each resource. Deletion is derived from
     /// these ("owned but no longer desired"), never from a one-shot event.
@@ -96,6 +104,78 @@ pub struct AgentRecord {
     pub started_at: OffsetDateTime,
     /// The effective configuration, without secrets.
     pub config: serde_json::Value,
+}
+
+/// What the engine remembers about rollouts between passes and across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// The last manifest of which a complete pass found every resource Ready: where a rollback
+    /// goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_good: Option<AgentManifest>,
+    /// A generation with a rollout policy that has not been all Ready yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<RolloutTrial>,
+    /// The deadline a generation missed, and what was done about it. Stays until a newer
+    /// generation arrives (or, when the agent held on, until that generation becomes Ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<MissedDeadline>,
+}
+
+/// A generation that must become Ready by `deadline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTrial {
+    pub generation: u64,
+    /// Wall-clock time, so that a restart does not give the generation a fresh deadline.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    pub policy: RolloutPolicy,
+}
+
+/// A generation that was not Ready by its deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissedDeadline {
+    /// The generation that missed its deadline.
+    pub generation: u64,
+    pub outcome: DeadlineOutcome,
+    /// Which generation, how long, and what was not Ready, e.g.
+    /// `generation 5 was not Ready within 60s (web: Failed ImageNotFound)`.
+    pub summary: String,
+}
+
+impl MissedDeadline {
+    /// The whole story in one line, for the `RolledBack` condition and the event.
+    pub fn message(&self) -> String {
+        match self.outcome {
+            DeadlineOutcome::RolledBack { to_generation } => {
+                format!(
+                    "{}; rolled back to generation {to_generation}",
+                    self.summary
+                )
+            }
+            DeadlineOutcome::Held => format!("{}; held as its policy says", self.summary),
+            DeadlineOutcome::NoKnownGoodGeneration => format!(
+                "{}; no earlier generation was ever all Ready, so it stays",
+                self.summary
+            ),
+        }
+    }
+}
+
+/// What the agent did when a deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "PascalCase")]
+pub enum DeadlineOutcome {
+    /// Converging to the known-good generation instead.
+    #[serde(rename_all = "camelCase")]
+    RolledBack { to_generation: u64 },
+    /// Still converging to the generation, whose policy is `Hold`.
+    Held,
+    /// The policy said `Rollback`, but there was nothing to go back to.
+    NoKnownGoodGeneration,
 }
 
 /// What the agent created for one resource, so that it deletes only what it made.
@@ -209,6 +289,11 @@ pub enum EventKind {
     ResourceDeleted,
     ResourceReleased,
     ResourcePhaseChanged,
+    /// A generation missed its progress deadline and the agent went back to the known-good one.
+    RolledBack,
+    /// A generation missed its progress deadline and the agent stayed on it (policy `Hold`, or
+    /// no known-good generation).
+    ProgressDeadlineExceeded,
 }
 
 impl EventKind {
@@ -224,6 +309,8 @@ impl EventKind {
             EventKind::ResourceDeleted => "ResourceDeleted",
             EventKind::ResourceReleased => "ResourceReleased",
             EventKind::ResourcePhaseChanged => "ResourcePhaseChanged",
+            EventKind::RolledBack => "RolledBack",
+            EventKind::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
         }
     }
 }

@@ -61,7 +61,8 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
             let generation = stored.generation.unwrap_or(0);
             println!("{agent_id}: generation {generation}");
             if wait {
-                wait_for_convergence(client, &agent_id, generation, timeout).await?;
+                let rollout = stored.rollout.is_some();
+                wait_for_convergence(client, &agent_id, generation, rollout, timeout).await?;
             }
         }
         Command::Diff { file, exit_code } => {
@@ -138,6 +139,7 @@ async fn fleet(client: &Client, filter: FleetFilter) -> Result<(), CliError> {
             StateFilter::Converged => "converged",
             StateFilter::Progressing => "progressing",
             StateFilter::Degraded => "degraded",
+            StateFilter::RolledBack => "rolledBack",
             StateFilter::Stale => "stale",
             StateFilter::Unknown => "unknown",
         };

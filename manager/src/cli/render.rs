@@ -1,10 +1,11 @@
 //! Every table and structured output the CLI prints, as pure functions of the API's types.
 
-use fleetlet_manifests::Phase;
 use fleetlet_manifests::api::{AgentSummary, Event, ManifestRevision, StatusView};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use fleetlet_manifests::{Condition, ConditionType, Phase};
 
 use super::{CliError, Output};
 
@@ -49,6 +50,12 @@ pub fn render_status(view: &StatusView) -> String {
             .map_or_else(|| "-".to_owned(), |g| g.to_string()),
         timestamp(summary.last_seen_at),
     );
+    if let Some(condition) = view.status.as_ref().and_then(rollback_condition) {
+        out.push_str(&format!(
+            "RolledBack={:?} ({}): {}\n",
+            condition.status, condition.reason, condition.message
+        ));
+    }
     let mut rows = vec![[
         "RESOURCE".to_owned(),
         "KIND".to_owned(),
@@ -77,6 +84,15 @@ pub fn render_status(view: &StatusView) -> String {
     }
     out.push_str(&render_table(&rows));
     out
+}
+
+/// The agent's `RolledBack` condition, True while it runs its last known-good generation, False
+/// with a reason when a generation missed its deadline and it did not roll back.
+pub(super) fn rollback_condition(status: &fleetlet_manifests::AgentStatus) -> Option<&Condition> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::RolledBack)
 }
 
 /// The resources of a status that are Failed or Unsupported, as `id (Kind) Reason: message`.
@@ -136,6 +152,7 @@ pub(super) fn render_history(revisions: &[ManifestRevision]) -> String {
         "CREATED".to_owned(),
         "BY".to_owned(),
         "RESOURCES".to_owned(),
+        "ROLLOUT".to_owned(),
         "CONTENT HASH".to_owned(),
     ]];
     for revision in revisions {
@@ -144,6 +161,10 @@ pub(super) fn render_history(revisions: &[ManifestRevision]) -> String {
             timestamp(Some(revision.created_at)),
             revision.created_by.clone(),
             revision.resources.len().to_string(),
+            revision.rollout.map_or_else(
+                || "-".to_owned(),
+                |r| format!("{}s {}", r.progress_deadline_seconds, r.on_failure),
+            ),
             revision.content_hash.chars().take(19).collect(),
         ]);
     }

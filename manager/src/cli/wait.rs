@@ -1,16 +1,18 @@
 //! `fleetlet apply --wait`: poll the agent's status, print a progress line whenever it changes,
 //! and end when the agent has converged on the new generation, has applied it and is degraded
-//! (the failing resources are named), or the timeout passes.
+//! (the failing resources are named), has rolled it back (the condition's message is shown), or
+//! the timeout passes. A generation with a rollout policy may fail and recover until its deadline,
+//! so it only counts as failed once the agent reports that the deadline passed.
 
 use std::time::{Duration, Instant};
 
-use fleetlet_manifests::Phase;
 use fleetlet_manifests::api::{FleetState, StatusView};
+use fleetlet_manifests::{ConditionStatus, Phase};
 use reqwest::Method;
 
 use super::CliError;
 use super::client::{Client, segment};
-use super::render::{failing_resources, render_status};
+use super::render::{failing_resources, render_status, rollback_condition};
 
 /// How often the status is read; a report arrives at most this much later on screen.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -21,14 +23,33 @@ enum Outcome {
     Converged,
     /// The agent applied the generation and some resources failed.
     Failed,
+    /// The generation missed its rollout deadline and the agent went back to an older one; the
+    /// condition's message names both.
+    RolledBack(String),
     Waiting,
 }
 
-fn outcome(view: &StatusView, generation: u64) -> Outcome {
+/// How the wait stands; `rollout` says whether the generation has a rollout policy.
+fn outcome(view: &StatusView, generation: u64, rollout: bool) -> Outcome {
     let caught_up = view.summary.observed_generation == Some(generation);
+    // A rollback of an older generation, reported before the agent picked up this one, is not
+    // this generation's failure: only a condition about this generation (or a newer one) counts.
+    let deadline = view
+        .status
+        .as_ref()
+        .filter(|status| status.manifest_generation >= generation)
+        .and_then(rollback_condition);
+    if view.summary.state == FleetState::RolledBack
+        && let Some(condition) = deadline
+    {
+        return Outcome::RolledBack(condition.message.clone());
+    }
+    // Under a rollout policy the agent keeps retrying a failing resource until the deadline;
+    // failed means the deadline passed (RolledBack False: held, or nothing to roll back to).
+    let final_failure = !rollout || deadline.is_some_and(|c| c.status == ConditionStatus::False);
     if caught_up && view.summary.converged {
         Outcome::Converged
-    } else if caught_up && view.summary.state == FleetState::Degraded {
+    } else if caught_up && view.summary.state == FleetState::Degraded && final_failure {
         Outcome::Failed
     } else {
         Outcome::Waiting
@@ -57,6 +78,7 @@ pub(super) async fn wait_for_convergence(
     client: &Client,
     agent_id: &str,
     generation: u64,
+    rollout: bool,
     timeout: Duration,
 ) -> Result<(), CliError> {
     let deadline = Instant::now() + timeout;
@@ -69,7 +91,7 @@ pub(super) async fn wait_for_convergence(
             eprintln!("{line}");
             last_line = line;
         }
-        match outcome(&view, generation) {
+        match outcome(&view, generation, rollout) {
             Outcome::Converged => {
                 println!("{agent_id}: converged on generation {generation}");
                 return Ok(());
@@ -79,6 +101,12 @@ pub(super) async fn wait_for_convergence(
                 return Err(CliError::NotConverged(format!(
                     "{agent_id} applied generation {generation} but these resources failed:\n  {}",
                     failing_resources(&view).join("\n  ")
+                )));
+            }
+            Outcome::RolledBack(message) => {
+                eprint!("{}", render_status(&view));
+                return Err(CliError::NotConverged(format!(
+                    "{agent_id} rolled back generation {generation}: {message}"
                 )));
             }
             Outcome::Waiting => {}
@@ -96,5 +124,85 @@ pub(super) async fn wait_for_convergence(
             )));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A status view of an agent whose manifest generation is `manifest` and observed `observed`,
+    /// in fleet state `state`, with a True RolledBack condition when `rolled_back`.
+    fn view(state: &str, manifest: u64, observed: u64, rolled_back: bool) -> StatusView {
+        let conditions = if rolled_back {
+            json!([{"type": "RolledBack", "status": "True", "reason": "ProgressDeadlineExceeded",
+                    "message": format!("generation {manifest} was not Ready within 3s; rolled back to generation {observed}"),
+                    "lastTransitionTime": "2026-11-22T10:00:00Z"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "status": {
+                "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": "pi-1",
+                "reportSeq": 1, "manifestGeneration": manifest, "observedGeneration": observed,
+                "observedAt": "2026-11-22T10:00:00Z",
+                "agent": {"version": "0.1.0", "hostname": "h", "arch": "x86_64", "os": "linux",
+                          "bootId": "b", "startedAt": "2026-11-22T09:00:00Z", "supportedKinds": []},
+                "conditions": conditions, "resources": {},
+            },
+            "summary": {
+                "agentId": "pi-1", "labels": {}, "state": state, "desiredGeneration": manifest,
+                "observedGeneration": observed, "converged": state == "converged", "counts": {},
+                "lastSeenAt": "2026-11-22T10:00:00Z",
+            },
+        }))
+        .expect("valid status view")
+    }
+
+    #[test]
+    fn a_rollback_of_the_awaited_generation_ends_the_wait_with_its_message() {
+        let outcome = outcome(&view("rolledBack", 2, 1, true), 2, true);
+        let Outcome::RolledBack(message) = outcome else {
+            panic!("expected a rollback, got {outcome:?}");
+        };
+        assert!(message.contains("generation 2"), "{message}");
+        assert!(message.contains("generation 1"), "{message}");
+    }
+
+    #[test]
+    fn a_rollback_of_an_older_generation_keeps_waiting() {
+        // Generation 3 was stored, but the agent still reports the rollback of generation 2.
+        assert_eq!(
+            outcome(&view("rolledBack", 2, 1, true), 3, true),
+            Outcome::Waiting
+        );
+    }
+
+    #[test]
+    fn a_failure_before_the_rollout_deadline_keeps_waiting() {
+        // Degraded at the awaited generation: final without a rollout policy, but with one the
+        // agent retries until the deadline and may still roll back or recover.
+        let degraded = view("degraded", 2, 2, false);
+        assert_eq!(outcome(&degraded, 2, false), Outcome::Failed);
+        assert_eq!(outcome(&degraded, 2, true), Outcome::Waiting);
+        // The deadline passed and the agent held the generation: now it failed.
+        let mut held = degraded;
+        if let Some(status) = held.status.as_mut() {
+            status.conditions = serde_json::from_value(json!([{"type": "RolledBack",
+                "status": "False", "reason": "HoldPolicy", "message": "generation 2 was not Ready",
+                "lastTransitionTime": "2026-11-22T10:00:00Z"}]))
+            .expect("conditions");
+        }
+        assert_eq!(outcome(&held, 2, true), Outcome::Failed);
+    }
+
+    #[test]
+    fn converged_on_the_awaited_generation_ends_the_wait() {
+        assert_eq!(
+            outcome(&view("converged", 3, 3, false), 3, false),
+            Outcome::Converged
+        );
     }
 }

@@ -179,9 +179,8 @@ pub async fn list(
         .as_deref()
         .map(|text| {
             FleetState::parse(text).ok_or_else(|| {
-                HttpError::bad_request(
-                    "state must be one of converged, progressing, degraded, stale, unknown",
-                )
+                let states: Vec<&str> = FleetState::ALL.map(FleetState::as_str).to_vec();
+                HttpError::bad_request(format!("state must be one of {}", states.join(", ")))
             })
         })
         .transpose()?;

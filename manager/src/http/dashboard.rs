@@ -83,4 +83,14 @@ mod tests {
         assert!(!APP_JS.contains("outerHTML"));
         assert!(!APP_JS.contains("insertAdjacentHTML"));
     }
+
+    #[test]
+    fn the_script_counts_every_fleet_state() {
+        let states: Vec<String> = fleetlet_manifests::api::FleetState::ALL
+            .iter()
+            .map(|s| format!("\"{}\"", s.as_str()))
+            .collect();
+        let line = format!("const STATES = [{}];", states.join(", "));
+        assert!(APP_JS.contains(&line), "app.js should declare {line}");
+    }
 }

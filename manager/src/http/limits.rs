@@ -19,9 +19,8 @@ use super::extract::Caller;
 pub const MAX_LONG_POLLS_PER_CALLER: usize = 4;
 
 /// The most any request may take from its first byte to its answer: the longest long-poll
-/// (60 s) plus time for the store and a slow body. A client trickling a body in forever is cut
-/// off here.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// plus time for the store and a slow body. A client trickling a body in forever is cut off here.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(super::MAX_WAIT_SECONDS + 15);
 
 /// Who holds how many long-polls. Keyed by caller and watched agent: an agent token can only
 /// watch its own agent, so for agents this is "per token"; a dashboard's reader token gets its

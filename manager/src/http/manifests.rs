@@ -6,6 +6,7 @@ use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::api::{ManifestRevision, Page};
+use fleetlet_manifests::manifest::RolloutPolicy;
 use fleetlet_manifests::{AgentId, AgentManifest, Resource, Violation};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -55,6 +56,15 @@ pub async fn put(
             tracing::error!(error = %e, "serializing a validated signature failed");
             HttpError::internal()
         })?;
+    let rollout = manifest
+        .rollout
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(error = %e, "serializing a validated rollout policy failed");
+            HttpError::internal()
+        })?;
     let outcome = state
         .store
         .put_manifest(
@@ -63,6 +73,7 @@ pub async fn put(
                 resources,
                 content_hash: manifest.content_hash(),
                 signature,
+                rollout,
                 created_by: "admin".to_owned(),
                 if_generation,
             },
@@ -107,6 +118,7 @@ fn to_manifest(agent_id: &AgentId, stored: StoredManifest) -> Result<AgentManife
     let resources = to_resources(stored.resources)?;
     let mut manifest = AgentManifest::new(agent_id.clone(), resources);
     manifest.generation = Some(stored.generation);
+    manifest.rollout = to_rollout(stored.rollout)?;
     manifest.signature = stored
         .signature
         .map(serde_json::from_value)
@@ -116,6 +128,13 @@ fn to_manifest(agent_id: &AgentId, stored: StoredManifest) -> Result<AgentManife
             HttpError::internal()
         })?;
     Ok(manifest)
+}
+
+fn to_rollout(value: Option<serde_json::Value>) -> Result<Option<RolloutPolicy>, HttpError> {
+    value.map(serde_json::from_value).transpose().map_err(|e| {
+        tracing::error!(error = %e, "a stored rollout policy no longer validates");
+        HttpError::internal()
+    })
 }
 
 fn to_resources(value: serde_json::Value) -> Result<Vec<Resource>, HttpError> {
@@ -141,6 +160,18 @@ pub async fn get(
 ) -> Result<Response, HttpError> {
     caller.require_reader_or_agent(&agent_id)?;
     let wait = params.wait_seconds.unwrap_or(0);
+    // The agent's own watch is its sign of life: an idle agent sends no reports at all. The
+    // same statement answers the generation, so a poll costs no extra round trip.
+    let mut touched = match &caller {
+        Caller::Agent(_) => Some(
+            state
+                .store
+                .touch_agent(&agent_id, OffsetDateTime::now_utc())
+                .await?
+                .generation,
+        ),
+        _ => None,
+    };
     if wait > state.max_wait_seconds {
         return Err(HttpError::bad_request(format!(
             "waitSeconds must be at most {}",
@@ -171,7 +202,10 @@ pub async fn get(
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     loop {
-        let generation = state.store.current_generation(&agent_id).await?;
+        let generation = match touched.take() {
+            Some(generation) => generation,
+            None => state.store.current_generation(&agent_id).await?,
+        };
         if generation > after
             && let Some(stored) = state.store.current_manifest(&agent_id).await?
         {
@@ -252,6 +286,7 @@ pub async fn history(
                 created_at: m.created_at,
                 created_by: m.created_by,
                 resources: to_resources(m.resources)?,
+                rollout: to_rollout(m.rollout)?,
             })
         })
         .collect::<Result<Vec<_>, HttpError>>()?;

@@ -6,6 +6,7 @@ mod dashboard;
 pub mod error;
 mod extract;
 mod health;
+mod heartbeat;
 pub mod limits;
 mod manifests;
 pub mod openapi;
@@ -32,9 +33,11 @@ pub use limits::LongPolls;
 /// which base64 and JSON inflate by about a third, so 8 MiB leaves room without being unbounded.
 pub const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
 
-/// The longest a manifest long-poll may wait (DESIGN §3); an operator may set a lower bound
-/// with `FLEETLET_MAX_WAIT_SECONDS`, e.g. behind a proxy with a shorter idle timeout.
-pub const MAX_WAIT_SECONDS: u64 = 60;
+/// The longest a manifest long-poll may wait; an operator may set a lower bound with
+/// `FLEETLET_MAX_WAIT_SECONDS`, e.g. behind a proxy with a shorter idle timeout. DESIGN §3 said
+/// 60 s; five minutes lets an idle agent on a metered link poll far less often (BENCHMARKS.md,
+/// target 5), and agents fall back to a short wait when a manager refuses theirs.
+pub const MAX_WAIT_SECONDS: u64 = 300;
 
 /// The hashes of the configured role tokens; the tokens themselves are not kept.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             get(status::get).put(status::put),
         )
         .route("/agents/{agent_id}/events", get(status::events))
+        .route("/agents/{agent_id}/heartbeat", post(heartbeat::post))
         .route("/schema/manifest", get(health::manifest_schema_handler))
         .route("/schema/status", get(health::status_schema_handler))
         .route(

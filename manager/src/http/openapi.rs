@@ -9,8 +9,8 @@
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::api::{
-    AgentSummary, AgentToken, ErrorBody, Event, Page, Readiness, RegisterAgent, ReportAck,
-    StatusView,
+    AgentSummary, AgentToken, ErrorBody, Event, FleetState, Heartbeat, HeartbeatAck, Page,
+    Readiness, RegisterAgent, ReportAck, StatusView,
 };
 use fleetlet_manifests::schema::{manifest_schema, status_schema};
 use serde_json::{Map, Value, json};
@@ -182,6 +182,8 @@ pub fn document(max_wait_seconds: u64) -> Value {
     add_schema(&mut schemas, "RegisterAgent", register_schema());
     add_schema(&mut schemas, "AgentToken", schema_of::<AgentToken>());
     add_schema(&mut schemas, "ReportAck", schema_of::<ReportAck>());
+    add_schema(&mut schemas, "Heartbeat", schema_of::<Heartbeat>());
+    add_schema(&mut schemas, "HeartbeatAck", schema_of::<HeartbeatAck>());
     add_schema(
         &mut schemas,
         "AgentSummaryPage",
@@ -198,6 +200,12 @@ pub fn document(max_wait_seconds: u64) -> Value {
         .cloned()
         .unwrap_or_else(|| json!({"type": "object"}));
     schemas.insert("Resource".to_owned(), resource);
+    // A revision's rollout policy is the manifest's, absent when the generation has none.
+    let rollout = schemas
+        .get("AgentManifest")
+        .and_then(|m| m.pointer("/properties/rollout"))
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
     schemas.insert(
         "ManifestRevisionPage".to_owned(),
         json!({
@@ -212,7 +220,8 @@ pub fn document(max_wait_seconds: u64) -> Value {
                         "contentHash": {"type": "string"},
                         "createdAt": {"type": "string", "format": "date-time"},
                         "createdBy": {"type": "string"},
-                        "resources": {"type": "array", "items": reference("Resource")}
+                        "resources": {"type": "array", "items": reference("Resource")},
+                        "rollout": rollout
                     }
                 }},
                 "nextCursor": {"type": ["string", "null"]}
@@ -293,7 +302,7 @@ pub fn document(max_wait_seconds: u64) -> Value {
                 "operationId": "listAgents", "summary": "the fleet list, one summary row per agent",
                 "security": security(&["adminToken", "readerToken"]),
                 "parameters": [
-                    query("state", "only agents in this fleet state", json!({"type": "string", "enum": ["converged", "progressing", "degraded", "stale", "unknown"]})),
+                    query("state", "only agents in this fleet state", json!({"type": "string", "enum": FleetState::ALL.map(FleetState::as_str)})),
                     query("label", "key=value pairs separated by commas; every one must match",
                           json!({"type": "string", "pattern": "^([^,]*=[^,]*)?(,([^,]*=[^,]*)?)*$"})),
                     query("reason", "only agents with a resource failing with this error reason, e.g. QuotaExceeded or SessionStorageEvicted",
@@ -382,6 +391,16 @@ pub fn document(max_wait_seconds: u64) -> Value {
                 ],
                 "responses": responses(ok("a page of events; nextCursor is the next afterSeq", reference("EventPage")), &[400, 401, 403, 404])
             }
+        },
+        "/api/v1/agents/{agentId}/heartbeat": {
+            "parameters": [agent_id_parameter()],
+            "post": {
+                "operationId": "heartbeat", "summary": "the agent's sign of life: the seq of its latest report; resend asks for the status again",
+                "security": security(&["agentToken"]),
+                "requestBody": json_body(reference("Heartbeat")),
+                "responses": responses(ok("the newest reportSeq the manager holds", reference("HeartbeatAck")),
+                                       &[400, 401, 403, 404, 413, 415, 422])
+            }
         }
     });
 
@@ -422,6 +441,28 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|child| collect_refs(child, found)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn the_state_filter_and_the_history_know_about_rollbacks() {
+        let document = document(60);
+        let parameters = document
+            .pointer("/paths/~1api~1v1~1agents/get/parameters")
+            .and_then(Value::as_array)
+            .expect("fleet list parameters");
+        let state = parameters
+            .iter()
+            .find(|p| p["name"] == "state")
+            .expect("a state parameter");
+        let states: Vec<&str> = FleetState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(state["schema"]["enum"], json!(states));
+        let rollout = document
+            .pointer("/components/schemas/ManifestRevisionPage/properties/items/items/properties/rollout")
+            .expect("a revision's rollout");
+        assert_eq!(
+            rollout["properties"]["onFailure"]["enum"],
+            json!(["Rollback", "Hold"])
+        );
     }
 
     #[test]
@@ -488,6 +529,7 @@ mod tests {
             "/api/v1/agents/{agentId}/manifests",
             "/api/v1/agents/{agentId}/status",
             "/api/v1/agents/{agentId}/events",
+            "/api/v1/agents/{agentId}/heartbeat",
             "/api/v1/schema/manifest",
             "/api/v1/schema/status",
             "/api/v1/openapi.json",

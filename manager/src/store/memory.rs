@@ -8,8 +8,8 @@ use fleetlet_manifests::{AgentId, AgentStatus};
 use time::OffsetDateTime;
 
 use super::{
-    FleetQuery, FleetRow, NewEvent, NewManifest, PutManifestOutcome, StoreError, StoredManifest,
-    events_for_report, manifest_rejected,
+    Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
+    StoreError, StoredManifest, events_for_report, manifest_rejected, rolled_back,
 };
 use crate::token::TokenHash;
 use crate::watch::ManifestWatch;
@@ -64,6 +64,10 @@ impl MemoryAgent {
                 .status
                 .as_ref()
                 .is_some_and(|s| manifest_rejected(&s.conditions)),
+            rolled_back: self
+                .status
+                .as_ref()
+                .is_some_and(|s| rolled_back(&s.conditions)),
         }
     }
 }
@@ -216,8 +220,7 @@ impl MemoryStore {
                 return Err(StoreError::GenerationMismatch { expected, current });
             }
             if let Some(latest) = agent.manifests.last()
-                && latest.content_hash == manifest.content_hash
-                && latest.signature == manifest.signature
+                && latest.is_same_as(&manifest)
             {
                 return Ok(PutManifestOutcome {
                     manifest: latest.clone(),
@@ -229,6 +232,7 @@ impl MemoryStore {
                 resources: manifest.resources,
                 content_hash: manifest.content_hash,
                 signature: manifest.signature,
+                rollout: manifest.rollout,
                 created_at: now,
                 created_by: manifest.created_by,
             };
@@ -292,20 +296,40 @@ impl MemoryStore {
             {
                 return Ok(false);
             }
-            let previous_phases: BTreeMap<String, String> = agent
-                .status
-                .iter()
-                .flat_map(|s| s.resources.iter())
-                .map(|(id, r)| (id.to_string(), r.phase.as_str().to_owned()))
-                .collect();
-            let previous_observed = agent.status.as_ref().map(|s| s.observed_generation);
-            for event in events_for_report(previous_observed, &previous_phases, status) {
+            let previous = PreviousReport {
+                observed_generation: agent.status.as_ref().map(|s| s.observed_generation),
+                phases: agent
+                    .status
+                    .iter()
+                    .flat_map(|s| s.resources.iter())
+                    .map(|(id, r)| (id.to_string(), r.phase.as_str().to_owned()))
+                    .collect(),
+                rolled_back: agent
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| rolled_back(&s.conditions)),
+            };
+            for event in events_for_report(&previous, status) {
                 agent.append(event, now);
             }
             agent.status = Some(status.clone());
             agent.last_report_seq = Some(status.report_seq);
             agent.last_seen_at = Some(now);
             Ok(true)
+        })
+    }
+
+    pub async fn touch_agent(
+        &self,
+        agent_id: &AgentId,
+        now: OffsetDateTime,
+    ) -> Result<Contact, StoreError> {
+        self.with_active(agent_id, |agent| {
+            agent.last_seen_at = agent.last_seen_at.max(Some(now));
+            Ok(Contact {
+                report_seq: agent.last_report_seq,
+                generation: agent.generation(),
+            })
         })
     }
 
@@ -397,6 +421,87 @@ mod tests {
             "conditions": [], "resources": {"scratch": resource},
         }))
         .expect("valid status")
+    }
+
+    fn new_manifest(rollout: Option<serde_json::Value>) -> NewManifest {
+        NewManifest {
+            resources: json!([]),
+            content_hash: "sha256:same".to_owned(),
+            signature: None,
+            rollout,
+            created_by: "admin".to_owned(),
+            if_generation: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_of_the_rollout_alone_is_a_new_generation() {
+        let store = MemoryStore::new(ManifestWatch::default());
+        let now = OffsetDateTime::now_utc();
+        let agent = AgentId::try_from("pi-1").expect("agent id");
+        store
+            .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token("t"), now)
+            .await
+            .expect("register");
+        let hold = json!({"progressDeadlineSeconds": 5, "onFailure": "Hold"});
+        for (rollout, generation, created) in [
+            (None, 1, true),
+            (None, 1, false),
+            (Some(hold.clone()), 2, true),
+            (Some(hold.clone()), 2, false),
+            (None, 3, true),
+        ] {
+            let outcome = store
+                .put_manifest(&agent, new_manifest(rollout.clone()), now)
+                .await
+                .expect("put");
+            assert_eq!(
+                (outcome.manifest.generation, outcome.created),
+                (generation, created),
+                "{rollout:?}"
+            );
+            assert_eq!(outcome.manifest.rollout, rollout);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_true_rolled_back_condition_marks_the_fleet_row_and_is_one_event() {
+        let store = MemoryStore::new(ManifestWatch::default());
+        let now = OffsetDateTime::now_utc();
+        let agent = AgentId::try_from("pi-1").expect("agent id");
+        store
+            .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token("t"), now)
+            .await
+            .expect("register");
+        let mut status = status_with("pi-1", None);
+        status.conditions = serde_json::from_value(json!([{"type": "RolledBack",
+            "status": "True", "reason": "ProgressDeadlineExceeded",
+            "message": "generation 2 was not Ready within 3s; rolled back to generation 1",
+            "lastTransitionTime": "2026-11-22T10:00:00Z"}]))
+        .expect("conditions");
+        for seq in [1, 2] {
+            status.report_seq = seq;
+            store.report_status(&status, now).await.expect("report");
+        }
+        let (row, _) = store.status(&agent).await.expect("status");
+        assert!(row.rolled_back);
+        let events = store.events(&agent, 0, 100).await.expect("events");
+        let rollbacks = events
+            .iter()
+            .filter(|e| e.type_ == EventType::RolledBack)
+            .count();
+        assert_eq!(rollbacks, 1);
+
+        status.report_seq = 3;
+        status.conditions.clear();
+        store.report_status(&status, now).await.expect("report");
+        let (row, _) = store.status(&agent).await.expect("status");
+        assert!(!row.rolled_back);
+        let events = store.events(&agent, 0, 100).await.expect("events");
+        assert_eq!(
+            events.last().map(|e| e.type_),
+            Some(EventType::RollbackCleared)
+        );
     }
 
     #[tokio::test]

@@ -55,6 +55,9 @@ pub struct StoredManifest {
     /// The operator's signature as received (`None`: unsigned). Stored and served, never checked
     /// here: the manager holds no keys, the agent verifies.
     pub signature: Option<serde_json::Value>,
+    /// The manifest's rollout policy as received (`None`: none), served back verbatim because
+    /// the agent acts on it and the signature covers it.
+    pub rollout: Option<serde_json::Value>,
     pub created_at: OffsetDateTime,
     pub created_by: String,
 }
@@ -65,6 +68,7 @@ pub struct NewManifest {
     pub resources: serde_json::Value,
     pub content_hash: String,
     pub signature: Option<serde_json::Value>,
+    pub rollout: Option<serde_json::Value>,
     pub created_by: String,
     /// The `If-Match` precondition: the generation the writer based its change on.
     pub if_generation: Option<u64>,
@@ -74,8 +78,32 @@ pub struct NewManifest {
 #[derive(Debug, Clone)]
 pub struct PutManifestOutcome {
     pub manifest: StoredManifest,
-    /// False when the resources and the signature were identical to the current generation's.
+    /// False when the resources, the rollout policy and the signature were identical to the
+    /// current generation's.
     pub created: bool,
+}
+
+impl StoredManifest {
+    /// Whether `new` asks for exactly this generation again, so that no new one is needed.
+    ///
+    /// A new signature over the same content is a new generation: the agent must get the signed
+    /// form (ed25519 is deterministic, so re-signing with the same key is not). The rollout is
+    /// compared on its own too, not only through the content hash, so that a policy change is
+    /// never lost whatever the hash covers.
+    pub fn is_same_as(&self, new: &NewManifest) -> bool {
+        self.content_hash == new.content_hash
+            && self.signature == new.signature
+            && self.rollout == new.rollout
+    }
+}
+
+/// What an agent's contact finds in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact {
+    /// The `reportSeq` of the newest report held from the agent.
+    pub report_seq: Option<u64>,
+    /// The agent's current manifest generation (0: none yet).
+    pub generation: u64,
 }
 
 /// Everything the fleet state of one agent is derived from.
@@ -88,6 +116,8 @@ pub struct FleetRow {
     pub observed_generation: Option<u64>,
     pub counts: PhaseCounts,
     pub manifest_rejected: bool,
+    /// The agent reported a `RolledBack` condition with status True.
+    pub rolled_back: bool,
 }
 
 /// Which agents the fleet list asks for, in agent id order.
@@ -121,16 +151,47 @@ impl NewEvent {
     }
 }
 
-/// The events a status report causes, given the phases stored before it.
+/// What the store kept of the agent's previous report, as far as events are derived from it.
+#[derive(Debug, Clone, Default)]
+pub struct PreviousReport {
+    /// `None` when the agent never reported.
+    pub observed_generation: Option<u64>,
+    /// Resource id → phase.
+    pub phases: BTreeMap<String, String>,
+    /// Whether its `RolledBack` condition was True.
+    pub rolled_back: bool,
+}
+
+/// The events a status report causes, given what was stored before it.
 ///
 /// A phase change of any resource is an event; the report itself is an event only when it is the
-/// agent's first or when the observed generation moved, so heartbeats do not flood the log.
-pub fn events_for_report(
-    previous_observed: Option<u64>,
-    previous_phases: &BTreeMap<String, String>,
-    status: &AgentStatus,
-) -> Vec<NewEvent> {
+/// agent's first or when the observed generation moved, so heartbeats do not flood the log. A
+/// `RolledBack` condition turning True is a `RolledBack` event, and its turning False or going
+/// away a `RollbackCleared` event: transitions only, however many reports repeat the condition.
+pub fn events_for_report(previous: &PreviousReport, status: &AgentStatus) -> Vec<NewEvent> {
+    let previous_observed = previous.observed_generation;
+    let previous_phases = &previous.phases;
     let mut events = Vec::new();
+    let rollback = rolled_back_condition(&status.conditions);
+    match (previous.rolled_back, rollback) {
+        (false, Some(condition)) => events.push(NewEvent::new(
+            EventType::RolledBack,
+            serde_json::json!({
+                "failedGeneration": status.manifest_generation,
+                "rolledBackTo": status.observed_generation,
+                "reason": condition.reason,
+                "message": condition.message,
+            }),
+        )),
+        (true, None) => events.push(NewEvent::new(
+            EventType::RollbackCleared,
+            serde_json::json!({
+                "manifestGeneration": status.manifest_generation,
+                "observedGeneration": status.observed_generation,
+            }),
+        )),
+        _ => {}
+    }
     if previous_observed != Some(status.observed_generation) {
         events.push(NewEvent::new(
             EventType::StatusReported,
@@ -166,6 +227,20 @@ pub fn manifest_rejected(conditions: &[fleetlet_manifests::Condition]) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == ConditionType::ManifestRejected && c.status == ConditionStatus::True)
+}
+
+/// The agent's `RolledBack` condition when its status is True.
+fn rolled_back_condition(
+    conditions: &[fleetlet_manifests::Condition],
+) -> Option<&fleetlet_manifests::Condition> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::RolledBack && c.status == ConditionStatus::True)
+}
+
+/// Whether a status carries a True `RolledBack` condition.
+pub fn rolled_back(conditions: &[fleetlet_manifests::Condition]) -> bool {
+    rolled_back_condition(conditions).is_some()
 }
 
 /// The manager's store.
@@ -279,6 +354,16 @@ impl Store {
         dispatch!(self, s => s.report_status(status, now))
     }
 
+    /// Notes that the agent made contact (a watch poll, a heartbeat) without a report; answers
+    /// what the manager holds for it, in the same round trip.
+    pub async fn touch_agent(
+        &self,
+        agent_id: &AgentId,
+        now: OffsetDateTime,
+    ) -> Result<Contact, StoreError> {
+        dispatch!(self, s => s.touch_agent(agent_id, now))
+    }
+
     /// The agent's fleet row and its last status, rebuilt from the stored rows.
     pub async fn status(
         &self,
@@ -305,5 +390,100 @@ impl Store {
     /// What `/readyz` shows about the store.
     pub async fn readiness(&self) -> StoreReadiness {
         dispatch!(self, s => s.readiness())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A report with one Ready file at `observed`, manifest generation `manifest`, and a
+    /// RolledBack condition with `rolled_back` as its status when given.
+    fn report(manifest: u64, observed: u64, rolled_back: Option<&str>) -> AgentStatus {
+        let conditions: Vec<serde_json::Value> = rolled_back
+            .map(|status| {
+                json!({"type": "RolledBack", "status": status,
+                       "reason": if status == "True" { "ProgressDeadlineExceeded" } else { "HoldPolicy" },
+                       "message": "generation 2 was not Ready within 3s; rolled back to generation 1",
+                       "lastTransitionTime": "2026-11-22T10:00:00Z"})
+            })
+            .into_iter()
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": "pi-1",
+            "reportSeq": 1, "manifestGeneration": manifest, "observedGeneration": observed,
+            "observedAt": "2026-11-22T10:00:00Z",
+            "agent": {"version": "0.1.0", "hostname": "h", "arch": "x86_64", "os": "linux",
+                      "bootId": "b", "startedAt": "2026-11-22T09:00:00Z", "supportedKinds": []},
+            "conditions": conditions,
+            "resources": {"motd": {"kind": "File", "phase": "Ready",
+                                   "since": "2026-11-22T10:00:00Z", "generation": observed}},
+        }))
+        .expect("valid status")
+    }
+
+    fn previous(observed: u64, rolled_back: bool) -> PreviousReport {
+        PreviousReport {
+            observed_generation: Some(observed),
+            phases: BTreeMap::from([("motd".to_owned(), "Ready".to_owned())]),
+            rolled_back,
+        }
+    }
+
+    fn types(events: &[NewEvent]) -> Vec<EventType> {
+        events.iter().map(|e| e.type_).collect()
+    }
+
+    #[test]
+    fn a_rollback_turning_true_is_one_event_naming_both_generations() {
+        let events = events_for_report(&previous(1, false), &report(2, 1, Some("True")));
+        assert_eq!(types(&events), [EventType::RolledBack]);
+        let payload = &events[0].payload;
+        assert_eq!(payload["failedGeneration"], 2);
+        assert_eq!(payload["rolledBackTo"], 1);
+        assert_eq!(payload["reason"], "ProgressDeadlineExceeded");
+        assert!(
+            payload["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("generation 2") && m.contains("generation 1")),
+            "{payload}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_repeated_by_later_reports_is_no_new_event() {
+        let events = events_for_report(&previous(1, true), &report(2, 1, Some("True")));
+        assert!(events.is_empty(), "{:?}", types(&events));
+    }
+
+    #[test]
+    fn a_rollback_that_goes_away_is_cleared() {
+        // Generation 3 converged: the condition is gone and the observed generation moved.
+        let events = events_for_report(&previous(1, true), &report(3, 3, None));
+        assert_eq!(
+            types(&events),
+            [EventType::RollbackCleared, EventType::StatusReported]
+        );
+        // A condition that turns False clears the rollback as well.
+        let events = events_for_report(&previous(1, true), &report(2, 1, Some("False")));
+        assert_eq!(types(&events), [EventType::RollbackCleared]);
+    }
+
+    #[test]
+    fn a_false_rolled_back_condition_without_a_previous_rollback_is_no_event() {
+        // Hold: the deadline passed and the agent stayed on the generation.
+        let events = events_for_report(&previous(2, false), &report(2, 2, Some("False")));
+        assert!(events.is_empty(), "{:?}", types(&events));
+    }
+
+    #[test]
+    fn a_first_report_is_a_status_event_and_phase_changes_are_events() {
+        let events = events_for_report(&PreviousReport::default(), &report(1, 1, None));
+        assert_eq!(
+            types(&events),
+            [EventType::StatusReported, EventType::ResourcePhaseChanged]
+        );
     }
 }

@@ -23,8 +23,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{
-    FleetQuery, FleetRow, NewEvent, NewManifest, PutManifestOutcome, StoreError, StoredManifest,
-    events_for_report, manifest_rejected,
+    Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
+    StoreError, StoredManifest, events_for_report, manifest_rejected, rolled_back,
 };
 use crate::redact::redact_database_url;
 use crate::token::TokenHash;
@@ -468,7 +468,7 @@ impl PgStore {
         }
         if current > 0 {
             let latest = sqlx::query(
-                "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
+                "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
                  WHERE agent_id = $1 AND generation = $2",
             )
             .bind(agent_id.as_str())
@@ -476,11 +476,7 @@ impl PgStore {
             .fetch_one(&mut *tx)
             .await?;
             let latest = stored_manifest(&latest)?;
-            // A new signature over the same resources is a new generation: the agent must get
-            // the signed form (ed25519 is deterministic, so re-signing with the same key is not).
-            if latest.content_hash == manifest.content_hash
-                && latest.signature == manifest.signature
-            {
+            if latest.is_same_as(&manifest) {
                 return Ok(PutManifestOutcome {
                     manifest: latest,
                     created: false,
@@ -492,19 +488,22 @@ impl PgStore {
             resources: manifest.resources,
             content_hash: manifest.content_hash,
             signature: manifest.signature,
+            rollout: manifest.rollout,
             created_at: now,
             created_by: manifest.created_by,
         };
         sqlx::query(
             "INSERT INTO manifests \
-               (agent_id, generation, resources, content_hash, signature, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+               (agent_id, generation, resources, content_hash, signature, rollout, created_at, \
+                created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(agent_id.as_str())
         .bind(to_db(stored.generation)?)
         .bind(Json(&stored.resources))
         .bind(&stored.content_hash)
         .bind(stored.signature.as_ref().map(Json))
+        .bind(stored.rollout.as_ref().map(Json))
         .bind(now)
         .bind(&stored.created_by)
         .execute(&mut *tx)
@@ -543,7 +542,7 @@ impl PgStore {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND generation = $2",
         )
         .bind(agent_id.as_str())
@@ -562,7 +561,7 @@ impl PgStore {
         self.ensure_active(agent_id).await?;
         let before = before.map(to_db).transpose()?;
         let rows = sqlx::query(
-            "SELECT generation, resources, content_hash, signature, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND ($2::bigint IS NULL OR generation < $2) \
              ORDER BY generation DESC LIMIT $3",
         )
@@ -586,12 +585,12 @@ impl PgStore {
         if last_seq.is_some_and(|last| to_db(status.report_seq).is_ok_and(|seq| seq <= last)) {
             return Ok(false);
         }
-        let previous_observed: Option<i64> =
-            sqlx::query_scalar("SELECT observed_generation FROM agent_status WHERE agent_id = $1")
-                .bind(agent_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let previous_observed = previous_observed.map(from_db).transpose()?;
+        let previous_status: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT observed_generation, rolled_back FROM agent_status WHERE agent_id = $1",
+        )
+        .bind(agent_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
         let previous_phases: BTreeMap<String, String> =
             sqlx::query_as("SELECT resource_id, phase FROM resource_status WHERE agent_id = $1")
                 .bind(agent_id.as_str())
@@ -599,16 +598,23 @@ impl PgStore {
                 .await?
                 .into_iter()
                 .collect();
-        let events = events_for_report(previous_observed, &previous_phases, status);
+        let previous = PreviousReport {
+            observed_generation: previous_status
+                .map(|(observed, _)| from_db(observed))
+                .transpose()?,
+            phases: previous_phases,
+            rolled_back: previous_status.is_some_and(|(_, rolled_back)| rolled_back),
+        };
+        let events = events_for_report(&previous, status);
 
         sqlx::query(
             "INSERT INTO agent_status (agent_id, manifest_generation, observed_generation, report_seq, \
-               conditions, manifest_rejected, observed_at, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+               conditions, manifest_rejected, rolled_back, observed_at, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (agent_id) DO UPDATE SET manifest_generation = EXCLUDED.manifest_generation, \
                observed_generation = EXCLUDED.observed_generation, report_seq = EXCLUDED.report_seq, \
                conditions = EXCLUDED.conditions, manifest_rejected = EXCLUDED.manifest_rejected, \
-               observed_at = EXCLUDED.observed_at, received_at = EXCLUDED.received_at",
+               rolled_back = EXCLUDED.rolled_back, observed_at = EXCLUDED.observed_at, received_at = EXCLUDED.received_at",
         )
         .bind(agent_id.as_str())
         .bind(to_db(status.manifest_generation)?)
@@ -616,6 +622,7 @@ impl PgStore {
         .bind(to_db(status.report_seq)?)
         .bind(Json(&status.conditions))
         .bind(manifest_rejected(&status.conditions))
+        .bind(rolled_back(&status.conditions))
         .bind(status.observed_at)
         .bind(now)
         .execute(&mut *tx)
@@ -667,6 +674,28 @@ impl PgStore {
         Ok(true)
     }
 
+    pub async fn touch_agent(
+        &self,
+        agent_id: &AgentId,
+        now: OffsetDateTime,
+    ) -> Result<Contact, StoreError> {
+        // GREATEST: a poll that started before a report must not move last contact back.
+        let row: Option<(Option<i64>, i64)> = sqlx::query_as(
+            "UPDATE agents SET last_seen_at = GREATEST(last_seen_at, $2) \
+             WHERE agent_id = $1 AND decommissioned_at IS NULL \
+             RETURNING last_report_seq, desired_generation",
+        )
+        .bind(agent_id.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (seq, generation) = row.ok_or_else(|| StoreError::AgentNotFound(agent_id.clone()))?;
+        Ok(Contact {
+            report_seq: seq.map(from_db).transpose()?,
+            generation: from_db(generation)?,
+        })
+    }
+
     pub async fn status(
         &self,
         agent_id: &AgentId,
@@ -674,7 +703,7 @@ impl PgStore {
         let row = sqlx::query(
             "SELECT a.labels, a.desired_generation, a.last_seen_at, a.agent_info, \
                s.manifest_generation, s.observed_generation, s.report_seq, s.conditions, \
-               s.manifest_rejected, s.observed_at \
+               s.manifest_rejected, s.rolled_back, s.observed_at \
              FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.agent_id \
              WHERE a.agent_id = $1 AND a.decommissioned_at IS NULL",
         )
@@ -714,6 +743,9 @@ impl PgStore {
             manifest_rejected: row
                 .try_get::<Option<bool>, _>("manifest_rejected")?
                 .unwrap_or(false),
+            rolled_back: row
+                .try_get::<Option<bool>, _>("rolled_back")?
+                .unwrap_or(false),
         };
         let report_seq: Option<i64> = row.try_get("report_seq")?;
         let info: Option<Json<AgentInfo>> = row.try_get("agent_info")?;
@@ -738,7 +770,7 @@ impl PgStore {
     pub async fn fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.agent_id, a.labels, a.desired_generation, a.last_seen_at, \
-               s.observed_generation, s.manifest_rejected \
+               s.observed_generation, s.manifest_rejected, s.rolled_back \
              FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.agent_id \
              WHERE a.decommissioned_at IS NULL AND a.labels @> $1 \
                AND ($2::text IS NULL OR a.agent_id > $2) \
@@ -769,6 +801,9 @@ impl PgStore {
                 counts: PhaseCounts::new(),
                 manifest_rejected: row
                     .try_get::<Option<bool>, _>("manifest_rejected")?
+                    .unwrap_or(false),
+                rolled_back: row
+                    .try_get::<Option<bool>, _>("rolled_back")?
                     .unwrap_or(false),
             });
         }
@@ -885,6 +920,9 @@ fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
         content_hash: row.try_get("content_hash")?,
         signature: row
             .try_get::<Option<Json<serde_json::Value>>, _>("signature")?
+            .map(|json| json.0),
+        rollout: row
+            .try_get::<Option<Json<serde_json::Value>>, _>("rollout")?
             .map(|json| json.0),
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,

@@ -216,7 +216,7 @@ async fn bad_query_parameters_are_bad_requests(pool: PgPool) {
     let server = serve(pool).await;
     let token = server.register("pi-1", json!({})).await;
     for path in [
-        "/api/v1/agents/pi-1/manifest?afterGeneration=0&waitSeconds=61",
+        "/api/v1/agents/pi-1/manifest?afterGeneration=0&waitSeconds=301",
         "/api/v1/agents/pi-1/manifest?waitSeconds=5",
         "/api/v1/agents/pi-1/manifest?afterGeneration=minus-one",
     ] {
@@ -273,5 +273,5 @@ async fn schemas_and_health_need_no_token(pool: PgPool) {
         .expect("JSON");
     assert_eq!(ready["store"]["adapter"], "postgres");
     assert_eq!(ready["store"]["migrationReady"], true);
-    assert_eq!(ready["store"]["migrationVersion"], 2);
+    assert_eq!(ready["store"]["migrationVersion"], 3);
 }

@@ -270,3 +270,122 @@ async fn fleet_list_filters_agents_with_evicted_or_over_quota_storage(pool: PgPo
         "SessionStorageEvicted"
     );
 }
+
+/// A report of generation `manifest` observed at `observed`, all resources Ready, with a
+/// RolledBack condition of `rolled_back` status when given.
+fn rollback_status(
+    agent_id: &str,
+    seq: u64,
+    manifest: u64,
+    observed: u64,
+    rolled_back: Option<&str>,
+) -> Value {
+    let mut report = status(agent_id, seq, observed, &[("file-0", "Ready")]);
+    report["manifestGeneration"] = json!(manifest);
+    if let Some(condition) = rolled_back {
+        report["conditions"] = json!([{"type": "RolledBack", "status": condition,
+            "reason": "ProgressDeadlineExceeded",
+            "message": format!("generation {manifest} was not Ready within 3s; rolled back to generation {observed}"),
+            "lastTransitionTime": "2026-11-22T10:00:00Z"}]);
+    }
+    report
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rolled_back_agent_is_listed_as_rolled_back_until_a_newer_generation_converges(
+    pool: PgPool,
+) {
+    let server = serve(pool).await;
+    let token = server.register("pi-1", json!({})).await;
+    server.register("pi-2", json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["good"])).await;
+    server
+        .report_accepted("pi-1", &token, &rollback_status("pi-1", 1, 1, 1, None))
+        .await;
+    server.apply("pi-1", &manifest("pi-1", &["bad"])).await;
+    // Reported twice: the event is for the transition, not for every report.
+    for seq in [2, 3] {
+        server
+            .report_accepted(
+                "pi-1",
+                &token,
+                &rollback_status("pi-1", seq, 2, 1, Some("True")),
+            )
+            .await;
+    }
+
+    assert_eq!(
+        states_by_agent(&server, "?state=rolledBack").await,
+        vec![("pi-1".to_owned(), "rolledBack".to_owned())]
+    );
+    let view = server.json("/api/v1/agents/pi-1/status", READER).await;
+    assert_eq!(view["summary"]["state"], "rolledBack");
+    assert_eq!(view["summary"]["converged"], false);
+    assert_eq!(view["summary"]["desiredGeneration"], 2);
+    assert_eq!(view["summary"]["observedGeneration"], 1);
+    assert_eq!(view["status"]["conditions"][0]["type"], "RolledBack");
+
+    let events = server.json("/api/v1/agents/pi-1/events", READER).await;
+    let of_type = |events: &Value, wanted: &str| -> Vec<Value> {
+        events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["type"] == wanted)
+            .map(|e| e["payload"].clone())
+            .collect()
+    };
+    let rolled_back = of_type(&events, "RolledBack");
+    assert_eq!(rolled_back.len(), 1, "{events}");
+    assert_eq!(rolled_back[0]["failedGeneration"], 2);
+    assert_eq!(rolled_back[0]["rolledBackTo"], 1);
+    assert!(
+        rolled_back[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("generation 2") && m.contains("generation 1")),
+        "{events}"
+    );
+    assert!(of_type(&events, "RollbackCleared").is_empty());
+
+    // A newer generation that converges clears the rollback.
+    server.apply("pi-1", &manifest("pi-1", &["fixed"])).await;
+    server
+        .report_accepted("pi-1", &token, &rollback_status("pi-1", 4, 3, 3, None))
+        .await;
+    assert!(
+        states_by_agent(&server, "?state=rolledBack")
+            .await
+            .is_empty()
+    );
+    let view = server.json("/api/v1/agents/pi-1/status", READER).await;
+    assert_eq!(view["summary"]["state"], "converged");
+    assert_eq!(view["summary"]["converged"], true);
+    let events = server.json("/api/v1/agents/pi-1/events", READER).await;
+    assert_eq!(of_type(&events, "RollbackCleared").len(), 1, "{events}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_false_rolled_back_condition_is_not_a_rollback(pool: PgPool) {
+    // With onFailure Hold the agent reports RolledBack False (reason HoldPolicy) and the failed
+    // resource: the fleet state is degraded, not rolledBack.
+    let server = serve(pool).await;
+    let token = server.register("pi-1", json!({})).await;
+    server.apply("pi-1", &manifest("pi-1", &["a"])).await;
+    let mut report = status("pi-1", 1, 1, &[("file-0", "Failed")]);
+    report["conditions"] = json!([{"type": "RolledBack", "status": "False", "reason": "HoldPolicy",
+        "message": "generation 1 was not Ready within 3s; holding", "lastTransitionTime": "2026-11-22T10:00:00Z"}]);
+    server.report_accepted("pi-1", &token, &report).await;
+    assert_eq!(
+        states_by_agent(&server, "").await,
+        vec![("pi-1".to_owned(), "degraded".to_owned())]
+    );
+    let events = server.json("/api/v1/agents/pi-1/events", READER).await;
+    assert!(
+        !events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|e| e["type"] == "RolledBack"),
+        "{events}"
+    );
+}

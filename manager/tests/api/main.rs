@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod fleet;
+mod heartbeat;
 mod manifests;
 mod security;
 mod status;

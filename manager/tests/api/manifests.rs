@@ -210,3 +210,93 @@ async fn a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_genera
     assert!(text.contains("signature.keyId"), "{text}");
     assert!(text.contains("signature.ed25519"), "{text}");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rollout_policy_is_stored_and_served_and_a_change_to_it_alone_is_a_new_generation(
+    pool: PgPool,
+) {
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+    let with_rollout = |rollout: Value| {
+        let mut body = manifest("pi-1", &["a"]);
+        body["rollout"] = rollout;
+        body
+    };
+    let rollback = serde_json::json!({"progressDeadlineSeconds": 60, "onFailure": "Rollback"});
+    let hold = serde_json::json!({"progressDeadlineSeconds": 60, "onFailure": "Hold"});
+
+    assert_eq!(server.apply("pi-1", &manifest("pi-1", &["a"])).await, 1);
+    assert_eq!(
+        server.apply("pi-1", &with_rollout(rollback.clone())).await,
+        2
+    );
+    assert_eq!(
+        server.apply("pi-1", &with_rollout(rollback.clone())).await,
+        2,
+        "an identical re-PUT keeps the generation"
+    );
+    // onFailure defaults to Rollback: the same policy spelled shorter is the same manifest.
+    assert_eq!(
+        server
+            .apply(
+                "pi-1",
+                &with_rollout(serde_json::json!({"progressDeadlineSeconds": 60}))
+            )
+            .await,
+        2
+    );
+    let served = server.json("/api/v1/agents/pi-1/manifest", READER).await;
+    assert_eq!(served["rollout"], rollback);
+
+    assert_eq!(server.apply("pi-1", &with_rollout(hold.clone())).await, 3);
+    let shorter = serde_json::json!({"progressDeadlineSeconds": 5, "onFailure": "Hold"});
+    assert_eq!(
+        server.apply("pi-1", &with_rollout(shorter.clone())).await,
+        4
+    );
+    assert_eq!(server.apply("pi-1", &manifest("pi-1", &["a"])).await, 5);
+    let served = server.json("/api/v1/agents/pi-1/manifest", READER).await;
+    assert!(served.get("rollout").is_none(), "{served}");
+
+    let history = server
+        .json("/api/v1/agents/pi-1/manifests?limit=10", READER)
+        .await;
+    let rollouts: Vec<Value> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| item.get("rollout").cloned().unwrap_or(Value::Null))
+        .collect();
+    assert_eq!(
+        rollouts,
+        [Value::Null, shorter, hold, rollback, Value::Null],
+        "{history}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_signed_manifest_with_a_rollout_is_served_so_that_its_signature_still_verifies(
+    pool: PgPool,
+) {
+    use fleetlet_manifests::AgentManifest;
+    use fleetlet_manifests::signature::{SecretKey, verify};
+
+    let server = serve(pool).await;
+    server.register("pi-1", serde_json::json!({})).await;
+    let key = SecretKey::from_seed([3; 32]);
+    let mut body = manifest("pi-1", &["a"]);
+    body["rollout"] = serde_json::json!({"progressDeadlineSeconds": 30});
+    let mut signed = AgentManifest::from_value(body).expect("valid");
+    signed.signature = Some(key.sign(&signed));
+    let signed = serde_json::to_value(&signed).expect("serializes");
+
+    assert_eq!(server.apply("pi-1", &signed).await, 1);
+    let served: AgentManifest = server
+        .get("/api/v1/agents/pi-1/manifest", READER)
+        .await
+        .json()
+        .await
+        .expect("a manifest");
+    assert!(served.rollout.is_some());
+    assert_eq!(verify(&served, &[key.public()]), Ok(()));
+}

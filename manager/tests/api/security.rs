@@ -263,6 +263,6 @@ async fn the_openapi_document_is_served_to_anyone(pool: PgPool) {
     assert!(document["paths"]["/api/v1/enroll"]["post"].is_object());
     assert_eq!(
         document["paths"]["/api/v1/agents/{agentId}/manifest"]["get"]["parameters"][1]["schema"]["maximum"],
-        60
+        fleetlet_manager::http::MAX_WAIT_SECONDS
     );
 }

@@ -11,7 +11,8 @@
 //! - `rss [files] [minutes]` (target 4): a standalone agent resyncing every second; VmRSS every 10 s.
 //! - `cpu [files] [seconds]` (target 3): CPU of a steady-state pass, two ways, and idle CPU.
 //! - `wire [seconds]` (target 5): bytes between an idle agent and the manager, through a counting
-//!   TCP proxy, per long-poll and per heartbeat, scaled to a month of default intervals.
+//!   TCP proxy, per long-poll and per heartbeat, scaled to a month of default intervals;
+//!   `wire-defaults [seconds]` meters an idle agent at its default settings directly.
 //! - `replicas [pushes]` (target 7): two managers on one database; a long-poll held on one, a
 //!   manifest PUT through the other, timed until the long-poll answers.
 //! - `fleet [agents] [seconds] [reporters]` (target 6): simulated agents (tokio tasks) each holding a
@@ -95,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         "rss" => rss(&args).await?,
         "cpu" => cpu(&args).await?,
         "wire" => wire(&args).await?,
+        "wire-defaults" => wire_defaults(&args).await?,
         "replicas" => replicas(&args).await?,
         "fleet" => fleet(&args).await?,
         other => bail!("unknown subcommand {other}"),
@@ -681,28 +683,27 @@ where
 }
 
 /// Bytes (up, down) of one idle agent over `seconds`, after it converged, with the given intervals.
+/// With `intervals` (watch wait, heartbeat), those; without, the agent's defaults.
 async fn idle_bytes(
     args: &Args,
     seconds: u64,
-    watch_wait: &str,
-    report_interval: &str,
-) -> anyhow::Result<(u64, u64, f64)> {
+    intervals: Option<(&str, &str)>,
+) -> anyhow::Result<IdleBytes> {
     let managed = ManagedAgent::start().await?;
     let meter = Arc::new(Meter::default());
     let upstream = managed.manager.url.trim_start_matches("http://").to_owned();
     let proxy = counting_proxy(upstream, Arc::clone(&meter)).await?;
     let dirs = AgentDirs::new()?;
-    let _agent = Agent::start(
-        &args.agent_bin,
-        &dirs,
-        &[
-            ("FLEETLET_AGENT_ID", managed.agent_id.clone()),
-            ("FLEETLET_MANAGER_URL", format!("http://{proxy}")),
-            ("FLEETLET_TOKEN", managed.token.clone()),
-            ("FLEETLET_WATCH_WAIT", watch_wait.to_owned()),
-            ("FLEETLET_REPORT_INTERVAL", report_interval.to_owned()),
-        ],
-    )?;
+    let mut env = vec![
+        ("FLEETLET_AGENT_ID", managed.agent_id.clone()),
+        ("FLEETLET_MANAGER_URL", format!("http://{proxy}")),
+        ("FLEETLET_TOKEN", managed.token.clone()),
+    ];
+    if let Some((watch_wait, report_interval)) = intervals {
+        env.push(("FLEETLET_WATCH_WAIT", watch_wait.to_owned()));
+        env.push(("FLEETLET_REPORT_INTERVAL", report_interval.to_owned()));
+    }
+    let _agent = Agent::start(&args.agent_bin, &dirs, &env)?;
     let generation = managed
         .put_manifest(file_resources(&dirs, 1, "idle"))
         .await?;
@@ -714,40 +715,81 @@ async fn idle_bytes(
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (up, down) = meter.read();
-    Ok((
-        up - up_before,
-        down - down_before,
-        started.elapsed().as_secs_f64(),
-    ))
+    let wall = started.elapsed().as_secs_f64();
+    let path = format!("/api/v1/agents/{}/status", managed.agent_id);
+    let view: Value = managed
+        .manager
+        .admin(&managed.http, reqwest::Method::GET, &path)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(IdleBytes {
+        up: up - up_before,
+        down: down - down_before,
+        wall,
+        status_bytes: serde_json::to_vec(&view["status"])?.len(),
+    })
 }
 
 async fn wire(args: &Args) -> anyhow::Result<()> {
     let seconds = args.number(0, 60);
     // Long-polls only: a 2 s watch wait and no heartbeat within the window.
-    let (up, down, wall) = idle_bytes(args, seconds, "2s", "1h").await?;
-    let polls = wall / 2.0;
-    let per_poll = (up + down) as f64 / polls;
+    let idle = idle_bytes(args, seconds, Some(("2s", "1h"))).await?;
+    let polls = idle.wall / 2.0;
+    let per_poll = (idle.up + idle.down) as f64 / polls;
     println!(
-        "long-polls (2 s wait, no heartbeat) over {wall:.0} s: {up} B up, {down} B down, \
-         about {per_poll:.0} B per long-poll"
+        "long-polls (2 s wait, no heartbeat) over {:.0} s: {} B up, {} B down, \
+         about {per_poll:.0} B per long-poll",
+        idle.wall, idle.up, idle.down
     );
-    // Heartbeats: a 2 s report interval and long-polls of 60 s.
-    let (up, down, wall) = idle_bytes(args, seconds, "60s", "2s").await?;
-    let polls = wall / 60.0;
-    let reports = wall / 2.0;
-    let per_report = ((up + down) as f64 - polls * per_poll) / reports;
+    // Heartbeats: a 2 s heartbeat interval and long-polls of 60 s.
+    let beating = idle_bytes(args, seconds, Some(("60s", "2s"))).await?;
+    let polls = beating.wall / 60.0;
+    let beats = beating.wall / 2.0;
+    let per_beat = ((beating.up + beating.down) as f64 - polls * per_poll) / beats;
     println!(
-        "heartbeats (2 s interval, 60 s wait) over {wall:.0} s: {up} B up, {down} B down, \
-         about {per_report:.0} B per heartbeat"
+        "heartbeats (2 s interval, 60 s wait) over {:.0} s: {} B up, {} B down, \
+         about {per_beat:.0} B per heartbeat",
+        beating.wall, beating.up, beating.down
     );
-    // Defaults: a 30 s watch wait and a 30 s heartbeat, so 120 of each per hour.
-    let per_hour = 120.0 * per_poll + 120.0 * per_report;
+    // A full status (body plus about as many bytes of headers as a heartbeat) goes out when
+    // something changed, and at least once a day.
+    let full = beating.status_bytes as f64 + per_beat;
+    println!("a full status report: about {full:.0} B");
+    // The agent's defaults: a 120 s watch wait, a 10 min heartbeat, a full status a day.
+    let per_hour = 30.0 * per_poll + 6.0 * per_beat + full / 24.0;
     println!(
-        "default settings: 120 long-polls + 120 heartbeats an hour = {per_hour:.0} B/h, \
-         x 720 = {:.2} MB per month (of TCP payload, plain HTTP)",
+        "default settings: 30 long-polls + 6 heartbeats + 1/24 full status an hour = \
+         {per_hour:.0} B/h, x 720 = {:.2} MB per month (of TCP payload, plain HTTP)",
         per_hour * 720.0 / 1e6
     );
     Ok(())
+}
+
+/// Bytes of one idle agent at its default intervals, measured over `seconds` (an hour gives the
+/// figure target 5 names directly).
+async fn wire_defaults(args: &Args) -> anyhow::Result<()> {
+    let seconds = args.number(0, 3600);
+    let idle = idle_bytes(args, seconds, None).await?;
+    let per_hour = (idle.up + idle.down) as f64 * 3600.0 / idle.wall;
+    println!(
+        "default settings over {:.0} s: {} B up, {} B down = {per_hour:.0} B/h, x 720 = {:.2} MB \
+         per month (of TCP payload, plain HTTP)",
+        idle.wall,
+        idle.up,
+        idle.down,
+        per_hour * 720.0 / 1e6
+    );
+    Ok(())
+}
+
+struct IdleBytes {
+    up: u64,
+    down: u64,
+    wall: f64,
+    /// The size of the agent's stored status as the manager serves it.
+    status_bytes: usize,
 }
 
 async fn replicas(args: &Args) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 
 const TOKEN_KEY = "fleetlet.token";
 const REFRESH_MS = 5000;
-const STATES = ["converged", "progressing", "degraded", "stale", "unknown"];
+const STATES = ["converged", "progressing", "degraded", "rolledBack", "stale", "unknown"];
 // Fleet rows fetched per page, and how many agents the failing-resources column looks up.
 const PAGE = 500;
 const MAX_FAILING_LOOKUPS = 50;
@@ -102,6 +102,12 @@ function failingOf(status) {
     .map(([id, r]) => id + (r.error ? " (" + r.error.reason + ")" : ""));
 }
 
+// The RolledBack condition: True while the agent runs its last known-good generation, False with
+// a reason when a generation missed its deadline and the agent stayed on it.
+function rollbackOf(status) {
+  return ((status && status.conditions) || []).find((c) => c.type === "RolledBack") || null;
+}
+
 async function renderFleet() {
   const rows = await fleetRows();
   const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
@@ -109,17 +115,21 @@ async function renderFleet() {
   $("counts").replaceChildren(
     el("div", { class: "count total", "data-state": "total" },
       el("span", { class: "number", id: "count-total" }, rows.length), el("span", {}, "agents")),
-    ...STATES.map((state) => el("div", { class: "count state-" + state, "data-state": state },
+    ...STATES.map((state) => el("div", { class: "count state-" + state.toLowerCase(), "data-state": state },
       el("span", { class: "number", id: "count-" + state }, counts[state]), el("span", {}, state))),
   );
-  // Failing resources need each degraded agent's status; bounded so a bad day stays cheap.
+  // Failing resources and rollbacks need each such agent's status; bounded so a bad day stays
+  // cheap.
   const failing = {};
-  const degraded = rows.filter((r) => (r.counts.Failed || 0) + (r.counts.Unsupported || 0) > 0)
+  const degraded = rows.filter((r) => r.state === "rolledBack"
+    || (r.counts.Failed || 0) + (r.counts.Unsupported || 0) > 0)
     .slice(0, MAX_FAILING_LOOKUPS);
   await Promise.all(degraded.map(async (row) => {
     try {
       const view = await api("/api/v1/agents/" + encodeURIComponent(row.agentId) + "/status");
-      failing[row.agentId] = failingOf(view.status);
+      const rollback = rollbackOf(view.status);
+      const rolledBack = rollback && rollback.status === "True" ? ["rolled back: " + rollback.message] : [];
+      failing[row.agentId] = rolledBack.concat(failingOf(view.status));
     } catch (_) { failing[row.agentId] = ["?"]; }
   }));
   fill($("agents").tBodies[0], rows.map((row) => {
@@ -172,6 +182,11 @@ async function renderAgent(agentId) {
     ["Labels", Object.entries(summary.labels || {}).map(([k, v]) => k + "=" + v).join(", ") || "-"],
   ];
   $("agent-summary").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  const rollback = rollbackOf(view.status);
+  $("agent-rollback").hidden = !rollback;
+  $("agent-rollback").dataset.status = rollback ? rollback.status : "";
+  $("agent-rollback").textContent = !rollback ? ""
+    : (rollback.status === "True" ? "Rolled back: " : "Rollout " + rollback.reason + ": ") + rollback.message;
   const resources = Object.entries((view.status && view.status.resources) || {});
   fill($("resources").tBodies[0], resources.map(([id, r]) =>
     el("tr", { "data-resource": id, "data-phase": r.phase },
