@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contact;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
@@ -29,6 +30,8 @@ use watch::ManifestWatch;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often agents' contact (watch polls, heartbeats) is written to the store.
+const CONTACT_WRITE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why the manager stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +100,15 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    let contacts = contact::Contacts::default();
+    tokio::spawn(contact::write_contacts(
+        contacts.clone(),
+        store.clone(),
+        CONTACT_WRITE_PERIOD,
+        stop.clone(),
+    ));
     let state = http::AppState {
+        contacts,
         store,
         watch,
         roles: http::RoleHashes::from(&roles),

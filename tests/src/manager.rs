@@ -12,9 +12,11 @@ use rand::RngCore;
 /// How long a manager may take to come up (it waits for its database for up to 15 s).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The manager binary, or a loud failure telling how to build it.
+/// The manager binary, or a loud failure telling how to build it. `FLEETLET_BENCH_MANAGER_BIN`
+/// names another build (the benchmarks' release manager); the tests never set it.
 pub fn manager_binary() -> PathBuf {
-    let path = crate::binary("fleetlet-manager");
+    let path = std::env::var_os("FLEETLET_BENCH_MANAGER_BIN")
+        .map_or_else(|| crate::binary("fleetlet-manager"), PathBuf::from);
     assert!(
         path.exists(),
         "{} does not exist: run `cargo build --workspace --bins` before the tests",

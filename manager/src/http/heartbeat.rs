@@ -22,11 +22,8 @@ pub async fn post(
 ) -> Result<Json<HeartbeatAck>, HttpError> {
     caller.require_agent(&agent_id)?;
     let heartbeat: Heartbeat = decode(body, "heartbeat")?;
-    let held = state
-        .store
-        .touch_agent(&agent_id, OffsetDateTime::now_utc())
-        .await?
-        .report_seq;
+    state.contacts.note(&agent_id, OffsetDateTime::now_utc());
+    let held = state.store.agent_contact(&agent_id).await?.report_seq;
     // An agent that never reported has seq 0 and nothing to resend.
     let resend = heartbeat.report_seq > held.unwrap_or(0);
     Ok(Json(HeartbeatAck {

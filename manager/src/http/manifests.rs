@@ -160,18 +160,11 @@ pub async fn get(
 ) -> Result<Response, HttpError> {
     caller.require_reader_or_agent(&agent_id)?;
     let wait = params.wait_seconds.unwrap_or(0);
-    // The agent's own watch is its sign of life: an idle agent sends no reports at all. The
-    // same statement answers the generation, so a poll costs no extra round trip.
-    let mut touched = match &caller {
-        Caller::Agent(_) => Some(
-            state
-                .store
-                .touch_agent(&agent_id, OffsetDateTime::now_utc())
-                .await?
-                .generation,
-        ),
-        _ => None,
-    };
+    // The agent's own watch is its sign of life: an idle agent sends no reports at all. Noted in
+    // memory and written in batches (`contact.rs`), so a poll costs no write of its own.
+    if matches!(&caller, Caller::Agent(_)) {
+        state.contacts.note(&agent_id, OffsetDateTime::now_utc());
+    }
     if wait > state.max_wait_seconds {
         return Err(HttpError::bad_request(format!(
             "waitSeconds must be at most {}",
@@ -202,10 +195,7 @@ pub async fn get(
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     loop {
-        let generation = match touched.take() {
-            Some(generation) => generation,
-            None => state.store.current_generation(&agent_id).await?,
-        };
+        let generation = state.store.current_generation(&agent_id).await?;
         if generation > after
             && let Some(stored) = state.store.current_manifest(&agent_id).await?
         {

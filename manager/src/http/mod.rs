@@ -72,6 +72,8 @@ pub struct AppState {
     /// Turns true when the manager shuts down, so long-polls answer at once instead of holding
     /// the drain for up to a minute.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Agents' watch polls and heartbeats, written to the store in batches.
+    pub contacts: crate::contact::Contacts,
 }
 
 /// The API router with its layers: body limit, JSON fallbacks, panic catcher, request tracing.

@@ -319,18 +319,27 @@ impl MemoryStore {
         })
     }
 
-    pub async fn touch_agent(
-        &self,
-        agent_id: &AgentId,
-        now: OffsetDateTime,
-    ) -> Result<Contact, StoreError> {
+    pub async fn agent_contact(&self, agent_id: &AgentId) -> Result<Contact, StoreError> {
         self.with_active(agent_id, |agent| {
-            agent.last_seen_at = agent.last_seen_at.max(Some(now));
             Ok(Contact {
                 report_seq: agent.last_report_seq,
                 generation: agent.generation(),
             })
         })
+    }
+
+    pub async fn record_contacts(
+        &self,
+        contacts: &[(AgentId, OffsetDateTime)],
+    ) -> Result<(), StoreError> {
+        for (agent_id, at) in contacts {
+            // An agent decommissioned since is simply skipped.
+            let _ = self.with_active(agent_id, |agent| {
+                agent.last_seen_at = agent.last_seen_at.max(Some(*at));
+                Ok(())
+            });
+        }
+        Ok(())
     }
 
     pub async fn status(

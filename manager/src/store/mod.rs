@@ -354,14 +354,18 @@ impl Store {
         dispatch!(self, s => s.report_status(status, now))
     }
 
-    /// Notes that the agent made contact (a watch poll, a heartbeat) without a report; answers
-    /// what the manager holds for it, in the same round trip.
-    pub async fn touch_agent(
+    /// What an agent's contact needs to know: its newest report and its generation, in one read.
+    pub async fn agent_contact(&self, agent_id: &AgentId) -> Result<Contact, StoreError> {
+        dispatch!(self, s => s.agent_contact(agent_id))
+    }
+
+    /// Moves `last_seen_at` forward for each agent (never back), in one statement; agents
+    /// decommissioned meanwhile are skipped.
+    pub async fn record_contacts(
         &self,
-        agent_id: &AgentId,
-        now: OffsetDateTime,
-    ) -> Result<Contact, StoreError> {
-        dispatch!(self, s => s.touch_agent(agent_id, now))
+        contacts: &[(AgentId, OffsetDateTime)],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_contacts(contacts))
     }
 
     /// The agent's fleet row and its last status, rebuilt from the stored rows.

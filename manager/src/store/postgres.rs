@@ -674,19 +674,12 @@ impl PgStore {
         Ok(true)
     }
 
-    pub async fn touch_agent(
-        &self,
-        agent_id: &AgentId,
-        now: OffsetDateTime,
-    ) -> Result<Contact, StoreError> {
-        // GREATEST: a poll that started before a report must not move last contact back.
+    pub async fn agent_contact(&self, agent_id: &AgentId) -> Result<Contact, StoreError> {
         let row: Option<(Option<i64>, i64)> = sqlx::query_as(
-            "UPDATE agents SET last_seen_at = GREATEST(last_seen_at, $2) \
-             WHERE agent_id = $1 AND decommissioned_at IS NULL \
-             RETURNING last_report_seq, desired_generation",
+            "SELECT last_report_seq, desired_generation FROM agents \
+             WHERE agent_id = $1 AND decommissioned_at IS NULL",
         )
         .bind(agent_id.as_str())
-        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         let (seq, generation) = row.ok_or_else(|| StoreError::AgentNotFound(agent_id.clone()))?;
@@ -694,6 +687,25 @@ impl PgStore {
             report_seq: seq.map(from_db).transpose()?,
             generation: from_db(generation)?,
         })
+    }
+
+    pub async fn record_contacts(
+        &self,
+        contacts: &[(AgentId, OffsetDateTime)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = contacts.iter().map(|(id, _)| id.as_str()).collect();
+        let times: Vec<OffsetDateTime> = contacts.iter().map(|(_, at)| *at).collect();
+        // GREATEST: a contact noted before a report must not move last contact back.
+        sqlx::query(
+            "UPDATE agents AS a SET last_seen_at = GREATEST(a.last_seen_at, c.at) \
+             FROM unnest($1::text[], $2::timestamptz[]) AS c(agent_id, at) \
+             WHERE a.agent_id = c.agent_id AND a.decommissioned_at IS NULL",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn status(

@@ -66,7 +66,15 @@ async fn serve_inner(
         "postgres://test:x@localhost/test",
         watch.clone(),
     ));
+    let contacts = fleetlet_manager::contact::Contacts::default();
+    tokio::spawn(fleetlet_manager::contact::write_contacts(
+        contacts.clone(),
+        store.clone(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
     let state = AppState {
+        contacts,
         store,
         watch,
         roles: RoleHashes {
