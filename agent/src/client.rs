@@ -244,37 +244,41 @@ impl ManagerClient {
 
     /// Sends one status report.
     pub async fn report_status(&self, status: &AgentStatus) -> Result<ReportAck, ClientError> {
-        let url = self.url("status");
-        let response = self
-            .http
-            .put(&url)
-            .bearer_auth(self.token.expose())
-            .json(status)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&url, &e))?;
-        if response.status() != StatusCode::OK {
-            return Err(self.refused(&url, response).await);
-        }
-        response
-            .json::<ReportAck>()
-            .await
-            .map_err(|e| ClientError::Status {
-                url: url.clone(),
-                status: 200,
-                message: format!("the answer is not a report acknowledgement: {e}"),
-            })
+        self.exchange(
+            reqwest::Method::PUT,
+            "status",
+            status,
+            "a report acknowledgement",
+        )
+        .await
     }
 
     /// Sends a heartbeat naming the agent's latest report.
     pub async fn heartbeat(&self, report_seq: u64) -> Result<HeartbeatAck, ClientError> {
-        let url = self.url("heartbeat");
+        self.exchange(
+            reqwest::Method::POST,
+            "heartbeat",
+            &Heartbeat { report_seq },
+            "a heartbeat acknowledgement",
+        )
+        .await
+    }
+
+    /// Sends `body` as JSON to one of the agent's endpoints and reads the 200 answer as `A`
+    /// (`what` names it in the error when it is something else).
+    async fn exchange<A: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        tail: &str,
+        body: &impl serde::Serialize,
+        what: &str,
+    ) -> Result<A, ClientError> {
+        let url = self.url(tail);
         let response = self
             .http
-            .post(&url)
+            .request(method, &url)
             .bearer_auth(self.token.expose())
-            .json(&Heartbeat { report_seq })
+            .json(body)
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
@@ -282,14 +286,11 @@ impl ManagerClient {
         if response.status() != StatusCode::OK {
             return Err(self.refused(&url, response).await);
         }
-        response
-            .json::<HeartbeatAck>()
-            .await
-            .map_err(|e| ClientError::Status {
-                url: url.clone(),
-                status: 200,
-                message: format!("the answer is not a heartbeat acknowledgement: {e}"),
-            })
+        response.json::<A>().await.map_err(|e| ClientError::Status {
+            url: url.clone(),
+            status: 200,
+            message: format!("the answer is not {what}: {e}"),
+        })
     }
 }
 

@@ -311,6 +311,25 @@ fn spec_hash_label(container: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+impl Fixture {
+    /// A started fixture whose agent converged on generation 1: a long-running container and
+    /// the motd file.
+    async fn converged_on_a_good_generation(prefix: &str) -> anyhow::Result<Self> {
+        let fixture = Fixture::start(prefix).await?;
+        let good = manifest(
+            &fixture.agent_id,
+            vec![app(IMAGE, "100000"), fixture.motd("generation 1\n")],
+        );
+        assert_eq!(fixture.put_manifest(&good).await?, 1);
+        fixture
+            .wait_view("generation 1 to converge", CONVERGE, |view| {
+                view.summary.converged && view.summary.desired_generation == 1
+            })
+            .await?;
+        Ok(fixture)
+    }
+}
+
 fn read_text(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
@@ -318,20 +337,9 @@ fn read_text(path: &Path) -> Option<String> {
 #[tokio::test]
 async fn a_generation_whose_container_cannot_start_is_rolled_back_to_the_last_good_one()
 -> anyhow::Result<()> {
-    let fixture = Fixture::start("rollback").await?;
-    let id = fixture.agent_id.clone();
-
     // (a) Generation 1: a container and a file, converged.
-    let good = manifest(
-        &id,
-        vec![app(IMAGE, "100000"), fixture.motd("generation 1\n")],
-    );
-    assert_eq!(fixture.put_manifest(&good).await?, 1);
-    fixture
-        .wait_view("generation 1 to converge", CONVERGE, |view| {
-            view.summary.converged && view.summary.desired_generation == 1
-        })
-        .await?;
+    let fixture = Fixture::converged_on_a_good_generation("rollback").await?;
+    let id = fixture.agent_id.clone();
     let container = fixture
         .app_container()
         .await?
@@ -516,19 +524,8 @@ async fn a_generation_whose_container_cannot_start_is_rolled_back_to_the_last_go
 #[tokio::test]
 async fn with_onfailure_hold_a_generation_that_misses_its_deadline_stays_and_is_failed()
 -> anyhow::Result<()> {
-    let fixture = Fixture::start("hold").await?;
+    let fixture = Fixture::converged_on_a_good_generation("hold").await?;
     let id = fixture.agent_id.clone();
-
-    let good = manifest(
-        &id,
-        vec![app(IMAGE, "100000"), fixture.motd("generation 1\n")],
-    );
-    assert_eq!(fixture.put_manifest(&good).await?, 1);
-    fixture
-        .wait_view("generation 1 to converge", CONVERGE, |view| {
-            view.summary.converged && view.summary.desired_generation == 1
-        })
-        .await?;
 
     let bad = with_rollout(
         manifest(

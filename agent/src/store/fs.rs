@@ -504,20 +504,7 @@ impl FsStore {
     fn recover(&self, inner: &mut Inner) -> Result<(), StoreError> {
         self.sweep_temporaries(&self.agent_dir)?;
         self.load_table(inner)?;
-        let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_error(&self.resources_dir))?;
-            let dir = entry.path();
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| ResourceId::try_from(name).ok())
-            else {
-                continue;
-            };
-            if !dir.is_dir() {
-                continue;
-            }
+        for (id, dir) in self.resource_dir_entries()? {
             if inner.table.tracks(&id) {
                 self.sweep_temporaries(&dir)?;
                 // What a crash in the middle of an import from the older layout left behind.
@@ -695,20 +682,7 @@ impl FsStore {
     /// has a snapshot this is never called, and leftovers are removed by [`FsStore::recover`].
     fn import_legacy_files(&self, inner: &mut Inner) -> Result<Vec<PathBuf>, StoreError> {
         let mut dirs = Vec::new();
-        let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_error(&self.resources_dir))?;
-            let dir = entry.path();
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| ResourceId::try_from(name).ok())
-            else {
-                continue;
-            };
-            if !dir.is_dir() {
-                continue;
-            }
+        for (id, dir) in self.resource_dir_entries()? {
             self.sweep_temporaries(&dir)?;
             let record: Option<OwnershipRecord> =
                 self.load_record(inner, &dir.join(LEGACY_RECORD_FILE))?;
@@ -724,6 +698,26 @@ impl FsStore {
             dirs.push(dir);
         }
         Ok(dirs)
+    }
+
+    /// The per-resource directories under `resources/`, by id; other entries are passed over.
+    fn resource_dir_entries(&self) -> Result<Vec<(ResourceId, PathBuf)>, StoreError> {
+        let mut found = Vec::new();
+        let entries = fs::read_dir(&self.resources_dir).map_err(io_error(&self.resources_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.resources_dir))?;
+            let dir = entry.path();
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| ResourceId::try_from(name).ok());
+            if let Some(id) = id
+                && dir.is_dir()
+            {
+                found.push((id, dir));
+            }
+        }
+        Ok(found)
     }
 
     /// Removes the temporary files that a crash in the middle of a replacement left in `dir`.

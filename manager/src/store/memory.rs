@@ -414,6 +414,18 @@ mod tests {
 
     use super::*;
 
+    /// A store with one registered agent, `pi-1`.
+    async fn store_with_pi_1() -> (MemoryStore, AgentId, OffsetDateTime) {
+        let store = MemoryStore::new(ManifestWatch::default());
+        let now = OffsetDateTime::now_utc();
+        let agent = AgentId::try_from("pi-1").expect("agent id");
+        store
+            .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token("t"), now)
+            .await
+            .expect("register");
+        (store, agent, now)
+    }
+
     fn status_with(agent_id: &str, reason: Option<&str>) -> AgentStatus {
         let mut resource = json!({"kind": "SessionStorage", "phase": "Ready",
             "since": "2026-11-22T10:00:00Z", "generation": 1});
@@ -445,13 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_of_the_rollout_alone_is_a_new_generation() {
-        let store = MemoryStore::new(ManifestWatch::default());
-        let now = OffsetDateTime::now_utc();
-        let agent = AgentId::try_from("pi-1").expect("agent id");
-        store
-            .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token("t"), now)
-            .await
-            .expect("register");
+        let (store, agent, now) = store_with_pi_1().await;
         let hold = json!({"progressDeadlineSeconds": 5, "onFailure": "Hold"});
         for (rollout, generation, created) in [
             (None, 1, true),
@@ -475,13 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_true_rolled_back_condition_marks_the_fleet_row_and_is_one_event() {
-        let store = MemoryStore::new(ManifestWatch::default());
-        let now = OffsetDateTime::now_utc();
-        let agent = AgentId::try_from("pi-1").expect("agent id");
-        store
-            .register_agent(&agent, &BTreeMap::new(), crate::token::hash_token("t"), now)
-            .await
-            .expect("register");
+        let (store, agent, now) = store_with_pi_1().await;
         let mut status = status_with("pi-1", None);
         status.conditions = serde_json::from_value(json!([{"type": "RolledBack",
             "status": "True", "reason": "ProgressDeadlineExceeded",
