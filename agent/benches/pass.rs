@@ -179,24 +179,25 @@ fn bench_fs_store() {
         FsStore::open(dir, agent_id(), FsStoreOptions::default()).expect("store opens")
     };
 
-    // A first apply's share: 1,000 new records and states, then the pass's one flush.
-    measure("fs store: save 1,000 new + flush", || {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
+    // Every record and state saved, then the pass's one flush.
+    let save_all = |store: &FsStore| {
         for (id, record, state) in &records {
             store.save_ownership_record(id, record).expect("save");
             store.save_resource_state(id, state).expect("save");
         }
         store.flush().expect("flush");
+    };
+
+    // A first apply's share: 1,000 new records and states, then the pass's one flush.
+    measure("fs store: save 1,000 new + flush", || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        save_all(&store);
     });
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    for (id, record, state) in &records {
-        store.save_ownership_record(id, record).expect("save");
-        store.save_resource_state(id, state).expect("save");
-    }
-    store.flush().expect("flush");
+    save_all(&store);
     // A converged resync's share: every record and state saved unchanged, read back, flushed.
     measure("fs store: resave 1,000 unchanged + flush", || {
         for (id, record, state) in &records {

@@ -312,6 +312,22 @@ fn spec_hash_label(container: &Value) -> Option<String> {
 }
 
 impl Fixture {
+    /// Generation 2: its container cannot start (the image is missing), it changes the motd and
+    /// adds a file, and it carries a short rollout deadline with `on_failure`.
+    fn bad_generation(&self, on_failure: &str) -> Value {
+        with_rollout(
+            manifest(
+                &self.agent_id,
+                vec![
+                    app(MISSING_IMAGE, "100000"),
+                    self.motd("generation 2\n"),
+                    file_resource("extra", &self.path("extra.conf"), "only in 2\n", "0644"),
+                ],
+            ),
+            on_failure,
+        )
+    }
+
     /// A started fixture whose agent converged on generation 1: a long-running container and
     /// the motd file.
     async fn converged_on_a_good_generation(prefix: &str) -> anyhow::Result<Self> {
@@ -350,17 +366,7 @@ async fn a_generation_whose_container_cannot_start_is_rolled_back_to_the_last_go
     // (b) Generation 2 cannot start its container, adds a file and changes another; it has a
     // rollout deadline with onFailure Rollback. `fleetlet apply --wait` stores it and stops as
     // soon as the agent rolled it back, long before its own 60 s timeout.
-    let bad = with_rollout(
-        manifest(
-            &id,
-            vec![
-                app(MISSING_IMAGE, "100000"),
-                fixture.motd("generation 2\n"),
-                file_resource("extra", &fixture.path("extra.conf"), "only in 2\n", "0644"),
-            ],
-        ),
-        "Rollback",
-    );
+    let bad = fixture.bad_generation("Rollback");
     let stored = Instant::now();
     let (succeeded, stdout, stderr) = fixture.fleetlet_apply_and_wait(&bad).await?;
     assert!(
@@ -527,17 +533,7 @@ async fn with_onfailure_hold_a_generation_that_misses_its_deadline_stays_and_is_
     let fixture = Fixture::converged_on_a_good_generation("hold").await?;
     let id = fixture.agent_id.clone();
 
-    let bad = with_rollout(
-        manifest(
-            &id,
-            vec![
-                app(MISSING_IMAGE, "100000"),
-                fixture.motd("generation 2\n"),
-                file_resource("extra", &fixture.path("extra.conf"), "only in 2\n", "0644"),
-            ],
-        ),
-        "Hold",
-    );
+    let bad = fixture.bad_generation("Hold");
     let stored = Instant::now();
     assert_eq!(fixture.put_manifest(&bad).await?, 2);
     let view = fixture
