@@ -4,6 +4,7 @@
 //! two implementations and the methods are async. Both implementations keep the same rules
 //! (generations, idempotent reports, event sequence numbers), which the API tests check.
 
+mod coalesce;
 pub mod memory;
 pub mod postgres;
 

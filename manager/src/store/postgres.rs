@@ -6,8 +6,9 @@
 //! [`MANIFEST_CHANNEL`] with the agent id, which [`listen_for_manifest_changes`] on every replica
 //! turns into wake-ups of its local long-polls.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
@@ -22,6 +23,7 @@ use sqlx::{ConnectOptions, Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::coalesce::Coalescer;
 use super::{
     Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
     StoreError, StoredManifest, events_for_report, manifest_rejected, rolled_back,
@@ -73,12 +75,53 @@ pub enum ConnectError {
     MigrationFailed { database: String, reason: String },
 }
 
-/// The PostgreSQL store. Clones share one pool.
+/// The PostgreSQL store. Clones share one pool and one set of batch dispatchers.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     database: String,
     watch: ManifestWatch,
+    batches: Batches,
+}
+
+/// The calls that arrive many at a time under load, each coalesced into one round trip per
+/// batch (`coalesce.rs`): a poll's token and generation lookups, and status reports.
+#[derive(Clone)]
+struct Batches {
+    tokens: Coalescer<TokenHash, Option<AgentId>>,
+    generations: Coalescer<AgentId, u64>,
+    reports: Coalescer<(Arc<AgentStatus>, OffsetDateTime), bool>,
+}
+
+/// A batch of lookups answers at most this many calls: 10,000 agents re-polling together cost
+/// 20 reads, not 10,000.
+const LOOKUP_BATCH: usize = 500;
+/// Reports per transaction. Each carries its resources' rows, so batches stay smaller.
+const REPORT_BATCH: usize = 64;
+/// Batches of one kind in flight at once. The pool has 16 connections; three kinds at four
+/// each leave room for everything else.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+impl Batches {
+    fn spawn(pool: &PgPool) -> Self {
+        let tokens = Coalescer::spawn(LOOKUP_BATCH, BATCHES_IN_FLIGHT, {
+            let pool = pool.clone();
+            move |hashes| agents_for_tokens(pool.clone(), hashes)
+        });
+        let generations = Coalescer::spawn(LOOKUP_BATCH, BATCHES_IN_FLIGHT, {
+            let pool = pool.clone();
+            move |ids| active_generations(pool.clone(), ids)
+        });
+        let reports = Coalescer::spawn(REPORT_BATCH, BATCHES_IN_FLIGHT, {
+            let pool = pool.clone();
+            move |reports| report_batch(pool.clone(), reports)
+        });
+        Self {
+            tokens,
+            generations,
+            reports,
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -168,10 +211,12 @@ impl PgStore {
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
+        let batches = Batches::spawn(&pool);
         let store = Self {
             pool,
             database,
             watch,
+            batches,
         };
         store.wait_until_reachable().await?;
         store.migrate().await?;
@@ -181,6 +226,7 @@ impl PgStore {
     /// A store over a pool whose database is already migrated (the API tests' fresh databases).
     pub fn from_pool(pool: PgPool, database: &str, watch: ManifestWatch) -> Self {
         Self {
+            batches: Batches::spawn(&pool),
             pool,
             database: redact_database_url(database),
             watch,
@@ -257,15 +303,9 @@ impl PgStore {
         .ok_or_else(|| StoreError::AgentNotFound(agent_id.clone()))
     }
 
+    /// The agent's generation; fails if it is not active. Coalesced with concurrent lookups.
     async fn ensure_active(&self, agent_id: &AgentId) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT desired_generation FROM agents WHERE agent_id = $1 AND decommissioned_at IS NULL",
-        )
-        .bind(agent_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::AgentNotFound(agent_id.clone()))?;
-        from_db(row.try_get("desired_generation")?)
+        self.batches.generations.call(agent_id.clone()).await
     }
 
     /// Appends events with the next seqs of the agent; the caller holds the agent's row lock.
@@ -287,30 +327,8 @@ impl PgStore {
         .bind(count)
         .fetch_one(&mut **tx)
         .await?;
-        let first = last - count + 1;
-        let rows: Vec<serde_json::Value> = events
-            .into_iter()
-            .zip(first..)
-            .map(|(event, seq)| {
-                serde_json::json!({
-                    "seq": seq,
-                    "type": event.type_.as_str(),
-                    "resource_id": event.resource_id,
-                    "payload": event.payload,
-                })
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO events (agent_id, seq, type, resource_id, payload, created_at) \
-             SELECT $1, e.seq, e.type, e.resource_id, e.payload, $3 \
-             FROM jsonb_to_recordset($2) AS e(seq bigint, type text, resource_id text, payload jsonb)",
-        )
-        .bind(agent_id.as_str())
-        .bind(Json(rows))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        let rows = event_rows(agent_id, events, last - count + 1, now)?;
+        insert_events(tx, rows).await
     }
 
     /// Queues a NOTIFY for the agent; PostgreSQL delivers it when the transaction commits.
@@ -440,16 +458,7 @@ impl PgStore {
         &self,
         token_hash: TokenHash,
     ) -> Result<Option<AgentId>, StoreError> {
-        // A lookup by the hash: the token itself never reaches the database, and the time taken
-        // depends on the hash only, which an attacker cannot steer byte by byte.
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT agent_id FROM agents WHERE token_hash = $1 AND decommissioned_at IS NULL",
-        )
-        .bind(token_hash.to_hex())
-        .fetch_optional(&self.pool)
-        .await?;
-        id.map(|id| AgentId::try_from(id).map_err(|e| corrupt("stored agent id", e.0)))
-            .transpose()
+        self.batches.tokens.call(token_hash).await
     }
 
     pub async fn put_manifest(
@@ -573,105 +582,16 @@ impl PgStore {
         rows.iter().map(stored_manifest).collect()
     }
 
+    /// Stores a report. Concurrent reports share one transaction (`report_batch`).
     pub async fn report_status(
         &self,
         status: &AgentStatus,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let agent_id = &status.agent_id;
-        let mut tx = self.pool.begin().await?;
-        let agent = Self::lock_agent(&mut tx, agent_id).await?;
-        let last_seq: Option<i64> = agent.try_get("last_report_seq")?;
-        if last_seq.is_some_and(|last| to_db(status.report_seq).is_ok_and(|seq| seq <= last)) {
-            return Ok(false);
-        }
-        let previous_status: Option<(i64, bool)> = sqlx::query_as(
-            "SELECT observed_generation, rolled_back FROM agent_status WHERE agent_id = $1",
-        )
-        .bind(agent_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let previous_phases: BTreeMap<String, String> =
-            sqlx::query_as("SELECT resource_id, phase FROM resource_status WHERE agent_id = $1")
-                .bind(agent_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-        let previous = PreviousReport {
-            observed_generation: previous_status
-                .map(|(observed, _)| from_db(observed))
-                .transpose()?,
-            phases: previous_phases,
-            rolled_back: previous_status.is_some_and(|(_, rolled_back)| rolled_back),
-        };
-        let events = events_for_report(&previous, status);
-
-        sqlx::query(
-            "INSERT INTO agent_status (agent_id, manifest_generation, observed_generation, report_seq, \
-               conditions, manifest_rejected, rolled_back, observed_at, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (agent_id) DO UPDATE SET manifest_generation = EXCLUDED.manifest_generation, \
-               observed_generation = EXCLUDED.observed_generation, report_seq = EXCLUDED.report_seq, \
-               conditions = EXCLUDED.conditions, manifest_rejected = EXCLUDED.manifest_rejected, \
-               rolled_back = EXCLUDED.rolled_back, observed_at = EXCLUDED.observed_at, received_at = EXCLUDED.received_at",
-        )
-        .bind(agent_id.as_str())
-        .bind(to_db(status.manifest_generation)?)
-        .bind(to_db(status.observed_generation)?)
-        .bind(to_db(status.report_seq)?)
-        .bind(Json(&status.conditions))
-        .bind(manifest_rejected(&status.conditions))
-        .bind(rolled_back(&status.conditions))
-        .bind(status.observed_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-
-        let reported: Vec<String> = status.resources.keys().map(ToString::to_string).collect();
-        sqlx::query(
-            "DELETE FROM resource_status WHERE agent_id = $1 AND NOT (resource_id = ANY($2))",
-        )
-        .bind(agent_id.as_str())
-        .bind(&reported)
-        .execute(&mut *tx)
-        .await?;
-        let rows = resource_rows(status)?;
-        // One statement for all resources, however many there are: the rows travel as one JSON
-        // array that PostgreSQL unpacks with jsonb_to_recordset.
-        sqlx::query(
-            "INSERT INTO resource_status (agent_id, resource_id, kind, phase, since, generation, \
-               spec_hash, error_reason, error_message, retry_after, details, updated_at) \
-             SELECT $1, r.resource_id, r.kind, r.phase, r.since, r.generation, r.spec_hash, \
-               r.error_reason, r.error_message, r.retry_after, r.details, $3 \
-             FROM jsonb_to_recordset($2) AS r(resource_id text, kind text, phase text, \
-               since timestamptz, generation bigint, spec_hash text, error_reason text, \
-               error_message text, retry_after timestamptz, details jsonb) \
-             ON CONFLICT (agent_id, resource_id) DO UPDATE SET kind = EXCLUDED.kind, \
-               phase = EXCLUDED.phase, since = EXCLUDED.since, generation = EXCLUDED.generation, \
-               spec_hash = EXCLUDED.spec_hash, error_reason = EXCLUDED.error_reason, \
-               error_message = EXCLUDED.error_message, retry_after = EXCLUDED.retry_after, \
-               details = EXCLUDED.details, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(agent_id.as_str())
-        .bind(Json(rows))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-
-        sqlx::query(
-            "UPDATE agents SET last_seen_at = $2, last_report_seq = $3, agent_info = $4 \
-             WHERE agent_id = $1",
-        )
-        .bind(agent_id.as_str())
-        .bind(now)
-        .bind(to_db(status.report_seq)?)
-        .bind(Json(&status.agent))
-        .execute(&mut *tx)
-        .await?;
-        Self::append_events(&mut tx, agent_id, events, now).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.batches
+            .reports
+            .call((Arc::new(status.clone()), now))
+            .await
     }
 
     pub async fn agent_contact(&self, agent_id: &AgentId) -> Result<Contact, StoreError> {
@@ -695,6 +615,16 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let ids: Vec<&str> = contacts.iter().map(|(id, _)| id.as_str()).collect();
         let times: Vec<OffsetDateTime> = contacts.iter().map(|(_, at)| *at).collect();
+        let mut tx = self.pool.begin().await?;
+        // Lock the rows in id order first, as batched reports do: an UPDATE over many rows
+        // locks them in whatever order its plan visits them, which could deadlock with a batch.
+        sqlx::query(
+            "SELECT 1 FROM agents WHERE agent_id = ANY($1) AND decommissioned_at IS NULL \
+             ORDER BY agent_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
         // GREATEST: a contact noted before a report must not move last contact back.
         sqlx::query(
             "UPDATE agents AS a SET last_seen_at = GREATEST(a.last_seen_at, c.at) \
@@ -703,8 +633,9 @@ impl PgStore {
         )
         .bind(&ids)
         .bind(&times)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -827,9 +758,10 @@ impl PgStore {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
+        let position: HashMap<String, usize> = ids.into_iter().zip(0..).collect();
         for (id, phase, count) in counts {
             let phase = Phase::parse(&phase).ok_or_else(|| corrupt("stored phase", &phase))?;
-            if let Some(row) = fleet.iter_mut().find(|r| r.agent_id.as_str() == id) {
+            if let Some(row) = position.get(&id).and_then(|&i| fleet.get_mut(i)) {
                 row.counts
                     .insert(phase, u32::try_from(count).unwrap_or(u32::MAX));
             }
@@ -941,13 +873,400 @@ fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
     })
 }
 
+/// The per-call results of one batch (`coalesce.rs`).
+type BatchResults<V> = Result<Vec<Result<V, StoreError>>, StoreError>;
+
+/// The agents holding these token hashes, in one read. A lookup by the hash: the token itself
+/// never reaches the database, and the time taken depends on the hashes only.
+async fn agents_for_tokens(pool: PgPool, hashes: Vec<TokenHash>) -> BatchResults<Option<AgentId>> {
+    let hex: Vec<String> = hashes.into_iter().map(TokenHash::to_hex).collect();
+    let owners: HashMap<String, String> = sqlx::query_as(
+        "SELECT token_hash, agent_id FROM agents \
+         WHERE token_hash = ANY($1) AND decommissioned_at IS NULL",
+    )
+    .bind(&hex)
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(hex
+        .iter()
+        .map(|hash| {
+            owners
+                .get(hash)
+                .map(|id| {
+                    AgentId::try_from(id.as_str()).map_err(|e| corrupt("stored agent id", e.0))
+                })
+                .transpose()
+        })
+        .collect())
+}
+
+/// The generations of these agents, in one read; an agent that is not active is not found.
+async fn active_generations(pool: PgPool, ids: Vec<AgentId>) -> BatchResults<u64> {
+    let names: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+    let generations: HashMap<String, i64> = sqlx::query_as(
+        "SELECT agent_id, desired_generation FROM agents \
+         WHERE agent_id = ANY($1) AND decommissioned_at IS NULL",
+    )
+    .bind(&names)
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(ids
+        .into_iter()
+        .map(|id| match generations.get(id.as_str()) {
+            Some(generation) => from_db(*generation),
+            None => Err(StoreError::AgentNotFound(id)),
+        })
+        .collect())
+}
+
+/// Stores a batch of reports in rounds, one transaction each. The first rounds hold reports of
+/// distinct agents, at most [`ROUND_RESOURCES`] resource rows each; an agent's second report in
+/// the same batch comes after them, alone, so its `reportSeq` check and events see the first.
+async fn report_batch(
+    pool: PgPool,
+    reports: Vec<(Arc<AgentStatus>, OffsetDateTime)>,
+) -> BatchResults<bool> {
+    let mut results: Vec<Option<Result<bool, StoreError>>> = std::iter::repeat_with(|| None)
+        .take(reports.len())
+        .collect();
+    for (number, round) in report_rounds(&reports).into_iter().enumerate() {
+        let outcomes = match report_round(&pool, round.iter().map(|&i| &reports[i]).collect()).await
+        {
+            Ok(outcomes) => outcomes,
+            // Nothing is stored yet: the caller retries the calls one by one.
+            Err(error) if number == 0 => return Err(error),
+            Err(error) if round.len() == 1 => vec![Err(error)],
+            Err(_) => {
+                let mut outcomes = Vec::with_capacity(round.len());
+                for &i in &round {
+                    outcomes.push(match report_round(&pool, vec![&reports[i]]).await {
+                        Ok(mut outcome) if outcome.len() == 1 => outcome.remove(0),
+                        Ok(_) => Err(StoreError::Internal("a report gave no result".into())),
+                        Err(error) => Err(error),
+                    });
+                }
+                outcomes
+            }
+        };
+        for (i, outcome) in round.into_iter().zip(outcomes) {
+            results[i] = Some(outcome);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(StoreError::Internal("a report was lost".into())))
+        })
+        .collect())
+}
+
+/// Resource rows per report transaction: a few large reports do not make one huge statement.
+const ROUND_RESOURCES: usize = 2_000;
+
+/// Splits a batch into rounds of indices (see [`report_batch`]).
+fn report_rounds(reports: &[(Arc<AgentStatus>, OffsetDateTime)]) -> Vec<Vec<usize>> {
+    let mut seen = HashSet::new();
+    let (first, again): (Vec<usize>, Vec<usize>) =
+        (0..reports.len()).partition(|&i| seen.insert(reports[i].0.agent_id.as_str()));
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    for i in first {
+        let weight = reports[i].0.resources.len().max(1);
+        match rounds.last_mut() {
+            Some(round) if rows + weight <= ROUND_RESOURCES => {
+                round.push(i);
+                rows += weight;
+            }
+            _ => {
+                rounds.push(vec![i]);
+                rows = weight;
+            }
+        }
+    }
+    rounds.extend(again.into_iter().map(|i| vec![i]));
+    rounds
+}
+
+/// One transaction for reports of distinct agents: lock their rows (in id order, as every
+/// multi-agent write does, so two such writes cannot deadlock), drop the reports whose
+/// `reportSeq` is not new, read what events are derived from, and write statuses, resource rows,
+/// agent rows and events with one statement each.
+async fn report_round(
+    pool: &PgPool,
+    reports: Vec<&(Arc<AgentStatus>, OffsetDateTime)>,
+) -> BatchResults<bool> {
+    let mut tx = pool.begin().await?;
+    let mut ids: Vec<&str> = reports.iter().map(|(s, _)| s.agent_id.as_str()).collect();
+    ids.sort_unstable();
+    let last_seqs: HashMap<String, Option<i64>> = sqlx::query_as(
+        "SELECT agent_id, last_report_seq FROM agents \
+         WHERE agent_id = ANY($1) AND decommissioned_at IS NULL ORDER BY agent_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut outcomes = Vec::with_capacity(reports.len());
+    let mut accepted = Vec::new();
+    for (status, now) in reports {
+        outcomes.push(match last_seqs.get(status.agent_id.as_str()) {
+            None => Err(StoreError::AgentNotFound(status.agent_id.clone())),
+            Some(last)
+                if last
+                    .is_some_and(|last| to_db(status.report_seq).is_ok_and(|seq| seq <= last)) =>
+            {
+                Ok(false)
+            }
+            Some(_) => {
+                accepted.push((status.as_ref(), *now));
+                Ok(true)
+            }
+        });
+    }
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
+    let ids: Vec<&str> = accepted.iter().map(|(s, _)| s.agent_id.as_str()).collect();
+    let mut previous: HashMap<String, PreviousReport> = HashMap::new();
+    let statuses: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT agent_id, observed_generation, rolled_back FROM agent_status \
+         WHERE agent_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (agent, observed, was_rolled_back) in statuses {
+        let entry = previous.entry(agent).or_default();
+        entry.observed_generation = Some(from_db(observed)?);
+        entry.rolled_back = was_rolled_back;
+    }
+    let phases: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT agent_id, resource_id, phase FROM resource_status WHERE agent_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (agent, resource, phase) in phases {
+        previous
+            .entry(agent)
+            .or_default()
+            .phases
+            .insert(resource, phase);
+    }
+
+    let mut rows = StatusRows::default();
+    let mut resources = Vec::new();
+    let (mut kept_agents, mut kept_resources) = (Vec::new(), Vec::new());
+    let mut events = Vec::new();
+    for &(status, now) in &accepted {
+        let agent = status.agent_id.as_str();
+        let new_events = events_for_report(
+            previous.get(agent).unwrap_or(&PreviousReport::default()),
+            status,
+        );
+        rows.push(
+            status,
+            now,
+            i64::try_from(new_events.len()).map_err(|e| corrupt("event count", e))?,
+        )?;
+        resources.extend(resource_rows(status, now)?);
+        for id in status.resources.keys() {
+            kept_agents.push(agent);
+            kept_resources.push(id.as_str());
+        }
+        events.push((&status.agent_id, new_events, now));
+    }
+
+    sqlx::query(
+        "INSERT INTO agent_status (agent_id, manifest_generation, observed_generation, report_seq, \
+           conditions, manifest_rejected, rolled_back, observed_at, received_at) \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::jsonb[], \
+           $6::boolean[], $7::boolean[], $8::timestamptz[], $9::timestamptz[]) \
+         ON CONFLICT (agent_id) DO UPDATE SET manifest_generation = EXCLUDED.manifest_generation, \
+           observed_generation = EXCLUDED.observed_generation, report_seq = EXCLUDED.report_seq, \
+           conditions = EXCLUDED.conditions, manifest_rejected = EXCLUDED.manifest_rejected, \
+           rolled_back = EXCLUDED.rolled_back, observed_at = EXCLUDED.observed_at, \
+           received_at = EXCLUDED.received_at",
+    )
+    .bind(&rows.agent_ids)
+    .bind(&rows.manifest_generations)
+    .bind(&rows.observed_generations)
+    .bind(&rows.report_seqs)
+    .bind(&rows.conditions)
+    .bind(&rows.manifest_rejected)
+    .bind(&rows.rolled_back)
+    .bind(&rows.observed_at)
+    .bind(&rows.received_at)
+    .execute(&mut *tx)
+    .await?;
+
+    // Resources the agents no longer report are gone from their status.
+    sqlx::query(
+        "DELETE FROM resource_status r WHERE r.agent_id = ANY($1) AND NOT EXISTS ( \
+           SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(agent_id, resource_id) \
+           WHERE k.agent_id = r.agent_id AND k.resource_id = r.resource_id)",
+    )
+    .bind(&ids)
+    .bind(&kept_agents)
+    .bind(&kept_resources)
+    .execute(&mut *tx)
+    .await?;
+    if !resources.is_empty() {
+        // One statement for all resources of all reports: the rows travel as one JSON array
+        // that PostgreSQL unpacks with jsonb_to_recordset.
+        sqlx::query(
+            "INSERT INTO resource_status (agent_id, resource_id, kind, phase, since, generation, \
+               spec_hash, error_reason, error_message, retry_after, details, updated_at) \
+             SELECT r.agent_id, r.resource_id, r.kind, r.phase, r.since, r.generation, \
+               r.spec_hash, r.error_reason, r.error_message, r.retry_after, r.details, r.updated_at \
+             FROM jsonb_to_recordset($1) AS r(agent_id text, resource_id text, kind text, \
+               phase text, since timestamptz, generation bigint, spec_hash text, \
+               error_reason text, error_message text, retry_after timestamptz, details jsonb, \
+               updated_at timestamptz) \
+             ON CONFLICT (agent_id, resource_id) DO UPDATE SET kind = EXCLUDED.kind, \
+               phase = EXCLUDED.phase, since = EXCLUDED.since, generation = EXCLUDED.generation, \
+               spec_hash = EXCLUDED.spec_hash, error_reason = EXCLUDED.error_reason, \
+               error_message = EXCLUDED.error_message, retry_after = EXCLUDED.retry_after, \
+               details = EXCLUDED.details, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(Json(resources))
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    // The agents' rows, and their event seqs moved past this report's events, in one statement.
+    let last_event_seqs: HashMap<String, i64> = sqlx::query_as(
+        "UPDATE agents AS a SET last_seen_at = u.received_at, last_report_seq = u.report_seq, \
+           agent_info = u.agent_info, last_event_seq = a.last_event_seq + u.events \
+         FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::jsonb[], $5::bigint[]) \
+           AS u(agent_id, received_at, report_seq, agent_info, events) \
+         WHERE a.agent_id = u.agent_id RETURNING a.agent_id, a.last_event_seq",
+    )
+    .bind(&rows.agent_ids)
+    .bind(&rows.received_at)
+    .bind(&rows.report_seqs)
+    .bind(&rows.agent_info)
+    .bind(&rows.event_counts)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut event_rows_all = Vec::new();
+    for ((agent_id, new_events, now), count) in events.into_iter().zip(&rows.event_counts) {
+        if new_events.is_empty() {
+            continue;
+        }
+        let last = *last_event_seqs
+            .get(agent_id.as_str())
+            .ok_or_else(|| corrupt("event seq", format!("no row for {agent_id}")))?;
+        event_rows_all.extend(event_rows(agent_id, new_events, last - count + 1, now)?);
+    }
+    insert_events(&mut tx, event_rows_all).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The `agent_status` and `agents` columns of a batch of reports, one array per column.
+#[derive(Default)]
+struct StatusRows<'a> {
+    agent_ids: Vec<&'a str>,
+    manifest_generations: Vec<i64>,
+    observed_generations: Vec<i64>,
+    report_seqs: Vec<i64>,
+    conditions: Vec<Json<&'a [Condition]>>,
+    manifest_rejected: Vec<bool>,
+    rolled_back: Vec<bool>,
+    observed_at: Vec<OffsetDateTime>,
+    received_at: Vec<OffsetDateTime>,
+    agent_info: Vec<Json<&'a AgentInfo>>,
+    event_counts: Vec<i64>,
+}
+
+impl<'a> StatusRows<'a> {
+    fn push(
+        &mut self,
+        status: &'a AgentStatus,
+        now: OffsetDateTime,
+        events: i64,
+    ) -> Result<(), StoreError> {
+        self.agent_ids.push(status.agent_id.as_str());
+        self.manifest_generations
+            .push(to_db(status.manifest_generation)?);
+        self.observed_generations
+            .push(to_db(status.observed_generation)?);
+        self.report_seqs.push(to_db(status.report_seq)?);
+        self.conditions.push(Json(&status.conditions));
+        self.manifest_rejected
+            .push(manifest_rejected(&status.conditions));
+        self.rolled_back.push(rolled_back(&status.conditions));
+        self.observed_at.push(status.observed_at);
+        self.received_at.push(now);
+        self.agent_info.push(Json(&status.agent));
+        self.event_counts.push(events);
+        Ok(())
+    }
+}
+
+/// Event rows with seqs from `first` on, as the JSON that [`insert_events`] reads.
+fn event_rows(
+    agent_id: &AgentId,
+    events: Vec<NewEvent>,
+    first: i64,
+    now: OffsetDateTime,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let created_at = rfc3339(now)?;
+    Ok(events
+        .into_iter()
+        .zip(first..)
+        .map(|(event, seq)| {
+            serde_json::json!({
+                "agent_id": agent_id,
+                "seq": seq,
+                "type": event.type_.as_str(),
+                "resource_id": event.resource_id,
+                "payload": event.payload,
+                "created_at": created_at,
+            })
+        })
+        .collect())
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Vec<serde_json::Value>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (agent_id, seq, type, resource_id, payload, created_at) \
+         SELECT e.agent_id, e.seq, e.type, e.resource_id, e.payload, e.created_at \
+         FROM jsonb_to_recordset($1) AS e(agent_id text, seq bigint, type text, \
+           resource_id text, payload jsonb, created_at timestamptz)",
+    )
+    .bind(Json(rows))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The rows of `resource_status` for a report, as the JSON that jsonb_to_recordset reads.
-fn resource_rows(status: &AgentStatus) -> Result<Vec<serde_json::Value>, StoreError> {
+fn resource_rows(
+    status: &AgentStatus,
+    now: OffsetDateTime,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let updated_at = rfc3339(now)?;
     status
         .resources
         .iter()
         .map(|(id, resource)| {
             Ok(serde_json::json!({
+                "agent_id": status.agent_id,
                 "resource_id": id,
                 "kind": resource.kind,
                 "phase": resource.phase.as_str(),
@@ -958,6 +1277,7 @@ fn resource_rows(status: &AgentStatus) -> Result<Vec<serde_json::Value>, StoreEr
                 "error_message": resource.error.as_ref().map(|e| e.message.as_str()),
                 "retry_after": resource.retry_after.map(rfc3339).transpose()?,
                 "details": resource.details,
+                "updated_at": updated_at,
             }))
         })
         .collect()
@@ -1031,4 +1351,59 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(MANIFEST_CHANNEL).await?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A report of `agent_id` with `resources` File resources.
+    fn report(agent_id: &str, resources: usize) -> (Arc<AgentStatus>, OffsetDateTime) {
+        let resources: serde_json::Map<String, serde_json::Value> = (0..resources)
+            .map(|i| {
+                let resource = json!({"kind": "File", "phase": "Ready",
+                    "since": "2026-11-22T10:00:00Z", "generation": 1});
+                (format!("file-{i}"), resource)
+            })
+            .collect();
+        let status = serde_json::from_value(json!({
+            "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": agent_id,
+            "reportSeq": 1, "manifestGeneration": 1, "observedGeneration": 1,
+            "observedAt": "2026-11-22T10:00:00Z",
+            "agent": {"version": "0.1.0", "hostname": "h", "arch": "x86_64", "os": "linux",
+                      "bootId": "b", "startedAt": "2026-11-22T09:00:00Z", "supportedKinds": []},
+            "conditions": [], "resources": resources,
+        }))
+        .expect("valid status");
+        (Arc::new(status), OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn an_agents_second_report_in_a_batch_is_a_round_of_its_own_after_the_rest() {
+        let batch = [
+            report("a", 1),
+            report("b", 0),
+            report("a", 1),
+            report("c", 1),
+            report("a", 1),
+        ];
+        assert_eq!(report_rounds(&batch), vec![vec![0, 1, 3], vec![2], vec![4]]);
+    }
+
+    #[test]
+    fn large_reports_are_split_across_rounds_by_their_resource_rows() {
+        let batch = [
+            report("a", 1_500),
+            report("b", 400),
+            report("c", 200),
+            report("d", 3_000),
+            report("e", 0),
+        ];
+        assert_eq!(
+            report_rounds(&batch),
+            vec![vec![0, 1], vec![2], vec![3], vec![4]]
+        );
+    }
 }

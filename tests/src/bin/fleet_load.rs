@@ -192,6 +192,51 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     stat_ticks(&stat, 13, 14)
 }
 
+/// utime + stime of the PostgreSQL processes that work for `database`: its backends, and the
+/// WAL writer, checkpointer and background writer (shared with any other database on the
+/// server, so other work on the same server shows up here too). Backends that exit take their
+/// share with them; the manager's pool keeps its connections, so over a window little is lost.
+fn postgres_cpu_seconds(database: &str) -> anyhow::Result<f64> {
+    const SHARED: [&str; 3] = ["walwriter", "checkpointer", "background writer"];
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path();
+        let is_pid = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        // A process may exit between listing and reading: skip it.
+        let (Ok(stat), Ok(title)) = (
+            std::fs::read_to_string(path.join("stat")),
+            std::fs::read_to_string(path.join("cmdline")),
+        ) else {
+            continue;
+        };
+        // A backend's title is "postgres: <user> <database> <client> <state>".
+        let ours = title.starts_with("postgres: ")
+            && (title.split(' ').nth(2) == Some(database)
+                || SHARED
+                    .iter()
+                    .any(|name| title.trim_end_matches('\0').ends_with(name)));
+        if stat.contains("(postgres)") && ours {
+            total += stat_ticks(&stat, 13, 14)?;
+        }
+    }
+    Ok(total)
+}
+
+/// CPU seconds of the manager, PostgreSQL and this load generator, to split a window's work.
+fn cpu_split(manager: u32, database: &str) -> anyhow::Result<[f64; 3]> {
+    Ok([
+        cpu_seconds(manager)?,
+        postgres_cpu_seconds(database)?,
+        cpu_seconds(std::process::id())?,
+    ])
+}
+
 /// cutime + cstime of this process: the CPU of the children it has reaped, in seconds.
 fn reaped_children_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
@@ -249,7 +294,12 @@ impl ManagedAgent {
         let body: Value = response.json().await?;
         let token = body["token"]
             .as_str()
-            .with_context(|| format!("registration answered {body}"))?
+            .with_context(|| {
+                format!(
+                    "registration answered {body}; the manager logged:\n{}",
+                    manager.logs()
+                )
+            })?
             .to_owned();
         Ok(Self {
             manager,
@@ -888,7 +938,8 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
             });
         }
         while let Some(agent) = set.join_next().await {
-            agents.push(agent??);
+            agents
+                .push(agent?.with_context(|| format!("the manager logged:\n{}", manager.logs()))?);
         }
     }
     println!(
@@ -971,6 +1022,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         });
     }
     let report_started = Instant::now();
+    let cpu_before = cpu_split(manager.pid(), &managed.database.name)?;
     let mut latencies = Vec::new();
     let mut errors = 0;
     while let Some(result) = set.join_next().await {
@@ -979,6 +1031,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         errors += failed;
     }
     let wall = report_started.elapsed().as_secs_f64();
+    let cpu_after = cpu_split(manager.pid(), &managed.database.name)?;
     latencies.sort();
     println!(
         "status reports with {count} long-polls held, {reporters} reporters, {wall:.0} s: \
@@ -986,6 +1039,15 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         latencies.len() as f64 / wall,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
+    );
+    // CPU per report is what throughput on a given machine follows from, whatever else runs.
+    let per_report =
+        |i: usize| (cpu_after[i] - cpu_before[i]) * 1_000_000.0 / (latencies.len().max(1) as f64);
+    println!(
+        "CPU per report: manager {:.0} µs, PostgreSQL {:.0} µs, load generator {:.0} µs",
+        per_report(0),
+        per_report(1),
+        per_report(2),
     );
 
     // The fleet list, page by page (pages of at most 500), 20 walks.
