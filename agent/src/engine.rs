@@ -5,7 +5,9 @@
 //! SystemdUnit, File, SessionStorage), then applies every desired resource (SessionStorage, File,
 //! SystemdUnit, Container). Within one kind, resources run concurrently up to a bound; a kind
 //! starts when the previous one is done. Every apply is independent: a failure only sets that
-//! resource's state and backoff, and a hung apply is cut off by a timeout.
+//! resource's state and backoff, and a hung apply is cut off by a timeout. A kind whose reconciler
+//! takes batches (File) is handed its resources a batch at a time, still with a timeout per
+//! resource (see [`apply_batch_timed`]).
 //!
 //! Rollback: after a complete pass in which every resource is Ready, that manifest is the
 //! known-good one. A new generation with a `rollout` policy gets a wall-clock deadline when it is
@@ -13,7 +15,7 @@
 //! manifest (`Rollback`) or stays and reports it (`Hold`). The generation that missed its
 //! deadline is not tried again until another generation arrives.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::reconcile::{Applied, Change, Deleted, Reconcile, ReconcileError};
+use crate::reconcile::{Applied, BatchResults, Change, Deleted, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
 use crate::status::{self, Connectivity, Rejection, StatusInputs};
 use crate::store::{
@@ -531,7 +533,7 @@ impl<R: Reconcile> Engine<R> {
                     (r.clone(), record)
                 })
                 .collect();
-            let results = self.run_applies(batch, shutdown).await;
+            let results = self.run_applies(kind, batch, shutdown).await;
             for (resource, result) in results {
                 let id = resource.id.clone();
                 let spec_hash = resource.spec_hash();
@@ -722,15 +724,20 @@ impl<R: Reconcile> Engine<R> {
 
     async fn run_applies(
         &self,
+        kind: Kind,
         batch: Vec<(Resource, Option<OwnershipRecord>)>,
         shutdown: &ShutdownSignal,
     ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
         let timeout = self.settings.apply_timeout;
+        let most = self.reconcilers.batch_size(kind);
+        if most > 1 {
+            return self.run_apply_batches(batch, most, shutdown).await;
+        }
         run_bounded(
             batch,
             self.settings.concurrency,
             shutdown,
-            |(resource, _)| resource.id.clone(),
+            |(resource, _)| resource.id.to_string(),
             |(resource, record)| {
                 let reconcilers = Arc::clone(&self.reconcilers);
                 async move {
@@ -756,6 +763,52 @@ impl<R: Reconcile> Engine<R> {
         .await
     }
 
+    /// Applies in batches of at most `most` resources, `concurrency` batches at a time. A batch
+    /// is no larger than an even share of the work, so that a few resources (a first apply,
+    /// bound by fsync) still run side by side as they would one by one.
+    async fn run_apply_batches(
+        &self,
+        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        most: usize,
+        shutdown: &ShutdownSignal,
+    ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+        let concurrency = self.settings.concurrency.max(1);
+        let size = batch.len().div_ceil(concurrency).clamp(1, most);
+        let mut items = batch.into_iter();
+        let batches: Vec<Vec<_>> = std::iter::from_fn(|| {
+            let next: Vec<_> = items.by_ref().take(size).collect();
+            (!next.is_empty()).then_some(next)
+        })
+        .collect();
+        let timeout = self.settings.apply_timeout;
+        let results = run_bounded(
+            batches,
+            concurrency,
+            shutdown,
+            |batch| {
+                let ids: Vec<&str> = batch.iter().map(|(r, _)| r.id.as_str()).collect();
+                format!("batch of {}", ids.join(", "))
+            },
+            |batch| {
+                let reconcilers = Arc::clone(&self.reconcilers);
+                let shutdown = shutdown.clone();
+                apply_batch_timed(reconcilers, batch, timeout, shutdown)
+            },
+            |batch, message| {
+                batch
+                    .into_iter()
+                    .map(|(resource, _)| {
+                        let id = resource.id.clone();
+                        let message = message.clone();
+                        (resource, Err(ReconcileError::Crashed { id, message }))
+                    })
+                    .collect()
+            },
+        )
+        .await;
+        results.into_iter().flatten().collect()
+    }
+
     async fn run_deletes(
         &self,
         batch: Vec<(ResourceId, OwnershipRecord)>,
@@ -766,7 +819,7 @@ impl<R: Reconcile> Engine<R> {
             batch,
             self.settings.concurrency,
             shutdown,
-            |(id, _)| id.clone(),
+            |(id, _)| id.to_string(),
             |(id, record)| {
                 let reconcilers = Arc::clone(&self.reconcilers);
                 async move {
@@ -873,6 +926,8 @@ impl<R: Reconcile> Engine<R> {
                     }
                 }
                 self.publish(&connectivity.borrow().clone(), false, &report_ready);
+                // The pass's temporary allocations are freed: give their pages back.
+                crate::memory::release_free_memory();
             }
             tokio::select! {
                 () = shutdown.triggered() => break,
@@ -991,6 +1046,67 @@ fn change_event(applied: &Applied) -> Option<(EventKind, String)> {
     }
 }
 
+/// Runs one [`Reconcile::apply_batch`] and collects its results, giving every resource a timeout
+/// of its own, counted from the result before it, as if it were applied alone. A resource that
+/// times out fails with `TimedOut` and one whose apply panicked with `Crashed`; the batch is then
+/// given up and the resources after it go on in a new one. After shutdown no new resource
+/// starts, and those not started get no result (as outside a batch).
+async fn apply_batch_timed<R: Reconcile>(
+    reconcilers: Arc<R>,
+    batch: Vec<(Resource, Option<OwnershipRecord>)>,
+    timeout: Duration,
+    shutdown: ShutdownSignal,
+) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+    let mut waiting: VecDeque<(Resource, Option<OwnershipRecord>)> = batch.into();
+    let mut results = Vec::with_capacity(waiting.len());
+    while !waiting.is_empty() && !shutdown.is_triggered() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let sink = BatchResults::new(sender, shutdown.clone());
+        let batch: Vec<_> = waiting.iter().cloned().collect();
+        let reconcilers = Arc::clone(&reconcilers);
+        let task = tokio::spawn(async move { reconcilers.apply_batch(batch, sink).await });
+        loop {
+            match tokio::time::timeout(timeout, receiver.recv()).await {
+                Ok(Some((resource, result))) => {
+                    if let Some(at) = waiting.iter().position(|(r, _)| r.id == resource.id) {
+                        waiting.remove(at);
+                    }
+                    results.push((resource, result));
+                }
+                Ok(None) => {
+                    // The batch is over. Left without a result: resources not started because
+                    // of shutdown, or the one it stopped at.
+                    let stopped = match task.await {
+                        Err(join) => Some(join.to_string()),
+                        Ok(()) if !shutdown.is_triggered() => {
+                            Some("the reconciler stopped before applying it".to_owned())
+                        }
+                        Ok(()) => None,
+                    };
+                    if let Some(message) = stopped
+                        && let Some((resource, _)) = waiting.pop_front()
+                    {
+                        tracing::error!(resource = %resource.id, %message, "reconciler task failed");
+                        let id = resource.id.clone();
+                        results.push((resource, Err(ReconcileError::Crashed { id, message })));
+                    }
+                    break;
+                }
+                Err(_elapsed) => {
+                    // Dropping the receiver tells the batch to start nothing more.
+                    task.abort();
+                    if let Some((resource, _)) = waiting.pop_front() {
+                        let id = resource.id.clone();
+                        results.push((resource, Err(ReconcileError::TimedOut { id, timeout })));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    results
+}
+
 /// Runs `work` on every item with at most `limit` running at once, in the order given, and
 /// returns the results in completion order. After shutdown no new item starts; running ones
 /// finish. A panicking task becomes `crashed(item, message)`.
@@ -1005,7 +1121,7 @@ async fn run_bounded<T, O, K, W, F, C>(
 where
     T: Clone + Send + 'static,
     O: Send + 'static,
-    K: Fn(&T) -> ResourceId,
+    K: Fn(&T) -> String,
     W: Fn(T) -> F,
     F: std::future::Future<Output = O> + Send + 'static,
     C: Fn(T, String) -> O,

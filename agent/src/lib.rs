@@ -14,6 +14,7 @@ pub mod engine;
 pub mod enroll;
 pub mod error;
 pub mod manifest_file;
+pub mod memory;
 pub mod reconcile;
 pub mod runtime;
 pub mod sd_notify;

@@ -15,8 +15,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
 /// Async worker threads. The agent's async work is waiting (long-polls, timers, child
 /// processes); file work runs on tokio's blocking pool. Two workers keep a slow store flush
 /// from stalling the watchdog or the long-poll, and, unlike one per core, keep the thread
-/// count (and with it glibc's per-thread malloc arenas, the larger part of the RSS) the same
-/// on a 2-core and an 8-core device.
+/// count (each thread a stack) the same on a 2-core and an 8-core device. All threads share
+/// one malloc arena ([`fleetlet_agent::memory`]).
 const WORKER_THREADS: usize = 2;
 /// The blocking pool (file and store work) grows to at most this many threads per resource
 /// applied at once (`FLEETLET_CONCURRENCY`), and at least [`MIN_BLOCKING_THREADS`]. Tokio's
@@ -31,6 +31,8 @@ const MIN_BLOCKING_THREADS: usize = 16;
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // Before any thread exists, so that no second malloc arena is ever created.
+    fleetlet_agent::memory::use_one_malloc_arena();
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {

@@ -7,7 +7,13 @@
 //! happens relative to the directory descriptor that was checked. Content goes to a temporary
 //! file in the target's own directory, is fsync'ed, renamed over the target, and the directory is
 //! fsync'ed, so the path always holds either the old or the new file, never a torn one.
+//!
+//! The engine hands File resources over in batches ([`FileReconciler::apply_batch`]): one
+//! blocking task per batch, and a converged file is confirmed through the directories that batch
+//! has already walked to (stat, then every byte compared). Anything else, drift included, goes
+//! through the full apply of that one file, which walks from the root again.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetlet_manifests::{
-    AccountName, ErrorReason, FileDetails, FileSpec, ResourceDetails, ResourceId,
+    AccountName, ErrorReason, FileDetails, FileSpec, Resource, ResourceDetails, ResourceId,
+    ResourceSpec,
 };
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat, renameat};
@@ -24,11 +31,22 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat};
 use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fsync, unlinkat};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, Change, Deleted};
+use super::{Applied, BatchResults, Change, Deleted, ReconcileError};
 use crate::store::{Owned, OwnedFile};
 
 /// Mode of the directories the reconciler creates on the way to a file.
 const CREATED_DIR_MODE: u32 = 0o755;
+
+/// How many File resources the engine hands to one [`FileReconciler::apply_batch`]: enough that
+/// the hand-off to the blocking pool and the walks from the root are paid once for many files.
+pub const BATCH_SIZE: usize = 64;
+
+/// A File resource of a batch, with the spec hash and ownership of its last successful apply.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub resource: Resource,
+    pub previous: Option<(String, OwnedFile)>,
+}
 
 /// Why a File resource could not be applied or deleted.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +189,98 @@ impl FileReconciler {
                     message: join.to_string(),
                 })
             })
+    }
+
+    /// Applies a batch of File resources in one blocking task, in order, and hands each result
+    /// to `results` as soon as it is known. It stops starting files when `results` says so.
+    pub async fn apply_batch(&self, batch: Vec<BatchItem>, results: BatchResults) {
+        let this = self.clone();
+        let worker =
+            tokio::task::spawn_blocking(move || this.apply_batch_blocking(batch, &results));
+        if let Err(join) = worker.await
+            && join.is_panic()
+        {
+            // The engine reports the files of the batch that got no result as crashed.
+            std::panic::resume_unwind(join.into_panic());
+        }
+    }
+
+    pub fn apply_batch_blocking(&self, batch: Vec<BatchItem>, results: &BatchResults) {
+        let mut seen = BatchMemo::default();
+        for BatchItem { resource, previous } in batch {
+            if !results.may_start() {
+                return;
+            }
+            let result = match &resource.spec {
+                ResourceSpec::File(spec) => self
+                    .confirm_converged(&mut seen, spec, previous.as_ref())
+                    .map_or_else(
+                        || {
+                            let spec_hash = resource.spec_hash();
+                            self.apply_blocking(&resource.id, spec, &spec_hash, previous.as_ref())
+                        },
+                        Ok,
+                    )
+                    .map_err(ReconcileError::from),
+                other => Err(ReconcileError::Crashed {
+                    id: resource.id.clone(),
+                    message: format!("a {} resource reached the File reconciler", other.kind()),
+                }),
+            };
+            if !results.send(resource, result) {
+                return;
+            }
+        }
+    }
+
+    /// The fast path of a converged file: through directories this batch has already walked to,
+    /// confirms that the file is exactly as desired (a regular file with the mode, owner, group,
+    /// size and every byte of the spec). `None` means anything else (drift, a missing file, a
+    /// link, an error); the caller then runs [`FileReconciler::apply_blocking`], which walks from
+    /// the root again, so every write and every error goes through that one careful path.
+    fn confirm_converged(
+        &self,
+        seen: &mut BatchMemo,
+        spec: &FileSpec,
+        previous: Option<&(String, OwnedFile)>,
+    ) -> Option<Applied> {
+        let path = spec.path.as_path();
+        // A resource that moved still has its old file to remove: the full apply does that.
+        if previous.is_some_and(|(_, owned)| Path::new(&owned.path) != path) {
+            return None;
+        }
+        let content = spec.content.bytes().ok()?;
+        let uid = match &spec.owner {
+            Some(owner) => Some(seen.user_id(owner)?),
+            None => None,
+        };
+        let gid = match &spec.group {
+            Some(group) => Some(seen.group_id(group)?),
+            None => None,
+        };
+        let (dir, name) = seen.dirs.parent(self, path)?;
+        let stat = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        let converged = file_type(&stat) == SFlag::S_IFREG
+            && stat.st_mode & 0o7777 == spec.mode.bits()
+            && uid.is_none_or(|uid| uid.as_raw() == stat.st_uid)
+            && gid.is_none_or(|gid| gid.as_raw() == stat.st_gid)
+            && u64::try_from(stat.st_size).ok() == Some(content.len() as u64)
+            && holds_exactly(dir, name, &content, &mut seen.buffer);
+        if !converged {
+            return None;
+        }
+        let sha256 = hex::encode(Sha256::digest(&content));
+        let details = seen.details_of(&stat, &sha256);
+        Some(Applied {
+            change: Change::Unchanged,
+            owned: Owned::File(OwnedFile {
+                path: path.display().to_string(),
+                // As in the full apply: a file present before the first apply stays adopted.
+                created: previous.is_some_and(|(_, owned)| owned.created),
+                sha256,
+            }),
+            details: Some(ResourceDetails::File(details)),
+        })
     }
 
     pub fn apply_blocking(
@@ -590,24 +700,142 @@ fn fill_and_rename(
 
 /// Details as found on disk after the apply, so that the status tells what is there.
 fn details_of(stat: &FileStat, sha256: &str) -> FileDetails {
-    let uid = Uid::from_raw(stat.st_uid);
-    let gid = Gid::from_raw(stat.st_gid);
     FileDetails {
         sha256: sha256.to_owned(),
         size: u64::try_from(stat.st_size).unwrap_or_default(),
         mode: format!("{:04o}", stat.st_mode & 0o7777),
-        owner: Some(
-            User::from_uid(uid)
-                .ok()
-                .flatten()
-                .map_or_else(|| uid.to_string(), |user| user.name),
-        ),
-        group: Some(
-            Group::from_gid(gid)
-                .ok()
-                .flatten()
-                .map_or_else(|| gid.to_string(), |group| group.name),
-        ),
+        owner: Some(user_name(stat.st_uid)),
+        group: Some(group_name(stat.st_gid)),
+    }
+}
+
+/// The account name of a user id, or the number when it has none.
+fn user_name(uid: u32) -> String {
+    let uid = Uid::from_raw(uid);
+    User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |user| user.name)
+}
+
+fn group_name(gid: u32) -> String {
+    let gid = Gid::from_raw(gid);
+    Group::from_gid(gid)
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |group| group.name)
+}
+
+/// What one batch has already looked up: the directories it walked to, by path, and account
+/// names and ids (each lookup reads /etc/passwd or /etc/group). It lives for one batch, a few
+/// milliseconds, and only ever serves the fast path's reads: nothing is written through a
+/// directory found here, and a directory renamed or an account edited since is seen afresh by
+/// the next batch.
+#[derive(Default)]
+struct BatchMemo {
+    dirs: WalkedDirs,
+    user_ids: HashMap<String, Uid>,
+    group_ids: HashMap<String, Gid>,
+    user_names: HashMap<u32, String>,
+    group_names: HashMap<u32, String>,
+    /// Read buffer of the content comparison, allocated once per batch.
+    buffer: Vec<u8>,
+}
+
+/// The directories a batch has walked to, by path.
+#[derive(Default)]
+struct WalkedDirs(HashMap<PathBuf, OwnedFd>);
+
+impl WalkedDirs {
+    /// The directory that holds `path` and the file's name in it, walked to from the root (as
+    /// [`FileReconciler::apply_blocking`] does, without following links or creating anything)
+    /// the first time this batch needs it. `None`: the walk did not succeed.
+    fn parent<'p>(
+        &mut self,
+        files: &FileReconciler,
+        path: &'p Path,
+    ) -> Option<(&OwnedFd, &'p OsStr)> {
+        let (directory, name) = (path.parent()?, path.file_name()?);
+        if !self.0.contains_key(directory) {
+            let parent = files.open_parent(path, false).ok()??;
+            if parent.name != name {
+                return None;
+            }
+            self.0.insert(directory.to_path_buf(), parent.dir);
+        }
+        Some((self.0.get(directory)?, name))
+    }
+}
+
+impl BatchMemo {
+    /// The id of `owner`; `None` when it cannot be resolved (the full apply reports why).
+    fn user_id(&mut self, owner: &AccountName) -> Option<Uid> {
+        if let Some(uid) = self.user_ids.get(owner.as_str()) {
+            return Some(*uid);
+        }
+        let uid = resolve_user(owner, Path::new("")).ok()?;
+        self.user_ids.insert(owner.to_string(), uid);
+        Some(uid)
+    }
+
+    fn group_id(&mut self, group: &AccountName) -> Option<Gid> {
+        if let Some(gid) = self.group_ids.get(group.as_str()) {
+            return Some(*gid);
+        }
+        let gid = resolve_group(group, Path::new("")).ok()?;
+        self.group_ids.insert(group.to_string(), gid);
+        Some(gid)
+    }
+
+    /// [`details_of`], with the names of the owner and group looked up once per batch.
+    fn details_of(&mut self, stat: &FileStat, sha256: &str) -> FileDetails {
+        let owner = self
+            .user_names
+            .entry(stat.st_uid)
+            .or_insert_with(|| user_name(stat.st_uid))
+            .clone();
+        let group = self
+            .group_names
+            .entry(stat.st_gid)
+            .or_insert_with(|| group_name(stat.st_gid))
+            .clone();
+        FileDetails {
+            sha256: sha256.to_owned(),
+            size: u64::try_from(stat.st_size).unwrap_or_default(),
+            mode: format!("{:04o}", stat.st_mode & 0o7777),
+            owner: Some(owner),
+            group: Some(group),
+        }
+    }
+}
+
+/// Whether the file `name` in `dir` holds exactly `expected`, compared byte for byte in chunks
+/// (never the whole file in memory). Any failure to read counts as a difference. Opened without
+/// following a link, and non-blocking so that a FIFO swapped in after the stat cannot hang it.
+fn holds_exactly(dir: &OwnedFd, name: &OsStr, expected: &[u8], buffer: &mut Vec<u8>) -> bool {
+    const CHUNK: usize = 64 * 1024;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let Ok(fd) = openat(dir, name, flags, Mode::empty()) else {
+        return false;
+    };
+    let mut file = File::from(fd);
+    // One byte more than expected, so that a file that grew shows in the first read.
+    buffer.resize((expected.len() + 1).min(CHUNK), 0);
+    let mut compared = 0;
+    loop {
+        let read = match file.read(buffer) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        if read == 0 {
+            return compared == expected.len();
+        }
+        let end = compared + read;
+        if expected.get(compared..end) != Some(&buffer[..read]) {
+            return false;
+        }
+        compared = end;
     }
 }
 
@@ -691,6 +919,124 @@ mod tests {
                 .delete_blocking(&ResourceId::try_from("x").expect("id"), owned)
                 .expect("delete")
         }
+    }
+
+    impl Fixture {
+        /// Applies `resources` as one batch, each with its previous apply.
+        fn apply_batch(
+            &self,
+            resources: &[(&Resource, Option<&Applied>)],
+        ) -> Vec<Result<Applied, ReconcileError>> {
+            let batch = resources
+                .iter()
+                .map(|(resource, previous)| BatchItem {
+                    resource: (*resource).clone(),
+                    previous: previous.and_then(|applied| match &applied.owned {
+                        Owned::File(owned) => Some((resource.spec_hash(), owned.clone())),
+                        _ => None,
+                    }),
+                })
+                .collect();
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+            let shutdown = crate::shutdown::Shutdown::new();
+            self.reconciler
+                .apply_batch_blocking(batch, &BatchResults::new(sender, shutdown.signal()));
+            let mut results = Vec::new();
+            while let Ok((resource, result)) = receiver.try_recv() {
+                assert_eq!(resource.id, resources[results.len()].0.id, "in order");
+                results.push(result);
+            }
+            assert_eq!(results.len(), resources.len());
+            results
+        }
+    }
+
+    #[test]
+    fn a_batch_confirms_converged_files_and_repairs_every_byte_of_drift() {
+        let fx = fixture();
+        let paths = ["a/one", "a/two", "b/three"].map(|p| fx.root.join(p));
+        let files: Vec<Resource> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| resource(&format!("f{i}"), path, "same size", "0644", json!({})))
+            .collect();
+        let first: Vec<Applied> = fx
+            .apply_batch(&files.iter().map(|f| (f, None)).collect::<Vec<_>>())
+            .into_iter()
+            .map(|result| result.expect("apply"))
+            .collect();
+        assert!(
+            first
+                .iter()
+                .all(|applied| applied.change == Change::Created)
+        );
+        let with_previous: Vec<(&Resource, Option<&Applied>)> = files
+            .iter()
+            .zip(&first)
+            .map(|(f, a)| (f, Some(a)))
+            .collect();
+
+        // Converged: nothing written, and the same answer as the full apply gives.
+        let inode = std::fs::metadata(&paths[0]).expect("stat").ino();
+        let confirmed = fx.apply_batch(&with_previous);
+        for ((result, file), previous) in confirmed.into_iter().zip(&files).zip(&first) {
+            let confirmed = result.expect("apply");
+            assert_eq!(confirmed.change, Change::Unchanged);
+            assert_eq!(confirmed, fx.apply(file, Some(previous)).expect("apply"));
+        }
+        assert_eq!(std::fs::metadata(&paths[0]).expect("stat").ino(), inode);
+
+        // A byte changed without changing the size, and a mode: both found and repaired.
+        std::fs::write(&paths[0], "same sizE").expect("edit");
+        std::fs::set_permissions(&paths[1], std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let repaired = fx.apply_batch(&with_previous);
+        let changes: Vec<Change> = repaired
+            .into_iter()
+            .map(|result| result.expect("apply").change)
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                Change::Repaired {
+                    drift: "content changed".into()
+                },
+                Change::Repaired {
+                    drift: "mode changed".into()
+                },
+                Change::Unchanged,
+            ]
+        );
+        assert_eq!(std::fs::read(&paths[0]).expect("read"), b"same size");
+        assert_eq!(
+            std::fs::metadata(&paths[1])
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o644
+        );
+    }
+
+    #[test]
+    fn a_batch_does_not_follow_a_directory_swapped_for_a_link() {
+        let fx = fixture();
+        let path = fx.root.join("dir/file");
+        let file = resource("f", &path, "x", "0644", json!({}));
+        let applied = fx.apply_batch(&[(&file, None)]).remove(0).expect("apply");
+        // The same file, byte for byte, but outside the roots and reached through a link.
+        std::fs::remove_dir_all(fx.root.join("dir")).expect("rm");
+        std::fs::write(fx.outside.join("file"), "x").expect("write");
+        std::fs::set_permissions(
+            fx.outside.join("file"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        symlink(&fx.outside, fx.root.join("dir")).expect("symlink");
+        let error = fx
+            .apply_batch(&[(&file, Some(&applied))])
+            .remove(0)
+            .expect_err("link in the path");
+        assert_eq!(error.reason(), ErrorReason::PathNotAllowed);
     }
 
     #[test]

@@ -25,7 +25,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use fleetlet_manifests::{ErrorReason, Kind, Resource, ResourceDetails, ResourceId, ResourceSpec};
+use tokio::sync::mpsc;
 
+use crate::shutdown::ShutdownSignal;
 use crate::store::{Owned, OwnershipRecord};
 pub use container::{ContainerError, ContainerReconciler, ContainerSettings, HostAccess};
 pub use file::{FileError, FileReconciler};
@@ -53,6 +55,26 @@ pub trait Reconcile: Send + Sync + 'static {
     /// The kinds this build can apply (reported in `agent.supportedKinds`).
     fn supported_kinds(&self) -> Vec<Kind>;
 
+    /// How many resources of `kind` the engine may hand to one [`Reconcile::apply_batch`]. With
+    /// 1, the default, every resource is its own [`Reconcile::apply`].
+    fn batch_size(&self, _kind: Kind) -> usize {
+        1
+    }
+
+    /// Applies several resources of one kind, one after the other, with the same guarantees as
+    /// [`Reconcile::apply`] for each, and hands every result to `results` in the order given.
+    /// This is for kinds whose converged resources are cheap to confirm but costly to dispatch
+    /// one by one (File: one blocking task for the whole batch instead of one per file). The
+    /// engine times out every result on its own; an implementation stops starting resources when
+    /// [`BatchResults::may_start`] says so. The default applies them in turn.
+    fn apply_batch(
+        &self,
+        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        results: BatchResults,
+    ) -> impl Future<Output = ()> + Send {
+        apply_in_turn(self, batch, results)
+    }
+
     /// Removes what the agent made for resources that are neither desired nor recorded (a
     /// resource whose first apply failed has no ownership record to drive its delete). Called
     /// once per pass, after the deletes. Returns what was removed, by resource id.
@@ -61,6 +83,50 @@ pub trait Reconcile: Send + Sync + 'static {
         _desired: &[Resource],
     ) -> impl Future<Output = Vec<(ResourceId, String)>> + Send {
         std::future::ready(Vec::new())
+    }
+}
+
+/// Where [`Reconcile::apply_batch`] puts its results, one per resource in the order given.
+#[derive(Debug)]
+pub struct BatchResults {
+    sender: mpsc::UnboundedSender<(Resource, Result<Applied, ReconcileError>)>,
+    shutdown: ShutdownSignal,
+}
+
+impl BatchResults {
+    pub fn new(
+        sender: mpsc::UnboundedSender<(Resource, Result<Applied, ReconcileError>)>,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        Self { sender, shutdown }
+    }
+
+    /// Whether the next resource may be started: not once the agent shuts down (the applies
+    /// already running finish, as outside a batch) or the engine stopped waiting for results.
+    pub fn may_start(&self) -> bool {
+        !self.shutdown.is_triggered() && !self.sender.is_closed()
+    }
+
+    /// Hands over the result of `resource`; false when nobody takes results any more.
+    pub fn send(&self, resource: Resource, result: Result<Applied, ReconcileError>) -> bool {
+        self.sender.send((resource, result)).is_ok()
+    }
+}
+
+/// [`Reconcile::apply_batch`] as one [`Reconcile::apply`] after the other.
+pub async fn apply_in_turn<R: Reconcile + ?Sized>(
+    reconciler: &R,
+    batch: Vec<(Resource, Option<OwnershipRecord>)>,
+    results: BatchResults,
+) {
+    for (resource, record) in batch {
+        if !results.may_start() {
+            return;
+        }
+        let result = reconciler.apply(&resource, record.as_ref()).await;
+        if !results.send(resource, result) {
+            return;
+        }
     }
 }
 
@@ -275,6 +341,37 @@ impl Reconcile for Reconcilers {
             Owned::Container(owned) => Ok(self.container.delete(id, owned).await?),
             Owned::SessionStorage(owned) => Ok(self.session_storage.delete(id, owned).await?),
         }
+    }
+
+    fn batch_size(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::File => file::BATCH_SIZE,
+            _ => 1,
+        }
+    }
+
+    async fn apply_batch(
+        &self,
+        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        results: BatchResults,
+    ) {
+        if !batch
+            .iter()
+            .all(|(resource, _)| matches!(resource.spec, ResourceSpec::File(_)))
+        {
+            return apply_in_turn(self, batch, results).await;
+        }
+        let batch = batch
+            .into_iter()
+            .map(|(resource, record)| file::BatchItem {
+                resource,
+                previous: record.and_then(|record| match record.owned {
+                    Owned::File(owned) => Some((record.spec_hash, owned)),
+                    _ => None,
+                }),
+            })
+            .collect();
+        self.file.apply_batch(batch, results).await;
     }
 
     fn supported_kinds(&self) -> Vec<Kind> {
