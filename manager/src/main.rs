@@ -4,6 +4,14 @@ use clap::Parser;
 use fleetlet_manager::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of the system allocator. Every held connection (an agent's long-poll) keeps two
+/// 8 KiB hyper buffers of which it writes a few hundred bytes; jemalloc serves them from pages
+/// that only ever hold 8 KiB blocks, so the unwritten pages stay unmapped, where glibc's malloc
+/// mixes them with everything else and ends up with all of them resident (BENCHMARKS.md, target 6).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();

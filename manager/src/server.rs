@@ -4,17 +4,19 @@
 //! those timeouts, and never delays another client's handshake.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::http1::Builder as Http1Builder;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 /// The request line and headers together may not exceed this; hyper answers 431 beyond it.
@@ -80,7 +82,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = Http1Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
@@ -103,39 +105,63 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let http = http.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
-                None => {
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
-            };
-            if let Err(error) = result {
-                // Clients that hang up or time out are routine; nothing here is the server's fault.
-                tracing::debug!(%peer, %error, "connection ended with an error");
+        // One task per connection, and a plain connection's task is only as large as a plain
+        // connection: a single future for both cases would be sized for the TLS stream (its
+        // rustls state is inline), and every held long-poll would carry that size.
+        match &tls {
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    http.clone(),
+                    service,
+                    graceful.watcher(),
+                ));
             }
-        });
+            None => {
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watcher().watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = watched.await {
+                        log_connection_error(peer, &error);
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One HTTPS connection: the handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    http: Http1Builder,
+    service: TowerToHyperService<Router>,
+    watcher: Watcher,
+) {
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let connection = http.serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = watcher.watch(connection).await {
+        log_connection_error(peer, &error);
+    }
+}
+
+fn log_connection_error(peer: SocketAddr, error: &hyper::Error) {
+    // Clients that hang up or time out are routine; nothing here is the server's fault.
+    tracing::debug!(%peer, %error, "connection ended with an error");
 }

@@ -98,9 +98,12 @@ struct Batches {
 const LOOKUP_BATCH: usize = 500;
 /// Reports per transaction. Each carries its resources' rows, so batches stay smaller.
 const REPORT_BATCH: usize = 64;
-/// Batches of one kind in flight at once. The pool has 16 connections; three kinds at four
-/// each leave room for everything else.
+/// Lookup batches in flight at once. The pool has 16 connections; these and the report
+/// batches leave room for everything else.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Report transactions in flight at once: fewer, larger transactions cost PostgreSQL less per
+/// report than many small ones, and two keep one committing while the next is built.
+const REPORTS_IN_FLIGHT: usize = 2;
 
 impl Batches {
     fn spawn(pool: &PgPool) -> Self {
@@ -112,7 +115,7 @@ impl Batches {
             let pool = pool.clone();
             move |ids| active_generations(pool.clone(), ids)
         });
-        let reports = Coalescer::spawn(REPORT_BATCH, BATCHES_IN_FLIGHT, {
+        let reports = Coalescer::spawn(REPORT_BATCH, REPORTS_IN_FLIGHT, {
             let pool = pool.clone();
             move |reports| report_batch(pool.clone(), reports)
         });
