@@ -126,19 +126,24 @@ fn agent_info() -> AgentInfo {
     }
 }
 
+/// An engine over a memory store and `reconciler`, at default settings.
+fn engine_over<R: Reconcile>(reconciler: R) -> Engine<R> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(agent_id()));
+    Engine::new(
+        store,
+        Arc::new(reconciler),
+        EngineSettings::default(),
+        agent_info(),
+    )
+    .expect("engine")
+}
+
 fn bench_engine_pass() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(agent_id()));
-    let mut engine = Engine::new(
-        store,
-        Arc::new(Converged),
-        EngineSettings::default(),
-        agent_info(),
-    )
-    .expect("engine");
+    let mut engine = engine_over(Converged);
     engine
         .accept(DesiredUpdate::Manifest(manifest()))
         .expect("accept");
@@ -264,14 +269,7 @@ fn bench_file_pass() {
         .enable_all()
         .build()
         .expect("runtime");
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(agent_id()));
-    let mut engine = Engine::new(
-        store,
-        Arc::new(reconcilers),
-        EngineSettings::default(),
-        agent_info(),
-    )
-    .expect("engine");
+    let mut engine = engine_over(reconcilers);
     engine
         .accept(DesiredUpdate::Manifest(manifest))
         .expect("accept");
