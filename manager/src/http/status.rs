@@ -57,11 +57,12 @@ pub async fn put(
     if !violations.is_empty() {
         return Err(HttpError::invalid("invalid status", violations));
     }
+    let report_seq = status.report_seq;
     let accepted = state
         .store
-        .report_status(&status, OffsetDateTime::now_utc())
+        .report_status(status, OffsetDateTime::now_utc())
         .await?;
-    tracing::debug!(%agent_id, report_seq = status.report_seq, accepted, "status report");
+    tracing::debug!(%agent_id, report_seq, accepted, "status report");
     Ok(Json(ReportAck { accepted }))
 }
 

@@ -349,10 +349,14 @@ impl Store {
     /// whether it was accepted.
     pub async fn report_status(
         &self,
-        status: &AgentStatus,
+        status: AgentStatus,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.report_status(status, now))
+        match self {
+            // The Postgres store queues the report for a batch, which takes it whole.
+            Store::Postgres(store) => store.report_status(status, now).await,
+            Store::Memory(store) => store.report_status(&status, now).await,
+        }
     }
 
     /// What an agent's contact needs to know: its newest report and its generation, in one read.

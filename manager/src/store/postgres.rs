@@ -588,13 +588,10 @@ impl PgStore {
     /// Stores a report. Concurrent reports share one transaction (`report_batch`).
     pub async fn report_status(
         &self,
-        status: &AgentStatus,
+        status: AgentStatus,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        self.batches
-            .reports
-            .call((Arc::new(status.clone()), now))
-            .await
+        self.batches.reports.call((Arc::new(status), now)).await
     }
 
     pub async fn agent_contact(&self, agent_id: &AgentId) -> Result<Contact, StoreError> {
