@@ -711,12 +711,17 @@ impl PgStore {
     }
 
     pub async fn fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>, StoreError> {
+        // The cursor bounds both sides of the join (ids are never empty, so '' is below all of
+        // them): each page then starts both index scans at the cursor. Bounding `agents` alone
+        // let the join read `agent_status` from its first row, so a walk through the whole
+        // fleet cost time quadratic in its size.
         let rows = sqlx::query(
             "SELECT a.agent_id, a.labels, a.desired_generation, a.last_seen_at, \
                s.observed_generation, s.manifest_rejected, s.rolled_back \
-             FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.agent_id \
+             FROM agents a LEFT JOIN agent_status s \
+               ON s.agent_id = a.agent_id AND s.agent_id > COALESCE($2::text, '') \
              WHERE a.decommissioned_at IS NULL AND a.labels @> $1 \
-               AND ($2::text IS NULL OR a.agent_id > $2) \
+               AND a.agent_id > COALESCE($2::text, '') \
                AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM resource_status r \
                     WHERE r.agent_id = a.agent_id AND r.error_reason = $4)) \
              ORDER BY a.agent_id LIMIT $3",

@@ -15,9 +15,10 @@
 //!   `wire-defaults [seconds]` meters an idle agent at its default settings directly.
 //! - `replicas [pushes]` (target 7): two managers on one database; a long-poll held on one, a
 //!   manifest PUT through the other, timed until the long-poll answers.
-//! - `fleet [agents] [seconds] [reporters]` (target 6): simulated agents (tokio tasks) each holding a
-//!   long-poll, while `reporters` tasks send status reports as fast as the manager takes them;
-//!   then the fleet list is read page by page; manager RSS at the end.
+//! - `fleet [agents] [seconds] [reporters] [page]` (target 6): simulated agents (tokio tasks) each
+//!   holding a long-poll, while `reporters` tasks (default 64) send status reports as fast as the
+//!   manager takes them; then the fleet list is read in pages of `page` rows (default 500); manager
+//!   RSS at the end.
 //!
 //! The agent binary is `target/debug/fleetlet-agent` unless `--agent-bin` names another (the
 //! release build for memory figures). Debug builds of the manager are used throughout.
@@ -910,7 +911,8 @@ fn simulated_report(agent_id: &str, seq: u64) -> Value {
 async fn fleet(args: &Args) -> anyhow::Result<()> {
     let count = args.number(0, 1000);
     let seconds = args.number(1, 30);
-    let reporters = args.number(2, 32);
+    let reporters = args.number(2, 64);
+    let page_size = args.number(3, 500);
     let managed = ManagedAgent::start().await?;
     let manager = &managed.manager;
     let client = reqwest::Client::builder()
@@ -986,56 +988,66 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         vm_rss_kib(manager.pid())?
     );
 
-    // Reporters: each walks its share of the agents, one report after another.
+    // Reporters: each owns every `reporters`-th agent and walks its own share, one report after
+    // another, raising the seq each time round, so every report is new to the manager (a stale
+    // seq is acknowledged with `accepted: false` and costs it less). Only accepted reports count.
     let agents = Arc::new(agents);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..reporters {
         let (client, agents, base) = (client.clone(), Arc::clone(&agents), manager.url.clone());
         set.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let mut seq = 1u64;
-            let mut index = worker as usize;
-            while Instant::now() < deadline {
-                let (id, token) = &agents[index % agents.len()];
-                let started = Instant::now();
-                let answer = client
-                    .put(format!("{base}/api/v1/agents/{id}/status"))
-                    .bearer_auth(token)
-                    .json(&simulated_report(id, seq))
-                    .send()
-                    .await;
-                match answer {
-                    Ok(response) if response.status().is_success() => {
-                        latencies.push(started.elapsed())
+            let share: Vec<usize> = (worker as usize..agents.len())
+                .step_by(reporters as usize)
+                .collect();
+            let (mut latencies, mut errors, mut stale) = (Vec::new(), 0u64, 0u64);
+            let mut seq = 0;
+            'rounds: loop {
+                seq += 1;
+                for &index in &share {
+                    if Instant::now() >= deadline {
+                        break 'rounds;
                     }
-                    _ => errors += 1,
-                }
-                index += reporters as usize;
-                if index >= agents.len() {
-                    index %= agents.len();
-                    seq += 1;
+                    let (id, token) = &agents[index];
+                    let started = Instant::now();
+                    let answer = client
+                        .put(format!("{base}/api/v1/agents/{id}/status"))
+                        .bearer_auth(token)
+                        .json(&simulated_report(id, seq))
+                        .send()
+                        .await;
+                    let ack = match answer {
+                        Ok(response) if response.status().is_success() => {
+                            response.json::<Value>().await.ok()
+                        }
+                        _ => None,
+                    };
+                    match ack.as_ref().and_then(|ack| ack["accepted"].as_bool()) {
+                        Some(true) => latencies.push(started.elapsed()),
+                        Some(false) => stale += 1,
+                        None => errors += 1,
+                    }
                 }
             }
-            (latencies, errors)
+            (latencies, errors, stale)
         });
     }
     let report_started = Instant::now();
     let cpu_before = cpu_split(manager.pid(), &managed.database.name)?;
-    let mut latencies = Vec::new();
-    let mut errors = 0;
+    let (mut latencies, mut errors, mut stale) = (Vec::new(), 0, 0);
     while let Some(result) = set.join_next().await {
-        let (mut some, failed) = result?;
+        let (mut some, failed, not_new) = result?;
         latencies.append(&mut some);
         errors += failed;
+        stale += not_new;
     }
     let wall = report_started.elapsed().as_secs_f64();
     let cpu_after = cpu_split(manager.pid(), &managed.database.name)?;
     latencies.sort();
     println!(
         "status reports with {count} long-polls held, {reporters} reporters, {wall:.0} s: \
-         {:.0} reports/s, p50 {:.1} ms, p99 {:.1} ms, {errors} errors",
+         {:.0} accepted reports/s, p50 {:.1} ms, p99 {:.1} ms, {errors} errors, {stale} not \
+         accepted",
         latencies.len() as f64 / wall,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
@@ -1050,7 +1062,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         per_report(2),
     );
 
-    // The fleet list, page by page (pages of at most 500), 20 walks.
+    // The fleet list, page by page, 20 walks.
     let mut pages = Vec::new();
     let mut walks = Vec::new();
     for _ in 0..20 {
@@ -1058,7 +1070,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         let mut cursor: Option<String> = None;
         let mut rows = 0;
         loop {
-            let mut path = "/api/v1/agents?limit=500".to_owned();
+            let mut path = format!("/api/v1/agents?limit={page_size}");
             if let Some(cursor) = &cursor {
                 path.push_str(&format!("&cursor={cursor}"));
             }
@@ -1087,7 +1099,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
     pages.sort();
     walks.sort();
     println!(
-        "fleet list of {} agents: page of 500 p50 {:.1} ms, p99 {:.1} ms; whole list p50 {:.1} \
+        "fleet list of {} agents: page of {page_size} p50 {:.1} ms, p99 {:.1} ms; whole list p50 {:.1} \
          ms, max of 20 {:.1} ms",
         agents.len() + 1,
         ms(percentile(&pages, 0.5)),
