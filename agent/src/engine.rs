@@ -151,6 +151,27 @@ pub struct Engine<R> {
     /// resource of the bad generation without waiting). In memory: after a restart the first
     /// delete is simply tried again.
     failed_deletes: HashSet<ResourceId>,
+    /// The spec hash of every resource of [`Engine::desired_manifest`], in order. Hashing a spec
+    /// serializes it, so the hashes are computed again only where the desired manifest can
+    /// change (a manifest accepted, the rollout state saved), not in every pass and status.
+    spec_hashes: Arc<Vec<String>>,
+    /// Counts the changes of the desired manifest (each [`Engine::refresh_spec_hashes`]).
+    desired_revision: u64,
+    /// What the status last built came from, when building it again from the same would give
+    /// the same content (see [`Engine::publish_status`]).
+    status_basis: Option<StatusBasis>,
+}
+
+/// Everything a status is built from, except the clock and the previous report (a status with
+/// a Pending resource, whose `since` is the clock, is never reused).
+#[derive(Debug, Clone, PartialEq)]
+struct StatusBasis {
+    states_revision: u64,
+    desired_revision: u64,
+    manifest_generation: u64,
+    observed_generation: u64,
+    connectivity: Connectivity,
+    manifest_rejected: Option<Rejection>,
 }
 
 /// Events a pass records: the kind, the resource and a message.
@@ -169,7 +190,7 @@ impl<R: Reconcile> Engine<R> {
         let manifest_generation = manifest.as_ref().and_then(|m| m.generation).unwrap_or(0);
         let last_report = store.load_status()?;
         let rollout = store.load_rollout()?;
-        Ok(Self {
+        let mut engine = Self {
             store,
             reconcilers,
             settings,
@@ -181,7 +202,12 @@ impl<R: Reconcile> Engine<R> {
             last_report,
             rollout,
             failed_deletes: HashSet::new(),
-        })
+            spec_hashes: Arc::default(),
+            desired_revision: 0,
+            status_basis: None,
+        };
+        engine.refresh_spec_hashes();
+        Ok(engine)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -216,6 +242,29 @@ impl<R: Reconcile> Engine<R> {
             return Some(good);
         }
         self.manifest.as_ref()
+    }
+
+    /// Computes [`Engine::spec_hashes`] again; called wherever `desired_manifest` may change.
+    fn refresh_spec_hashes(&mut self) {
+        let hashes = self
+            .desired_manifest()
+            .map(|manifest| manifest.resources.iter().map(Resource::spec_hash).collect())
+            .unwrap_or_default();
+        self.spec_hashes = Arc::new(hashes);
+        self.desired_revision += 1;
+    }
+
+    /// The spec hashes of the desired manifest's resources, in order.
+    fn desired_spec_hashes(&self) -> Arc<Vec<String>> {
+        #[cfg(debug_assertions)]
+        {
+            let fresh: Vec<String> = self
+                .desired_manifest()
+                .map(|manifest| manifest.resources.iter().map(Resource::spec_hash).collect())
+                .unwrap_or_default();
+            assert_eq!(*self.spec_hashes, fresh, "stale spec hashes");
+        }
+        Arc::clone(&self.spec_hashes)
     }
 
     /// The missed deadline of the generation received last, if it missed one.
@@ -265,6 +314,7 @@ impl<R: Reconcile> Engine<R> {
                     )?;
                     self.manifest_generation = generation;
                     self.manifest = Some(manifest);
+                    self.refresh_spec_hashes();
                 }
                 Ok(())
             }
@@ -304,6 +354,7 @@ impl<R: Reconcile> Engine<R> {
         if rollout != self.rollout {
             self.store.save_rollout(&rollout)?;
             self.rollout = rollout;
+            self.refresh_spec_hashes();
         }
         Ok(())
     }
@@ -325,10 +376,10 @@ impl<R: Reconcile> Engine<R> {
             _ => return self.save_rollout(rollout),
         };
         let states = self.store.resource_states()?;
-        let not_ready = not_ready_resources(&manifest, &states);
+        let not_ready = not_ready_resources(&manifest, None, &states);
         if not_ready.is_empty() {
             // Ready by the deadline, only no complete pass has said so yet (one was cut short).
-            return self.note_all_ready(&manifest);
+            return self.note_all_ready(&manifest, None, &states);
         }
         let summary = format!(
             "generation {} was not Ready within {}s ({})",
@@ -365,9 +416,14 @@ impl<R: Reconcile> Engine<R> {
 
     /// After a complete pass: a manifest whose every resource is Ready becomes the known-good
     /// one, ends its trial, and clears a deadline it missed but stayed on.
-    fn note_all_ready(&mut self, manifest: &AgentManifest) -> Result<(), EngineError> {
-        let states = self.store.resource_states()?;
-        if !not_ready_resources(manifest, &states).is_empty() {
+    /// `spec_hashes` are those of `manifest`'s resources if known; `states` are the stored ones.
+    fn note_all_ready(
+        &mut self,
+        manifest: &AgentManifest,
+        spec_hashes: Option<&[String]>,
+        states: &BTreeMap<ResourceId, ResourceState>,
+    ) -> Result<(), EngineError> {
+        if !not_ready_resources(manifest, spec_hashes, states).is_empty() {
             return Ok(());
         }
         let generation = manifest.generation.unwrap_or(0);
@@ -448,10 +504,18 @@ impl<R: Reconcile> Engine<R> {
             });
         };
         let generation = manifest.generation.unwrap_or(0);
-        let records = self.store.ownership_records()?;
+        let spec_hashes = self.desired_spec_hashes();
+        // `states` is kept equal to what the store holds through the pass, and `records` for
+        // resources not desired (all a pass changes of theirs is removing them), so that neither
+        // is read again.
+        let mut records = self.store.ownership_records()?;
         let mut states = self.store.resource_states()?;
-        let desired: BTreeMap<&ResourceId, &Resource> =
-            manifest.resources.iter().map(|r| (&r.id, r)).collect();
+        let desired: BTreeMap<&ResourceId, (&Resource, &str)> = manifest
+            .resources
+            .iter()
+            .zip(spec_hashes.iter())
+            .map(|(r, hash)| (&r.id, (r, hash.as_str())))
+            .collect();
         let mut events: Vec<PendingEvent> = Vec::new();
         let mut complete = true;
 
@@ -464,7 +528,7 @@ impl<R: Reconcile> Engine<R> {
                     record.kind == kind
                         && desired
                             .get(id)
-                            .is_none_or(|r| r.spec.known_kind() != Some(kind))
+                            .is_none_or(|(r, _)| r.spec.known_kind() != Some(kind))
                         && !(self.failed_deletes.contains(*id)
                             && backing_off(states.get(*id), None, now))
                 })
@@ -481,6 +545,7 @@ impl<R: Reconcile> Engine<R> {
                     Ok(deleted) => {
                         self.failed_deletes.remove(&id);
                         self.store.remove_ownership_record(&id)?;
+                        records.remove(&id);
                         self.store.remove_resource_state(&id)?;
                         let (event, message) = match deleted {
                             Deleted::Removed => (EventKind::ResourceDeleted, "removed".to_owned()),
@@ -526,9 +591,10 @@ impl<R: Reconcile> Engine<R> {
             let batch: Vec<(Resource, Option<OwnershipRecord>)> = manifest
                 .resources
                 .iter()
-                .filter(|r| r.spec.known_kind() == Some(kind))
-                .filter(|r| !backing_off(states.get(&r.id), Some(&r.spec_hash()), now))
-                .map(|r| {
+                .zip(spec_hashes.iter())
+                .filter(|(r, _)| r.spec.known_kind() == Some(kind))
+                .filter(|(r, hash)| !backing_off(states.get(&r.id), Some(hash), now))
+                .map(|(r, _)| {
                     let record = records.get(&r.id).filter(|rec| rec.kind == kind).cloned();
                     (r.clone(), record)
                 })
@@ -536,8 +602,12 @@ impl<R: Reconcile> Engine<R> {
             let results = self.run_applies(kind, batch, shutdown).await;
             for (resource, result) in results {
                 let id = resource.id.clone();
-                let spec_hash = resource.spec_hash();
-                let previous = states.get(&id).cloned();
+                let spec_hash = match desired.get(&id) {
+                    Some((desired, hash)) if desired.spec == resource.spec => (*hash).to_owned(),
+                    _ => resource.spec_hash(),
+                };
+                // Taken out: the new state goes back in below.
+                let previous = states.remove(&id);
                 let state = match result {
                     Ok(applied) => {
                         self.store.save_ownership_record(
@@ -596,10 +666,11 @@ impl<R: Reconcile> Engine<R> {
         }
 
         // Kinds this build does not know: reported, never touched.
-        for resource in manifest
+        for (resource, spec_hash) in manifest
             .resources
             .iter()
-            .filter(|r| r.spec.known_kind().is_none())
+            .zip(spec_hashes.iter())
+            .filter(|(r, _)| r.spec.known_kind().is_none())
         {
             let previous = states.get(&resource.id);
             let state = ResourceState {
@@ -608,7 +679,7 @@ impl<R: Reconcile> Engine<R> {
                     phase: Phase::Unsupported,
                     since: since(previous, Phase::Unsupported, now),
                     generation,
-                    spec_hash: Some(resource.spec_hash()),
+                    spec_hash: Some(spec_hash.clone()),
                     error: Some(ResourceError {
                         reason: ErrorReason::UnsupportedKind,
                         message: format!(
@@ -635,11 +706,14 @@ impl<R: Reconcile> Engine<R> {
 
         // States of resources neither desired nor owned (one that failed before it was ever
         // applied, then left the manifest) have nothing left to report.
-        let records = self.store.ownership_records()?;
-        for id in states.keys() {
-            if !desired.contains_key(id) && !records.contains_key(id) {
-                self.store.remove_resource_state(id)?;
-            }
+        let orphans: Vec<ResourceId> = states
+            .keys()
+            .filter(|id| !desired.contains_key(id) && !records.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in orphans {
+            self.store.remove_resource_state(&id)?;
+            states.remove(&id);
         }
 
         for (kind, id, message) in events {
@@ -647,14 +721,9 @@ impl<R: Reconcile> Engine<R> {
         }
         if complete {
             self.observed_generation = generation;
-            self.note_all_ready(&manifest)?;
+            self.note_all_ready(&manifest, Some(&spec_hashes), &states)?;
         }
-        let next_retry = self
-            .store
-            .resource_states()?
-            .values()
-            .filter_map(|s| s.status.retry_after)
-            .min();
+        let next_retry = states.values().filter_map(|s| s.status.retry_after).min();
         self.store.flush()?;
         Ok(PassOutcome {
             complete,
@@ -775,9 +844,10 @@ impl<R: Reconcile> Engine<R> {
         let concurrency = self.settings.concurrency.max(1);
         let size = batch.len().div_ceil(concurrency).clamp(1, most);
         let mut items = batch.into_iter();
-        let batches: Vec<Vec<_>> = std::iter::from_fn(|| {
+        // Shared, not copied, with `run_bounded`, which keeps each batch for a crash report.
+        let batches: Vec<Arc<Vec<_>>> = std::iter::from_fn(|| {
             let next: Vec<_> = items.by_ref().take(size).collect();
-            (!next.is_empty()).then_some(next)
+            (!next.is_empty()).then(|| Arc::new(next))
         })
         .collect();
         let timeout = self.settings.apply_timeout;
@@ -796,11 +866,14 @@ impl<R: Reconcile> Engine<R> {
             },
             |batch, message| {
                 batch
-                    .into_iter()
+                    .iter()
                     .map(|(resource, _)| {
                         let id = resource.id.clone();
                         let message = message.clone();
-                        (resource, Err(ReconcileError::Crashed { id, message }))
+                        (
+                            resource.clone(),
+                            Err(ReconcileError::Crashed { id, message }),
+                        )
                     })
                     .collect()
             },
@@ -855,6 +928,7 @@ impl<R: Reconcile> Engine<R> {
             missed_deadline: self.current_miss(),
             manifest_generation: self.manifest_generation,
             observed_generation: self.observed_generation,
+            spec_hashes: Some(&self.desired_spec_hashes()),
             states: &states,
             connectivity,
             manifest_rejected: self.manifest_rejected.as_ref(),
@@ -863,19 +937,50 @@ impl<R: Reconcile> Engine<R> {
         }))
     }
 
+    /// What a status built now would be built from; `None` when the store cannot say whether
+    /// its states changed.
+    fn status_basis(&self, connectivity: &Connectivity) -> Option<StatusBasis> {
+        Some(StatusBasis {
+            states_revision: self.store.states_revision()?,
+            desired_revision: self.desired_revision,
+            manifest_generation: self.manifest_generation,
+            observed_generation: self.observed_generation,
+            connectivity: connectivity.clone(),
+            manifest_rejected: self.manifest_rejected.clone(),
+        })
+    }
+
     /// Builds the status and, when it says something new (or `heartbeat` is set), gives it the
     /// next `reportSeq`, stores it and queues it for the manager. Returns the queued status.
+    ///
+    /// A status built from the same basis as the last one, which had no Pending resource, would
+    /// have the same content as the last report (its conditions keep their transition times), so
+    /// it is not built again: that is every pass of a settled device.
     pub fn publish_status(
         &mut self,
         connectivity: &Connectivity,
         heartbeat: bool,
     ) -> Result<Option<AgentStatus>, EngineError> {
+        // Read before the states are, so that a change in between only causes another build.
+        let basis = self.status_basis(connectivity);
+        if !heartbeat && self.last_report.is_some() && basis.is_some() && basis == self.status_basis
+        {
+            return Ok(None);
+        }
+        self.status_basis = None;
         let mut status = self.build_status(connectivity)?;
+        let reusable = basis.filter(|_| {
+            !status
+                .resources
+                .values()
+                .any(|resource| resource.phase == Phase::Pending)
+        });
         let changed = self
             .last_report
             .as_ref()
             .is_none_or(|last| !status::same_content(last, &status));
         if !changed && !heartbeat {
+            self.status_basis = reusable;
             return Ok(None);
         }
         let seq = status::next_report_seq(self.store.last_report_seq()?, status.observed_at);
@@ -884,6 +989,7 @@ impl<R: Reconcile> Engine<R> {
         self.store.save_status(&status)?;
         self.store.enqueue_report(&status)?;
         self.last_report = Some(status.clone());
+        self.status_basis = reusable;
         Ok(Some(status))
     }
 
@@ -989,16 +1095,23 @@ fn backing_off(
 /// A kind this build does not know counts as not Ready.
 fn not_ready_resources(
     manifest: &AgentManifest,
+    spec_hashes: Option<&[String]>,
     states: &BTreeMap<ResourceId, ResourceState>,
 ) -> String {
     const NAMED: usize = 3;
+    let spec_hashes = spec_hashes.filter(|hashes| hashes.len() == manifest.resources.len());
     let not_ready: Vec<String> = manifest
         .resources
         .iter()
-        .filter_map(|resource| {
+        .enumerate()
+        .filter_map(|(at, resource)| {
+            let spec_hash = match spec_hashes {
+                Some(hashes) => std::borrow::Cow::Borrowed(hashes[at].as_str()),
+                None => std::borrow::Cow::Owned(resource.spec_hash()),
+            };
             let state = states
                 .get(&resource.id)
-                .filter(|s| s.status.spec_hash.as_deref() == Some(resource.spec_hash().as_str()));
+                .filter(|s| s.status.spec_hash.as_deref() == Some(&*spec_hash));
             match state {
                 Some(state) if state.status.phase == Phase::Ready => None,
                 Some(state) => Some(match &state.status.error {
@@ -1053,22 +1166,23 @@ fn change_event(applied: &Applied) -> Option<(EventKind, String)> {
 /// starts, and those not started get no result (as outside a batch).
 async fn apply_batch_timed<R: Reconcile>(
     reconcilers: Arc<R>,
-    batch: Vec<(Resource, Option<OwnershipRecord>)>,
+    batch: Arc<Vec<(Resource, Option<OwnershipRecord>)>>,
     timeout: Duration,
     shutdown: ShutdownSignal,
 ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
-    let mut waiting: VecDeque<(Resource, Option<OwnershipRecord>)> = batch.into();
+    // Positions in `batch` of the resources without a result yet, in order.
+    let mut waiting: VecDeque<usize> = (0..batch.len()).collect();
     let mut results = Vec::with_capacity(waiting.len());
     while !waiting.is_empty() && !shutdown.is_triggered() {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let sink = BatchResults::new(sender, shutdown.clone());
-        let batch: Vec<_> = waiting.iter().cloned().collect();
+        let items: Vec<_> = waiting.iter().map(|&at| batch[at].clone()).collect();
         let reconcilers = Arc::clone(&reconcilers);
-        let task = tokio::spawn(async move { reconcilers.apply_batch(batch, sink).await });
+        let task = tokio::spawn(async move { reconcilers.apply_batch(items, sink).await });
         loop {
             match tokio::time::timeout(timeout, receiver.recv()).await {
                 Ok(Some((resource, result))) => {
-                    if let Some(at) = waiting.iter().position(|(r, _)| r.id == resource.id) {
+                    if let Some(at) = waiting.iter().position(|&at| batch[at].0.id == resource.id) {
                         waiting.remove(at);
                     }
                     results.push((resource, result));
@@ -1084,8 +1198,9 @@ async fn apply_batch_timed<R: Reconcile>(
                         Ok(()) => None,
                     };
                     if let Some(message) = stopped
-                        && let Some((resource, _)) = waiting.pop_front()
+                        && let Some(at) = waiting.pop_front()
                     {
+                        let resource = batch[at].0.clone();
                         tracing::error!(resource = %resource.id, %message, "reconciler task failed");
                         let id = resource.id.clone();
                         results.push((resource, Err(ReconcileError::Crashed { id, message })));
@@ -1095,7 +1210,8 @@ async fn apply_batch_timed<R: Reconcile>(
                 Err(_elapsed) => {
                     // Dropping the receiver tells the batch to start nothing more.
                     task.abort();
-                    if let Some((resource, _)) = waiting.pop_front() {
+                    if let Some(at) = waiting.pop_front() {
+                        let resource = batch[at].0.clone();
                         let id = resource.id.clone();
                         results.push((resource, Err(ReconcileError::TimedOut { id, timeout })));
                     }

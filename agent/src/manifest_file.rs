@@ -35,11 +35,24 @@ pub fn read_manifest_file(
     path: &Path,
     previous: Option<&AgentManifest>,
 ) -> Result<AgentManifest, ManifestFileError> {
-    let bytes = std::fs::read(path).map_err(|source| ManifestFileError::Read {
+    let bytes = read_bytes(path)?;
+    parse_manifest(path, &bytes, previous)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, ManifestFileError> {
+    std::fs::read(path).map_err(|source| ManifestFileError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let mut manifest = AgentManifest::from_slice(&bytes).map_err(|error| match error {
+    })
+}
+
+/// [`read_manifest_file`] of bytes already read from `path`.
+fn parse_manifest(
+    path: &Path,
+    bytes: &[u8],
+    previous: Option<&AgentManifest>,
+) -> Result<AgentManifest, ManifestFileError> {
+    let mut manifest = AgentManifest::from_slice(bytes).map_err(|error| match error {
         ManifestError::Malformed(message) => ManifestFileError::Malformed {
             path: path.to_path_buf(),
             message,
@@ -82,6 +95,10 @@ pub async fn watch_manifest_file(
 ) {
     let mut seen = None;
     let mut last_error: Option<String> = None;
+    // The bytes handled last. Parsing the same bytes again (every resync of an unchanged file)
+    // would give the same manifest or the same error, which would be dropped below as "nothing
+    // new", so they are not parsed again. Forgotten when a read fails.
+    let mut handled: Option<Vec<u8>> = None;
     let mut next_full_read = tokio::time::Instant::now();
     loop {
         let now_seen = fingerprint(&path);
@@ -89,9 +106,21 @@ pub async fn watch_manifest_file(
         if due || now_seen != seen {
             seen = now_seen;
             next_full_read = tokio::time::Instant::now() + resync_interval;
-            let update = match read_manifest_file(&path, last.as_ref()) {
-                Ok(manifest) if last.as_ref() == Some(&manifest) => None,
-                Ok(manifest) => {
+            let read = read_bytes(&path).and_then(|bytes| {
+                if handled.as_deref() == Some(bytes.as_slice()) {
+                    return Ok(None);
+                }
+                let parsed = parse_manifest(&path, &bytes, last.as_ref());
+                handled = Some(bytes);
+                parsed.map(Some)
+            });
+            if let Err(ManifestFileError::Read { .. }) = &read {
+                handled = None;
+            }
+            let update = match read {
+                Ok(None) => None,
+                Ok(Some(manifest)) if last.as_ref() == Some(&manifest) => None,
+                Ok(Some(manifest)) => {
                     last = Some(manifest.clone());
                     last_error = None;
                     Some(DesiredUpdate::Manifest(manifest))
@@ -151,5 +180,92 @@ mod tests {
             read_manifest_file(&path, Some(&second)),
             Err(ManifestFileError::Malformed { .. })
         ));
+    }
+
+    /// The watcher parses a file again only when its bytes changed, and what it sends is what
+    /// parsing every time would send: each new manifest once, each new error once.
+    #[tokio::test]
+    async fn the_watcher_sends_each_new_content_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("manifest.json");
+        let valid = |text: &str| {
+            format!(
+                r#"{{"apiVersion":"fleetlet.dev/v1","kind":"AgentManifest","agentId":"pi","resources":[
+                {{"id":"motd","kind":"File","spec":{{"path":"/r/motd","content":{{"text":"{text}"}},"mode":"0644"}}}}]}}"#
+            )
+        };
+        // Replaced like an editor does (a new inode), so the watcher notices at once.
+        let write = |text: &str| {
+            let temporary = dir.path().join(".manifest.json.tmp");
+            std::fs::write(&temporary, text).expect("write");
+            std::fs::rename(&temporary, &path).expect("rename");
+        };
+        write(&valid("one"));
+        let (sender, mut receiver) = mpsc::channel(16);
+        let shutdown = crate::shutdown::Shutdown::new();
+        let watcher = tokio::spawn(watch_manifest_file(
+            path.clone(),
+            None,
+            Duration::from_millis(20),
+            sender,
+            shutdown.signal(),
+        ));
+        async fn next(receiver: &mut mpsc::Receiver<DesiredUpdate>) -> DesiredUpdate {
+            tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+                .await
+                .expect("an update in time")
+                .expect("open")
+        }
+        // Nothing arrives while the file stays the same, re-read at every resync or rewritten
+        // with the same bytes.
+        async fn quiet(receiver: &mut mpsc::Receiver<DesiredUpdate>) {
+            let update = tokio::time::timeout(Duration::from_millis(200), receiver.recv()).await;
+            assert!(update.is_err(), "nothing new was sent: {update:?}");
+        }
+
+        let DesiredUpdate::Manifest(first) = next(&mut receiver).await else {
+            panic!("the first manifest")
+        };
+        assert_eq!(first.generation, Some(1));
+        quiet(&mut receiver).await;
+        write(&valid("one"));
+        quiet(&mut receiver).await;
+
+        write(&valid("two"));
+        let DesiredUpdate::Manifest(second) = next(&mut receiver).await else {
+            panic!("the changed manifest")
+        };
+        assert_eq!(second.generation, Some(2));
+
+        write("{");
+        assert!(matches!(
+            next(&mut receiver).await,
+            DesiredUpdate::Rejected(_)
+        ));
+        write("{");
+        quiet(&mut receiver).await;
+
+        // Gone, then back with the bytes that were refused: the read error and then the parse
+        // error are new again.
+        std::fs::remove_file(&path).expect("remove");
+        let DesiredUpdate::Rejected(gone) = next(&mut receiver).await else {
+            panic!("a read error")
+        };
+        assert!(gone.contains("could not read"), "{gone}");
+        write("{");
+        let DesiredUpdate::Rejected(malformed) = next(&mut receiver).await else {
+            panic!("a parse error")
+        };
+        assert!(malformed.contains("not valid JSON"), "{malformed}");
+
+        write(&valid("three"));
+        let DesiredUpdate::Manifest(third) = next(&mut receiver).await else {
+            panic!("the next manifest")
+        };
+        assert_eq!(third.generation, Some(3));
+        quiet(&mut receiver).await;
+
+        shutdown.trigger();
+        watcher.await.expect("watcher");
     }
 }

@@ -67,6 +67,9 @@ pub struct StatusInputs<'a> {
     pub manifest_generation: u64,
     /// The generation the last complete pass applied.
     pub observed_generation: u64,
+    /// The spec hash of every resource of `manifest`, in order, when the caller has them
+    /// (computed here otherwise).
+    pub spec_hashes: Option<&'a [String]>,
     pub states: &'a BTreeMap<ResourceId, ResourceState>,
     pub connectivity: &'a Connectivity,
     /// Why the newest manifest received was refused, if it was.
@@ -108,10 +111,16 @@ pub fn build_status(inputs: &StatusInputs<'_>) -> AgentStatus {
 fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, ResourceStatus> {
     let mut resources = BTreeMap::new();
     if let Some(manifest) = inputs.manifest {
-        for resource in &manifest.resources {
-            let spec_hash = resource.spec_hash();
+        let spec_hashes = inputs
+            .spec_hashes
+            .filter(|hashes| hashes.len() == manifest.resources.len());
+        for (at, resource) in manifest.resources.iter().enumerate() {
+            let spec_hash = match spec_hashes {
+                Some(hashes) => std::borrow::Cow::Borrowed(hashes[at].as_str()),
+                None => std::borrow::Cow::Owned(resource.spec_hash()),
+            };
             let status = match inputs.states.get(&resource.id) {
-                Some(state) if state.status.spec_hash.as_deref() == Some(spec_hash.as_str()) => {
+                Some(state) if state.status.spec_hash.as_deref() == Some(&*spec_hash) => {
                     state.status.clone()
                 }
                 _ => ResourceStatus {
@@ -119,7 +128,7 @@ fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, Resource
                     phase: Phase::Pending,
                     since: inputs.now,
                     generation: desired_generation(inputs),
-                    spec_hash: Some(spec_hash),
+                    spec_hash: Some(spec_hash.into_owned()),
                     error: None,
                     retry_after: None,
                     details: None,
@@ -421,6 +430,7 @@ mod tests {
             agent: &agent,
             manifest: Some(&manifest),
             missed_deadline: None,
+            spec_hashes: None,
             manifest_generation: 2,
             observed_generation: 2,
             states: &states,
@@ -460,6 +470,7 @@ mod tests {
             agent: &agent,
             manifest: Some(&manifest),
             missed_deadline: None,
+            spec_hashes: None,
             manifest_generation: 2,
             observed_generation: 2,
             states: &states,
@@ -495,6 +506,8 @@ mod tests {
         let (id, mut stale) = state(&manifest, "a", Phase::Ready);
         stale.status.spec_hash = Some("sha256:old".into());
         let states = BTreeMap::from([(id, stale)]);
+        // As the engine passes them, computed once per manifest.
+        let hashes: Vec<String> = manifest.resources.iter().map(|r| r.spec_hash()).collect();
         let agent_id = AgentId::try_from("pi").expect("id");
         let agent = agent();
         let status = build_status(&StatusInputs {
@@ -502,6 +515,7 @@ mod tests {
             agent: &agent,
             manifest: Some(&manifest),
             missed_deadline: None,
+            spec_hashes: Some(&hashes),
             manifest_generation: 2,
             observed_generation: 1,
             states: &states,

@@ -1179,3 +1179,139 @@ async fn after_shutdown_a_batch_finishes_the_apply_under_way_and_starts_no_other
     let status = engine.build_status(&Connectivity::Online).expect("status");
     assert_eq!(status.resources["third"].phase, Phase::Pending);
 }
+
+/// Publishes through `engine` and checks that a status it did not publish (it was not built
+/// again) says what a status built now says, i.e. what it last published. Returns whether a
+/// status was published.
+fn publish(engine: &mut Engine<FakeReconciler>, connectivity: &Connectivity) -> bool {
+    let published = engine
+        .publish_status(connectivity, false)
+        .expect("publish")
+        .is_some();
+    let built = engine.build_status(connectivity).expect("status");
+    let last = engine
+        .store()
+        .pending_report()
+        .expect("outbox")
+        .expect("a status was published before");
+    assert!(
+        status::same_content(&built, &last),
+        "the last published status is out of date:\n{built:#?}\n{last:#?}"
+    );
+    published
+}
+
+#[tokio::test]
+async fn a_status_is_published_again_whenever_what_it_says_changes() {
+    let mut r = Rollout::new();
+    let online = Connectivity::Online;
+    let files = |ids: &[&str]| ids.iter().map(|id| file(id)).collect::<Vec<_>>();
+    r.apply(rollout_manifest(1, files(&["a", "b"]), None)).await;
+    assert!(publish(&mut r.engine, &online));
+    assert!(!publish(&mut r.engine, &online));
+    r.pass().await;
+    assert!(
+        !publish(&mut r.engine, &online),
+        "a settled pass says nothing new"
+    );
+    assert!(
+        r.engine.status_basis.is_some(),
+        "and its status is not built again"
+    );
+
+    // A resource's phase changes, and changes back.
+    r.fake.fail("a");
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(r.status().resources["a"].phase, Phase::Failed);
+    assert!(!publish(&mut r.engine, &online));
+    r.fake.heal("a");
+    r.clock.advance(Duration::from_secs(2));
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(r.status().resources["a"].phase, Phase::Ready);
+    assert!(!publish(&mut r.engine, &online));
+
+    // Connectivity.
+    let offline = Connectivity::Offline {
+        reason: "ManagerUnreachable".into(),
+        message: "connection refused".into(),
+    };
+    assert!(publish(&mut r.engine, &offline));
+    assert!(!publish(&mut r.engine, &offline));
+    assert!(publish(&mut r.engine, &online));
+
+    // A refused manifest.
+    r.engine
+        .accept(DesiredUpdate::Rejected("not JSON".into()))
+        .expect("accept");
+    assert!(publish(&mut r.engine, &online));
+    assert!(!publish(&mut r.engine, &online));
+
+    // A new generation, before its pass: its new resource is Pending since now, so every
+    // status says something new until the pass.
+    r.engine
+        .accept(DesiredUpdate::Manifest(rollout_manifest(
+            2,
+            files(&["a", "b", "c"]),
+            None,
+        )))
+        .expect("accept");
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(r.status().resources["c"].phase, Phase::Pending);
+    r.clock.advance(Duration::from_secs(1));
+    assert!(publish(&mut r.engine, &online));
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert!(!publish(&mut r.engine, &online));
+
+    // A state changed in the store by someone else than a pass.
+    let id = ResourceId::try_from("b").expect("id");
+    let mut state = r.store.resource_states().expect("states")[&id].clone();
+    state.status.phase = Phase::Reconciling;
+    r.store.save_resource_state(&id, &state).expect("save");
+    assert!(publish(&mut r.engine, &online));
+    assert!(!publish(&mut r.engine, &online));
+
+    // A heartbeat is always a new report.
+    assert!(
+        r.engine
+            .publish_status(&online, true)
+            .expect("publish")
+            .is_some()
+    );
+    assert!(!publish(&mut r.engine, &online));
+}
+
+/// The same over the filesystem store, whose states revision comes from its journal.
+#[cfg(feature = "fs-store")]
+#[tokio::test]
+async fn a_status_over_the_filesystem_store_is_published_again_when_a_state_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(
+        crate::store::FsStore::open(
+            dir.path(),
+            AgentId::try_from("pi").expect("id"),
+            crate::store::FsStoreOptions::default(),
+        )
+        .expect("store"),
+    );
+    let mut r = Rollout::over(store);
+    let online = Connectivity::Online;
+    r.apply(rollout_manifest(1, vec![file("a")], None)).await;
+    assert!(publish(&mut r.engine, &online));
+    r.pass().await;
+    assert!(!publish(&mut r.engine, &online));
+    r.fake.fail("a");
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert!(!publish(&mut r.engine, &online));
+    r.engine
+        .accept(DesiredUpdate::Manifest(rollout_manifest(2, vec![], None)))
+        .expect("accept");
+    assert!(publish(&mut r.engine, &online));
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert!(r.status().resources.is_empty());
+    assert!(!publish(&mut r.engine, &online));
+}

@@ -269,7 +269,7 @@ impl FileReconciler {
         if !converged {
             return None;
         }
-        let sha256 = hex::encode(Sha256::digest(&content));
+        let sha256 = hex_lower(&Sha256::digest(&content));
         let details = seen.details_of(&stat, &sha256);
         Some(Applied {
             change: Change::Unchanged,
@@ -709,6 +709,18 @@ fn details_of(stat: &FileStat, sha256: &str) -> FileDetails {
     }
 }
 
+/// `bytes` in lowercase hex, as `hex::encode` writes them (without its per-character iterator:
+/// this runs for every converged file of every pass).
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
 /// The account name of a user id, or the number when it has none.
 fn user_name(uid: u32) -> String {
     let uid = Uid::from_raw(uid);
@@ -1037,6 +1049,13 @@ mod tests {
             .remove(0)
             .expect_err("link in the path");
         assert_eq!(error.reason(), ErrorReason::PathNotAllowed);
+    }
+
+    #[test]
+    fn hex_lower_writes_what_hex_encode_does() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_lower(&all), hex::encode(&all));
+        assert_eq!(hex_lower(&[]), "");
     }
 
     #[test]

@@ -215,6 +215,8 @@ struct Inner {
     agent_log: LiveLog,
     /// Every ownership record and resource state, loaded once at open and written through.
     table: journal::Table,
+    /// Counts the changes of `table.states` (see [`Store::states_revision`]).
+    states_revision: u64,
     journal: journal::Journal,
     /// Resource dirs that exist (the state dir is ours alone, so this mirrors the disk). A
     /// resource has one once it has a record or a state and an event to log.
@@ -613,6 +615,7 @@ impl FsStore {
         })
         .map_err(io_error(&journal_path))?;
         inner.table = table;
+        inner.states_revision += 1;
         let mut corrupt = None;
         if let Some(report) = report {
             inner.journal.bytes = fs::metadata(&journal_path)
@@ -772,14 +775,17 @@ impl FsStore {
                     table.records.remove(id);
                 }
             },
-            journal::ChangeRef::State { id, value } => match value {
-                Some(state) => {
-                    table.states.insert(id.clone(), state.clone());
+            journal::ChangeRef::State { id, value } => {
+                match value {
+                    Some(state) => {
+                        table.states.insert(id.clone(), state.clone());
+                    }
+                    None => {
+                        table.states.remove(id);
+                    }
                 }
-                None => {
-                    table.states.remove(id);
-                }
-            },
+                inner.states_revision += 1;
+            }
         }
         if inner.journal.needs_compaction(self.options.max_bytes) {
             let snapshot = self.agent_file(journal::SNAPSHOT_FILE);
@@ -1144,6 +1150,10 @@ impl Store for FsStore {
     /// Served from memory: the table is read once, at open.
     fn resource_states(&self) -> Result<BTreeMap<ResourceId, ResourceState>, StoreError> {
         Ok(self.lock()?.table.states.clone())
+    }
+
+    fn states_revision(&self) -> Option<u64> {
+        Some(self.lock().ok()?.states_revision)
     }
 
     /// A state equal to the stored one is not written again.

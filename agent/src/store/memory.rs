@@ -30,6 +30,8 @@ struct Contents {
     rollout: RolloutState,
     records: BTreeMap<ResourceId, OwnershipRecord>,
     states: BTreeMap<ResourceId, ResourceState>,
+    /// Counts the calls that changed `states`.
+    states_revision: u64,
     events: VecDeque<StoredEvent>,
     last_event_seq: u64,
     status: Option<AgentStatus>,
@@ -125,13 +127,24 @@ impl Store for MemoryStore {
         id: &ResourceId,
         state: &ResourceState,
     ) -> Result<(), StoreError> {
-        self.lock()?.states.insert(id.clone(), state.clone());
+        let mut contents = self.lock()?;
+        if contents.states.get(id) != Some(state) {
+            contents.states.insert(id.clone(), state.clone());
+            contents.states_revision += 1;
+        }
         Ok(())
     }
 
     fn remove_resource_state(&self, id: &ResourceId) -> Result<(), StoreError> {
-        self.lock()?.states.remove(id);
+        let mut contents = self.lock()?;
+        if contents.states.remove(id).is_some() {
+            contents.states_revision += 1;
+        }
         Ok(())
+    }
+
+    fn states_revision(&self) -> Option<u64> {
+        Some(self.lock().ok()?.states_revision)
     }
 
     fn append_event(&self, event: NewEvent) -> Result<u64, StoreError> {

@@ -92,6 +92,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Makes everything written so far durable (a no-op for the memory store).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// A number that changes whenever the resource states change, for callers that keep what
+    /// they built from them; `None` when the store cannot tell (the caller then reads again).
+    fn states_revision(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Who ran on this store.
