@@ -1099,16 +1099,8 @@ fn not_ready_resources(
     states: &BTreeMap<ResourceId, ResourceState>,
 ) -> String {
     const NAMED: usize = 3;
-    let spec_hashes = spec_hashes.filter(|hashes| hashes.len() == manifest.resources.len());
-    let not_ready: Vec<String> = manifest
-        .resources
-        .iter()
-        .enumerate()
-        .filter_map(|(at, resource)| {
-            let spec_hash = match spec_hashes {
-                Some(hashes) => std::borrow::Cow::Borrowed(hashes[at].as_str()),
-                None => std::borrow::Cow::Owned(resource.spec_hash()),
-            };
+    let not_ready: Vec<String> = status::with_spec_hashes(manifest, spec_hashes)
+        .filter_map(|(resource, spec_hash)| {
             let state = states
                 .get(&resource.id)
                 .filter(|s| s.status.spec_hash.as_deref() == Some(&*spec_hash));

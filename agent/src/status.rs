@@ -4,12 +4,13 @@
 //! Pure functions of their inputs (plus the clock passed in), so that what the fleet sees can be
 //! unit-tested without an engine.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use fleetlet_manifests::status::STATUS_KIND;
 use fleetlet_manifests::{
     API_VERSION, AgentId, AgentInfo, AgentManifest, AgentStatus, Condition, ConditionStatus,
-    ConditionType, Phase, ResourceId, ResourceStatus,
+    ConditionType, Phase, Resource, ResourceId, ResourceStatus,
 };
 use time::OffsetDateTime;
 
@@ -106,19 +107,32 @@ pub fn build_status(inputs: &StatusInputs<'_>) -> AgentStatus {
     }
 }
 
+/// Each resource of `manifest` with its spec hash: from `spec_hashes` (the hashes of those
+/// resources, in order) when given for all of them, computed otherwise.
+pub fn with_spec_hashes<'a>(
+    manifest: &'a AgentManifest,
+    spec_hashes: Option<&'a [String]>,
+) -> impl Iterator<Item = (&'a Resource, Cow<'a, str>)> {
+    let spec_hashes = spec_hashes.filter(|hashes| hashes.len() == manifest.resources.len());
+    manifest
+        .resources
+        .iter()
+        .enumerate()
+        .map(move |(at, resource)| {
+            let spec_hash = match spec_hashes {
+                Some(hashes) => Cow::Borrowed(hashes[at].as_str()),
+                None => Cow::Owned(resource.spec_hash()),
+            };
+            (resource, spec_hash)
+        })
+}
+
 /// Every desired resource, plus owned ones still being deleted. A desired resource whose state is
 /// for an older spec (or that has no state yet) is `Pending`.
 fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, ResourceStatus> {
     let mut resources = BTreeMap::new();
     if let Some(manifest) = inputs.manifest {
-        let spec_hashes = inputs
-            .spec_hashes
-            .filter(|hashes| hashes.len() == manifest.resources.len());
-        for (at, resource) in manifest.resources.iter().enumerate() {
-            let spec_hash = match spec_hashes {
-                Some(hashes) => std::borrow::Cow::Borrowed(hashes[at].as_str()),
-                None => std::borrow::Cow::Owned(resource.spec_hash()),
-            };
+        for (resource, spec_hash) in with_spec_hashes(manifest, inputs.spec_hashes) {
             let status = match inputs.states.get(&resource.id) {
                 Some(state) if state.status.spec_hash.as_deref() == Some(&*spec_hash) => {
                     state.status.clone()
