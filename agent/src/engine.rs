@@ -564,7 +564,7 @@ impl<R: Reconcile> Engine<R> {
                             Some(record.spec_hash.clone()),
                             record.generation,
                             &error,
-                            now,
+                            self.settings.clock.now(),
                         );
                         self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
                         self.store.save_resource_state(&id, &state)?;
@@ -654,7 +654,7 @@ impl<R: Reconcile> Engine<R> {
                             Some(spec_hash),
                             generation,
                             &error,
-                            now,
+                            self.settings.clock.now(),
                         );
                         self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
                         state
@@ -731,6 +731,9 @@ impl<R: Reconcile> Engine<R> {
         })
     }
 
+    /// The state of a resource whose apply or delete failed at `failed_at`. The backoff counts
+    /// from the failure, not from the start of its pass: an apply that took a minute to fail
+    /// (a container pull, a unit's start timeout) must not have spent its own delay.
     fn failed_state(
         &self,
         previous: Option<&ResourceState>,
@@ -738,7 +741,7 @@ impl<R: Reconcile> Engine<R> {
         spec_hash: Option<String>,
         generation: u64,
         error: &ReconcileError,
-        now: OffsetDateTime,
+        failed_at: OffsetDateTime,
     ) -> ResourceState {
         // Failures count up only while the spec stays the same: a new spec gets a fresh start.
         let failures = previous
@@ -753,14 +756,14 @@ impl<R: Reconcile> Engine<R> {
             status: ResourceStatus {
                 kind: kind.to_owned(),
                 phase: Phase::Failed,
-                since: since(previous, Phase::Failed, now),
+                since: since(previous, Phase::Failed, failed_at),
                 generation,
                 spec_hash,
                 error: Some(ResourceError {
                     reason: error.reason(),
                     message: error.to_string(),
                 }),
-                retry_after: Some(now + delay),
+                retry_after: Some(failed_at + delay),
                 details: error
                     .details()
                     .or_else(|| previous.and_then(|p| p.status.details.clone())),

@@ -17,6 +17,8 @@ use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, file_resource, manifest, unique_agent_id, wait_for,
 };
 use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 const AGENT: &str = "pi-systemd";
 /// The resync interval the agents of these tests run with.
@@ -444,15 +446,21 @@ async fn a_timer_with_its_service_fires_and_both_converge() -> anyhow::Result<()
     Ok(())
 }
 
-/// The seconds since `start` at which a log line with all `needles` first appeared.
-async fn first_seen(
+/// When the agent logged the first line with all `needles`, by the timestamp it wrote on the
+/// line (not when the test noticed it, which lags by up to a polling interval).
+async fn logged_at(
     agent: &AgentProcess,
     needles: &[&str],
-    start: Instant,
     timeout: Duration,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<OffsetDateTime> {
     agent.wait_for_log(needles, timeout).await?;
-    Ok(start.elapsed())
+    let logs = agent.logs();
+    let line = logs
+        .lines()
+        .find(|line| needles.iter().all(|n| line.contains(n)))
+        .context("the line just seen")?;
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    OffsetDateTime::parse(stamp, &Rfc3339).with_context(|| format!("a timestamp on {line:?}"))
 }
 
 #[tokio::test]
@@ -508,19 +516,18 @@ async fn a_unit_that_fails_to_start_is_unit_failed_with_its_result_backs_off_and
     }
 
     // A running agent goes on retrying (the store remembers the failure of the run above) with
-    // growing delays: 2 s after the second failure, 4 s after the third.
-    let start = Instant::now();
+    // growing delays, counted from each failure: 2 s after the second, 4 s after the third.
     let agent = AgentProcess::start(&dirs, &options)?;
     let timeout = Duration::from_secs(20);
-    let mut seen = Vec::new();
+    let mut logged = Vec::new();
     for failures in 2..=4 {
         let needle = format!("failures={failures}");
-        seen.push(first_seen(&agent, &["still failing", "exits", &needle], start, timeout).await?);
+        logged.push(logged_at(&agent, &["still failing", "exits", &needle], timeout).await?);
     }
-    eprintln!("failures 2, 3 and 4 seen at {seen:?}");
-    let (second_delay, third_delay) = (seen[1] - seen[0], seen[2] - seen[1]);
-    assert!(second_delay >= Duration::from_millis(1900), "{seen:?}");
-    assert!(third_delay >= Duration::from_millis(3900), "{seen:?}");
+    eprintln!("failures 2, 3 and 4 logged at {logged:?}");
+    let (second_delay, third_delay) = (logged[1] - logged[0], logged[2] - logged[1]);
+    assert!(second_delay >= time::Duration::seconds(2), "{logged:?}");
+    assert!(third_delay >= time::Duration::seconds(4), "{logged:?}");
     // The other failing unit is retried on the same schedule, independently.
     agent
         .wait_for_log(
