@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 pub use crate::binary;
 
@@ -231,6 +233,51 @@ impl AgentProcess {
         })
         .await
         .with_context(|| format!("agent log:\n{}", self.logs()))
+    }
+
+    /// When the agent logged each line that contains every one of `needles`, oldest first, by
+    /// the RFC 3339 timestamp the agent wrote at the start of the line. Tests that bound a
+    /// duration use these, never the moment they noticed a line: that lags by a polling
+    /// interval, and by much more on a loaded machine.
+    pub fn log_times(&self, needles: &[&str]) -> anyhow::Result<Vec<OffsetDateTime>> {
+        self.logs()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .map(|line| {
+                let stamp = line.split_whitespace().next().unwrap_or_default();
+                OffsetDateTime::parse(stamp, &Rfc3339)
+                    .with_context(|| format!("a timestamp on {line:?}"))
+            })
+            .collect()
+    }
+
+    /// Waits for the `n`th (from 0) log line with every one of `needles` and returns when the
+    /// agent logged it, by its own timestamp (see [`Self::log_times`]).
+    pub async fn nth_logged_at(
+        &self,
+        n: usize,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<OffsetDateTime> {
+        let what = format!("agent log line {n} (from 0) with {needles:?}");
+        wait_for(&what, timeout, || async {
+            (self.count_log_lines(needles) > n).then_some(())
+        })
+        .await
+        .with_context(|| format!("agent log:\n{}", self.logs()))?;
+        self.log_times(needles)?
+            .get(n)
+            .copied()
+            .context("the line just seen")
+    }
+
+    /// When the agent logged the first line with every one of `needles`, waiting for it.
+    pub async fn logged_at(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<OffsetDateTime> {
+        self.nth_logged_at(0, needles, timeout).await
     }
 
     /// Counts log lines that contain every one of `needles`.

@@ -14,6 +14,12 @@ use fleetlet_tests::agent::{
 use serde_json::json;
 
 const AGENT: &str = "pi-standalone";
+/// The resync interval of `AgentOptions::standalone`.
+const RESYNC: Duration = Duration::from_millis(500);
+/// How long a test waits for the agent to get somewhere: only a bound on a failure (a passing
+/// test never waits it out), so generous for a loaded machine. What must be fast is asserted on
+/// the timestamps the agent writes on its log lines.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn mode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path)
@@ -62,20 +68,8 @@ async fn manifest_file_mode_converges_with_no_manager_and_follows_file_changes()
         ],
     ))?;
     let agent = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
-    wait_until_holds(
-        &root.join("etc/motd"),
-        "hello\n",
-        0o644,
-        Duration::from_secs(5),
-    )
-    .await?;
-    wait_until_holds(
-        &root.join("etc/app/deep/conf.ini"),
-        "a=1\n",
-        0o600,
-        Duration::from_secs(5),
-    )
-    .await?;
+    wait_until_holds(&root.join("etc/motd"), "hello\n", 0o644, WAIT).await?;
+    wait_until_holds(&root.join("etc/app/deep/conf.ini"), "a=1\n", 0o600, WAIT).await?;
 
     dirs.write_manifest(&manifest(
         AGENT,
@@ -84,18 +78,9 @@ async fn manifest_file_mode_converges_with_no_manager_and_follows_file_changes()
             file_resource("conf", &root.join("etc/app/deep/conf.ini"), "a=1\n", "0600"),
         ],
     ))?;
-    wait_until_holds(
-        &root.join("etc/motd"),
-        "hello again\n",
-        0o644,
-        Duration::from_secs(3),
-    )
-    .await?;
+    wait_until_holds(&root.join("etc/motd"), "hello again\n", 0o644, WAIT).await?;
     agent
-        .wait_for_log(
-            &["ManifestAccepted", "generation 2"],
-            Duration::from_secs(2),
-        )
+        .wait_for_log(&["ManifestAccepted", "generation 2"], WAIT)
         .await?;
     Ok(())
 }
@@ -109,37 +94,34 @@ async fn drift_is_repaired_within_one_resync_interval_and_recorded() -> anyhow::
         vec![file_resource("drifty", &path, "desired\n", "0640")],
     ))?;
     let agent = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
-    wait_until_holds(&path, "desired\n", 0o640, Duration::from_secs(5)).await?;
+    wait_until_holds(&path, "desired\n", 0o640, WAIT).await?;
 
-    // One resync interval is 500 ms; the margin covers a pass that was just starting.
-    let within_one_resync = Duration::from_millis(500 + 400);
-
-    std::fs::write(&path, "edited by hand\n")?;
-    wait_until_holds(&path, "desired\n", 0o640, within_one_resync).await?;
-    agent
-        .wait_for_log(
-            &["ResourceRepaired", "drifty", "content"],
-            Duration::from_secs(1),
-        )
-        .await?;
-
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
-    wait_until_holds(&path, "desired\n", 0o640, within_one_resync).await?;
-    agent
-        .wait_for_log(
-            &["ResourceRepaired", "drifty", "mode"],
-            Duration::from_secs(1),
-        )
-        .await?;
-
-    std::fs::remove_file(&path)?;
-    wait_until_holds(&path, "desired\n", 0o640, within_one_resync).await?;
-    agent
-        .wait_for_log(
-            &["ResourceRepaired", "drifty", "deleted"],
-            Duration::from_secs(1),
-        )
-        .await?;
+    // One resync interval; the margin covers a pass that was just starting. Counted from just
+    // before the edit to the repair as the agent logged it (its own timestamp), not to when this
+    // test noticed the repaired file, which lags by a polling interval or more.
+    let within_one_resync = RESYNC + Duration::from_millis(400);
+    let drifts: [(&str, &dyn Fn() -> std::io::Result<()>); 3] = [
+        ("content", &|| std::fs::write(&path, "edited by hand\n")),
+        ("mode", &|| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+        }),
+        ("deleted", &|| std::fs::remove_file(&path)),
+    ];
+    for (drift, make) in drifts {
+        let edited = time::OffsetDateTime::now_utc();
+        make()?;
+        wait_until_holds(&path, "desired\n", 0o640, WAIT).await?;
+        let repaired = agent
+            .logged_at(&["ResourceRepaired", "drifty", drift], WAIT)
+            .await?;
+        let took = repaired - edited;
+        eprintln!("{drift}: repaired {took} after the edit");
+        assert!(
+            took <= within_one_resync,
+            "{drift}: repaired {took} after the edit\n{}",
+            agent.logs()
+        );
+    }
     Ok(())
 }
 
@@ -180,17 +162,17 @@ async fn changing_one_file_rewrites_only_it_and_removal_deletes_only_what_the_ag
     dirs.write_manifest(&manifest(AGENT, resources("first\n", true, true)))?;
     let _agent = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
     for (i, path) in files.iter().enumerate().skip(1) {
-        wait_until_holds(path, &format!("file {i}\n"), 0o644, Duration::from_secs(5)).await?;
+        wait_until_holds(path, &format!("file {i}\n"), 0o644, WAIT).await?;
     }
-    wait_until_holds(&files[0], "first\n", 0o644, Duration::from_secs(5)).await?;
-    wait_until_holds(&adopted, "managed now\n", 0o644, Duration::from_secs(5)).await?;
+    wait_until_holds(&files[0], "first\n", 0o644, WAIT).await?;
+    wait_until_holds(&adopted, "managed now\n", 0o644, WAIT).await?;
     let before: Vec<(u64, i64, i64)> = files[1..]
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| (m.ino(), m.mtime(), m.mtime_nsec())))
         .collect::<Result<_, _>>()?;
 
     dirs.write_manifest(&manifest(AGENT, resources("second\n", true, true)))?;
-    wait_until_holds(&files[0], "second\n", 0o644, Duration::from_secs(3)).await?;
+    wait_until_holds(&files[0], "second\n", 0o644, WAIT).await?;
     let after: Vec<(u64, i64, i64)> = files[1..]
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| (m.ino(), m.mtime(), m.mtime_nsec())))
@@ -201,7 +183,7 @@ async fn changing_one_file_rewrites_only_it_and_removal_deletes_only_what_the_ag
     dirs.write_manifest(&manifest(AGENT, resources("second\n", false, false)))?;
     wait_for(
         "the removed resource's file to be deleted",
-        Duration::from_secs(3),
+        WAIT,
         || async { (!files[4].exists()).then_some(()) },
     )
     .await?;
@@ -349,9 +331,7 @@ async fn sigterm_makes_the_agent_exit_zero_within_five_seconds() -> anyhow::Resu
         .collect();
     dirs.write_manifest(&manifest(AGENT, resources))?;
     let mut agent = AgentProcess::start(&dirs, &AgentOptions::standalone(AGENT))?;
-    agent
-        .wait_for_log(&["ResourceCreated", "f0"], Duration::from_secs(5))
-        .await?;
+    agent.wait_for_log(&["ResourceCreated", "f0"], WAIT).await?;
     let (status, took) = agent.terminate(Duration::from_secs(6))?;
     assert!(status.success(), "exit status {status:?}\n{}", agent.logs());
     assert!(took < Duration::from_secs(5), "took {took:?}");
