@@ -563,6 +563,31 @@ impl ManagerProcess {
         Ok(response.json().await?)
     }
 
+    /// The agent's event log on the manager (up to 1000 events, oldest first), with the times
+    /// the manager recorded.
+    pub async fn events(
+        &self,
+        agent_id: &str,
+    ) -> anyhow::Result<Vec<fleetlet_manifests::api::Event>> {
+        let response = self
+            .admin(self.http.get(format!(
+                "{}/api/v1/agents/{agent_id}/events?limit=1000",
+                self.url()
+            )))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "events of {agent_id} answered {status}: {}",
+                response.text().await?
+            );
+        }
+        let page: fleetlet_manifests::api::Page<fleetlet_manifests::api::Event> =
+            response.json().await?;
+        Ok(page.items)
+    }
+
     /// Waits until the manager has a status for the agent that satisfies `check`.
     pub async fn wait_for_status<F>(
         &self,

@@ -4,8 +4,10 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use anyhow::Context;
+use fleetlet_manifests::api::{Event, EventType};
 use fleetlet_manifests::{ConditionStatus, ConditionType, ErrorReason, Phase};
 use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
@@ -67,16 +69,54 @@ async fn fifty_files_pushed_through_the_api_are_reported_converged_within_two_se
                 "mode": mode, "owner": owner, "group": group}})
         })
         .collect();
-    let pushed = Instant::now();
     let generation = manager
         .put_manifest(&agent_id, &manifest(&agent_id, resources))
         .await?;
+    // The wait is only a bound on a failure; the two seconds are measured on the times the
+    // manager recorded, from storing the generation to receiving the report that observed it
+    // with every file Ready, not on when this test's polls noticed.
     let view = manager
-        .wait_converged(&agent_id, generation, Duration::from_secs(2))
+        .wait_converged(&agent_id, generation, Duration::from_secs(30))
         .await?;
-    let took = pushed.elapsed();
-    assert!(took <= Duration::from_secs(2), "converged after {took:?}");
     assert_eq!(view.status.map(|s| s.resources.len()), Some(50));
+    let events = manager.events(&agent_id).await?;
+    let of_generation = |event: &&Event| {
+        let key = match event.type_ {
+            EventType::ManifestUpdated => "generation",
+            EventType::StatusReported => "observedGeneration",
+            EventType::ResourcePhaseChanged => "generation",
+            _ => return false,
+        };
+        event.payload[key] == json!(generation)
+    };
+    let stored_at = events
+        .iter()
+        .filter(of_generation)
+        .find(|e| e.type_ == EventType::ManifestUpdated)
+        .context("a ManifestUpdated event for the generation")?
+        .created_at;
+    let observed_at = events
+        .iter()
+        .filter(of_generation)
+        .find(|e| e.type_ == EventType::StatusReported)
+        .context("a StatusReported event observing the generation")?
+        .created_at;
+    let ready: Vec<_> = events
+        .iter()
+        .filter(of_generation)
+        .filter(|e| e.type_ == EventType::ResourcePhaseChanged && e.payload["to"] == "Ready")
+        .collect();
+    assert_eq!(ready.len(), 50, "{events:#?}");
+    let reported_at = ready
+        .iter()
+        .map(|e| e.created_at)
+        .fold(observed_at, std::cmp::max);
+    let took = reported_at - stored_at;
+    eprintln!("stored → reported converged in {took}");
+    assert!(
+        took <= time::Duration::seconds(2),
+        "reported converged {took} after the generation was stored"
+    );
 
     for (path, text, mode, (owner, group)) in &files {
         let meta = std::fs::metadata(path)?;
@@ -198,18 +238,18 @@ async fn with_the_manager_stopped_the_agent_keeps_repairing_and_its_latest_statu
     std::fs::write(&repaired, "edited while offline\n")?;
     wait_for(
         "the offline agent to repair the file",
-        Duration::from_secs(3),
+        Duration::from_secs(20),
         || async { (std::fs::read_to_string(&repaired).ok()? == "keep me\n").then_some(()) },
     )
     .await?;
     agent
-        .wait_for_log(&["ResourceRepaired", "repaired"], Duration::from_secs(1))
+        .wait_for_log(&["ResourceRepaired", "repaired"], Duration::from_secs(20))
         .await?;
     // ...and what cannot be repaired changes the status the manager will get.
     std::fs::remove_file(&blocked)?;
     std::fs::create_dir(&blocked)?;
     agent
-        .wait_for_log(&["ResourceFailed", "blocked"], Duration::from_secs(3))
+        .wait_for_log(&["ResourceFailed", "blocked"], Duration::from_secs(20))
         .await?;
 
     manager.restart().await?;
