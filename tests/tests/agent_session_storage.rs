@@ -6,7 +6,7 @@
 //! one at a time, because the first one measures time on a small machine.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetlet_manifests::{
@@ -251,15 +251,26 @@ async fn a_hundred_thousand_file_session_does_not_delay_other_resources() -> any
     // one resync interval (plus the time one pass takes on this machine).
     let mut repairs = Vec::new();
     let mut during_walk = 0;
+    // Each repair is timed by the agent's own log line, not by when this test noticed it.
+    let repaired = ["ResourceRepaired", "resource=motd"];
     for round in 0..3 {
+        let repairs_before = fixture.agent()?.count_log_lines(&repaired);
         std::fs::write(&motd, format!("tampered {round}\n"))?;
-        let edited = Instant::now();
+        let edited = OffsetDateTime::now_utc();
         wait_for("motd to be repaired", Duration::from_secs(20), || async {
             holds(&motd, "hello\n").then_some(())
         })
         .await
         .with_context(|| fixture.logs())?;
-        repairs.push(edited.elapsed());
+        let repaired_at = fixture
+            .agent()?
+            .nth_logged_at(repairs_before, &repaired, Duration::from_secs(20))
+            .await?;
+        repairs.push(
+            (repaired_at - edited)
+                .max(time::Duration::ZERO)
+                .unsigned_abs(),
+        );
         let summarised = fixture
             .resource("big")
             .as_ref()
