@@ -107,7 +107,7 @@ pub async fn run(
         CONTACT_WRITE_PERIOD,
         stop.clone(),
     ));
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         contacts,
         store,
         watch,
@@ -115,8 +115,7 @@ pub async fn run(
         report_interval: config.report_interval,
         long_polls: http::LongPolls::default(),
         max_wait_seconds: config.max_wait_seconds,
-        shutdown: stop.clone(),
-    };
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -138,11 +137,13 @@ pub async fn run(
     tracing::info!("listening on {bound} ({scheme})");
 
     let mut drained = stop.clone();
+    let closing = state.watch.clone();
     let serve = server::serve(listener, http::router(state), tls, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
-        // Long-polls see this and answer at once.
         let _ = stop_sender.send(true);
+        // Long-polls see this and answer at once.
+        closing.close();
     });
     tokio::select! {
         () = serve => {}

@@ -26,10 +26,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::api::{FleetState, ReportAck};
 use time::OffsetDateTime;
@@ -168,38 +167,37 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Middleware: times every request and counts it under its matched route. Status reports are
-/// also counted by their `accepted` answer, read back from the (tiny) response body, so the
-/// handler itself stays free of metrics code.
-pub async fn track_requests(
-    State(metrics): State<Metrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
-    metrics.record_request(
-        &method,
-        &route,
-        response.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    if method == Method::PUT && route == STATUS_ROUTE && response.status() == StatusCode::OK {
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, ACK_BODY_LIMIT)
-            .await
-            .unwrap_or_default();
-        if let Ok(ack) = serde_json::from_slice::<ReportAck>(&bytes) {
-            metrics.record_report(ack.accepted);
+impl Metrics {
+    /// Records an answered request under its matched route (`None`: unmatched). Status reports
+    /// are also counted by their `accepted` answer, read back from the (tiny) response body, so
+    /// the handler itself stays free of metrics code.
+    pub async fn observe(
+        &self,
+        method: &Method,
+        route: Option<&MatchedPath>,
+        started: Instant,
+        response: Response,
+    ) -> Response {
+        let route = route.map_or("unmatched", MatchedPath::as_str);
+        self.record_request(
+            method,
+            route,
+            response.status(),
+            started.elapsed().as_secs_f64(),
+        );
+        if method == Method::PUT && route == STATUS_ROUTE && response.status() == StatusCode::OK {
+            let (parts, body) = response.into_parts();
+            // Boxed, so that the future of every request is not as large as this rare step.
+            let bytes = Box::pin(axum::body::to_bytes(body, ACK_BODY_LIMIT))
+                .await
+                .unwrap_or_default();
+            if let Ok(ack) = serde_json::from_slice::<ReportAck>(&bytes) {
+                self.record_report(ack.accepted);
+            }
+            return Response::from_parts(parts, Body::from(bytes));
         }
-        return Response::from_parts(parts, Body::from(bytes));
+        response
     }
-    response
 }
 
 /// Counts agents per fleet state, reading the fleet in batches. `None` when the store fails.

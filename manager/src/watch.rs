@@ -1,73 +1,134 @@
-//! Wakes long-polls when an agent's manifest changes.
+//! Wakes long-polls when an agent's manifest changes, or when the manager shuts down.
 //!
-//! Each agent with a waiting long-poll has a `tokio::sync::watch` channel whose value is a change
-//! counter. A change only says "look again": the waiter re-reads the generation from the store,
-//! which stays the single source of truth. Writes wake the channel directly on the replica that
-//! made them, and through Postgres NOTIFY on every other replica (see `store::postgres`).
+//! Each agent with a waiting long-poll has a `tokio::sync::Notify`. A wake only says "look
+//! again": the waiter re-reads the generation from the store, which stays the single source of
+//! truth. Writes wake the agent directly on the replica that made them, and through Postgres
+//! NOTIFY on every other replica (see `store::postgres`).
+//!
+//! A `Notify` (tens of bytes) rather than a `watch` channel (hundreds, with its eight-way
+//! notifier): a manager of a large fleet holds one per polling agent (BENCHMARKS.md, target 6).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
-/// The per-agent wake-up channels of this process.
+/// The per-agent wake-ups of this process.
 #[derive(Debug, Clone, Default)]
 pub struct ManifestWatch {
-    senders: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    agents: Mutex<HashMap<String, Arc<Notify>>>,
+    closing: AtomicBool,
 }
 
 impl ManifestWatch {
-    /// A receiver that sees a change whenever `wake` is called for this agent afterwards.
-    pub fn subscribe(&self, agent_id: &str) -> watch::Receiver<u64> {
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        match senders.get(agent_id) {
-            Some(sender) => sender.subscribe(),
+    /// The wake-up of this agent. A waiter registers with [`Notify::notified`] and
+    /// `Notified::enable` *before* it reads the generation, so that a write landing between
+    /// the read and the wait still wakes it.
+    pub fn subscribe(&self, agent_id: &str) -> Arc<Notify> {
+        let mut agents = self.agents();
+        match agents.get(agent_id) {
+            Some(notify) => Arc::clone(notify),
             None => {
-                let (sender, receiver) = watch::channel(0);
-                senders.insert(agent_id.to_owned(), sender);
-                receiver
+                let notify = Arc::new(Notify::new());
+                agents.insert(agent_id.to_owned(), Arc::clone(&notify));
+                notify
             }
         }
     }
 
     /// Wakes every long-poll of this agent.
     pub fn wake(&self, agent_id: &str) {
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = senders.get(agent_id) {
-            if sender.receiver_count() == 0 {
-                // Nobody waits any more: drop the channel so the map stays as small as the set
-                // of agents that are polling right now.
-                senders.remove(agent_id);
+        let mut agents = self.agents();
+        if let Some(notify) = agents.get(agent_id) {
+            if Arc::strong_count(notify) == 1 {
+                // Nobody waits any more: drop the entry so the map stays as small as the set of
+                // agents that are polling right now.
+                agents.remove(agent_id);
             } else {
-                sender.send_modify(|changes| *changes = changes.wrapping_add(1));
+                notify.notify_waiters();
             }
         }
     }
 
     /// Wakes every long-poll, e.g. after notifications may have been missed.
     pub fn wake_all(&self) {
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        senders.retain(|_, sender| sender.receiver_count() > 0);
-        for sender in senders.values() {
-            sender.send_modify(|changes| *changes = changes.wrapping_add(1));
+        let mut agents = self.agents();
+        agents.retain(|_, notify| Arc::strong_count(notify) > 1);
+        for notify in agents.values() {
+            notify.notify_waiters();
         }
+    }
+
+    /// The manager is shutting down: every long-poll, waiting now or starting later, answers at
+    /// once instead of holding the drain.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Whether [`Self::close`] was called. A waiter checks it after registering its wake-up and
+    /// before it waits, so a close cannot slip between the two.
+    pub fn is_closing(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.shared
+            .agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+    use std::time::Duration;
+
     use super::*;
 
+    /// Whether `notified` completes within a short while.
+    async fn woken(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), notified)
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
-    async fn a_wake_reaches_the_subscribers_of_that_agent_only() {
+    async fn a_wake_reaches_the_registered_waiters_of_that_agent_only() {
         let watch = ManifestWatch::default();
-        let mut kitchen = watch.subscribe("kitchen");
-        let mut garage = watch.subscribe("garage");
+        let kitchen = watch.subscribe("kitchen");
+        let garage = watch.subscribe("garage");
+        let mut kitchen_woken = pin!(kitchen.notified());
+        let mut garage_woken = pin!(garage.notified());
+        kitchen_woken.as_mut().enable();
+        garage_woken.as_mut().enable();
         watch.wake("kitchen");
-        assert!(kitchen.has_changed().expect("sender alive"));
-        assert!(!garage.has_changed().expect("sender alive"));
+        assert!(woken(kitchen_woken.as_mut()).await);
+        assert!(!woken(garage_woken.as_mut()).await);
         watch.wake_all();
-        garage.changed().await.expect("sender alive");
-        kitchen.changed().await.expect("sender alive");
+        assert!(woken(garage_woken.as_mut()).await);
+    }
+
+    #[tokio::test]
+    async fn entries_nobody_holds_are_dropped_and_close_is_seen_by_later_waiters() {
+        let watch = ManifestWatch::default();
+        drop(watch.subscribe("kitchen"));
+        watch.wake("kitchen");
+        assert!(watch.agents().is_empty());
+
+        let garage = watch.subscribe("garage");
+        let mut garage_woken = pin!(garage.notified());
+        garage_woken.as_mut().enable();
+        assert!(!watch.is_closing());
+        watch.close();
+        assert!(woken(garage_woken.as_mut()).await);
+        assert!(watch.is_closing());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleetlet_tests::manager::{ManagerOptions, ManagerProcess};
+use fleetlet_tests::manager::{ManagerOptions, ManagerProcess, wait_for};
 use fleetlet_tests::postgres::fresh_database;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -91,9 +91,79 @@ async fn long_poll_is_answered_within_a_second_of_a_write_through_another_manage
         .await?;
     assert_eq!(answer.status(), 304);
     assert_eq!(answer.headers()["etag"], "\"2\"");
+    // At least its wait; well short of the 30 s a forgotten timeout would take (the upper bound
+    // is loose so that a loaded machine cannot fail it).
     assert!(
         started.elapsed() >= Duration::from_millis(900)
-            && started.elapsed() < Duration::from_secs(3)
+            && started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// A manager that is stopped answers its held long-polls at once (304, nothing newer) rather
+/// than holding its drain until they time out, and then exits cleanly.
+#[tokio::test]
+async fn a_stopping_manager_answers_held_long_polls_and_exits() -> anyhow::Result<()> {
+    let database = fresh_database().await?;
+    let mut manager = ManagerProcess::start(&database.url).await?;
+    let client = reqwest::Client::new();
+    let registered: Value = manager
+        .admin(&client, Method::POST, "/api/v1/agents")
+        .json(&json!({"agentId": "pi-1"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = registered["token"].as_str().expect("token").to_owned();
+    manager
+        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
+        .json(&manifest("one"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let poll = tokio::spawn(
+        client
+            .get(format!(
+                "{}/api/v1/agents/pi-1/manifest?afterGeneration=1&waitSeconds=300",
+                manager.url
+            ))
+            .bearer_auth(&token)
+            .send(),
+    );
+    // The poll must be held by the manager before it is stopped.
+    wait_for(
+        "the long-poll to be held",
+        Duration::from_secs(20),
+        || async {
+            let metrics = manager
+                .admin(&client, Method::GET, "/metrics")
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .lines()
+                .any(|line| line == "fleetlet_long_polls_open 1")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let status = manager.terminate(Duration::from_secs(60)).await?;
+    let answer = poll.await??;
+    assert_eq!(answer.status(), 304, "{}", manager.logs());
+    assert_eq!(answer.headers()["etag"], "\"1\"");
+    assert!(status.success(), "{status:?}\n{}", manager.logs());
+    // Answered, not cut off when the drain gave up.
+    assert!(
+        !manager.logs().contains("did not finish"),
+        "{}",
+        manager.logs()
     );
     Ok(())
 }

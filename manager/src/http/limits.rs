@@ -2,17 +2,23 @@
 //! agent, and a deadline on every request.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::middleware::Next;
+use axum::BoxError;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::AgentId;
 use fleetlet_manifests::api::ErrorKind;
+use tower::{Layer, Service};
 
 use super::error::HttpError;
 use super::extract::Caller;
+use crate::metrics::Metrics;
 
 /// How many long-polls one caller may hold open on one agent at once. An agent needs one; a few
 /// more cover a restart racing its predecessor's poll, and nothing legitimate needs dozens.
@@ -90,10 +96,80 @@ impl Drop for LongPollSlot {
     }
 }
 
-/// Middleware: a request whose target and headers together exceed
-/// [`crate::server::MAX_HEADER_BYTES`] is answered 431 before any handler runs. hyper's read
-/// buffer limit only bounds a head that arrives in pieces; this bounds every head exactly.
-pub async fn enforce_header_limit(request: Request, next: Next) -> Response {
+/// The layer every request passes: it refuses an oversized head, puts the deadline on the
+/// request, and records it in the metrics. Written as one `tower` service rather than three
+/// `from_fn` middlewares, because an agent's long-poll holds its request for minutes and every
+/// `from_fn` layer holds a boxed future with copies of the request for that long; this one holds
+/// the inner future, the deadline's timer and what the metrics need (BENCHMARKS.md, target 6).
+#[derive(Debug, Clone)]
+pub struct GuardLayer {
+    metrics: Metrics,
+}
+
+impl GuardLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`GuardLayer`].
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = axum::http::Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let metrics = self.metrics.clone();
+        let answer = match oversized_head(&request) {
+            Some(refusal) => Err(refusal),
+            None => Ok(self.inner.call(request)),
+        };
+        Box::pin(async move {
+            let response = match answer {
+                Ok(answer) => within_deadline(answer).await,
+                Err(refusal) => refusal,
+            };
+            Ok(metrics
+                .observe(&method, route.as_ref(), started, response)
+                .await)
+        })
+    }
+}
+
+/// A request whose target and headers together exceed [`crate::server::MAX_HEADER_BYTES`] is
+/// answered 431 before any handler runs. hyper's read buffer limit only bounds a head that
+/// arrives in pieces; this bounds every head exactly.
+fn oversized_head(request: &Request) -> Option<Response> {
     let limit = crate::server::MAX_HEADER_BYTES;
     let size = request.uri().to_string().len().saturating_add(
         request
@@ -103,21 +179,27 @@ pub async fn enforce_header_limit(request: Request, next: Next) -> Response {
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>(),
     );
-    if size > limit {
-        return HttpError::new(
+    (size > limit).then(|| {
+        HttpError::new(
             ErrorKind::HeadersTooLarge,
             format!("the request line and headers exceed {limit} bytes"),
         )
-        .into_response();
-    }
-    next.run(request).await
+        .into_response()
+    })
 }
 
-/// Middleware: a request that takes longer than [`REQUEST_TIMEOUT`] is answered 408 and its
-/// handler dropped (which also frees any long-poll slot it held).
-pub async fn enforce_request_timeout(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
+/// A request that takes longer than [`REQUEST_TIMEOUT`] is answered 408 and its handler dropped
+/// (which also frees any long-poll slot it held).
+async fn within_deadline<B>(
+    answer: impl Future<Output = Result<axum::http::Response<B>, Infallible>>,
+) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        Ok(Ok(response)) => response.map(Body::new),
+        Ok(Err(never)) => match never {},
         Err(_) => HttpError::new(
             ErrorKind::RequestTimeout,
             format!(

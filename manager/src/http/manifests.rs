@@ -189,33 +189,25 @@ pub async fn get(
     } else {
         None
     };
-    // Subscribe before the first read, so a write landing between the read and the wait still
-    // wakes this poll.
-    let mut changes = state.watch.subscribe(agent_id.as_str());
-    let mut shutdown = state.shutdown.clone();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let wake = state.watch.subscribe(agent_id.as_str());
+    let mut timeout = std::pin::pin!(tokio::time::sleep(std::time::Duration::from_secs(wait)));
     loop {
+        // Registered before the read, so a write landing between the read and the wait still
+        // wakes this poll.
+        let mut woken = std::pin::pin!(wake.notified());
+        woken.as_mut().enable();
         let generation = state.store.current_generation(&agent_id).await?;
         if generation > after
             && let Some(stored) = state.store.current_manifest(&agent_id).await?
         {
             return manifest_response(&agent_id, stored);
         }
-        if *shutdown.borrow() {
+        if state.watch.is_closing() {
             return Ok(not_modified(generation));
         }
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    // The channel closed (cannot happen while we hold a receiver, but if it
-                    // did, waiting out the deadline is still correct).
-                    tokio::time::sleep_until(deadline).await;
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                return Ok(not_modified(generation));
-            }
-            _ = shutdown.changed() => {}
+            () = woken => {}
+            () = timeout.as_mut() => return Ok(not_modified(generation)),
         }
     }
 }

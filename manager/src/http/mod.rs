@@ -12,6 +12,7 @@ mod manifests;
 pub mod openapi;
 mod status;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use fleetlet_manifests::api::ErrorKind;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -58,10 +60,32 @@ impl From<&RoleTokens> for RoleHashes {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares, behind one `Arc`. axum clones the state for every request, every
+/// layer and every `State` extractor, and a held long-poll keeps its copies for minutes: a clone
+/// is one pointer instead of every field (and the store's strings) copied.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     pub store: Store,
+    /// Wakes long-polls on a manifest change, and all of them at once when the manager shuts
+    /// down ([`ManifestWatch::close`]), so that none holds the drain.
     pub watch: ManifestWatch,
     pub roles: RoleHashes,
     pub report_interval: Duration,
@@ -69,49 +93,31 @@ pub struct AppState {
     pub long_polls: LongPolls,
     /// The largest `waitSeconds` accepted, at most [`MAX_WAIT_SECONDS`].
     pub max_wait_seconds: u64,
-    /// Turns true when the manager shuts down, so long-polls answer at once instead of holding
-    /// the drain for up to a minute.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Agents' watch polls and heartbeats, written to the store in batches.
     pub contacts: crate::contact::Contacts,
 }
 
-/// The API router with its layers: body limit, JSON fallbacks, panic catcher, request tracing.
+/// The path of an API route: every route of DESIGN §3 lives under `/api/v1`.
+fn api(path: &str) -> String {
+    format!("/api/v1{path}")
+}
+
+/// The API router with its layers: request tracing, request metrics, header limit and deadline,
+/// panic catcher, body limit.
+///
+/// The routes are registered with their full paths rather than nested under `/api/v1`, and the
+/// layers are composed into one and added with a single `layer` call: axum wraps a route's
+/// service in another boxed, cloned service at every nesting and every `layer` call, and each of
+/// those costs every request a boxed future. An agent's long-poll holds its request for minutes,
+/// so that cost is paid per agent (BENCHMARKS.md, target 6).
 pub fn router(state: AppState) -> Router {
     let metrics = crate::metrics::Metrics::default();
-    let api = Router::new()
-        .route("/enroll", post(agents::enroll))
-        .route("/agents", post(agents::register).get(agents::list))
-        .route("/agents/{agent_id}", delete(agents::decommission))
-        .route("/agents/{agent_id}/token", post(agents::rotate_token))
-        .route(
-            "/agents/{agent_id}/manifest",
-            get(manifests::get).put(manifests::put),
-        )
-        .route("/agents/{agent_id}/manifests", get(manifests::history))
-        .route(
-            "/agents/{agent_id}/status",
-            get(status::get).put(status::put),
-        )
-        .route("/agents/{agent_id}/events", get(status::events))
-        .route("/agents/{agent_id}/heartbeat", post(heartbeat::post))
-        .route("/schema/manifest", get(health::manifest_schema_handler))
-        .route("/schema/status", get(health::status_schema_handler))
-        .route(
-            "/openapi.json",
-            get(openapi::openapi_handler(state.max_wait_seconds)),
-        );
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::metrics_handler))
-        .merge(dashboard::routes())
-        .nest("/api/v1", api)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(axum::middleware::from_fn(limits::enforce_request_timeout))
-        .layer(axum::middleware::from_fn(limits::enforce_header_limit))
+    let layers = ServiceBuilder::new()
+        // The default span names method and path only: headers, which carry tokens, stay out.
+        .layer(TraceLayer::new_for_http())
+        .layer(axum::Extension(metrics.clone()))
+        // Outside the panic catcher, so that a panic is counted as the 500 it became.
+        .layer(limits::GuardLayer::new(metrics))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 // The panic message may hold anything, so it is neither logged in full nor shown.
@@ -119,14 +125,42 @@ pub fn router(state: AppState) -> Router {
                 HttpError::internal().into_response()
             },
         ))
-        // Outside the panic catcher, so that a panic is counted as the 500 it became.
-        .layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            crate::metrics::track_requests,
-        ))
-        .layer(axum::Extension(metrics))
-        // The default span names method and path only: headers, which carry tokens, stay out.
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::metrics_handler))
+        .route(&api("/enroll"), post(agents::enroll))
+        .route(&api("/agents"), post(agents::register).get(agents::list))
+        .route(&api("/agents/{agent_id}"), delete(agents::decommission))
+        .route(&api("/agents/{agent_id}/token"), post(agents::rotate_token))
+        .route(
+            &api("/agents/{agent_id}/manifest"),
+            get(manifests::get).put(manifests::put),
+        )
+        .route(
+            &api("/agents/{agent_id}/manifests"),
+            get(manifests::history),
+        )
+        .route(
+            &api("/agents/{agent_id}/status"),
+            get(status::get).put(status::put),
+        )
+        .route(&api("/agents/{agent_id}/events"), get(status::events))
+        .route(&api("/agents/{agent_id}/heartbeat"), post(heartbeat::post))
+        .route(
+            &api("/schema/manifest"),
+            get(health::manifest_schema_handler),
+        )
+        .route(&api("/schema/status"), get(health::status_schema_handler))
+        .route(
+            &api("/openapi.json"),
+            get(openapi::openapi_handler(state.max_wait_seconds)),
+        )
+        .merge(dashboard::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(layers)
         .with_state(state)
 }
 

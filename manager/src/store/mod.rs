@@ -251,11 +251,15 @@ pub enum Store {
     Memory(MemoryStore),
 }
 
+/// Calls the same method on whichever store this is. The call's future is boxed: inline, every
+/// caller's future (a request handler held for minutes by a long-poll) would be as large as the
+/// largest store call of either kind it makes; boxed, it holds a pointer, and the store call's
+/// state lives only while the call runs.
 macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            Store::Postgres($store) => $call.await,
-            Store::Memory($store) => $call.await,
+            Store::Postgres($store) => Box::pin($call).await,
+            Store::Memory($store) => Box::pin($call).await,
         }
     };
 }

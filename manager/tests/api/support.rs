@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fleetlet_manager::http::{AppState, LongPolls, RoleHashes, router};
+use fleetlet_manager::http::{AppState, LongPolls, RoleHashes, Shared, router};
 use fleetlet_manager::store::{PgStore, Store};
 use fleetlet_manager::token::hash_token;
 use fleetlet_manager::watch::ManifestWatch;
@@ -73,7 +73,7 @@ async fn serve_inner(
         Duration::from_millis(50),
         stop.clone(),
     ));
-    let state = AppState {
+    let state = AppState::new(Shared {
         contacts,
         store,
         watch,
@@ -85,8 +85,7 @@ async fn serve_inner(
         long_polls: LongPolls::default(),
         max_wait_seconds: fleetlet_manager::http::MAX_WAIT_SECONDS,
         report_interval,
-        shutdown: stop,
-    };
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds an ephemeral port");
