@@ -448,7 +448,13 @@ impl FileReconciler {
                 Ok(next) => next,
                 Err(Errno::ENOENT) if create => {
                     match mkdirat(&dir, *component, Mode::from_bits_truncate(CREATED_DIR_MODE)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        // The new entry is made durable before anything is written below it:
+                        // a file reported Ready must not vanish with its directory in a power
+                        // cut because only the file itself was synced.
+                        Ok(()) => fsync(&dir).map_err(|errno| {
+                            io_error(&walked, "sync the parent of the new directory", errno)
+                        })?,
+                        Err(Errno::EEXIST) => {}
                         Err(errno) => return Err(io_error(&walked, "create directory", errno)),
                     }
                     openat(&dir, *component, flags, Mode::empty()).map_err(|errno| {
