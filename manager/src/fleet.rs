@@ -86,7 +86,7 @@ pub fn is_converged(
 ///
 /// `converged` is false while the agent is rolled back, whatever its generations say: the device
 /// does not run the desired generation.
-pub fn summarize(row: &FleetRow, now: OffsetDateTime, report_interval: Duration) -> AgentSummary {
+pub fn summarize(row: FleetRow, now: OffsetDateTime, report_interval: Duration) -> AgentSummary {
     let inputs = StateInputs {
         desired_generation: row.desired_generation,
         last_seen_at: row.last_seen_at,
@@ -95,18 +95,20 @@ pub fn summarize(row: &FleetRow, now: OffsetDateTime, report_interval: Duration)
         manifest_rejected: row.manifest_rejected,
         rolled_back: row.rolled_back,
     };
+    let state = derive_state(inputs, now, report_interval);
     let converged = !row.rolled_back
         && row
             .observed_generation
             .is_some_and(|observed| is_converged(row.desired_generation, observed, &row.counts));
+    // The row is moved, not copied: a page of the fleet list is up to a thousand of them.
     AgentSummary {
-        agent_id: row.agent_id.clone(),
-        labels: row.labels.clone(),
-        state: derive_state(inputs, now, report_interval),
+        agent_id: row.agent_id,
+        labels: row.labels,
+        state,
         desired_generation: row.desired_generation,
         observed_generation: row.observed_generation,
         converged,
-        counts: row.counts.clone(),
+        counts: row.counts,
         last_seen_at: row.last_seen_at,
     }
 }
@@ -248,11 +250,11 @@ mod tests {
             manifest_rejected: false,
             rolled_back: true,
         };
-        let summary = summarize(&row, now(), INTERVAL);
+        let summary = summarize(row.clone(), now(), INTERVAL);
         assert_eq!(summary.state, FleetState::RolledBack);
         assert!(!summary.converged);
         let summary = summarize(
-            &FleetRow {
+            FleetRow {
                 rolled_back: false,
                 ..row
             },

@@ -214,12 +214,13 @@ async fn agents_by_state(state: &AppState) -> Option<BTreeMap<&'static str, u64>
             error_reason: None,
         };
         let rows = state.store.fleet(&query).await.ok()?;
-        for row in &rows {
+        let last_batch = rows.len() < FLEET_BATCH;
+        for row in rows {
             let summary = crate::fleet::summarize(row, now, state.report_interval);
             *counts.entry(summary.state.as_str()).or_default() += 1;
             after = Some(summary.agent_id);
         }
-        if rows.len() < FLEET_BATCH {
+        if last_batch {
             return Some(counts);
         }
     }

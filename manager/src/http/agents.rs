@@ -220,7 +220,7 @@ pub async fn list(
         };
         let rows = state.store.fleet(&query).await?;
         let exhausted = rows.len() < batch;
-        for row in &rows {
+        for row in rows {
             after = Some(row.agent_id.clone());
             let summary = summarize(row, now, state.report_interval);
             if wanted_state.is_none_or(|s| s == summary.state) {

@@ -74,7 +74,7 @@ pub async fn get(
 ) -> Result<Json<StatusView>, HttpError> {
     caller.require_reader()?;
     let (row, status) = state.store.status(&agent_id).await?;
-    let summary = summarize(&row, OffsetDateTime::now_utc(), state.report_interval);
+    let summary = summarize(row, OffsetDateTime::now_utc(), state.report_interval);
     Ok(Json(StatusView { status, summary }))
 }
 
