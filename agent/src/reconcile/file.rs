@@ -192,7 +192,9 @@ impl FileReconciler {
     }
 
     /// Applies a batch of File resources in one blocking task, in order, and hands each result
-    /// to `results` as soon as it is known. It stops starting files when `results` says so.
+    /// to `results` as soon as it is durable: a written file once its directory is fsynced,
+    /// which happens once per directory for the files written together ([`PendingDirSyncs`]).
+    /// It stops starting files when `results` says so.
     pub async fn apply_batch(&self, batch: Vec<BatchItem>, results: BatchResults) {
         let this = self.clone();
         let worker =
@@ -207,30 +209,51 @@ impl FileReconciler {
 
     pub fn apply_batch_blocking(&self, batch: Vec<BatchItem>, results: &BatchResults) {
         let mut seen = BatchMemo::default();
+        let mut pending = PendingDirSyncs::default();
         for BatchItem { resource, previous } in batch {
             if !results.may_start() {
-                return;
+                break;
             }
-            let result = match &resource.spec {
-                ResourceSpec::File(spec) => self
-                    .confirm_converged(&mut seen, spec, previous.as_ref())
-                    .map_or_else(
-                        || {
+            let outcome = match &resource.spec {
+                ResourceSpec::File(spec) => {
+                    match self.confirm_converged(&mut seen, spec, previous.as_ref()) {
+                        Some(applied) => Ok((applied, None)),
+                        None => {
                             let spec_hash = resource.spec_hash();
-                            self.apply_blocking(&resource.id, spec, &spec_hash, previous.as_ref())
-                        },
-                        Ok,
-                    )
-                    .map_err(ReconcileError::from),
+                            self.apply_with(
+                                &resource.id,
+                                spec,
+                                &spec_hash,
+                                previous.as_ref(),
+                                DirSync::Deferred,
+                            )
+                            .map_err(ReconcileError::from)
+                        }
+                    }
+                }
                 other => Err(ReconcileError::Crashed {
                     id: resource.id.clone(),
                     message: format!("a {} resource reached the File reconciler", other.kind()),
                 }),
             };
-            if !results.send(resource, result) {
-                return;
+            let (result, unsynced) = match outcome {
+                Ok((applied, unsynced)) => (Ok(applied), unsynced),
+                Err(error) => (Err(error), None),
+            };
+            // Results go out in the batch's order: behind a held one, every result waits.
+            let sent = if unsynced.is_none() && pending.is_empty() {
+                results.send(resource, result)
+            } else {
+                pending.hold(resource, result, unsynced);
+                true
+            };
+            if !sent || (pending.is_due() && !pending.flush(results)) {
+                break;
             }
         }
+        // Also when the batch stops early: what was renamed into place is made durable before
+        // anything (the next pass's fast path included) can take it as applied.
+        pending.flush(results);
     }
 
     /// The fast path of a converged file: through directories this batch has already walked to,
@@ -290,6 +313,21 @@ impl FileReconciler {
         spec_hash: &str,
         previous: Option<&(String, OwnedFile)>,
     ) -> Result<Applied, FileError> {
+        self.apply_with(id, spec, spec_hash, previous, DirSync::Now)
+            .map(|(applied, _)| applied)
+    }
+
+    /// The full apply. With [`DirSync::Deferred`], a file written is not yet durable in its
+    /// directory: the directory is returned, to be fsynced (once for every file of a batch
+    /// written into it) before the result is reported.
+    fn apply_with(
+        &self,
+        id: &ResourceId,
+        spec: &FileSpec,
+        spec_hash: &str,
+        previous: Option<&(String, OwnedFile)>,
+        dir_sync: DirSync,
+    ) -> Result<(Applied, Option<OwnedFd>), FileError> {
         let path = spec.path.as_path();
         let desired = resolve_desired(id, spec)?;
         let parent = self.open_parent(path, true)?.ok_or_else(|| FileError::Io {
@@ -314,8 +352,9 @@ impl FileReconciler {
             }
             (Observed::Present { .. }, Some(_)) => Change::Updated,
         };
-        if change != Change::Unchanged {
-            write_atomically(&parent, path, &desired)?;
+        let written_now = change != Change::Unchanged;
+        if written_now {
+            write_atomically(&parent, path, &desired, dir_sync)?;
         }
         let written = stat_entry(&parent, path)?.ok_or_else(|| FileError::Io {
             path: path.display().to_string(),
@@ -336,7 +375,7 @@ impl FileReconciler {
             tracing::warn!(resource = %id, %error, "could not remove the file at the resource's previous path");
         }
 
-        Ok(Applied {
+        let applied = Applied {
             change,
             owned: Owned::File(OwnedFile {
                 path: path.display().to_string(),
@@ -344,7 +383,9 @@ impl FileReconciler {
                 sha256: desired.sha256.clone(),
             }),
             details: Some(ResourceDetails::File(details_of(&written, &desired.sha256))),
-        })
+        };
+        let unsynced = (written_now && dir_sync == DirSync::Deferred).then_some(parent.dir);
+        Ok((applied, unsynced))
     }
 
     pub fn delete_blocking(
@@ -651,7 +692,12 @@ fn temporary_name(name: &OsStr) -> OsString {
 
 /// Replaces the file atomically: temporary file in the same directory, owner, mode, content,
 /// fsync, rename over the target, fsync of the directory.
-fn write_atomically(parent: &Parent, path: &Path, desired: &DesiredFile) -> Result<(), FileError> {
+fn write_atomically(
+    parent: &Parent,
+    path: &Path,
+    desired: &DesiredFile,
+    dir_sync: DirSync,
+) -> Result<(), FileError> {
     let temporary = temporary_name(&parent.name);
     match unlinkat(
         &parent.dir,
@@ -668,7 +714,7 @@ fn write_atomically(parent: &Parent, path: &Path, desired: &DesiredFile) -> Resu
         Mode::from_bits_truncate(0o600),
     )
     .map_err(|errno| io_error(path, "create a temporary file for", errno))?;
-    let result = fill_and_rename(parent, path, &temporary, File::from(fd), desired);
+    let result = fill_and_rename(parent, path, &temporary, File::from(fd), desired, dir_sync);
     if result.is_err() {
         // Best effort: the next write removes a leftover temporary file anyway.
         let _ = unlinkat(
@@ -686,6 +732,7 @@ fn fill_and_rename(
     temporary: &OsStr,
     mut file: File,
     desired: &DesiredFile,
+    dir_sync: DirSync,
 ) -> Result<(), FileError> {
     if desired.uid.is_some() || desired.gid.is_some() {
         fchown(&file, desired.uid, desired.gid)
@@ -701,7 +748,104 @@ fn fill_and_rename(
     drop(file);
     renameat(&parent.dir, temporary, &parent.dir, parent.name.as_os_str())
         .map_err(|errno| io_error(path, "rename the temporary file onto", errno))?;
-    fsync(&parent.dir).map_err(|errno| io_error(path, "sync the directory of", errno))
+    match dir_sync {
+        DirSync::Now => {
+            fsync(&parent.dir).map_err(|errno| io_error(path, "sync the directory of", errno))
+        }
+        DirSync::Deferred => Ok(()),
+    }
+}
+
+/// When the directory of a file just renamed into place is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirSync {
+    /// Before the write returns.
+    Now,
+    /// By the caller, before it reports the file ([`PendingDirSyncs`]).
+    Deferred,
+}
+
+/// The results of a batch's written files, held until their directories are fsynced: once per
+/// directory for all the files the batch renamed into it, instead of once per file (a first
+/// apply of many files into a few directories costs about half the fsyncs). A file is reported
+/// only after its directory entry is durable, as with [`DirSync::Now`]; the content itself was
+/// fsynced before the rename, so the path never holds a torn file either way. Results behind a
+/// held one are held too, so that they go out in the batch's order.
+#[derive(Default)]
+struct PendingDirSyncs {
+    /// Distinct directories (by device and inode), each with one descriptor to fsync.
+    dirs: Vec<((u64, u64), OwnedFd)>,
+    /// Held results, each with the position in `dirs` of the directory it waits for, if any.
+    held: Vec<(Resource, Result<Applied, ReconcileError>, Option<usize>)>,
+    /// When the oldest held result was held.
+    since: Option<std::time::Instant>,
+}
+
+impl PendingDirSyncs {
+    /// How long a result may be held before the pending directories are fsynced anyway, so a
+    /// slow batch still reports as it goes, far inside any apply timeout.
+    const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn hold(
+        &mut self,
+        resource: Resource,
+        result: Result<Applied, ReconcileError>,
+        unsynced: Option<OwnedFd>,
+    ) {
+        let at = unsynced.map(|dir| {
+            // Without an identity the directory is simply synced on its own.
+            let identity = nix::sys::stat::fstat(&dir)
+                .map_or((u64::MAX, self.dirs.len() as u64), |stat| {
+                    (stat.st_dev, stat.st_ino)
+                });
+            match self.dirs.iter().position(|(known, _)| *known == identity) {
+                Some(at) => at,
+                None => {
+                    self.dirs.push((identity, dir));
+                    self.dirs.len() - 1
+                }
+            }
+        });
+        self.held.push((resource, result, at));
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn is_due(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= Self::MAX_HOLD)
+    }
+
+    /// Fsyncs every pending directory, then reports each held result in order; a written file
+    /// whose directory could not be synced fails with that error. False when nobody takes
+    /// results any more.
+    fn flush(&mut self, results: &BatchResults) -> bool {
+        let synced: Vec<Result<(), Errno>> = self.dirs.iter().map(|(_, dir)| fsync(dir)).collect();
+        self.dirs.clear();
+        self.since = None;
+        let mut taken = true;
+        for (resource, result, at) in self.held.drain(..) {
+            let result = match (result, at.map(|at| synced[at])) {
+                (Ok(applied), Some(Err(errno))) => {
+                    let path = match &applied.owned {
+                        Owned::File(owned) => owned.path.clone(),
+                        _ => resource.id.to_string(),
+                    };
+                    Err(ReconcileError::from(io_error(
+                        Path::new(&path),
+                        "sync the directory of",
+                        errno,
+                    )))
+                }
+                (result, _) => result,
+            };
+            taken = taken && results.send(resource, result);
+        }
+        taken
+    }
 }
 
 /// Details as found on disk after the apply, so that the status tells what is there.
