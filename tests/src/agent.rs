@@ -546,21 +546,8 @@ impl ManagerProcess {
         &self,
         agent_id: &str,
     ) -> anyhow::Result<fleetlet_manifests::api::StatusView> {
-        let response = self
-            .admin(
-                self.http
-                    .get(format!("{}/api/v1/agents/{agent_id}/status", self.url())),
-            )
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "status of {agent_id} answered {status}: {}",
-                response.text().await?
-            );
-        }
-        Ok(response.json().await?)
+        self.get_json(&format!("/api/v1/agents/{agent_id}/status"))
+            .await
     }
 
     /// The agent's event log on the manager (up to 1000 events, oldest first), with the times
@@ -569,23 +556,23 @@ impl ManagerProcess {
         &self,
         agent_id: &str,
     ) -> anyhow::Result<Vec<fleetlet_manifests::api::Event>> {
+        let page: fleetlet_manifests::api::Page<fleetlet_manifests::api::Event> = self
+            .get_json(&format!("/api/v1/agents/{agent_id}/events?limit=1000"))
+            .await?;
+        Ok(page.items)
+    }
+
+    /// An admin GET of `path`, its JSON answer decoded; any other answer is an error naming it.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self
-            .admin(self.http.get(format!(
-                "{}/api/v1/agents/{agent_id}/events?limit=1000",
-                self.url()
-            )))
+            .admin(self.http.get(format!("{}{path}", self.url())))
             .send()
             .await?;
         let status = response.status();
         if !status.is_success() {
-            bail!(
-                "events of {agent_id} answered {status}: {}",
-                response.text().await?
-            );
+            bail!("GET {path} answered {status}: {}", response.text().await?);
         }
-        let page: fleetlet_manifests::api::Page<fleetlet_manifests::api::Event> =
-            response.json().await?;
-        Ok(page.items)
+        Ok(response.json().await?)
     }
 
     /// Waits until the manager has a status for the agent that satisfies `check`.

@@ -15,6 +15,29 @@ fn manifest(text: &str) -> Value {
                           "spec": {"path": "/etc/motd", "content": {"text": text}, "mode": "0644"}}]})
 }
 
+/// Registers agent `pi-1`, gives it generation 1, and returns the agent's token.
+async fn register_with_manifest(
+    manager: &ManagerProcess,
+    client: &reqwest::Client,
+) -> anyhow::Result<String> {
+    let registered: Value = manager
+        .admin(client, Method::POST, "/api/v1/agents")
+        .json(&json!({"agentId": "pi-1"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = registered["token"].as_str().expect("token").to_owned();
+    manager
+        .admin(client, Method::PUT, "/api/v1/agents/pi-1/manifest")
+        .json(&manifest("one"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(token)
+}
+
 #[tokio::test]
 async fn long_poll_is_answered_within_a_second_of_a_write_through_another_manager()
 -> anyhow::Result<()> {
@@ -27,21 +50,7 @@ async fn long_poll_is_answered_within_a_second_of_a_write_through_another_manage
     let second = ManagerProcess::start_with(options).await?;
     let client = reqwest::Client::new();
 
-    let registered: Value = first
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-1"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = registered["token"].as_str().expect("token").to_owned();
-    first
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-        .json(&manifest("one"))
-        .send()
-        .await?
-        .error_for_status()?;
+    let token = register_with_manifest(&first, &client).await?;
 
     let poll = tokio::spawn(
         client
@@ -109,21 +118,7 @@ async fn a_stopping_manager_answers_held_long_polls_and_exits() -> anyhow::Resul
     let database = fresh_database().await?;
     let mut manager = ManagerProcess::start(&database.url).await?;
     let client = reqwest::Client::new();
-    let registered: Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-1"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = registered["token"].as_str().expect("token").to_owned();
-    manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-        .json(&manifest("one"))
-        .send()
-        .await?
-        .error_for_status()?;
+    let token = register_with_manifest(&manager, &client).await?;
     let poll = tokio::spawn(
         client
             .get(format!(
