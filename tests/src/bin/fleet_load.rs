@@ -16,9 +16,10 @@
 //! - `replicas [pushes]` (target 7): two managers on one database; a long-poll held on one, a
 //!   manifest PUT through the other, timed until the long-poll answers.
 //! - `fleet [agents] [seconds] [reporters] [page]` (target 6): simulated agents (tokio tasks) each
-//!   holding a long-poll, while `reporters` tasks (default 64) send status reports as fast as the
-//!   manager takes them; then, while the agents report at a fleet's pace (each once every 30 s),
-//!   the fleet list is read in pages of `page` rows (default 500); manager RSS at the end.
+//!   holding a long-poll and reporting at a fleet's pace (each once every 30 s); after one round,
+//!   the whole fleet list is walked 100 times in pages of `page` rows (default 500) while the pace
+//!   goes on; then `reporters` tasks (default 64) send status reports as fast as the manager
+//!   takes them for `seconds`, and the list is walked 20 times more; manager RSS at the end.
 //!
 //! The agent binary is `target/debug/fleetlet-agent` unless `--agent-bin` names another (the
 //! release build for memory figures). Debug builds of the manager are used throughout.
@@ -35,7 +36,8 @@ use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
 use serde_json::{Value, json};
 
-/// Walks through the whole fleet list in the `fleet` benchmark.
+/// Walks through the whole fleet list in the `fleet` benchmark while the fleet reports at its
+/// pace (100, so that the p99 is not just the slowest walk).
 const WALKS: usize = 100;
 
 /// How often the push benchmark reads the status while waiting for convergence.
@@ -935,8 +937,8 @@ fn steady_reports(
         let mut sent = tokio::task::JoinSet::new();
         let period = Duration::from_secs(30).div_f64(agents.len().max(1) as f64);
         let mut ticks = tokio::time::interval(period);
-        // Far above any seq the burst used, raised once per round of the fleet.
-        let mut seq = 1_000_000;
+        // Raised once per round of the fleet.
+        let mut seq = 0;
         for index in (0..agents.len()).cycle() {
             ticks.tick().await;
             if done.load(Ordering::Relaxed) {
@@ -982,6 +984,87 @@ impl SteadyReports {
         latencies.sort();
         Ok((latencies, errors, wall))
     }
+}
+
+/// Timings of walks through the whole fleet list, each sorted.
+struct Walks {
+    pages: Vec<Duration>,
+    walks: Vec<Duration>,
+    /// Of each walk, the time the load generator spent parsing the pages.
+    parsing: Vec<Duration>,
+}
+
+impl Walks {
+    fn print(&self, when: &str, agents: usize, page_size: u64) {
+        println!(
+            "fleet list of {agents} agents {when}: page of {page_size} p50 {:.1} ms, p99 {:.1} ms; \
+             whole list p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms of {} walks (of a walk, the \
+             load generator's JSON parsing p50 {:.1} ms)",
+            ms(percentile(&self.pages, 0.5)),
+            ms(percentile(&self.pages, 0.99)),
+            ms(percentile(&self.walks, 0.5)),
+            ms(percentile(&self.walks, 0.99)),
+            ms(percentile(&self.walks, 1.0)),
+            self.walks.len(),
+            ms(percentile(&self.parsing, 0.5)),
+        );
+    }
+}
+
+/// Walks the whole fleet list `count` times, page by page, checking it has at least `agents`
+/// rows.
+async fn walk_fleet_list(
+    manager: &ManagerProcess,
+    client: &reqwest::Client,
+    page_size: u64,
+    count: usize,
+    agents: usize,
+) -> anyhow::Result<Walks> {
+    let mut timed = Walks {
+        pages: Vec::new(),
+        walks: Vec::new(),
+        parsing: Vec::new(),
+    };
+    for _ in 0..count {
+        let walk_started = Instant::now();
+        let mut parsed_in = Duration::ZERO;
+        let mut cursor: Option<String> = None;
+        let mut rows = 0;
+        loop {
+            let mut path = format!("/api/v1/agents?limit={page_size}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let started = Instant::now();
+            let body = manager
+                .admin(client, reqwest::Method::GET, &path)
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            let parse_started = Instant::now();
+            let page: Value = serde_json::from_slice(&body)?;
+            parsed_in += parse_started.elapsed();
+            timed.pages.push(started.elapsed());
+            rows += page["items"]
+                .as_array()
+                .with_context(|| format!("the fleet list answered {page}"))?
+                .len();
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        timed.walks.push(walk_started.elapsed());
+        timed.parsing.push(parsed_in);
+        if rows < agents {
+            bail!("the fleet list had {rows} rows");
+        }
+    }
+    timed.pages.sort();
+    timed.walks.sort();
+    timed.parsing.sort();
+    Ok(timed)
 }
 
 async fn fleet(args: &Args) -> anyhow::Result<()> {
@@ -1064,10 +1147,31 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         vm_rss_kib(manager.pid())?
     );
 
-    // Reporters: each owns every `reporters`-th agent and walks its own share, one report after
-    // another, raising the seq each time round, so every report is new to the manager (a stale
-    // seq is acknowledged with `accepted: false` and costs it less). Only accepted reports count.
+    // The fleet as the target describes it: every agent reports once every 30 s, spread evenly
+    // (agents / 30 reports a second). After one full round (every agent has a status), the
+    // fleet list is walked while the pace goes on.
     let agents = Arc::new(agents);
+    let steady = steady_reports(&client, &manager.url, &agents);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = walk_fleet_list(manager, &client, page_size, WALKS, agents.len()).await?;
+    let (steady_latencies, steady_errors, steady_wall) = steady.finish().await?;
+    println!(
+        "{:.0} reports/s at the fleet's pace for {steady_wall:.0} s: p50 {:.1} ms, p99 {:.1} ms, \
+         {steady_errors} errors",
+        steady_latencies.len() as f64 / steady_wall,
+        ms(percentile(&steady_latencies, 0.5)),
+        ms(percentile(&steady_latencies, 0.99)),
+    );
+    during.print(
+        "while the fleet reports at its pace",
+        agents.len() + 1,
+        page_size,
+    );
+
+    // Capacity: reporters each own every `reporters`-th agent and walk their own share, one
+    // report after another, raising the seq each time round (above the paced reports' seqs), so
+    // every report is new to the manager (a stale seq is acknowledged with `accepted: false` and
+    // costs it less). Only accepted reports count.
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..reporters {
@@ -1077,7 +1181,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
                 .step_by(reporters as usize)
                 .collect();
             let (mut latencies, mut errors, mut stale) = (Vec::new(), 0u64, 0u64);
-            let mut seq = 0;
+            let mut seq = 2_000_000;
             'rounds: loop {
                 seq += 1;
                 for &index in &share {
@@ -1138,76 +1242,9 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
         per_report(2),
     );
 
-    // The fleet list, page by page, 100 walks (so that the p99 is not just the slowest).
-    // The fleet list is read while the fleet reports at its real pace: every agent once every
-    // 30 s, spread evenly (agents / 30 reports a second), as the target describes; the burst
-    // above measured what the manager can take, not what a fleet sends.
-    let steady = steady_reports(&client, &manager.url, &agents);
-
-    // What a walk spends parsing the pages (serde_json into a `Value`) is the load generator's
-    // share of it, printed apart.
-    let mut pages = Vec::new();
-    let mut walks = Vec::new();
-    let mut parsing = Vec::new();
-    for _ in 0..WALKS {
-        let walk_started = Instant::now();
-        let mut parsed_in = Duration::ZERO;
-        let mut cursor: Option<String> = None;
-        let mut rows = 0;
-        loop {
-            let mut path = format!("/api/v1/agents?limit={page_size}");
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={cursor}"));
-            }
-            let started = Instant::now();
-            let body = manager
-                .admin(&client, reqwest::Method::GET, &path)
-                .send()
-                .await?
-                .bytes()
-                .await?;
-            let parse_started = Instant::now();
-            let page: Value = serde_json::from_slice(&body)?;
-            parsed_in += parse_started.elapsed();
-            pages.push(started.elapsed());
-            rows += page["items"]
-                .as_array()
-                .with_context(|| format!("the fleet list answered {page}"))?
-                .len();
-            match page["nextCursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
-        }
-        walks.push(walk_started.elapsed());
-        parsing.push(parsed_in);
-        if rows < agents.len() {
-            bail!("the fleet list had {rows} rows");
-        }
-    }
-    pages.sort();
-    walks.sort();
-    parsing.sort();
-    println!(
-        "fleet list of {} agents: page of {page_size} p50 {:.1} ms, p99 {:.1} ms; whole list p50 {:.1} \
-         ms, p99 {:.1} ms, max {:.1} ms of {WALKS} walks (of a walk, the load generator's JSON \
-         parsing p50 {:.1} ms)",
-        agents.len() + 1,
-        ms(percentile(&pages, 0.5)),
-        ms(percentile(&pages, 0.99)),
-        ms(percentile(&walks, 0.5)),
-        ms(percentile(&walks, 0.99)),
-        ms(percentile(&walks, 1.0)),
-        ms(percentile(&parsing, 0.5)),
-    );
-    let (steady_latencies, steady_errors, steady_wall) = steady.finish().await?;
-    println!(
-        "during the walks, {:.0} reports/s at the fleet's pace: p50 {:.1} ms, p99 {:.1} ms, \
-         {steady_errors} errors",
-        steady_latencies.len() as f64 / steady_wall,
-        ms(percentile(&steady_latencies, 0.5)),
-        ms(percentile(&steady_latencies, 0.99)),
-    );
+    // The list again right after the burst, which left its dead row versions for autovacuum.
+    let after = walk_fleet_list(manager, &client, page_size, WALKS / 5, agents.len()).await?;
+    after.print("right after the burst", agents.len() + 1, page_size);
     println!(
         "manager RSS {} KiB; long-polls sent {}, failed {}",
         vm_rss_kib(manager.pid())?,
