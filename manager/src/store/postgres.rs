@@ -714,7 +714,10 @@ impl PgStore {
         // The cursor bounds both sides of the join (ids are never empty, so '' is below all of
         // them): each page then starts both index scans at the cursor. Bounding `agents` alone
         // let the join read `agent_status` from its first row, so a walk through the whole
-        // fleet cost time quadratic in its size.
+        // fleet cost time quadratic in its size. Not a persistent prepared statement: PostgreSQL
+        // soon switches those to a generic plan, which cannot see the cursor or the page size
+        // and sorts every agent past the cursor (BENCHMARKS.md, target 6); planned with its
+        // values each time, a page is an index walk that stops at the limit.
         let rows = sqlx::query(
             "SELECT a.agent_id, a.labels, a.desired_generation, a.last_seen_at, \
                s.observed_generation, s.manifest_rejected, s.rolled_back \
@@ -730,6 +733,7 @@ impl PgStore {
         .bind(query.after.as_ref().map(AgentId::as_str))
         .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
         .bind(query.error_reason.as_deref())
+        .persistent(false)
         .fetch_all(&self.pool)
         .await?;
         let mut fleet = Vec::with_capacity(rows.len());
