@@ -22,8 +22,8 @@ const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY_CHARS: usize = 128;
 const MAX_LABEL_VALUE_CHARS: usize = 256;
 const DEFAULT_FLEET_LIMIT: usize = 100;
-/// A larger `limit` is clamped to this. A page costs a fixed ~1.5 ms besides ~5 µs a row
-/// (BENCHMARKS.md, target 6): pages of 1,000 read a fleet of 10,000 in ten requests.
+/// A larger `limit` is clamped to this: pages of 1,000 read a fleet of 10,000 in ten requests of
+/// a few milliseconds each (BENCHMARKS.md, target 6).
 pub const MAX_FLEET_LIMIT: usize = 1000;
 
 /// `POST /api/v1/agents`: registers an agent and answers its token, this once.

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
+use fleetlet_manifests::api::{Event, EventType, StoreReadiness};
 use fleetlet_manifests::{AgentId, AgentStatus};
 use time::OffsetDateTime;
 
 use super::{
     Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
-    StoreError, StoredManifest, events_for_report, manifest_rejected, rolled_back,
+    StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts, rolled_back,
 };
 use crate::token::TokenHash;
 use crate::watch::ManifestWatch;
@@ -47,12 +47,7 @@ impl MemoryAgent {
     }
 
     fn fleet_row(&self, agent_id: &AgentId) -> FleetRow {
-        let mut counts = PhaseCounts::new();
-        if let Some(status) = &self.status {
-            for resource in status.resources.values() {
-                *counts.entry(resource.phase).or_default() += 1;
-            }
-        }
+        let counts = self.status.as_ref().map(phase_counts).unwrap_or_default();
         FleetRow {
             agent_id: agent_id.clone(),
             labels: self.labels.clone(),

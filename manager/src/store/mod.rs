@@ -223,6 +223,15 @@ pub fn events_for_report(previous: &PreviousReport, status: &AgentStatus) -> Vec
     events
 }
 
+/// How many of the resources a status reports are in each phase.
+pub fn phase_counts(status: &AgentStatus) -> PhaseCounts {
+    let mut counts = PhaseCounts::new();
+    for resource in status.resources.values() {
+        *counts.entry(resource.phase).or_default() += 1;
+    }
+    counts
+}
+
 /// Whether a status carries a True `ManifestRejected` condition.
 pub fn manifest_rejected(conditions: &[fleetlet_manifests::Condition]) -> bool {
     conditions

@@ -26,7 +26,7 @@ use time::format_description::well_known::Rfc3339;
 use super::coalesce::Coalescer;
 use super::{
     Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
-    StoreError, StoredManifest, events_for_report, manifest_rejected, rolled_back,
+    StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts, rolled_back,
 };
 use crate::redact::redact_database_url;
 use crate::token::TokenHash;
@@ -717,10 +717,13 @@ impl PgStore {
         // fleet cost time quadratic in its size. Not a persistent prepared statement: PostgreSQL
         // soon switches those to a generic plan, which cannot see the cursor or the page size
         // and sorts every agent past the cursor (BENCHMARKS.md, target 6); planned with its
-        // values each time, a page is an index walk that stops at the limit.
-        let rows = sqlx::query(
+        // values each time, a page is an index walk that stops at the limit. The phase counts
+        // are the ones the agent's last report stored beside its status, so a page reads one
+        // row per agent however many resources each has. The row is read as a tuple, which sqlx
+        // decodes by position (by name it hashes each column's name in every row).
+        let rows: Vec<FleetColumns> = sqlx::query_as(
             "SELECT a.agent_id, a.labels, a.desired_generation, a.last_seen_at, \
-               s.observed_generation, s.manifest_rejected, s.rolled_back \
+               s.observed_generation, s.manifest_rejected, s.rolled_back, s.phase_counts \
              FROM agents a LEFT JOIN agent_status s \
                ON s.agent_id = a.agent_id AND s.agent_id > COALESCE($2::text, '') \
              WHERE a.decommissioned_at IS NULL AND a.labels @> $1 \
@@ -736,46 +739,23 @@ impl PgStore {
         .persistent(false)
         .fetch_all(&self.pool)
         .await?;
-        let mut fleet = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("agent_id")?;
-            fleet.push(FleetRow {
-                agent_id: AgentId::try_from(id).map_err(|e| corrupt("stored agent id", e.0))?,
-                labels: row
-                    .try_get::<Json<BTreeMap<String, String>>, _>("labels")?
-                    .0,
-                desired_generation: from_db(row.try_get("desired_generation")?)?,
-                last_seen_at: row.try_get("last_seen_at")?,
-                observed_generation: row
-                    .try_get::<Option<i64>, _>("observed_generation")?
-                    .map(from_db)
-                    .transpose()?,
-                counts: PhaseCounts::new(),
-                manifest_rejected: row
-                    .try_get::<Option<bool>, _>("manifest_rejected")?
-                    .unwrap_or(false),
-                rolled_back: row
-                    .try_get::<Option<bool>, _>("rolled_back")?
-                    .unwrap_or(false),
-            });
-        }
-        let ids: Vec<String> = fleet.iter().map(|r| r.agent_id.to_string()).collect();
-        let counts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT agent_id, phase, count(*) FROM resource_status \
-             WHERE agent_id = ANY($1) GROUP BY agent_id, phase",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        let position: HashMap<String, usize> = ids.into_iter().zip(0..).collect();
-        for (id, phase, count) in counts {
-            let phase = Phase::parse(&phase).ok_or_else(|| corrupt("stored phase", &phase))?;
-            if let Some(row) = position.get(&id).and_then(|&i| fleet.get_mut(i)) {
-                row.counts
-                    .insert(phase, u32::try_from(count).unwrap_or(u32::MAX));
-            }
-        }
-        Ok(fleet)
+        rows.into_iter()
+            .map(
+                |(id, labels, desired, last_seen_at, observed, rejected, rolled_back, counts)| {
+                    Ok(FleetRow {
+                        agent_id: AgentId::try_from(id)
+                            .map_err(|e| corrupt("stored agent id", e.0))?,
+                        labels: labels.0,
+                        desired_generation: from_db(desired)?,
+                        last_seen_at,
+                        observed_generation: observed.map(from_db).transpose()?,
+                        counts: counts.map(|counts| counts.0).unwrap_or_default(),
+                        manifest_rejected: rejected.unwrap_or(false),
+                        rolled_back: rolled_back.unwrap_or(false),
+                    })
+                },
+            )
+            .collect()
     }
 
     pub async fn events(
@@ -1093,14 +1073,14 @@ async fn report_round(
 
     sqlx::query(
         "INSERT INTO agent_status (agent_id, manifest_generation, observed_generation, report_seq, \
-           conditions, manifest_rejected, rolled_back, observed_at, received_at) \
+           conditions, manifest_rejected, rolled_back, observed_at, received_at, phase_counts) \
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::jsonb[], \
-           $6::boolean[], $7::boolean[], $8::timestamptz[], $9::timestamptz[]) \
+           $6::boolean[], $7::boolean[], $8::timestamptz[], $9::timestamptz[], $10::jsonb[]) \
          ON CONFLICT (agent_id) DO UPDATE SET manifest_generation = EXCLUDED.manifest_generation, \
            observed_generation = EXCLUDED.observed_generation, report_seq = EXCLUDED.report_seq, \
            conditions = EXCLUDED.conditions, manifest_rejected = EXCLUDED.manifest_rejected, \
            rolled_back = EXCLUDED.rolled_back, observed_at = EXCLUDED.observed_at, \
-           received_at = EXCLUDED.received_at",
+           received_at = EXCLUDED.received_at, phase_counts = EXCLUDED.phase_counts",
     )
     .bind(&rows.agent_ids)
     .bind(&rows.manifest_generations)
@@ -1111,6 +1091,7 @@ async fn report_round(
     .bind(&rows.rolled_back)
     .bind(&rows.observed_at)
     .bind(&rows.received_at)
+    .bind(&rows.phase_counts)
     .execute(&mut *tx)
     .await?;
 
@@ -1180,6 +1161,19 @@ async fn report_round(
     Ok(outcomes)
 }
 
+/// A row of the fleet list's page query, in its column order: the status columns are NULL for
+/// an agent that never reported.
+type FleetColumns = (
+    String,
+    Json<BTreeMap<String, String>>,
+    i64,
+    Option<OffsetDateTime>,
+    Option<i64>,
+    Option<bool>,
+    Option<bool>,
+    Option<Json<PhaseCounts>>,
+);
+
 /// The `agent_status` and `agents` columns of a batch of reports, one array per column.
 #[derive(Default)]
 struct StatusRows<'a> {
@@ -1194,6 +1188,7 @@ struct StatusRows<'a> {
     received_at: Vec<OffsetDateTime>,
     agent_info: Vec<Json<&'a AgentInfo>>,
     event_counts: Vec<i64>,
+    phase_counts: Vec<Json<PhaseCounts>>,
 }
 
 impl<'a> StatusRows<'a> {
@@ -1217,6 +1212,7 @@ impl<'a> StatusRows<'a> {
         self.received_at.push(now);
         self.agent_info.push(Json(&status.agent));
         self.event_counts.push(events);
+        self.phase_counts.push(Json(phase_counts(status)));
         Ok(())
     }
 }

@@ -389,3 +389,89 @@ async fn a_false_rolled_back_condition_is_not_a_rollback(pool: PgPool) {
         "{events}"
     );
 }
+
+/// Migration 4 moved the fleet list's phase counts onto the status row. A database upgraded from
+/// migration 3 must show the counts of the reports it already holds, not empty ones until every
+/// agent reports again.
+#[sqlx::test(migrations = false)]
+async fn an_upgraded_database_counts_the_resources_it_already_holds(pool: PgPool) {
+    let mut migrator = sqlx::migrate!("../migrations");
+    let every = migrator.migrations.to_vec();
+    migrator.migrations = every
+        .iter()
+        .filter(|migration| migration.version < 4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    migrator.run(&pool).await.expect("migrations 1-3");
+    // What a manager of migration 3 stored: two agents with a status, one with resources.
+    for statement in [
+        "INSERT INTO agents (agent_id, labels, token_hash, registered_at, last_seen_at, \
+           desired_generation) VALUES \
+           ('pi-1', '{}', 'h1', now(), now(), 1), ('pi-2', '{}', 'h2', now(), now(), 1)",
+        "INSERT INTO agent_status (agent_id, manifest_generation, observed_generation, \
+           report_seq, observed_at, received_at) VALUES \
+           ('pi-1', 1, 1, 1, now(), now()), ('pi-2', 1, 1, 1, now(), now())",
+        "INSERT INTO resource_status (agent_id, resource_id, kind, phase, since, generation, \
+           updated_at) VALUES \
+           ('pi-1', 'a', 'File', 'Ready', now(), 1, now()), \
+           ('pi-1', 'b', 'File', 'Ready', now(), 1, now()), \
+           ('pi-1', 'c', 'File', 'Failed', now(), 1, now())",
+    ] {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect(statement);
+    }
+    sqlx::migrate!("../migrations")
+        .run(&pool)
+        .await
+        .expect("migration 4");
+
+    let server = serve(pool).await;
+    let page = server.json("/api/v1/agents", READER).await;
+    let counts: Vec<&Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|row| &row["counts"])
+        .collect();
+    assert_eq!(counts, [&json!({"Ready": 2, "Failed": 1}), &json!({})]);
+    assert_eq!(page["items"][0]["state"], "degraded");
+}
+
+/// The counts a page shows are those of the agent's latest report: a resource that changed phase
+/// or that the agent no longer reports moves them.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_list_counts_what_the_latest_report_holds(pool: PgPool) {
+    let server = serve(pool).await;
+    let token = server.register("pi-1", json!({})).await;
+    server
+        .apply("pi-1", &manifest("pi-1", &["a", "b", "c"]))
+        .await;
+    let counts = || async {
+        let page = server.json("/api/v1/agents", READER).await;
+        (
+            page["items"][0]["counts"].clone(),
+            page["items"][0]["state"].clone(),
+        )
+    };
+    let report = status(
+        "pi-1",
+        1,
+        1,
+        &[
+            ("file-0", "Ready"),
+            ("file-1", "Failed"),
+            ("file-2", "Ready"),
+        ],
+    );
+    server.report_accepted("pi-1", &token, &report).await;
+    assert_eq!(
+        counts().await,
+        (json!({"Ready": 2, "Failed": 1}), json!("degraded"))
+    );
+    let report = status("pi-1", 2, 1, &[("file-0", "Ready"), ("file-1", "Ready")]);
+    server.report_accepted("pi-1", &token, &report).await;
+    assert_eq!(counts().await, (json!({"Ready": 2}), json!("converged")));
+}
