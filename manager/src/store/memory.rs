@@ -47,7 +47,11 @@ impl MemoryAgent {
     }
 
     fn fleet_row(&self, agent_id: &AgentId) -> FleetRow {
-        let counts = self.status.as_ref().map(phase_counts).unwrap_or_default();
+        let counts = self
+            .status
+            .as_ref()
+            .map(|status| phase_counts(&status.resources))
+            .unwrap_or_default();
         FleetRow {
             agent_id: agent_id.clone(),
             labels: self.labels.clone(),

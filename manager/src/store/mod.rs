@@ -11,7 +11,9 @@ pub mod postgres;
 use std::collections::BTreeMap;
 
 use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
-use fleetlet_manifests::{AgentId, AgentStatus, ConditionStatus, ConditionType, ResourceId};
+use fleetlet_manifests::{
+    AgentId, AgentStatus, ConditionStatus, ConditionType, ResourceId, ResourceStatus,
+};
 use time::OffsetDateTime;
 
 use crate::token::TokenHash;
@@ -223,10 +225,10 @@ pub fn events_for_report(previous: &PreviousReport, status: &AgentStatus) -> Vec
     events
 }
 
-/// How many of the resources a status reports are in each phase.
-pub fn phase_counts(status: &AgentStatus) -> PhaseCounts {
+/// How many of a status's resources are in each phase.
+pub fn phase_counts(resources: &BTreeMap<ResourceId, ResourceStatus>) -> PhaseCounts {
     let mut counts = PhaseCounts::new();
-    for resource in status.resources.values() {
+    for resource in resources.values() {
         *counts.entry(resource.phase).or_default() += 1;
     }
     counts

@@ -667,10 +667,7 @@ impl PgStore {
             let (id, status) = resource_status(resource)?;
             resources.insert(id, status);
         }
-        let mut counts = PhaseCounts::new();
-        for resource in resources.values() {
-            *counts.entry(resource.phase).or_default() += 1;
-        }
+        let counts = phase_counts(&resources);
         let fleet_row = FleetRow {
             agent_id: agent_id.clone(),
             labels: row
@@ -1212,7 +1209,8 @@ impl<'a> StatusRows<'a> {
         self.received_at.push(now);
         self.agent_info.push(Json(&status.agent));
         self.event_counts.push(events);
-        self.phase_counts.push(Json(phase_counts(status)));
+        self.phase_counts
+            .push(Json(phase_counts(&status.resources)));
         Ok(())
     }
 }

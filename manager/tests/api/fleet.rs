@@ -396,8 +396,8 @@ async fn a_false_rolled_back_condition_is_not_a_rollback(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn an_upgraded_database_counts_the_resources_it_already_holds(pool: PgPool) {
     let mut migrator = sqlx::migrate!("../migrations");
-    let every = migrator.migrations.to_vec();
-    migrator.migrations = every
+    migrator.migrations = migrator
+        .migrations
         .iter()
         .filter(|migration| migration.version < 4)
         .cloned()
