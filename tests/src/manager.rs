@@ -196,6 +196,38 @@ impl ManagerProcess {
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.admin_token)
     }
+
+    /// Registers an agent with this body (`agentId`, `labels`) and answers its token.
+    pub async fn register(
+        &self,
+        client: &reqwest::Client,
+        registration: serde_json::Value,
+    ) -> anyhow::Result<String> {
+        issued_token(
+            self.admin(client, reqwest::Method::POST, "/api/v1/agents")
+                .json(&registration),
+        )
+        .await
+    }
+
+    /// Rotates the agent's token and answers the new one.
+    pub async fn rotate_token(
+        &self,
+        client: &reqwest::Client,
+        agent_id: &str,
+    ) -> anyhow::Result<String> {
+        let path = format!("/api/v1/agents/{agent_id}/token");
+        issued_token(self.admin(client, reqwest::Method::POST, &path)).await
+    }
+}
+
+/// Sends a request that issues an agent token (a registration or a rotation) and answers it.
+async fn issued_token(request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let answer: serde_json::Value = request.send().await?.error_for_status()?.json().await?;
+    answer["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no token in {answer}"))
 }
 
 impl Drop for ManagerProcess {

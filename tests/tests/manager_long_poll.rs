@@ -20,15 +20,7 @@ async fn register_with_manifest(
     manager: &ManagerProcess,
     client: &reqwest::Client,
 ) -> anyhow::Result<String> {
-    let registered: Value = manager
-        .admin(client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-1"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = registered["token"].as_str().expect("token").to_owned();
+    let token = manager.register(client, json!({"agentId": "pi-1"})).await?;
     manager
         .admin(client, Method::PUT, "/api/v1/agents/pi-1/manifest")
         .json(&manifest("one"))

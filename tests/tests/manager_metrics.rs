@@ -230,15 +230,9 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
     );
     assert_eq!(sample(&before, "fleetlet_store_up", &[]), 1.0);
 
-    let registered: serde_json::Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-metrics", "labels": {}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let token = manager
+        .register(&client, json!({"agentId": "pi-metrics", "labels": {}}))
         .await?;
-    let token = registered["token"].as_str().context("token")?.to_owned();
     for _ in 0..3 {
         manager
             .admin(&client, Method::GET, "/api/v1/agents/pi-metrics/status")

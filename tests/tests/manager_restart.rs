@@ -53,15 +53,12 @@ async fn facts_survive_a_killed_manager() -> anyhow::Result<()> {
     let database = fresh_database().await?;
     let mut manager = ManagerProcess::start(&database.url).await?;
     let client = reqwest::Client::new();
-    let registered: Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-1", "labels": {"site": "kitchen"}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let token = manager
+        .register(
+            &client,
+            json!({"agentId": "pi-1", "labels": {"site": "kitchen"}}),
+        )
         .await?;
-    let token = registered["token"].as_str().expect("token").to_owned();
     for text in ["one", "two"] {
         manager
             .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")

@@ -95,15 +95,12 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let registered: Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-1", "labels": {"site": "lab"}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let agent_token = manager
+        .register(
+            &client,
+            json!({"agentId": "pi-1", "labels": {"site": "lab"}}),
+        )
         .await?;
-    let agent_token = registered["token"].as_str().context("token")?.to_owned();
     manager
         .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
         .json(&manifest("pi-1"))

@@ -36,28 +36,13 @@ async fn exercise(
     let spare = format!("spare-{suffix}");
     let mut tokens = Vec::new();
     for id in [&agent, &spare] {
-        let body: Value = manager
-            .admin(client, Method::POST, "/api/v1/agents")
-            .json(&json!({"agentId": id, "labels": {"site": "lab"}}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        tokens.push(body["token"].as_str().expect("token").to_owned());
+        tokens.push(
+            manager
+                .register(client, json!({"agentId": id, "labels": {"site": "lab"}}))
+                .await?,
+        );
     }
-    let rotated: Value = manager
-        .admin(
-            client,
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/token"),
-        )
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = rotated["token"].as_str().expect("token").to_owned();
+    let token = manager.rotate_token(client, &agent).await?;
     tokens.push(token.clone());
     manager
         .admin(

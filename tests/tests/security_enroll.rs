@@ -138,14 +138,7 @@ async fn a_device_enrolls_keeps_its_token_and_loses_it_to_rotation_and_decommiss
             .status(),
         200
     );
-    let rotated: Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents/pi-enrolled/token")
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let new_token = rotated["token"].as_str().expect("token").to_owned();
+    let new_token = manager.rotate_token(&client, "pi-enrolled").await?;
     let refused = client.get(&own_manifest).bearer_auth(&token).send().await?;
     assert_eq!(refused.status(), 401);
     error_bodies.push(refused.text().await?);

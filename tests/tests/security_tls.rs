@@ -161,15 +161,9 @@ async fn a_certificate_from_another_ca_is_refused_by_the_agent_and_the_cli() -> 
     let stranger = Pki::create("stranger")?;
     let manager = start_https_manager(&pki).await?;
     let client = client_trusting(&pki.ca())?;
-    let registered: Value = manager
-        .admin(&client, Method::POST, "/api/v1/agents")
-        .json(&json!({"agentId": "pi-wary"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let token = manager
+        .register(&client, json!({"agentId": "pi-wary"}))
         .await?;
-    let token = registered["token"].as_str().expect("token").to_owned();
     let dirs = AgentDirs::new()?;
     let target = dirs.root().join("motd");
     manager
