@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every check of the project, from a fresh machine: it brings up the real
 # components the system tests need (PostgreSQL, podman and docker with a locally built image, a
-# systemd user manager, headless Chromium, Schemathesis), then runs formatting, lints and all tests.
+# systemd user manager, headless Chromium, Schemathesis, the third-party validators), then runs formatting, lints and all tests.
 # `.ci/run` calls this and nothing else.
 set -euo pipefail
 
@@ -16,10 +16,11 @@ set -a
 eval "$(deploy/dev/postgres.sh)"
 eval "$(deploy/dev/systemd-user.sh)"
 eval "$(deploy/dev/chromium.sh)"
+eval "$(deploy/dev/validators.sh)"
 set +a
 deploy/dev/containers.sh
 deploy/dev/schemathesis.sh >/dev/null
-log "postgres, systemd (user manager), chromium, podman, docker and schemathesis ready"
+log "postgres, systemd (user manager), chromium, podman, docker, schemathesis and the validators ready"
 
 log "cargo fmt --check"
 cargo fmt --all --check
