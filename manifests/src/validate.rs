@@ -13,9 +13,10 @@ use serde_json::{Map, Value};
 
 use crate::ids::{AgentId, ResourceId};
 use crate::manifest::{
-    AgentManifest, ContainerSpec, FileSpec, Kind, MANIFEST_KIND, MAX_FILE_CONTENT_BYTES,
-    MAX_MANIFEST_CONTENT_BYTES, MAX_PROGRESS_DEADLINE_SECONDS, MAX_RESOURCES, OnFailure, Resource,
-    ResourceSpec, RolloutPolicy, SessionStorageSpec, SystemdUnitSpec,
+    AgentManifest, ContainerSpec, FileContent, FileSpec, Kind, MANIFEST_KIND,
+    MAX_FILE_CONTENT_BYTES, MAX_MANIFEST_CONTENT_BYTES, MAX_PROGRESS_DEADLINE_SECONDS,
+    MAX_RESOURCES, OnFailure, Resource, ResourceSpec, RolloutPolicy, SessionStorageSpec,
+    SystemdUnitSpec, VolumeMount,
 };
 use crate::signature::{self, ManifestSignature};
 use crate::{API_VERSION, Violation};
@@ -36,6 +37,19 @@ impl Report {
             message: message.into(),
         });
     }
+}
+
+/// What the rules across resources need of one resource: each of its fields that parsed, kept
+/// even when another field of the same resource did not, so that one bad field never hides a
+/// violation of another rule (a duplicate id, a volume naming no storage).
+#[derive(Debug, Default)]
+struct Seen {
+    id: Option<ResourceId>,
+    kind: Option<String>,
+    file_path: Option<String>,
+    content: Option<FileContent>,
+    unit_name: Option<String>,
+    volumes: Vec<ResourceId>,
 }
 
 /// The path of field `name` below `parent`. A name that is not a plain word (empty, or holding
@@ -183,7 +197,7 @@ pub(crate) fn manifest(value: Value) -> Result<AgentManifest, Vec<Violation>> {
 /// Validates one resource on its own (the rules that need the whole manifest are not checked).
 pub(crate) fn resource(value: Value) -> Result<Resource, Vec<Violation>> {
     let mut report = Report::default();
-    match read_resource(value, "", &mut report) {
+    match read_resource(value, "", &mut report, &mut Seen::default()) {
         Some(resource) if report.violations.is_empty() => Ok(resource),
         _ => Err(report.violations),
     }
@@ -229,21 +243,20 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
     }
 
     let mut resources = Vec::with_capacity(raw_resources.len());
+    let mut seen = Vec::with_capacity(raw_resources.len());
     for (index, raw) in raw_resources.into_iter().enumerate() {
-        if let Some(resource) = read_resource(raw, &format!("resources[{index}]"), report) {
-            resources.push(resource);
-        } else {
-            // Keep positions aligned for the cross-resource checks below.
-            resources.push(Resource {
-                id: ResourceId::try_from("invalid").ok()?,
-                spec: ResourceSpec::Unknown {
-                    kind: String::new(),
-                    spec: Value::Null,
-                },
-            });
-        }
+        let mut fields = Seen::default();
+        // A resource that fails leaves no entry, which is fine: any violation fails the whole
+        // manifest. Its parsed fields still take part in the checks across resources.
+        resources.extend(read_resource(
+            raw,
+            &format!("resources[{index}]"),
+            report,
+            &mut fields,
+        ));
+        seen.push(fields);
     }
-    check_across_resources(&resources, report);
+    check_across_resources(&seen, report);
 
     Some(AgentManifest {
         api_version: api_version?,
@@ -302,24 +315,33 @@ fn read_signature(value: Value, path: &str, report: &mut Report) -> Option<Manif
     ManifestSignature::from_parts(&key_id?, &ed25519?).ok()
 }
 
-fn read_resource(value: Value, path: &str, report: &mut Report) -> Option<Resource> {
+fn read_resource(
+    value: Value,
+    path: &str,
+    report: &mut Report,
+    seen: &mut Seen,
+) -> Option<Resource> {
     let mut fields = Fields::of(value, path, report)?;
     let id: Option<ResourceId> = fields.required("id");
     let kind: Option<String> = fields.required("kind");
     let spec_value: Option<Value> = fields.required("spec");
     fields.finish();
+    seen.id.clone_from(&id);
+    seen.kind.clone_from(&kind);
     let (kind, spec_value) = (kind?, spec_value?);
     let spec_path = format!("{path}.spec");
     let spec = match Kind::parse(&kind) {
-        Some(Kind::File) => ResourceSpec::File(read_file_spec(spec_value, &spec_path, report)?),
+        Some(Kind::File) => {
+            ResourceSpec::File(read_file_spec(spec_value, &spec_path, report, seen)?)
+        }
         Some(Kind::SessionStorage) => {
             ResourceSpec::SessionStorage(read_session_storage_spec(spec_value, &spec_path, report)?)
         }
         Some(Kind::Container) => {
-            ResourceSpec::Container(read_container_spec(spec_value, &spec_path, report)?)
+            ResourceSpec::Container(read_container_spec(spec_value, &spec_path, report, seen)?)
         }
         Some(Kind::SystemdUnit) => {
-            ResourceSpec::SystemdUnit(read_unit_spec(spec_value, &spec_path, report)?)
+            ResourceSpec::SystemdUnit(read_unit_spec(spec_value, &spec_path, report, seen)?)
         }
         None => {
             // Kept verbatim and reported Unsupported by the agent: version skew must be visible.
@@ -347,15 +369,22 @@ fn read_resource(value: Value, path: &str, report: &mut Report) -> Option<Resour
     Some(Resource { id: id?, spec })
 }
 
-fn read_file_spec(value: Value, path: &str, report: &mut Report) -> Option<FileSpec> {
+fn read_file_spec(
+    value: Value,
+    path: &str,
+    report: &mut Report,
+    seen: &mut Seen,
+) -> Option<FileSpec> {
     let mut fields = Fields::of(value, path, report)?;
     // Every field is read before any `?`, so that all of their violations are reported.
-    let file_path = fields.required("path");
-    let content = fields.required("content");
+    let file_path: Option<crate::ids::AbsPath> = fields.required("path");
+    let content: Option<FileContent> = fields.required("content");
     let mode = fields.defaulted("mode");
     let owner = fields.optional("owner");
     let group = fields.optional("group");
     fields.finish();
+    seen.file_path = file_path.as_ref().map(|p| p.as_str().to_owned());
+    seen.content.clone_from(&content);
     Some(FileSpec {
         path: file_path?,
         content: content?,
@@ -398,7 +427,12 @@ fn read_session_storage_spec(
     })
 }
 
-fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<ContainerSpec> {
+fn read_container_spec(
+    value: Value,
+    path: &str,
+    report: &mut Report,
+    seen: &mut Seen,
+) -> Option<ContainerSpec> {
     let mut fields = Fields::of(value, path, report)?;
     let image = fields.required("image");
     let command = fields.defaulted("command");
@@ -407,7 +441,7 @@ fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<
     let working_dir = fields.optional("workingDir");
     let user: Option<Option<String>> = fields.optional("user");
     let ports = fields.defaulted("ports");
-    let volumes = fields.defaulted("volumes");
+    let volumes: Option<Vec<VolumeMount>> = fields.defaulted("volumes");
     let restart_policy = fields.defaulted("restartPolicy");
     let pull_policy = fields.defaulted("pullPolicy");
     let memory_limit_bytes: Option<Option<u64>> = fields.optional("memoryLimitBytes");
@@ -419,6 +453,11 @@ fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<
     let host_pid = fields.defaulted("hostPid");
     let devices = fields.defaulted("devices");
     fields.finish();
+    seen.volumes = volumes
+        .iter()
+        .flatten()
+        .map(|v| v.session_storage.clone())
+        .collect();
 
     if let Some(env) = &env {
         for name in env.keys() {
@@ -477,13 +516,19 @@ fn read_container_spec(value: Value, path: &str, report: &mut Report) -> Option<
     })
 }
 
-fn read_unit_spec(value: Value, path: &str, report: &mut Report) -> Option<SystemdUnitSpec> {
+fn read_unit_spec(
+    value: Value,
+    path: &str,
+    report: &mut Report,
+    seen: &mut Seen,
+) -> Option<SystemdUnitSpec> {
     let mut fields = Fields::of(value, path, report)?;
-    let name = fields.required("name");
+    let name: Option<crate::ids::UnitName> = fields.required("name");
     let unit: Option<String> = fields.required("unit");
     let enabled = fields.optional("enabled");
     let state = fields.defaulted("state");
     fields.finish();
+    seen.unit_name = name.as_ref().map(|n| n.as_str().to_owned());
     if let Some(text) = &unit {
         if text.len() > MAX_UNIT_TEXT_BYTES {
             report.add(
@@ -503,71 +548,62 @@ fn read_unit_spec(value: Value, path: &str, report: &mut Report) -> Option<Syste
     })
 }
 
-/// Rules that need the whole manifest: unique ids, content caps, volume references.
-fn check_across_resources(resources: &[Resource], report: &mut Report) {
+/// Rules that need the whole manifest: unique ids, paths and unit names, content caps, volume
+/// references. They read what each resource's valid fields are, so a resource with another
+/// violation is still checked (and still counts for the others).
+fn check_across_resources(resources: &[Seen], report: &mut Report) {
     let mut seen_ids = HashSet::new();
     let mut seen_paths = HashSet::new();
     let mut seen_units = HashSet::new();
     let mut total_content = 0usize;
     let storages: HashSet<&str> = resources
         .iter()
-        .filter(|r| matches!(r.spec, ResourceSpec::SessionStorage(_)))
-        .map(|r| r.id.as_str())
+        .filter(|r| r.kind.as_deref() == Some(Kind::SessionStorage.as_str()))
+        .filter_map(|r| r.id.as_ref().map(ResourceId::as_str))
         .collect();
 
     for (index, resource) in resources.iter().enumerate() {
         let path = format!("resources[{index}]");
-        if matches!(&resource.spec, ResourceSpec::Unknown { kind, .. } if kind.is_empty()) {
-            continue; // Already reported while reading it.
+        if let Some(id) = &resource.id
+            && !seen_ids.insert(id.as_str())
+        {
+            report.add(format!("{path}.id"), format!("duplicate id \"{id}\""));
         }
-        if !seen_ids.insert(resource.id.as_str()) {
+        if let Some(file_path) = &resource.file_path
+            && !seen_paths.insert(file_path.as_str())
+        {
             report.add(
-                format!("{path}.id"),
-                format!("duplicate id \"{}\"", resource.id),
+                format!("{path}.spec.path"),
+                "another File resource writes the same path",
             );
         }
-        match &resource.spec {
-            ResourceSpec::File(file) => {
-                if !seen_paths.insert(file.path.as_str()) {
-                    report.add(
-                        format!("{path}.spec.path"),
-                        "another File resource writes the same path",
-                    );
-                }
-                match file.content.bytes() {
-                    Ok(bytes) if bytes.len() > MAX_FILE_CONTENT_BYTES => report.add(
-                        format!("{path}.spec.content"),
-                        format!("must be at most {MAX_FILE_CONTENT_BYTES} bytes"),
-                    ),
-                    Ok(bytes) => total_content += bytes.len(),
-                    Err(_) => report.add(
-                        format!("{path}.spec.content.base64"),
-                        "must be valid base64",
-                    ),
-                }
+        match resource.content.as_ref().map(FileContent::bytes) {
+            Some(Ok(bytes)) if bytes.len() > MAX_FILE_CONTENT_BYTES => report.add(
+                format!("{path}.spec.content"),
+                format!("must be at most {MAX_FILE_CONTENT_BYTES} bytes"),
+            ),
+            Some(Ok(bytes)) => total_content += bytes.len(),
+            Some(Err(_)) => report.add(
+                format!("{path}.spec.content.base64"),
+                "must be valid base64",
+            ),
+            None => {}
+        }
+        if let Some(name) = &resource.unit_name
+            && !seen_units.insert(name.as_str())
+        {
+            report.add(
+                format!("{path}.spec.name"),
+                "another SystemdUnit resource has the same name",
+            );
+        }
+        for (v, storage) in resource.volumes.iter().enumerate() {
+            if !storages.contains(storage.as_str()) {
+                report.add(
+                    format!("{path}.spec.volumes[{v}].sessionStorage"),
+                    format!("names no SessionStorage resource \"{storage}\" of this manifest"),
+                );
             }
-            ResourceSpec::SystemdUnit(unit) => {
-                if !seen_units.insert(unit.name.as_str()) {
-                    report.add(
-                        format!("{path}.spec.name"),
-                        "another SystemdUnit resource has the same name",
-                    );
-                }
-            }
-            ResourceSpec::Container(container) => {
-                for (v, volume) in container.volumes.iter().enumerate() {
-                    if !storages.contains(volume.session_storage.as_str()) {
-                        report.add(
-                            format!("{path}.spec.volumes[{v}].sessionStorage"),
-                            format!(
-                                "names no SessionStorage resource \"{}\" of this manifest",
-                                volume.session_storage
-                            ),
-                        );
-                    }
-                }
-            }
-            ResourceSpec::SessionStorage(_) | ResourceSpec::Unknown { .. } => {}
         }
     }
     if total_content > MAX_MANIFEST_CONTENT_BYTES {
@@ -611,8 +647,88 @@ mod tests {
                 "resources[1].spec.name",
                 "resources[2].spec.restartPolicy",
                 "resources[2].spec.colour",
+                // Checked although the container's other fields failed.
+                "resources[2].spec.volumes[0].sessionStorage",
             ]
         );
+    }
+
+    #[test]
+    fn a_duplicate_id_is_reported_even_when_either_resource_has_another_violation() {
+        // The first holder of the id is invalid, the second valid: once hid the duplicate.
+        let found = paths(manifest_with(json!([
+            {"id": "a", "kind": "File", "spec": {"path": "relative", "content": {"text": "x"}}},
+            {"id": "a", "kind": "File", "spec": {"path": "/y", "content": {"text": "x"}}},
+        ])));
+        assert_eq!(found, vec!["resources[0].spec.path", "resources[1].id"]);
+        // The second holder is invalid (another kind, bad spec), the first valid.
+        let found = paths(manifest_with(json!([
+            {"id": "a", "kind": "File", "spec": {"path": "/x", "content": {"text": "x"}}},
+            {"id": "a", "kind": "SystemdUnit", "spec": {"name": "kiosk"}},
+        ])));
+        assert_eq!(
+            found,
+            vec![
+                "resources[1].spec.name",
+                "resources[1].spec.unit",
+                "resources[1].id"
+            ]
+        );
+        // Both invalid, one with an unknown field, the other missing its spec.
+        let found = paths(manifest_with(json!([
+            {"id": "a", "kind": "File", "spec": {"path": "/x", "content": {"text": "x"}, "x": 1}},
+            {"id": "a", "kind": "File"},
+        ])));
+        assert_eq!(
+            found,
+            vec![
+                "resources[0].spec.x",
+                "resources[1].spec",
+                "resources[1].id"
+            ]
+        );
+    }
+
+    #[test]
+    fn cross_resource_rules_see_the_valid_fields_of_invalid_resources() {
+        let found = paths(manifest_with(json!([
+            // A bad mode, and content that is not base64: both reported.
+            {"id": "f", "kind": "File", "spec": {"path": "/x", "content": {"base64": "!!"}, "mode": "9"}},
+            // The same path as an invalid File, and an invalid owner.
+            {"id": "g", "kind": "File", "spec": {"path": "/x", "content": {"text": ""}, "owner": "a b"}},
+            // The same unit name as an invalid unit.
+            {"id": "u1", "kind": "SystemdUnit", "spec": {"name": "k.service", "unit": "", "state": "Up"}},
+            {"id": "u2", "kind": "SystemdUnit", "spec": {"name": "k.service", "unit": ""}},
+            // An invalid SessionStorage still counts as the target of a volume.
+            {"id": "data", "kind": "SessionStorage", "spec": {"sessionId": "s", "sizeLimitBytes": -1}},
+            {"id": "web", "kind": "Container", "spec": {"image": "img",
+                "volumes": [{"sessionStorage": "data", "mountPath": "/data"}]}},
+        ])));
+        assert_eq!(
+            found,
+            vec![
+                "resources[0].spec.mode",
+                "resources[1].spec.owner",
+                "resources[2].spec.state",
+                "resources[4].spec.sizeLimitBytes",
+                "resources[0].spec.content.base64",
+                "resources[1].spec.path",
+                "resources[3].spec.name",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_manager_and_the_cli_get_every_violation_from_one_call() {
+        // `AgentManifest::from_value` is what both call: the messages are the whole list.
+        let violations = AgentManifest::from_value(manifest_with(json!([
+            {"id": "a", "kind": "File", "spec": {"path": "rel", "content": {"text": "x"}}},
+            {"id": "a", "kind": "File", "spec": {"path": "/y", "content": {"text": "x"}}},
+        ])))
+        .expect_err("invalid");
+        let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert_eq!(text[1], "resources[1].id: duplicate id \"a\"");
     }
 
     #[test]
