@@ -116,12 +116,23 @@ fn kubernetes_objects_match_deploy_json() -> anyhow::Result<()> {
             "{}: Secrets are never stored in deploy/",
             path.display()
         );
-        assert_eq!(
-            document["metadata"]["namespace"],
-            namespace,
-            "{}: {kind} in the wrong namespace",
-            path.display()
-        );
+        if kind == "Namespace" {
+            // Cluster-scoped: the namespace everything else lives in.
+            assert_eq!(
+                document["metadata"]["name"],
+                namespace,
+                "{}",
+                path.display()
+            );
+            assert!(document["metadata"]["namespace"].is_null());
+        } else {
+            assert_eq!(
+                document["metadata"]["namespace"],
+                namespace,
+                "{}: {kind} in the wrong namespace",
+                path.display()
+            );
+        }
         found.insert((
             kind.to_owned(),
             document["metadata"]["name"]
@@ -129,8 +140,11 @@ fn kubernetes_objects_match_deploy_json() -> anyhow::Result<()> {
                 .context("name")?
                 .to_owned(),
         ));
-        // Selectors must select the pod template's labels.
-        if let Some(selector) = document["spec"]["selector"]["matchLabels"].as_object() {
+        // Workload selectors must select the pod template's labels.
+        if let (Some(selector), true) = (
+            document["spec"]["selector"]["matchLabels"].as_object(),
+            document["spec"]["template"].is_object(),
+        ) {
             for (key, value) in selector {
                 assert_eq!(
                     &document["spec"]["template"]["metadata"]["labels"][key],
@@ -357,5 +371,221 @@ fn the_containerfile_builds_the_manager_binaries() -> anyhow::Result<()> {
         );
     }
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/fleetlet-manager\"]"));
+    Ok(())
+}
+
+/// The object of `kind` named `name`.
+fn object<'a>(documents: &'a [(PathBuf, Value)], kind: &str, name: &str) -> &'a Value {
+    &documents
+        .iter()
+        .find(|(_, d)| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} under deploy/kubernetes"))
+        .1
+}
+
+/// True when a `matchLabels` selector (every pair must be present) selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(required) = selector["matchLabels"].as_object() else {
+        return false;
+    };
+    !required.is_empty() && required.iter().all(|(key, value)| labels[key] == *value)
+}
+
+/// The last `USER` of the Containerfile, as numeric `(uid, gid)`.
+fn containerfile_user() -> anyhow::Result<(u64, Option<u64>)> {
+    let text = std::fs::read_to_string(deploy_dir().join("Containerfile"))?;
+    let user = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("USER "))
+        .last()
+        .context("the Containerfile sets no USER")?
+        .trim();
+    let (uid, gid) = match user.split_once(':') {
+        Some((uid, gid)) => (uid, Some(gid)),
+        None => (user, None),
+    };
+    // A name cannot be checked by the kubelet against runAsNonRoot: it refuses to start the
+    // container ("image has non-numeric user").
+    let uid: u64 = uid
+        .parse()
+        .with_context(|| format!("USER {user}: the user must be a number"))?;
+    let gid = gid
+        .map(|gid| gid.parse::<u64>())
+        .transpose()
+        .with_context(|| format!("USER {user}: the group must be a number"))?;
+    assert_ne!(uid, 0, "the image runs as root");
+    Ok((uid, gid))
+}
+
+#[test]
+fn the_pods_can_start_under_restricted_policies_and_survive_a_drain() -> anyhow::Result<()> {
+    let documents = kubernetes_documents()?;
+    let namespace = deploy_json()?["namespace"]
+        .as_str()
+        .context("namespace")?
+        .to_owned();
+
+    // The Namespace comes first in `kubectl apply -f deploy/kubernetes/` (files are applied in
+    // name order) and enforces the restricted Pod Security Standard.
+    let (namespace_file, namespace_object) = documents
+        .iter()
+        .find(|(_, d)| d["kind"] == "Namespace")
+        .context("no Namespace under deploy/kubernetes")?;
+    assert_eq!(namespace_object["metadata"]["name"], namespace.as_str());
+    assert_eq!(
+        namespace_object["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let first_file = documents
+        .iter()
+        .map(|(path, _)| path)
+        .min()
+        .context("files")?;
+    assert_eq!(
+        first_file, namespace_file,
+        "the Namespace's file must sort first"
+    );
+
+    // The manager's numeric user is the same in the image and in the pod.
+    let (uid, gid) = containerfile_user()?;
+    let manager = object(&documents, "Deployment", "fleetlet-manager");
+    let manager_pod = &manager["spec"]["template"];
+    let pod_security = &manager_pod["spec"]["securityContext"];
+    assert_eq!(pod_security["runAsNonRoot"], true);
+    assert_eq!(
+        pod_security["runAsUser"], uid,
+        "runAsUser and the image's USER differ"
+    );
+    if let Some(gid) = gid {
+        assert_eq!(
+            pod_security["runAsGroup"], gid,
+            "runAsGroup and the image's group differ"
+        );
+    }
+
+    // Every pod: no service-account token, non-root with a numeric user, the runtime's
+    // seccomp profile, and containers with bounded resources and no privileges to gain.
+    let postgres = object(&documents, "StatefulSet", "fleetlet-postgres");
+    for workload in [manager, postgres] {
+        let name = &workload["metadata"]["name"];
+        let spec = &workload["spec"]["template"]["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+        let security = &spec["securityContext"];
+        assert_eq!(security["runAsNonRoot"], true, "{name}");
+        assert!(
+            security["runAsUser"].as_u64().is_some_and(|uid| uid > 0),
+            "{name}: runAsUser must be a non-zero number"
+        );
+        assert_eq!(
+            security["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        for container in spec["containers"].as_array().context("containers")? {
+            let resources = &container["resources"];
+            for (class, what) in [
+                ("requests", "cpu"),
+                ("requests", "memory"),
+                ("limits", "cpu"),
+                ("limits", "memory"),
+            ] {
+                assert!(
+                    resources[class][what].is_string(),
+                    "{name}: no {class}.{what}"
+                );
+            }
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(
+                security["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+        }
+    }
+
+    // Two manager replicas stay apart and a drain leaves at least one serving.
+    let labels = &manager_pod["metadata"]["labels"];
+    let replicas = manager["spec"]["replicas"].as_u64().context("replicas")?;
+    let budget = documents
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "PodDisruptionBudget" && selects(&d["spec"]["selector"], labels))
+        .context("no PodDisruptionBudget selects the manager's pods")?;
+    let min_available = budget["spec"]["minAvailable"]
+        .as_u64()
+        .context("the manager's budget sets minAvailable as a number")?;
+    assert!(
+        (1..replicas).contains(&min_available),
+        "minAvailable {min_available} of {replicas} replicas either protects nothing or blocks every drain"
+    );
+    let spread = manager_pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        spread.iter().any(|constraint| {
+            constraint["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&constraint["labelSelector"], labels)
+        }),
+        "the manager's replicas are not spread across nodes"
+    );
+
+    // Network: the manager takes connections on its port; PostgreSQL only from the manager.
+    let policies: Vec<&Value> = documents
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    let policy_for = |pod_labels: &Value| -> &Value {
+        policies
+            .iter()
+            .copied()
+            .find(|p| selects(&p["spec"]["podSelector"], pod_labels))
+            .unwrap_or_else(|| panic!("no NetworkPolicy selects {pod_labels}"))
+    };
+    let manager_policy = policy_for(labels);
+    assert!(
+        manager_policy["spec"]["ingress"]
+            .as_array()
+            .context("manager ingress")?
+            .iter()
+            .any(|rule| rule["ports"].as_array().is_some_and(|ports| ports
+                .iter()
+                .any(|p| p["port"] == 7800 || p["port"] == "http"))),
+        "the manager's port is not open"
+    );
+    let postgres_policy = policy_for(&postgres["spec"]["template"]["metadata"]["labels"]);
+    let types = &postgres_policy["spec"]["policyTypes"];
+    assert!(
+        types
+            .as_array()
+            .is_some_and(|t| t.contains(&Value::from("Ingress")))
+    );
+    let rules = postgres_policy["spec"]["ingress"]
+        .as_array()
+        .context("PostgreSQL's policy lists its ingress")?;
+    assert!(!rules.is_empty());
+    for rule in rules {
+        let from = rule["from"]
+            .as_array()
+            .context("every rule names its peers")?;
+        assert!(!from.is_empty(), "an ingress rule open to everyone: {rule}");
+        for peer in from {
+            assert_eq!(
+                peer.as_object().map(|p| p.keys().collect::<Vec<_>>()),
+                Some(vec![&"podSelector".to_owned()]),
+                "PostgreSQL admits a peer other than pods of its namespace: {peer}"
+            );
+            assert!(
+                selects(&peer["podSelector"], labels),
+                "PostgreSQL admits pods other than the manager's: {peer}"
+            );
+        }
+        assert_eq!(
+            rule["ports"],
+            serde_json::json!([{"port": 5432, "protocol": "TCP"}])
+        );
+    }
     Ok(())
 }

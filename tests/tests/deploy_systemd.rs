@@ -283,3 +283,46 @@ async fn the_unit_is_active_only_after_ready_and_restarts_a_killed_agent() -> an
     assert_ne!(restarted.get("MainPID"), active.get("MainPID"));
     Ok(())
 }
+
+/// `systemd-analyze verify` (FLEETLET_SYSTEMD_ANALYZE, from deploy/dev/validators.sh) finds
+/// nothing in the shipped unit: no unknown key, no bad value, no missing dependency. Only
+/// ExecStart is pointed at the built agent, because verify checks that the command exists.
+#[test]
+fn systemd_analyze_verifies_the_shipped_unit() -> anyhow::Result<()> {
+    let analyze = std::env::var_os("FLEETLET_SYSTEMD_ANALYZE").context(
+        "FLEETLET_SYSTEMD_ANALYZE is not set: run `set -a; eval \"$(deploy/dev/validators.sh)\"; set +a`",
+    )?;
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/fleetlet-agent.service"),
+    )?;
+    let agent = agent_binary()?;
+    let mut rendered = String::new();
+    let mut exec_starts = 0;
+    for line in shipped.lines() {
+        if line.starts_with("ExecStart=") {
+            exec_starts += 1;
+            rendered.push_str(&format!("ExecStart={}\n", agent.display()));
+        } else {
+            rendered.push_str(line);
+            rendered.push('\n');
+        }
+    }
+    assert_eq!(exec_starts, 1, "the unit has one ExecStart");
+    let dir = tempfile::tempdir()?;
+    let unit = dir.path().join("fleetlet-agent.service");
+    std::fs::write(&unit, rendered)?;
+    let output = Command::new(&analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .context("running systemd-analyze")?;
+    // verify exits 0 after warnings such as an unknown key, so any output is a finding too.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {}\n{stdout}{stderr}",
+        output.status
+    );
+    Ok(())
+}
