@@ -7,7 +7,7 @@
 #   kubernetes-validate     deploy/kubernetes against the Kubernetes API schemas
 #   checkov                 deploy/kubernetes and deploy/Containerfile against a policy scanner
 #   hadolint                deploy/Containerfile
-#   shellcheck              every shell script under deploy/ and .ci/run
+#   ShellCheck              every shell script under deploy/ and .ci/run
 #   promtool                the manager's /metrics and the agent's textfile metrics
 #   systemd-analyze         the agent's systemd unit
 #   strace                  injects I/O errors (EIO) into the agent's system calls (agent_faults)
