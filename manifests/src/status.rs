@@ -209,6 +209,9 @@ error_reasons! {
     SystemdUnavailable,
     /// A systemd operation (reload, enable, start, stop) failed.
     UnitOperationFailed,
+    /// A SystemdUnit asks for `enabled: true`, but its unit has no `[Install]` section, so
+    /// systemd cannot enable it (the unit is "static").
+    UnitNotInstallable,
     /// A SessionStorage uses more than its size limit.
     QuotaExceeded,
     /// A SessionStorage passed its expiry and its data was deleted.

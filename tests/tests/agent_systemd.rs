@@ -751,3 +751,59 @@ async fn an_invalid_unit_name_is_refused_by_the_agent() -> anyhow::Result<()> {
     assert!(!systemd.unit_dir.join("../../escape.service").exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn enabled_true_on_a_unit_without_an_install_section_fails_with_unit_not_installable()
+-> anyhow::Result<()> {
+    let mut systemd = UserSystemd::connect()?;
+    let bare = systemd.unit("bare", "service");
+    let commented = systemd.unit("commented", "service");
+    let plain = systemd.unit("plain", "service");
+    let service = "[Service]\nExecStart=/bin/sleep 100000\n";
+    let dirs = AgentDirs::new()?;
+    dirs.write_manifest(&manifest(
+        AGENT,
+        vec![
+            unit_resource("bare", &bare, service, true, "Started"),
+            unit_resource(
+                "commented",
+                &commented,
+                &format!("{service}[Install]\n# WantedBy=default.target\n"),
+                true,
+                "Started",
+            ),
+            // The same unit without `enabled: true` is what the operator can have.
+            unit_resource("plain", &plain, service, false, "Started"),
+        ],
+    ))?;
+    let output = systemd.agent_options().run_once(&dirs)?;
+    assert!(!output.status.success());
+    let status = parse_status(&output.stdout)?;
+    for (id, unit) in [("bare", &bare), ("commented", &commented)] {
+        let resource = &status.resources[id];
+        assert_eq!(resource.phase, Phase::Failed, "{id}");
+        let error = resource.error.as_ref().context("an error")?;
+        assert_eq!(
+            error.reason,
+            ErrorReason::UnitNotInstallable,
+            "{id}: {}",
+            error.message
+        );
+        assert!(
+            error.message.contains(unit.as_str()) && error.message.contains("[Install]"),
+            "{id}: {}",
+            error.message
+        );
+        // Refused before anything was done: no file, nothing loaded or running.
+        assert!(!systemd.file(unit).exists(), "{id}");
+        assert!(!systemd.is_running(unit), "{id}");
+    }
+    // systemd agrees with the agent's reading of the text: without [Install] a unit is static.
+    assert_eq!(status.resources["plain"].phase, Phase::Ready);
+    let details = unit_details(&status, "plain")?;
+    assert_eq!(details.unit_file_state.as_deref(), Some("static"));
+    assert!(!details.enabled);
+    assert!(systemd.is_running(&plain));
+    assert_eq!(systemd.property(&plain, "UnitFileState"), "static");
+    Ok(())
+}

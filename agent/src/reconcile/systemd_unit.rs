@@ -80,6 +80,10 @@ pub enum SystemdUnitError {
         path: String,
         why: String,
     },
+    #[error(
+        "unit {unit} cannot be enabled: {why}, so systemd has nothing to enable it into (enabled: true); add an [Install] section (e.g. WantedBy=default.target) or set enabled: false"
+    )]
+    NotInstallable { unit: String, why: &'static str },
     #[error("unit {unit} is loaded from {fragment}, not from the agent's file {path}")]
     Shadowed {
         unit: String,
@@ -113,6 +117,7 @@ impl SystemdUnitError {
             SystemdUnitError::ForeignFile { .. } | SystemdUnitError::Shadowed { .. } => {
                 ErrorReason::Conflict
             }
+            SystemdUnitError::NotInstallable { .. } => ErrorReason::UnitNotInstallable,
             SystemdUnitError::UnitDir { .. } => ErrorReason::IoError,
             SystemdUnitError::File { source, .. } => source.reason(),
             SystemdUnitError::Systemd(SystemdError::Unavailable { .. }) => {
@@ -221,6 +226,14 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
     ) -> Result<Applied, SystemdUnitError> {
         let unit = check_unit_name(spec.name.as_str())?;
         let target = self.target(unit.as_str())?;
+        // Refused before anything is written or started: the resource would otherwise be Ready
+        // while the unit silently never starts at boot.
+        if spec.enabled && !installable(&spec.unit) {
+            return Err(SystemdUnitError::NotInstallable {
+                unit: unit.to_string(),
+                why: "its text has no [Install] section with WantedBy=, RequiredBy=, UpheldBy=, Alias= or Also=",
+            });
+        }
         let manager = &*target.manager;
         let path = target.unit_dir.join(unit.as_str());
         let rendered = self.render_unit_file(id, spec);
@@ -236,6 +249,13 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
             observed = manager.observe(&unit).await?;
         }
         check_loaded(&unit, &path, &observed)?;
+        // systemd's own verdict, for what the text check above lets through.
+        if spec.enabled && observed.unit_file_state == "static" {
+            return Err(SystemdUnitError::NotInstallable {
+                unit: unit.to_string(),
+                why: "systemd reports it as static (its [Install] section installs nothing)",
+            });
+        }
 
         // What had to be done besides the file, in words for the drift message.
         let mut done: Vec<String> = Vec::new();
@@ -583,6 +603,33 @@ fn read_existing(path: &Path, marker: &str, unit: &str) -> Result<Existing, Syst
         });
     }
     Ok(Existing::Ours { text })
+}
+
+/// Whether a unit's text gives `systemctl enable` something to do: an `[Install]` section with
+/// at least one directive that installs the unit somewhere. Without one systemd calls the unit
+/// "static" and `enable` does nothing.
+fn installable(text: &str) -> bool {
+    let mut in_install = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=')
+            && in_install
+            && matches!(
+                key.trim(),
+                "WantedBy" | "RequiredBy" | "UpheldBy" | "Alias" | "Also"
+            )
+            && !value.trim().is_empty()
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// The unit must be loaded, and from the agent's file: a same-named unit earlier in the search

@@ -239,10 +239,42 @@ async fn state_stopped_keeps_a_unit_stopped_and_disabled() {
 }
 
 #[tokio::test]
-async fn a_unit_without_install_section_is_not_enabled_over_and_over() {
+async fn enabled_true_without_an_install_section_fails_before_anything_is_done() {
     let fx = fixture();
     let text = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
     let resource = unit_resource("plain", "plain.service", text, true, "Started");
+    let error = fx
+        .apply(&resource, None)
+        .await
+        .expect_err("not installable");
+    assert_eq!(error.reason(), ErrorReason::UnitNotInstallable);
+    let message = error.to_string();
+    assert!(
+        message.contains("plain.service")
+            && message.contains("[Install]")
+            && message.contains("enabled: false"),
+        "{message}"
+    );
+    // Nothing written, loaded or started: the manifest has to change first.
+    assert_eq!(fx.systemd.take_calls(), []);
+    assert!(!fx.file("plain.service").exists());
+
+    // An [Install] section that installs nothing is no better.
+    let empty =
+        "[Service]\nExecStart=/usr/bin/sleep infinity\n[Install]\n# WantedBy=default.target\n";
+    let resource = unit_resource("plain", "plain.service", empty, true, "Started");
+    let error = fx
+        .apply(&resource, None)
+        .await
+        .expect_err("not installable");
+    assert_eq!(error.reason(), ErrorReason::UnitNotInstallable);
+}
+
+#[tokio::test]
+async fn a_unit_without_install_section_and_enabled_false_is_started_and_ready() {
+    let fx = fixture();
+    let text = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
+    let resource = unit_resource("plain", "plain.service", text, false, "Started");
     let first = fx.apply(&resource, None).await.expect("apply");
     assert_eq!(
         fx.systemd.take_calls(),
@@ -257,6 +289,45 @@ async fn a_unit_without_install_section_is_not_enabled_over_and_over() {
         details_of_applied(&again).unit_file_state.as_deref(),
         Some("static")
     );
+}
+
+#[tokio::test]
+async fn a_unit_systemd_calls_static_fails_when_it_should_be_enabled() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let applied = fx.apply(&kiosk, None).await.expect("apply");
+    fx.systemd.take_calls();
+    // systemd's verdict differs from what the text suggests (a later `WantedBy=` emptied the
+    // list, say): its word counts.
+    let mut observed = fx.systemd.observed("kiosk.service").expect("known unit");
+    observed.unit_file_state = "static".into();
+    fx.systemd.replace("kiosk.service", observed);
+    let error = fx
+        .apply(&kiosk, Some((&kiosk, &applied)))
+        .await
+        .expect_err("not installable");
+    assert_eq!(error.reason(), ErrorReason::UnitNotInstallable);
+    assert!(error.to_string().contains("static"), "{error}");
+}
+
+#[test]
+fn an_install_section_counts_only_when_it_installs_the_unit_somewhere() {
+    for (text, expected) in [
+        ("[Service]\nExecStart=/bin/true\n", false),
+        ("[Service]\nExecStart=/bin/true\n[Install]\n", false),
+        ("[Install]\n# WantedBy=default.target\n", false),
+        ("[Install]\nWantedBy=\n", false),
+        ("[Unit]\nWantedBy=default.target\n", false),
+        ("[Install]\nWantedBy=default.target\n", true),
+        ("[Install]\n  RequiredBy = multi-user.target\n", true),
+        ("[Install]\nAlias=kiosk-alias.service\n", true),
+        (
+            "[Install]\nAlso=kiosk.socket\n[Service]\nExecStart=/bin/true\n",
+            true,
+        ),
+    ] {
+        assert_eq!(installable(text), expected, "{text:?}");
+    }
 }
 
 #[tokio::test]
