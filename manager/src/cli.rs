@@ -5,11 +5,13 @@
 //! `fleetlet-manifests`. The manager and token come from `--url`/`--token`, `FLEETLET_URL` /
 //! `FLEETLET_TOKEN`, or a TOML config file (see `cli/client.rs`). The commands live in
 //! `cli/commands.rs`, the manifest reading and diffing in `cli/manifest_file.rs`, `apply --wait`
-//! in `cli/wait.rs` and every table in `cli/render.rs`.
+//! in `cli/wait.rs`, every table in `cli/render.rs`, and every write to stdout or stderr in
+//! `cli/output.rs` (a reader that goes away ends a command quietly, never with a panic).
 
 mod client;
 mod commands;
 mod manifest_file;
+pub mod output;
 mod render;
 mod signing;
 mod wait;
@@ -77,7 +79,8 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Show what applying a manifest would change, by resource id.
+    /// Show what applying a manifest would change, by resource id, with each changed field's
+    /// old and new value (long text cut around the change, base64 content as size and digest).
     Diff {
         /// The manifest file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
@@ -218,6 +221,9 @@ pub enum CliError {
     NoToken,
     #[error("cannot print the result: {0}")]
     Print(String),
+    /// The reader of stdout went away (`| head -1`): nothing more to print or say.
+    #[error("the output was closed")]
+    OutputClosed,
     #[error("{0}")]
     NotConverged(String),
     /// `diff --exit-code` found changes; nothing more to say.
@@ -227,10 +233,11 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit status: 1 for "changes found" and failures alike (as `git diff
-    /// --exit-code` does), except that a usage or config problem is 2.
+    /// --exit-code` does), except that a usage or config problem is 2 and a closed output 141.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config { .. } | CliError::CaFile { .. } | CliError::NoToken => 2,
+            CliError::OutputClosed => output::OUTPUT_CLOSED_STATUS,
             _ => 1,
         }
     }
@@ -240,17 +247,18 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut command, "fleetlet", &mut std::io::stdout());
-        return Ok(());
+        // Generated into memory: clap_complete panics when its own write fails.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "fleetlet", &mut script);
+        return output::print(&String::from_utf8_lossy(&script));
     }
     if let Command::Keygen { out } = &cli.command {
         let key_id = signing::keygen(out)?;
-        println!(
+        return output::print_line(&format!(
             "key {key_id}: {} (private, keep it with the operator) and {} (for agents)",
             out.join(signing::SECRET_KEY_FILE).display(),
             out.join(signing::PUBLIC_KEY_FILE).display()
-        );
-        return Ok(());
+        ));
     }
     let client = client::Client::from_settings(cli.url, cli.token, cli.config, cli.ca_file)?;
     commands::dispatch(&client, cli.command).await

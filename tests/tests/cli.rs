@@ -105,7 +105,10 @@ async fn apply_diff_get_history_and_events_drive_the_real_manager() -> anyhow::R
     assert_eq!(diff.status.code(), Some(1), "{}", stderr(&diff));
     let text = stdout(&diff);
     assert!(text.contains("generation 1 would become 2"), "{text}");
-    assert!(text.contains("~ motd (File): spec.content"), "{text}");
+    assert!(
+        text.contains("~ motd (File)\n    spec.content.text: \"one\" -> \"two\""),
+        "{text}"
+    );
     assert!(text.contains("+ banner (File)"), "{text}");
     let applied = run(&manager, &["apply", "-f", file_arg]);
     assert!(applied.status.success(), "{}", stderr(&applied));

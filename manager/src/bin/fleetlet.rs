@@ -1,7 +1,7 @@
 //! The `fleetlet` CLI binary: parses the command line and runs it.
 
 use clap::Parser;
-use fleetlet_manager::cli::{Cli, CliError, run};
+use fleetlet_manager::cli::{Cli, CliError, output, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -9,6 +9,9 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `diff --exit-code` reports changes by its status alone, like `git diff`.
         Err(CliError::Changes) => std::process::ExitCode::from(1),
+        // The reader of the output went away (`| head -1`): quiet, with 128 + SIGPIPE like a
+        // program SIGPIPE ended.
+        Err(error @ CliError::OutputClosed) => std::process::ExitCode::from(error.exit_code()),
         Err(error) => {
             // The causes say why a request failed (refused connection, untrusted certificate);
             // reqwest's own message stops at "error sending request".
@@ -21,7 +24,7 @@ async fn main() -> std::process::ExitCode {
                 }
                 cause = inner.source();
             }
-            eprintln!("fleetlet: {message}");
+            output::note_line(&format!("fleetlet: {message}"));
             std::process::ExitCode::from(error.exit_code())
         }
     }

@@ -8,6 +8,7 @@ use reqwest::Method;
 
 use super::client::{Client, segment};
 use super::manifest_file::{diff, put_body, read_manifest};
+use super::output::{print, print_line};
 use super::render::{print_as, render_events, render_fleet, render_history, render_status};
 use super::signing::read_secret_key;
 use super::wait::wait_for_convergence;
@@ -28,18 +29,18 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
                 let token: AgentToken = client
                     .call(Method::POST, "/api/v1/agents", &[], Some(&body))
                     .await?;
-                println!("{}", token.token);
+                print_line(&token.token)?;
             }
             AgentCommand::List(filter) => fleet(client, filter).await?,
             AgentCommand::Rm { agent_id } => {
                 let path = format!("/api/v1/agents/{}", segment(&agent_id));
                 client.call_empty(Method::DELETE, &path).await?;
-                println!("{agent_id}: decommissioned");
+                print_line(&format!("{agent_id}: decommissioned"))?;
             }
             AgentCommand::RotateToken { agent_id } => {
                 let path = format!("/api/v1/agents/{}/token", segment(&agent_id));
                 let token: AgentToken = client.call(Method::POST, &path, &[], None).await?;
-                println!("{}", token.token);
+                print_line(&token.token)?;
             }
         },
         Command::Apply {
@@ -59,7 +60,7 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
                 .call(Method::PUT, &path, &[], Some(&put_body(&manifest)?))
                 .await?;
             let generation = stored.generation.unwrap_or(0);
-            println!("{agent_id}: generation {generation}");
+            print_line(&format!("{agent_id}: generation {generation}"))?;
             if wait {
                 let rollout = stored.rollout.is_some();
                 wait_for_convergence(client, &agent_id, generation, rollout, timeout).await?;
@@ -70,22 +71,31 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
             let agent_id = desired.agent_id.to_string();
             let path = format!("/api/v1/agents/{}/manifest", segment(&agent_id));
             let current: Option<AgentManifest> = client.call_optional(&path).await?;
+            if current.is_none() {
+                // A 404 means "no manifest yet" or "no such agent". The agent's status route
+                // answers 404 only for the second, with the error apply would get, so diff fails
+                // as apply would instead of planning for an agent that is not there.
+                let status = format!("/api/v1/agents/{}/status", segment(&agent_id));
+                let _: serde_json::Value = client.call(Method::GET, &status, &[], None).await?;
+            }
             let (generation, resources) = match &current {
                 Some(m) => (m.generation.unwrap_or(0), m.resources.as_slice()),
                 None => (0, &[][..]),
             };
             let changes = diff(resources, &desired.resources);
             if changes.is_empty() {
-                println!("{agent_id}: no changes (generation {generation} stays)");
-                return Ok(());
+                return print_line(&format!(
+                    "{agent_id}: no changes (generation {generation} stays)"
+                ));
             }
-            println!(
-                "{agent_id}: generation {generation} would become {}",
+            let mut text = format!(
+                "{agent_id}: generation {generation} would become {}\n",
                 generation + 1
             );
             for change in &changes {
-                println!("{change}");
+                text.push_str(&format!("{change}\n"));
             }
+            print(&text)?;
             if exit_code {
                 return Err(CliError::Changes);
             }
@@ -189,15 +199,17 @@ async fn events(
         let page: Page<Event> = client.call(Method::GET, &path, &query, None).await?;
         if !page.items.is_empty() || header {
             match output {
-                EventsOutput::Table => print!("{}", render_events(&page.items, header)),
+                EventsOutput::Table => print(&render_events(&page.items, header))?,
                 EventsOutput::Jsonl => {
+                    let mut lines = String::new();
                     for event in &page.items {
-                        println!(
-                            "{}",
-                            serde_json::to_string(event)
-                                .map_err(|e| CliError::Print(e.to_string()))?
+                        lines.push_str(
+                            &serde_json::to_string(event)
+                                .map_err(|e| CliError::Print(e.to_string()))?,
                         );
+                        lines.push('\n');
                     }
+                    print(&lines)?;
                 }
             }
             header = false;
@@ -212,9 +224,7 @@ async fn events(
         if !follow {
             return Ok(());
         }
-        // Flushed so that a pipe (or a test) sees each event as it arrives.
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        // `print` flushes, so a pipe (or a test) sees each event as it arrives.
         tokio::time::sleep(FOLLOW_INTERVAL).await;
     }
 }

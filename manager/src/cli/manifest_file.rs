@@ -5,15 +5,17 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use fleetlet_manifests::{AgentManifest, Resource};
+use fleetlet_manifests::{AgentManifest, FileContent, Kind, Resource, ResourceSpec};
 use serde_json::Value;
 
 use super::CliError;
+use super::output::note_line;
 
 /// Reads `path` (`-` is stdin). JSON is tried first, since every JSON document is also YAML but
 /// JSON's error messages are the better ones for a JSON file; anything else is parsed as YAML
 /// into a JSON value and then validated exactly as the manager would, so every violation comes
-/// back with its path (`resources[1].spec.path: must be absolute`).
+/// back with its path (`resources[1].spec.path: must be absolute`). A kind this build does not
+/// know is valid (see [`unknown_kind_warnings`]) and gets a warning on stderr.
 pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
     let read_error = |source| CliError::Read {
         path: path.to_owned(),
@@ -47,7 +49,7 @@ pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
             })?
         }
     };
-    AgentManifest::from_value(value).map_err(|violations| {
+    let manifest = AgentManifest::from_value(value).map_err(|violations| {
         invalid(
             violations
                 .iter()
@@ -55,7 +57,11 @@ pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         )
-    })
+    })?;
+    for warning in unknown_kind_warnings(&manifest) {
+        note_line(&format!("fleetlet: {}: {warning}", path.display()));
+    }
+    Ok(manifest)
 }
 
 /// The body of a manifest PUT: the manifest without `generation`, which the manager assigns.
@@ -67,7 +73,7 @@ pub(super) fn put_body(manifest: &AgentManifest) -> Result<Value, CliError> {
     Ok(body)
 }
 
-/// One line of a diff.
+/// One resource of a diff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Change {
     Added {
@@ -78,12 +84,20 @@ pub(super) enum Change {
         id: String,
         kind: String,
     },
-    /// `fields` are the spec fields (or `kind`) whose values differ.
+    /// `fields` are the fields (`kind`, `spec.mode`, `spec.env.DEBUG`) whose values differ.
     Changed {
         id: String,
         kind: String,
-        fields: Vec<String>,
+        fields: Vec<FieldChange>,
     },
+}
+
+/// One field whose value differs, at its path inside the resource; `None` is "not set".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FieldChange {
+    pub path: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
 }
 
 impl std::fmt::Display for Change {
@@ -92,9 +106,151 @@ impl std::fmt::Display for Change {
             Change::Added { id, kind } => write!(f, "+ {id} ({kind})"),
             Change::Removed { id, kind } => write!(f, "- {id} ({kind})"),
             Change::Changed { id, kind, fields } => {
-                write!(f, "~ {id} ({kind}): {}", fields.join(", "))
+                write!(f, "~ {id} ({kind})")?;
+                for field in fields {
+                    write!(f, "\n    {field}")?;
+                }
+                Ok(())
             }
         }
+    }
+}
+
+impl std::fmt::Display for FieldChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (before, after) = (self.before.as_ref(), self.after.as_ref());
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.path,
+            show_value(&self.path, before, after),
+            show_value(&self.path, after, before)
+        )
+    }
+}
+
+/// A string longer than this (JSON-escaped) is shown as an excerpt.
+const MAX_SHOWN_CHARS: usize = 60;
+/// How much of a long string's excerpt comes before its first difference.
+const EXCERPT_LEAD_CHARS: usize = 16;
+
+/// One side of a field change, readable on one line: JSON for short values; for a long string
+/// the part around where it first differs from `other`, with `…` where it was cut and its
+/// length; base64 content as its decoded size and a digest (the bytes tell a reader nothing);
+/// other long values cut short.
+fn show_value(path: &str, value: Option<&Value>, other: Option<&Value>) -> String {
+    let Some(value) = value else {
+        return "(unset)".to_owned();
+    };
+    match value {
+        Value::String(text) if path.ends_with("content.base64") => show_base64(text),
+        Value::String(text) => {
+            let whole = Value::String(text.clone()).to_string();
+            if whole.chars().count() <= MAX_SHOWN_CHARS {
+                return whole;
+            }
+            let start = match other {
+                Some(Value::String(other)) => text
+                    .chars()
+                    .zip(other.chars())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .saturating_sub(EXCERPT_LEAD_CHARS),
+                _ => 0,
+            };
+            let mut excerpt = String::new();
+            let mut taken = 0;
+            for c in text.chars().skip(start) {
+                if excerpt.chars().count() >= MAX_SHOWN_CHARS {
+                    break;
+                }
+                let escaped = Value::String(c.to_string()).to_string();
+                excerpt.push_str(&escaped[1..escaped.len() - 1]);
+                taken += 1;
+            }
+            let cut_before = if start > 0 { "…" } else { "" };
+            let cut_after = if start + taken < text.chars().count() {
+                "…"
+            } else {
+                ""
+            };
+            format!(
+                "\"{cut_before}{excerpt}{cut_after}\" ({} bytes)",
+                text.len()
+            )
+        }
+        _ => {
+            let whole = value.to_string();
+            if whole.chars().count() <= MAX_SHOWN_CHARS {
+                whole
+            } else {
+                let cut: String = whole.chars().take(MAX_SHOWN_CHARS).collect();
+                format!("{cut}… ({} bytes of JSON)", whole.len())
+            }
+        }
+    }
+}
+
+/// Base64 content as `base64 of 6000 bytes (sha256 1f2e3d4c…)`.
+fn show_base64(text: &str) -> String {
+    use sha2::Digest as _;
+    match FileContent::Base64(text.to_owned()).bytes() {
+        Ok(bytes) => {
+            let digest = hex::encode(sha2::Sha256::digest(&bytes));
+            format!(
+                "base64 of {} bytes (sha256 {}…)",
+                bytes.len(),
+                &digest[..12]
+            )
+        }
+        Err(_) => format!("{} characters of invalid base64", text.len()),
+    }
+}
+
+/// The path of `key` below `parent`, as validation spells paths: `spec.mode`, and
+/// `spec.env["A B"]` for a key that is not a plain word.
+fn field_path(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    match (plain, parent.is_empty()) {
+        (true, true) => key.to_owned(),
+        (true, false) => format!("{parent}.{key}"),
+        (false, _) => format!("{parent}[{}]", Value::String(key.to_owned())),
+    }
+}
+
+/// Collects the leaf fields that differ between `before` and `after` at `path`: objects are
+/// compared key by key, lists of the same length item by item, anything else whole.
+fn field_changes(
+    path: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    out: &mut Vec<FieldChange>,
+) {
+    if before == after {
+        return;
+    }
+    match (before, after) {
+        (Some(Value::Object(old)), Some(Value::Object(new))) => {
+            let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                field_changes(&field_path(path, key), old.get(key), new.get(key), out);
+            }
+        }
+        (Some(Value::Array(old)), Some(Value::Array(new))) if old.len() == new.len() => {
+            for (index, (old, new)) in old.iter().zip(new).enumerate() {
+                field_changes(&format!("{path}[{index}]"), Some(old), Some(new), out);
+            }
+        }
+        _ => out.push(FieldChange {
+            path: path.to_owned(),
+            before: before.cloned(),
+            after: after.cloned(),
+        }),
     }
 }
 
@@ -129,19 +285,8 @@ pub(super) fn diff(current: &[Resource], desired: &[Resource]) -> Vec<Change> {
             continue;
         }
         let mut fields = Vec::new();
-        if old["kind"] != new["kind"] {
-            fields.push("kind".to_owned());
-        }
-        let empty = serde_json::Map::new();
-        let old_spec = old["spec"].as_object().unwrap_or(&empty);
-        let new_spec = new["spec"].as_object().unwrap_or(&empty);
-        let mut keys: Vec<&String> = old_spec.keys().chain(new_spec.keys()).collect();
-        keys.sort();
-        keys.dedup();
-        for key in keys {
-            if old_spec.get(key) != new_spec.get(key) {
-                fields.push(format!("spec.{key}"));
-            }
+        for key in ["kind", "spec"] {
+            field_changes(key, old.get(key), new.get(key), &mut fields);
         }
         changes.push(Change::Changed {
             id: id.clone(),
@@ -158,6 +303,71 @@ pub(super) fn diff(current: &[Resource], desired: &[Resource]) -> Vec<Change> {
         }
     }
     changes
+}
+
+/// A warning for each resource whose kind this build does not know, naming its path and id and
+/// the nearest known kind when the name looks like a typo. The manifest is still sent: the
+/// manager stores kinds it does not know (an agent newer than this CLI may know them), and an
+/// agent that does not know one either reports that resource `Unsupported`.
+pub(super) fn unknown_kind_warnings(manifest: &AgentManifest) -> Vec<String> {
+    manifest
+        .resources
+        .iter()
+        .enumerate()
+        .filter_map(|(index, resource)| {
+            let ResourceSpec::Unknown { kind, .. } = &resource.spec else {
+                return None;
+            };
+            let hint = nearest_kind(kind)
+                .map(|near| format!(" (did you mean {near:?}?)"))
+                .unwrap_or_default();
+            Some(format!(
+                "warning: resources[{index}].kind: resource {:?} has kind {kind:?}, which this \
+                 fleetlet does not know{hint}; it is sent as written, and an agent that does not \
+                 know the kind either reports the resource Unsupported",
+                resource.id.as_str()
+            ))
+        })
+        .collect()
+}
+
+/// The known kind `kind` is most likely a typo of: at most two edits away, ignoring case.
+fn nearest_kind(kind: &str) -> Option<&'static str> {
+    let lower = kind.to_lowercase();
+    Kind::ALL
+        .iter()
+        .map(|known| {
+            let name = known.as_str();
+            (edit_distance(&lower, &name.to_lowercase()), name)
+        })
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -188,10 +398,138 @@ mod tests {
             lines,
             [
                 "- old (File)",
-                "~ motd (File): spec.content, spec.mode",
+                "~ motd (File)\n    spec.content.text: \"a\" -> \"b\"\n    spec.mode: \"0644\" -> \"0600\"",
                 "+ new (File)"
             ]
         );
+    }
+
+    fn change(path: &str, before: Option<Value>, after: Option<Value>) -> String {
+        FieldChange {
+            path: path.to_owned(),
+            before,
+            after,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn changed_fields_show_both_values_down_to_the_leaf() {
+        let current = resources(serde_json::json!([
+            {"id": "web", "kind": "Container", "spec": {"image": "img:1", "env": {"A": "1", "B": "2"},
+             "ports": [{"containerPort": 80, "hostPort": 8080}], "args": ["--a"]}},
+            {"id": "k", "kind": "File", "spec": {"path": "/k", "content": {"text": "x"}}}
+        ]));
+        let desired = resources(serde_json::json!([
+            {"id": "web", "kind": "Container", "spec": {"image": "img:2", "env": {"A": "1", "C": "3"},
+             "ports": [{"containerPort": 80, "hostPort": 9090}], "args": ["--a", "--b"]}},
+            {"id": "k", "kind": "SystemdUnit", "spec": {"name": "k.service", "unit": "[Unit]\n"}}
+        ]));
+        let text: Vec<String> = diff(&current, &desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text[0],
+            "~ k (SystemdUnit)\n    kind: \"File\" -> \"SystemdUnit\"\n    spec.content: {\"text\":\"x\"} -> (unset)\n    spec.enabled: (unset) -> true\n    spec.mode: \"0644\" -> (unset)\n    spec.name: (unset) -> \"k.service\"\n    spec.path: \"/k\" -> (unset)\n    spec.state: (unset) -> \"Started\"\n    spec.unit: (unset) -> \"[Unit]\\n\""
+        );
+        let web = &text[1];
+        for line in [
+            "    spec.args: [\"--a\"] -> [\"--a\",\"--b\"]",
+            "    spec.env.B: \"2\" -> (unset)",
+            "    spec.env.C: (unset) -> \"3\"",
+            "    spec.image: \"img:1\" -> \"img:2\"",
+            "    spec.ports[0].hostPort: 8080 -> 9090",
+        ] {
+            assert!(
+                web.lines().any(|l| l == line),
+                "{line:?} missing in:\n{web}"
+            );
+        }
+        assert!(!web.contains("spec.env.A"), "{web}");
+    }
+
+    #[test]
+    fn long_text_is_cut_around_its_first_difference() {
+        let before = format!("{}tail one", "x".repeat(500));
+        let after = format!("{}tail two", "x".repeat(500));
+        let line = change(
+            "spec.unit",
+            Some(Value::String(before)),
+            Some(Value::String(after)),
+        );
+        assert_eq!(
+            line,
+            "spec.unit: \"…xxxxxxxxxxxtail one\" (508 bytes) -> \"…xxxxxxxxxxxtail two\" (508 bytes)"
+        );
+        // Cut at the end too when the difference comes early; escapes count towards the length.
+        let before = format!("a{}", "\n".repeat(300));
+        let line = change(
+            "spec.content.text",
+            Some(Value::String(before)),
+            Some(Value::String("b".to_owned())),
+        );
+        assert_eq!(
+            line,
+            format!(
+                "spec.content.text: \"a{}…\" (301 bytes) -> \"b\"",
+                "\\n".repeat(30)
+            )
+        );
+        // A short string stays whole; other long values are cut.
+        let list = Value::Array((0..100).map(Value::from).collect());
+        let line = change("spec.args", None, Some(list));
+        assert!(line.starts_with("spec.args: (unset) -> [0,1,2,"), "{line}");
+        assert!(line.ends_with("… (291 bytes of JSON)"), "{line}");
+    }
+
+    #[test]
+    fn base64_content_shows_as_size_and_digest() {
+        let line = change(
+            "spec.content.base64",
+            Some(Value::String("aGk=".to_owned())),
+            Some(Value::String("QUFB".repeat(1000))),
+        );
+        // sha256("hi") = 8f434346648f6b96...; the 3000 bytes of "A" are not printed.
+        assert_eq!(
+            line,
+            format!(
+                "spec.content.base64: base64 of 2 bytes (sha256 8f434346648f…) -> base64 of 3000 bytes (sha256 {}…)",
+                &hex::encode(<sha2::Sha256 as sha2::Digest>::digest("A".repeat(3000)))[..12]
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_warned_about_with_the_nearest_known_kind() {
+        let manifest = AgentManifest::from_value(serde_json::json!({
+            "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi-1",
+            "resources": [
+                {"id": "ok", "kind": "File", "spec": {"path": "/x", "content": {"text": ""}}},
+                {"id": "typo", "kind": "Flie", "spec": {}},
+                {"id": "lower", "kind": "systemdunit", "spec": {}},
+                {"id": "new", "kind": "GpuSlice", "spec": {}}
+            ]
+        }))
+        .expect("unknown kinds are valid");
+        let warnings = unknown_kind_warnings(&manifest);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "warning: resources[1].kind: resource \"typo\" has kind \"Flie\", which this fleetlet does not know (did you mean \"File\"?); it is sent as written"
+            ),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].contains("(did you mean \"SystemdUnit\"?)"),
+            "{}",
+            warnings[1]
+        );
+        assert!(warnings[2].starts_with("warning: resources[3].kind: resource \"new\""));
+        assert!(!warnings[2].contains("did you mean"), "{}", warnings[2]);
+        assert_eq!(nearest_kind("Contianer"), Some("Container"));
+        assert_eq!(nearest_kind("Pod"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use time::format_description::well_known::Rfc3339;
 
 use fleetlet_manifests::{Condition, ConditionType, Phase};
 
+use super::output::{print, print_line};
 use super::{CliError, Output};
 
 /// Prints `value` as JSON or YAML, or `table` for the table output.
@@ -16,17 +17,14 @@ pub(super) fn print_as<T: Serialize>(
     table: impl FnOnce(&T) -> String,
 ) -> Result<(), CliError> {
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).map_err(|e| CliError::Print(e.to_string()))?
+        Output::Json => print_line(
+            &serde_json::to_string_pretty(value).map_err(|e| CliError::Print(e.to_string()))?,
         ),
-        Output::Yaml => print!(
-            "{}",
-            serde_yaml_ng::to_string(value).map_err(|e| CliError::Print(e.to_string()))?
-        ),
-        Output::Table => print!("{}", table(value)),
+        Output::Yaml => {
+            print(&serde_yaml_ng::to_string(value).map_err(|e| CliError::Print(e.to_string()))?)
+        }
+        Output::Table => print(&table(value)),
     }
-    Ok(())
 }
 
 fn timestamp(time: Option<OffsetDateTime>) -> String {

@@ -12,6 +12,7 @@ use reqwest::Method;
 
 use super::CliError;
 use super::client::{Client, segment};
+use super::output::{note, note_line, print_line};
 use super::render::{failing_resources, render_status, rollback_condition};
 
 /// How often the status is read; a report arrives at most this much later on screen.
@@ -88,23 +89,22 @@ pub(super) async fn wait_for_convergence(
         let view: StatusView = client.call(Method::GET, &path, &[], None).await?;
         let line = progress_line(&view, generation);
         if line != last_line {
-            eprintln!("{line}");
+            note_line(&line);
             last_line = line;
         }
         match outcome(&view, generation, rollout) {
             Outcome::Converged => {
-                println!("{agent_id}: converged on generation {generation}");
-                return Ok(());
+                return print_line(&format!("{agent_id}: converged on generation {generation}"));
             }
             Outcome::Failed => {
-                eprint!("{}", render_status(&view));
+                note(&render_status(&view));
                 return Err(CliError::NotConverged(format!(
                     "{agent_id} applied generation {generation} but these resources failed:\n  {}",
                     failing_resources(&view).join("\n  ")
                 )));
             }
             Outcome::RolledBack(message) => {
-                eprint!("{}", render_status(&view));
+                note(&render_status(&view));
                 return Err(CliError::NotConverged(format!(
                     "{agent_id} rolled back generation {generation}: {message}"
                 )));
@@ -112,7 +112,7 @@ pub(super) async fn wait_for_convergence(
             Outcome::Waiting => {}
         }
         if Instant::now() >= deadline {
-            eprint!("{}", render_status(&view));
+            note(&render_status(&view));
             let failing = failing_resources(&view);
             let detail = if failing.is_empty() {
                 String::new()
