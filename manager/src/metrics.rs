@@ -1,18 +1,25 @@
 //! `GET /metrics`: the manager's Prometheus text exposition (format 0.0.4), written by hand.
 //!
-//! Why no crate: the manager needs three counters, one histogram and two gauges, and the text
+//! Why no crate: the manager needs two counters, two histograms and three gauges, and the text
 //! format is a few lines of `name{label="value"} number`. `prometheus-client` would bring a
 //! registry and encoder for that, plus its own types wrapped around every metric; the hand-written
 //! version is about as long as the glue would be, and `tests/tests/manager_metrics.rs` parses the
 //! output with a strict parser to keep it honest.
 //!
 //! What is measured:
-//! - `fleetlet_http_requests_total{method,route,status}` and
-//!   `fleetlet_http_request_duration_seconds{method,route}` (a histogram), labelled by the
+//! - `fleetlet_http_requests_total{method,route,status}`: every answered request, labelled by the
 //!   *matched route template* (`/api/v1/agents/{agent_id}/status`), never the raw path: agent
 //!   ids in label values would grow without bound. Unmatched paths are `route="unmatched"`.
-//! - `fleetlet_status_reports_total{accepted}`: status reports ingested, split by whether
-//!   they were new (`true`) or replays of an old `reportSeq` (`false`).
+//! - `fleetlet_http_request_duration_seconds{method,route}` (a histogram): the time to answer
+//!   every request *except* manifest long-polls. A long-poll lasts as long as the agent asked
+//!   (`waitSeconds`, up to 300 s) and says nothing about how fast the manager is, so mixing them
+//!   in would drown the latency of real requests; the buckets still reach the 315 s deadline.
+//! - `fleetlet_http_long_poll_duration_seconds{status}` (a histogram): manifest long-polls
+//!   (`GET …/manifest` with `waitSeconds` > 0) that were answered 200 (a newer generation) or
+//!   304 (the wait ran out), with buckets up to the deadline. A refused poll (400, 401, 429, …)
+//!   is an ordinary request.
+//! - `fleetlet_status_reports_total{outcome}`: status reports, counted by the report handler
+//!   where the store decided: `accepted` (new) or `duplicate` (a replay of an old `reportSeq`).
 //! - `fleetlet_long_polls_open`: manifest long-polls currently held open by this replica.
 //! - `fleetlet_agents{state}`: agents per fleet state, derived at scrape time from the store
 //!   (so every replica reports the whole fleet; take `max` across replicas, not `sum`).
@@ -25,49 +32,93 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fleetlet_manifests::api::{FleetState, ReportAck};
+use fleetlet_manifests::api::FleetState;
 use time::OffsetDateTime;
 
 use crate::http::AppState;
 use crate::store::FleetQuery;
 
-/// Upper bounds of the latency buckets, in seconds. Long-polls hold a request for up to 60 s,
-/// so the buckets reach past that.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+/// Upper bounds of the request latency buckets, in seconds: fine-grained where real requests
+/// are, then up to the request deadline (`http::limits::REQUEST_TIMEOUT`, 315 s), so that no
+/// answered request lands only in `+Inf`.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 315.0,
 ];
 
-/// The route of status reports, whose answers are counted as ingested reports.
-const STATUS_ROUTE: &str = "/api/v1/agents/{agent_id}/status";
+/// Upper bounds of the long-poll buckets, in seconds: a poll answered at once (a generation was
+/// already newer), woken within the wait, or held to the end of a wait of up to 300 s.
+const LONG_POLL_BUCKETS: &[f64] = &[
+    0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0, 300.0, 315.0,
+];
 
-/// A status answer is a tiny `ReportAck`; anything longer is not read for the metric.
-const ACK_BODY_LIMIT: usize = 1024;
+/// The route an agent long-polls its manifest on.
+const MANIFEST_ROUTE: &str = "/api/v1/agents/{agent_id}/manifest";
 
 /// Fleet rows read per store call while counting agents by state.
 const FLEET_BATCH: usize = 500;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Histogram {
-    /// Cumulative counts per bucket of [`BUCKETS`], plus `+Inf` via `count`.
-    buckets: [u64; BUCKETS.len()],
+    bounds: &'static [f64],
+    /// Cumulative counts per bound of `bounds`, plus `+Inf` via `count`.
+    buckets: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
 impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn observe(&mut self, seconds: f64) {
-        for (bucket, bound) in self.buckets.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
+        for (bucket, bound) in self.buckets.iter_mut().zip(self.bounds) {
+            if seconds <= *bound {
                 *bucket += 1;
             }
         }
         self.count += 1;
         self.sum += seconds;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of one series.
+    fn render(&self, out: &mut String, family: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let count = self.count;
+        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{family}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{family}_count{{{labels}}} {count}");
+    }
+}
+
+/// How the store took a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReportOutcome {
+    /// A new report, stored.
+    Accepted,
+    /// A replay of a `reportSeq` already seen: answered, not stored.
+    Duplicate,
+}
+
+impl ReportOutcome {
+    const ALL: [ReportOutcome; 2] = [ReportOutcome::Accepted, ReportOutcome::Duplicate];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportOutcome::Accepted => "accepted",
+            ReportOutcome::Duplicate => "duplicate",
+        }
     }
 }
 
@@ -75,10 +126,12 @@ impl Histogram {
 struct Recorded {
     /// (method, route, status) → count
     requests: BTreeMap<(String, String, u16), u64>,
-    /// (method, route) → latency
+    /// (method, route) → latency, long-polls left out
     latency: BTreeMap<(String, String), Histogram>,
-    /// accepted → count
-    reports: BTreeMap<bool, u64>,
+    /// status code → duration of manifest long-polls
+    long_polls: BTreeMap<u16, Histogram>,
+    /// outcome → count
+    reports: BTreeMap<ReportOutcome, u64>,
 }
 
 /// The request metrics of this process; cheap to clone (one shared table).
@@ -87,23 +140,56 @@ pub struct Metrics {
     recorded: Arc<Mutex<Recorded>>,
 }
 
+/// Whether a request is a manifest long-poll, from its method, matched route and query: the same
+/// test the handler applies (`waitSeconds` above zero) before it takes a long-poll slot.
+pub fn is_long_poll(method: &Method, route: Option<&str>, query: Option<&str>) -> bool {
+    method == Method::GET
+        && route == Some(MANIFEST_ROUTE)
+        && query.is_some_and(|query| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .any(|(name, value)| {
+                    name == "waitSeconds" && value.parse::<u64>().is_ok_and(|wait| wait > 0)
+                })
+        })
+}
+
 impl Metrics {
-    fn record_request(&self, method: &Method, route: &str, status: StatusCode, seconds: f64) {
+    fn record_request(
+        &self,
+        method: &Method,
+        route: &str,
+        long_poll: bool,
+        status: StatusCode,
+        seconds: f64,
+    ) {
         let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
         *recorded
             .requests
             .entry((method.to_string(), route.to_owned(), status.as_u16()))
             .or_default() += 1;
-        recorded
-            .latency
-            .entry((method.to_string(), route.to_owned()))
-            .or_default()
-            .observe(seconds);
+        // A poll that waited ends with its answer or the end of the wait; anything else (a
+        // refusal) was answered at once, like any request.
+        if long_poll && matches!(status, StatusCode::OK | StatusCode::NOT_MODIFIED) {
+            recorded
+                .long_polls
+                .entry(status.as_u16())
+                .or_insert_with(|| Histogram::new(LONG_POLL_BUCKETS))
+                .observe(seconds);
+        } else {
+            recorded
+                .latency
+                .entry((method.to_string(), route.to_owned()))
+                .or_insert_with(|| Histogram::new(REQUEST_BUCKETS))
+                .observe(seconds);
+        }
     }
 
-    fn record_report(&self, accepted: bool) {
+    /// Counts a status report as the store took it; called by the report handler.
+    pub fn record_report(&self, outcome: ReportOutcome) {
         let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
-        *recorded.reports.entry(accepted).or_default() += 1;
+        *recorded.reports.entry(outcome).or_default() += 1;
     }
 
     /// The request part of the exposition.
@@ -121,39 +207,26 @@ impl Metrics {
                 escape(route)
             );
         }
-        out.push_str("# HELP fleetlet_http_request_duration_seconds Time to answer HTTP requests, by matched route.\n");
+        out.push_str("# HELP fleetlet_http_request_duration_seconds Time to answer HTTP requests, by matched route; manifest long-polls are in fleetlet_http_long_poll_duration_seconds.\n");
         out.push_str("# TYPE fleetlet_http_request_duration_seconds histogram\n");
         for ((method, route), histogram) in &recorded.latency {
             let labels = format!("method=\"{}\",route=\"{}\"", escape(method), escape(route));
-            for (bound, count) in BUCKETS.iter().zip(histogram.buckets) {
-                let _ = writeln!(
-                    out,
-                    "fleetlet_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "fleetlet_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(
-                out,
-                "fleetlet_http_request_duration_seconds_sum{{{labels}}} {}",
-                histogram.sum
-            );
-            let _ = writeln!(
-                out,
-                "fleetlet_http_request_duration_seconds_count{{{labels}}} {}",
-                histogram.count
-            );
+            histogram.render(out, "fleetlet_http_request_duration_seconds", &labels);
         }
-        out.push_str("# HELP fleetlet_status_reports_total Status reports ingested; accepted=false are replays of an old reportSeq.\n");
+        out.push_str("# HELP fleetlet_http_long_poll_duration_seconds Time manifest long-polls were held, by answer: 200 a newer generation, 304 the wait ran out.\n");
+        out.push_str("# TYPE fleetlet_http_long_poll_duration_seconds histogram\n");
+        for (status, histogram) in &recorded.long_polls {
+            let labels = format!("status=\"{status}\"");
+            histogram.render(out, "fleetlet_http_long_poll_duration_seconds", &labels);
+        }
+        out.push_str("# HELP fleetlet_status_reports_total Status reports taken by the store: accepted (new) or duplicate (a replay of an old reportSeq).\n");
         out.push_str("# TYPE fleetlet_status_reports_total counter\n");
-        for accepted in [true, false] {
-            let count = recorded.reports.get(&accepted).copied().unwrap_or(0);
+        for outcome in ReportOutcome::ALL {
+            let count = recorded.reports.get(&outcome).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "fleetlet_status_reports_total{{accepted=\"{accepted}\"}} {count}"
+                "fleetlet_status_reports_total{{outcome=\"{}\"}} {count}",
+                outcome.as_str()
             );
         }
     }
@@ -168,35 +241,24 @@ fn escape(value: &str) -> String {
 }
 
 impl Metrics {
-    /// Records an answered request under its matched route (`None`: unmatched). Status reports
-    /// are also counted by their `accepted` answer, read back from the (tiny) response body, so
-    /// the handler itself stays free of metrics code.
-    pub async fn observe(
+    /// Records an answered request under its matched route (`None`: unmatched); `long_poll` is
+    /// what [`is_long_poll`] said of the request.
+    pub fn observe(
         &self,
         method: &Method,
         route: Option<&MatchedPath>,
+        long_poll: bool,
         started: Instant,
-        response: Response,
-    ) -> Response {
+        status: StatusCode,
+    ) {
         let route = route.map_or("unmatched", MatchedPath::as_str);
         self.record_request(
             method,
             route,
-            response.status(),
+            long_poll,
+            status,
             started.elapsed().as_secs_f64(),
         );
-        if method == Method::PUT && route == STATUS_ROUTE && response.status() == StatusCode::OK {
-            let (parts, body) = response.into_parts();
-            // Boxed, so that the future of every request is not as large as this rare step.
-            let bytes = Box::pin(axum::body::to_bytes(body, ACK_BODY_LIMIT))
-                .await
-                .unwrap_or_default();
-            if let Ok(ack) = serde_json::from_slice::<ReportAck>(&bytes) {
-                self.record_report(ack.accepted);
-            }
-            return Response::from_parts(parts, Body::from(bytes));
-        }
-        response
     }
 }
 
@@ -260,15 +322,31 @@ pub async fn metrics_handler(
 mod tests {
     use super::*;
 
+    const STATUS_ROUTE: &str = "/api/v1/agents/{agent_id}/status";
+
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let mut histogram = Histogram::default();
+        let mut histogram = Histogram::new(REQUEST_BUCKETS);
         histogram.observe(0.003);
         histogram.observe(0.2);
         assert_eq!(histogram.buckets[0], 0); // ≤ 1 ms
         assert_eq!(histogram.buckets[1], 1); // ≤ 5 ms
         assert_eq!(histogram.buckets[6], 2); // ≤ 250 ms
         assert_eq!(histogram.count, 2);
+    }
+
+    #[test]
+    fn the_buckets_reach_the_request_deadline() {
+        let deadline = crate::http::limits::REQUEST_TIMEOUT.as_secs_f64();
+        for bounds in [REQUEST_BUCKETS, LONG_POLL_BUCKETS] {
+            assert_eq!(bounds.last().copied(), Some(deadline));
+            assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
+        }
+        // The default long-poll (300 s) lands in a bucket of its own, not only in +Inf.
+        let mut histogram = Histogram::new(LONG_POLL_BUCKETS);
+        histogram.observe(300.2);
+        assert_eq!(histogram.buckets[LONG_POLL_BUCKETS.len() - 2], 0); // ≤ 300 s
+        assert_eq!(histogram.buckets[LONG_POLL_BUCKETS.len() - 1], 1); // ≤ 315 s
     }
 
     #[test]
@@ -279,11 +357,87 @@ mod tests {
     #[test]
     fn requests_render_with_route_templates() {
         let metrics = Metrics::default();
-        metrics.record_request(&Method::GET, STATUS_ROUTE, StatusCode::OK, 0.01);
+        metrics.record_request(&Method::GET, STATUS_ROUTE, false, StatusCode::OK, 0.01);
         let mut out = String::new();
         metrics.render_requests(&mut out);
         assert!(out.contains(
             "fleetlet_http_requests_total{method=\"GET\",route=\"/api/v1/agents/{agent_id}/status\",status=\"200\"} 1"
         ));
+        assert!(out.contains(
+            "fleetlet_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/agents/{agent_id}/status\",le=\"315\"} 1"
+        ));
+    }
+
+    #[test]
+    fn long_polls_that_waited_have_their_own_histogram() {
+        let metrics = Metrics::default();
+        metrics.record_request(
+            &Method::GET,
+            MANIFEST_ROUTE,
+            true,
+            StatusCode::NOT_MODIFIED,
+            300.1,
+        );
+        metrics.record_request(&Method::GET, MANIFEST_ROUTE, true, StatusCode::OK, 2.0);
+        // A refused poll is answered at once: an ordinary request.
+        metrics.record_request(
+            &Method::GET,
+            MANIFEST_ROUTE,
+            true,
+            StatusCode::TOO_MANY_REQUESTS,
+            0.002,
+        );
+        let mut out = String::new();
+        metrics.render_requests(&mut out);
+        assert!(out.contains(
+            "fleetlet_http_long_poll_duration_seconds_bucket{status=\"304\",le=\"300\"} 0"
+        ));
+        assert!(out.contains(
+            "fleetlet_http_long_poll_duration_seconds_bucket{status=\"304\",le=\"315\"} 1"
+        ));
+        assert!(out.contains("fleetlet_http_long_poll_duration_seconds_count{status=\"200\"} 1"));
+        assert!(out.contains(
+            "fleetlet_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/agents/{agent_id}/manifest\"} 1"
+        ));
+        assert!(out.contains(
+            "fleetlet_http_requests_total{method=\"GET\",route=\"/api/v1/agents/{agent_id}/manifest\",status=\"304\"} 1"
+        ));
+    }
+
+    #[test]
+    fn only_a_manifest_get_that_waits_is_a_long_poll() {
+        let (manifest, status) = (MANIFEST_ROUTE, STATUS_ROUTE);
+        let poll = Some("afterGeneration=3&waitSeconds=120");
+        assert!(is_long_poll(&Method::GET, Some(manifest), poll));
+        assert!(!is_long_poll(&Method::PUT, Some(manifest), poll));
+        assert!(!is_long_poll(&Method::GET, Some(status), poll));
+        assert!(!is_long_poll(&Method::GET, None, poll));
+        for query in [
+            None,
+            Some("afterGeneration=3"),
+            Some("afterGeneration=3&waitSeconds=0"),
+            Some("waitSeconds=x"),
+        ] {
+            assert!(
+                !is_long_poll(&Method::GET, Some(manifest), query),
+                "{query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_are_counted_by_outcome_with_both_series_present() {
+        let metrics = Metrics::default();
+        let mut out = String::new();
+        metrics.render_requests(&mut out);
+        assert!(out.contains("fleetlet_status_reports_total{outcome=\"accepted\"} 0"));
+        assert!(out.contains("fleetlet_status_reports_total{outcome=\"duplicate\"} 0"));
+        metrics.record_report(ReportOutcome::Accepted);
+        metrics.record_report(ReportOutcome::Accepted);
+        metrics.record_report(ReportOutcome::Duplicate);
+        let mut out = String::new();
+        metrics.render_requests(&mut out);
+        assert!(out.contains("fleetlet_status_reports_total{outcome=\"accepted\"} 2"));
+        assert!(out.contains("fleetlet_status_reports_total{outcome=\"duplicate\"} 1"));
     }
 }

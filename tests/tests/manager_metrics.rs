@@ -1,5 +1,6 @@
 //! `/metrics` of the real manager binary parses as Prometheus text (checked by a strict parser
-//! written here) and its counters move when the API is used.
+//! written here and by `promtool check metrics`, whose path deploy/dev/validators.sh prints as
+//! FLEETLET_PROMTOOL) and its counters move when the API is used.
 
 use std::collections::BTreeMap;
 
@@ -182,7 +183,45 @@ fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `promtool check metrics` on `text`: it must parse and pass promtool's lint (names, units,
+/// `_total` on counters, HELP on every family) with nothing to say.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let promtool = std::env::var_os("FLEETLET_PROMTOOL").expect(
+        "FLEETLET_PROMTOOL is not set: eval \"$(deploy/dev/validators.sh)\" first to install promtool",
+    );
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.to_string_lossy()));
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(text.as_bytes())
+        .expect("promtool reads its input");
+    let output = child.wait_with_output().expect("promtool finishes");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\non:\n{text}",
+        output.status
+    );
+}
+
 async fn scrape(client: &reqwest::Client, manager: &ManagerProcess) -> anyhow::Result<Samples> {
+    let text = scrape_text(client, manager).await?;
+    parse_exposition(&text).with_context(|| format!("not Prometheus text:\n{text}"))
+}
+
+async fn scrape_text(client: &reqwest::Client, manager: &ManagerProcess) -> anyhow::Result<String> {
     let response = client
         .get(format!("{}/metrics", manager.url))
         .send()
@@ -198,8 +237,7 @@ async fn scrape(client: &reqwest::Client, manager: &ManagerProcess) -> anyhow::R
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
-    let text = response.text().await?;
-    parse_exposition(&text).with_context(|| format!("not Prometheus text:\n{text}"))
+    Ok(response.text().await?)
 }
 
 #[test]
@@ -297,7 +335,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         sample(
             &after,
             "fleetlet_status_reports_total",
-            &[("accepted", "true")]
+            &[("outcome", "accepted")]
         ),
         1.0
     );
@@ -305,7 +343,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         sample(
             &after,
             "fleetlet_status_reports_total",
-            &[("accepted", "false")]
+            &[("outcome", "duplicate")]
         ),
         1.0
     );
@@ -333,21 +371,24 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         "a raw path leaked into a label"
     );
 
-    // An open long-poll shows up while it waits.
-    manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-metrics/manifest")
-        .json(
-            &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
-                      "agentId": "pi-metrics", "resources": []}),
-        )
-        .send()
-        .await?
-        .error_for_status()?;
+    // An open long-poll shows up while it waits; a new generation answers it (200).
+    let put_manifest = |text: &str| {
+        manager
+            .admin(&client, Method::PUT, "/api/v1/agents/pi-metrics/manifest")
+            .json(
+                &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
+                          "agentId": "pi-metrics", "resources": [{"id": "motd",
+                          "kind": "File", "spec": {"path": "/etc/motd",
+                          "content": {"text": text}}}]}),
+            )
+            .send()
+    };
+    put_manifest("one\n").await?.error_for_status()?;
     let poll = tokio::spawn({
         let request = manager.admin(
             &client,
             Method::GET,
-            "/api/v1/agents/pi-metrics/manifest?afterGeneration=1&waitSeconds=5",
+            "/api/v1/agents/pi-metrics/manifest?afterGeneration=1&waitSeconds=30",
         );
         async move { request.send().await }
     });
@@ -364,6 +405,89 @@ async fn metrics_parse_as_prometheus_text_and_move_with_api_use() -> anyhow::Res
         },
     )
     .await?;
-    let _ = poll.await;
+    put_manifest("two\n").await?.error_for_status()?;
+    let woken = poll.await??;
+    assert_eq!(woken.status(), 200);
+    // A poll whose wait runs out (304), and one refused before it waits (400).
+    let timed_out = manager
+        .admin(
+            &client,
+            Method::GET,
+            "/api/v1/agents/pi-metrics/manifest?afterGeneration=2&waitSeconds=1",
+        )
+        .send()
+        .await?;
+    assert_eq!(timed_out.status(), 304);
+    let refused = manager
+        .admin(
+            &client,
+            Method::GET,
+            "/api/v1/agents/pi-metrics/manifest?waitSeconds=1",
+        )
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+
+    let text = scrape_text(&client, &manager).await?;
+    promtool_check(&text);
+    let samples = parse_exposition(&text)?;
+    let long_poll = "fleetlet_http_long_poll_duration_seconds";
+    for status in ["200", "304"] {
+        assert_eq!(
+            sample(
+                &samples,
+                &format!("{long_poll}_count"),
+                &[("status", status)]
+            ),
+            1.0,
+            "{status}"
+        );
+    }
+    // The buckets reach the deadline, so a default 300 s poll is not only in +Inf.
+    let bucket = |le: &str| {
+        sample(
+            &samples,
+            &format!("{long_poll}_bucket"),
+            &[("status", "304"), ("le", le)],
+        )
+    };
+    assert_eq!(
+        (bucket("0.1"), bucket("300"), bucket("315")),
+        (0.0, 1.0, 1.0)
+    );
+    let request_bucket = |le: &str| {
+        samples.contains_key(&(
+            "fleetlet_http_request_duration_seconds_bucket".to_owned(),
+            [("method", "GET"), ("route", route), ("le", le)]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ))
+    };
+    assert!(request_bucket("120") && request_bucket("315"));
+    // Only the refused poll counts as an ordinary request of the manifest route.
+    assert_eq!(
+        sample(
+            &samples,
+            "fleetlet_http_request_duration_seconds_count",
+            &[
+                ("method", "GET"),
+                ("route", "/api/v1/agents/{agent_id}/manifest")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "fleetlet_http_requests_total",
+            &[
+                ("method", "GET"),
+                ("route", "/api/v1/agents/{agent_id}/manifest"),
+                ("status", "304")
+            ]
+        ),
+        1.0
+    );
     Ok(())
 }

@@ -149,6 +149,11 @@ where
         let started = Instant::now();
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
+        let long_poll = crate::metrics::is_long_poll(
+            &method,
+            route.as_ref().map(MatchedPath::as_str),
+            request.uri().query(),
+        );
         let metrics = self.metrics.clone();
         let answer = match oversized_head(&request) {
             Some(refusal) => Err(refusal),
@@ -159,9 +164,14 @@ where
                 Ok(answer) => within_deadline(answer).await,
                 Err(refusal) => refusal,
             };
-            Ok(metrics
-                .observe(&method, route.as_ref(), started, response)
-                .await)
+            metrics.observe(
+                &method,
+                route.as_ref(),
+                long_poll,
+                started,
+                response.status(),
+            );
+            Ok(response)
         })
     }
 }

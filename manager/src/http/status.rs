@@ -11,6 +11,7 @@ use super::AppState;
 use super::error::HttpError;
 use super::extract::{AgentPath, Caller, JsonBody, QueryParams, decode};
 use crate::fleet::summarize;
+use crate::metrics::{Metrics, ReportOutcome};
 
 const DEFAULT_EVENTS_LIMIT: usize = 100;
 /// A larger `limit` is clamped to this.
@@ -19,6 +20,7 @@ pub const MAX_EVENTS_LIMIT: usize = 1000;
 /// `PUT /api/v1/agents/{agentId}/status`: the agent's report, idempotent by `reportSeq`.
 pub async fn put(
     State(state): State<AppState>,
+    axum::Extension(metrics): axum::Extension<Metrics>,
     caller: Caller,
     AgentPath(agent_id): AgentPath,
     JsonBody(body): JsonBody,
@@ -62,6 +64,11 @@ pub async fn put(
         .store
         .report_status(status, OffsetDateTime::now_utc())
         .await?;
+    metrics.record_report(if accepted {
+        ReportOutcome::Accepted
+    } else {
+        ReportOutcome::Duplicate
+    });
     tracing::debug!(%agent_id, report_seq, accepted, "status report");
     Ok(Json(ReportAck { accepted }))
 }
