@@ -58,8 +58,13 @@ pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
                 .join("\n"),
         )
     })?;
+    let name = if path == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        path.display().to_string()
+    };
     for warning in unknown_kind_warnings(&manifest) {
-        note_line(&format!("fleetlet: {}: {warning}", path.display()));
+        note_line(&format!("fleetlet: {name}: {warning}"));
     }
     Ok(manifest)
 }
