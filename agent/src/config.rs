@@ -141,6 +141,11 @@ pub struct Cli {
     /// manifest is refused. None by default: unsigned manifests are accepted (for development).
     #[arg(long, env = "FLEETLET_TRUSTED_KEYS", value_delimiter = ':')]
     pub trusted_keys: Option<Vec<PathBuf>>,
+    /// Write the agent's metrics to this `.prom` file, for node_exporter's textfile collector
+    /// (e.g. /var/lib/node_exporter/textfile_collector/fleetlet.prom). Replaced atomically after
+    /// a pass that changed something. None by default: no metrics, and nothing listens anyway.
+    #[arg(long, env = "FLEETLET_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The same settings, read from the TOML file.
@@ -172,6 +177,7 @@ pub struct FileConfig {
     pub allow_host_pid: Option<bool>,
     pub allowed_devices: Option<Vec<PathBuf>>,
     pub trusted_keys: Option<Vec<PathBuf>>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// A size in the TOML file: `store-max-bytes = 67108864` or `store-max-bytes = "64MiB"`.
@@ -266,6 +272,8 @@ pub struct Config {
     pub host_access: HostAccess,
     /// Keys whose manifest signatures are trusted (FLEETLET_TRUSTED_KEYS); empty: none required.
     pub trusted_keys: Vec<PublicKey>,
+    /// The textfile metrics (FLEETLET_METRICS_FILE), a path ending in `.prom`; none: off.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Why the configuration is unusable.
@@ -577,6 +585,7 @@ impl Config {
             devices: allowed_devices(cli.allowed_devices.or(file.allowed_devices))?,
         };
         let trusted_keys = read_trusted_keys(cli.trusted_keys.or(file.trusted_keys))?;
+        let metrics_file = metrics_file(cli.metrics_file.or(file.metrics_file))?;
         let state_dir = cli
             .state_dir
             .or(file.state_dir)
@@ -613,6 +622,7 @@ impl Config {
             store_max_bytes,
             host_access,
             trusted_keys,
+            metrics_file,
         })
     }
 
@@ -684,6 +694,7 @@ impl Config {
             "allowHostPid": self.host_access.host_pid,
             "allowedDevices": self.host_access.devices,
             "trustedKeyIds": self.trusted_keys.iter().map(PublicKey::key_id).collect::<Vec<_>>(),
+            "metricsFile": self.metrics_file,
         })
     }
 }
@@ -728,6 +739,29 @@ fn allowed_devices(paths: Option<Vec<PathBuf>>) -> Result<Vec<AbsPath>, ConfigEr
         }
     }
     Ok(devices)
+}
+
+/// The metrics file must be named `*.prom`: node_exporter's textfile collector reads nothing
+/// else, so any other name would be a setting that silently does nothing.
+fn metrics_file(path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    const SETTING: &str = "FLEETLET_METRICS_FILE";
+    let Some(path) = path.filter(|path| !path.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let named_prom = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.len() > ".prom".len() && name.ends_with(".prom"));
+    if !named_prom {
+        return Err(invalid(
+            SETTING,
+            format!(
+                "{} must be a file named *.prom (node_exporter's textfile collector reads only those)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(path))
 }
 
 fn canonical_or_given(root: &Path) -> PathBuf {
@@ -961,6 +995,7 @@ mod tests {
             .env("FLEETLET_ALLOW_HOST_NETWORK", "false")
             .env("FLEETLET_ALLOW_HOST_PID", "1")
             .env("FLEETLET_ALLOWED_DEVICES", "/dev/ttyUSB0:/dev/gpiochip0")
+            .env("FLEETLET_METRICS_FILE", "/run/fleetlet/agent.prom")
             .output()
             .expect("child runs");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -989,6 +1024,10 @@ mod tests {
         assert_eq!(
             config.snapshot()["allowedDevices"],
             json!(["/dev/ttyUSB0", "/dev/gpiochip0"])
+        );
+        assert_eq!(
+            config.metrics_file,
+            Some(PathBuf::from("/run/fleetlet/agent.prom"))
         );
     }
 
@@ -1064,6 +1103,43 @@ mod tests {
         assert_eq!(standalone.file_roots.len(), 2);
         assert_eq!(standalone.agent_id, None);
     }
+    #[test]
+    fn the_metrics_file_is_off_by_default_and_must_be_a_prom_file() {
+        assert_eq!(standalone(&[], "").expect("valid").metrics_file, None);
+        let path = PathBuf::from("/var/lib/node_exporter/textfile_collector/fleetlet.prom");
+        let config = standalone(
+            &["--metrics-file", "/run/metrics/fleetlet.prom"],
+            "metrics-file = \"/srv/x.prom\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.metrics_file,
+            Some(PathBuf::from("/run/metrics/fleetlet.prom"))
+        );
+        let file = format!("metrics-file = \"{}\"", path.display());
+        let config = standalone(&[], &file).expect("valid");
+        assert_eq!(config.metrics_file.as_ref(), Some(&path));
+        assert_eq!(config.snapshot()["metricsFile"], path.display().to_string());
+        for bad in [
+            "/run/fleetlet.txt",
+            "/run/metrics/",
+            "/run/.prom",
+            "fleetlet.prom.tmp",
+        ] {
+            let error = standalone(&["--metrics-file", bad], "").expect_err(bad);
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Invalid {
+                        setting: "FLEETLET_METRICS_FILE",
+                        ..
+                    }
+                ),
+                "{bad}: {error}"
+            );
+        }
+    }
+
     #[test]
     fn trusted_keys_are_read_at_start_and_a_bad_key_file_stops_it() {
         use fleetlet_manifests::signature::SecretKey;

@@ -160,6 +160,8 @@ pub struct Engine<R> {
     /// What the status last built came from, when building it again from the same would give
     /// the same content (see [`Engine::publish_status`]).
     status_basis: Option<StatusBasis>,
+    /// The textfile metrics, told after every pass of [`Engine::run`] (FLEETLET_METRICS_FILE).
+    metrics_file: Option<crate::metrics_file::MetricsFile>,
 }
 
 /// Everything a status is built from, except the clock and the previous report (a status with
@@ -205,6 +207,7 @@ impl<R: Reconcile> Engine<R> {
             spec_hashes: Arc::default(),
             desired_revision: 0,
             status_basis: None,
+            metrics_file: None,
         };
         engine.refresh_spec_hashes();
         Ok(engine)
@@ -212,6 +215,11 @@ impl<R: Reconcile> Engine<R> {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Writes the textfile metrics after every pass of [`Engine::run`].
+    pub fn set_metrics_file(&mut self, file: crate::metrics_file::MetricsFile) {
+        self.metrics_file = Some(file);
     }
 
     pub fn manifest(&self) -> Option<&AgentManifest> {
@@ -1016,7 +1024,10 @@ impl<R: Reconcile> Engine<R> {
             }
             if Instant::now() >= next_pass {
                 next_pass = Instant::now() + self.settings.resync_interval;
-                match self.pass(&shutdown).await {
+                let started = Instant::now();
+                let passed = self.pass(&shutdown).await;
+                let failed = passed.is_err();
+                match passed {
                     Ok(outcome) => {
                         // The next pass comes no later than a retry or the rollout deadline, so a
                         // rollback happens at the deadline, not up to a resync after it.
@@ -1035,6 +1046,9 @@ impl<R: Reconcile> Engine<R> {
                     }
                 }
                 self.publish(&connectivity.borrow().clone(), false, &report_ready);
+                if let Some(file) = &mut self.metrics_file {
+                    file.after_pass(started.elapsed(), failed, self.last_report.as_ref());
+                }
                 // The pass's temporary allocations are freed: give their pages back.
                 crate::memory::release_free_memory();
             }

@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod error;
 pub mod manifest_file;
 pub mod memory;
+pub mod metrics_file;
 pub mod reconcile;
 pub mod runtime;
 pub mod sd_notify;
@@ -218,10 +219,15 @@ async fn obtain_token(mut config: Config, shutdown: &ShutdownSignal) -> Result<C
 pub async fn run(config: Config, shutdown: ShutdownSignal) -> Result<(), AgentError> {
     let config = obtain_token(config, &shutdown).await?;
     let Prepared {
-        engine,
+        mut engine,
         store,
         client,
     } = prepare(&config)?;
+    if let Some(path) = &config.metrics_file {
+        let to_manager = matches!(config.source, Source::Manager { .. });
+        let file = metrics_file::MetricsFile::new(path, Arc::clone(&store), to_manager);
+        engine.set_metrics_file(file);
+    }
     let (updates_sender, updates) = mpsc::channel(16);
     let report_ready = Arc::new(Notify::new());
     let initial = match config.source {
