@@ -10,7 +10,9 @@
 # Nothing is printed on stdout; progress goes to stderr. Running it again reuses whatever is already
 # installed, configured, running and imported.
 #
-# Facts about these machines that shape this script (see /work/shared/ENVIRONMENT.md):
+# Facts about the machines this script is made for (a Debian 12 VM or container, run as root, whose
+# PID 1 is not systemd and which reaches package registries but no container registry), measured
+# there, that shape this script:
 #   - No container registry is reachable, so the image is built from Debian's busybox-static and
 #     imported; nothing is ever pulled.
 #   - The machine uses a hybrid cgroup v1 layout and the process lacks CAP_SYS_RESOURCE. crun refuses

@@ -104,8 +104,8 @@ write_if_changed() {
 }
 
 # True when no live process has this PID. A killed daemon whose parent has gone is re-parented to
-# PID 1, and PID 1 on these machines reaps such orphans only after a second or so; until then it is a
-# zombie that still shows in /proc but holds no resources, so it counts as gone.
+# PID 1, and a PID 1 that is not systemd may reap such orphans only after a second or so; until
+# then it is a zombie that still shows in /proc but holds no resources, so it counts as gone.
 process_gone() {
     local pid=$1 state
     # The state letter follows the command name, which is in parentheses and may contain spaces.

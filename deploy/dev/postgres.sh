@@ -42,8 +42,8 @@ SUPERUSER=fleetlet
 DATABASE=fleetlet
 
 # Runs a command as the postgres OS user. PostgreSQL refuses to run as root. We start from / because
-# the caller's working directory (often /root) is usually not readable for postgres, which makes the
-# server tools print warnings.
+# the caller's working directory (often root's home directory) is usually not readable for postgres,
+# which makes the server tools print warnings.
 as_postgres() {
     (cd / && runuser -u postgres -- "$@")
 }
@@ -146,9 +146,9 @@ accepts_connections() {
 # Starts the server unless it already runs.
 ensure_started() {
     # pg_ctl status only checks that the PID in postmaster.pid exists. That is also true for a server
-    # that is still starting up, and for one that was killed but not yet reaped: PID 1 on these
-    # machines reaps orphans only after a second or so. So we wait until the server either answers or
-    # is really gone.
+    # that is still starting up, and for one that was killed but not yet reaped: a PID 1 that is not
+    # systemd (in a container or a minimal VM) may reap orphans only after a second or so. So we
+    # wait until the server either answers or is really gone.
     local deadline=$(( $(now_ms) + 30000 ))
     while is_running; do
         if accepts_connections; then

@@ -12,7 +12,8 @@
 #   set -a; eval "$(deploy/dev/systemd-user.sh)"; set +a
 #   systemctl --user status
 #
-# Facts about these machines that shape this script (see /work/shared/ENVIRONMENT.md, section systemd):
+# Facts about the machines this script is made for (a Debian 12 VM or container, run as root, whose
+# PID 1 is not systemd), measured there, that shape this script:
 #   - systemd refuses to run unless /run/systemd/system exists when it starts ("not booted with
 #     systemd"). We create that directory just for the start and remove it again right after, because
 #     other tools take its presence as "PID 1 is systemd" and then fail (pg_ctlcluster, for one).
@@ -24,7 +25,7 @@
 #     file below (set through a user.conf drop-in: on systemd 252 the --default-standard-output flag
 #     did not take effect in our tests, while the drop-in does). The manager's own messages go to the
 #     kernel log (`dmesg`): a user manager told to log to the "console" opens /dev/console, not its
-#     stderr, and on these VMs that is the serial port.
+#     stderr, and on such a VM that is the serial port.
 #   - `systemctl --user is-system-running` says "offline" here because PID 1 is not systemd, so
 #     readiness is read from the manager's SystemState property instead.
 set -euo pipefail
