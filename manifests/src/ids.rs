@@ -40,7 +40,8 @@ fn check_identifier(value: &str) -> Result<(), InvalidValue> {
 const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 
 /// Defines a string newtype whose rule is the function `$check`; with a `pattern`, its JSON
-/// Schema states the rule too (otherwise it is only "a string").
+/// Schema states the rule too (otherwise it is only "a string"). A pattern never refuses what
+/// `$check` accepts (`tests/tests/validators_schema.rs` compares the two on samples).
 macro_rules! string_newtype {
     ($(#[$meta:meta])* $name:ident, $check:path) => {
         string_newtype!($(#[$meta])* $name, $check, pattern = None);
@@ -151,7 +152,8 @@ fn check_abs_path(value: &str) -> Result<(), InvalidValue> {
 string_newtype!(
     /// An absolute, normalised path: no `..` or `.` components, no `//`, no trailing `/`.
     AbsPath,
-    check_abs_path
+    check_abs_path,
+    pattern = Some(r"^/$|^(/([^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+))+$")
 );
 
 impl AbsPath {
@@ -193,7 +195,11 @@ fn check_unit_name(value: &str) -> Result<(), InvalidValue> {
 string_newtype!(
     /// A systemd unit name with one of the supported suffixes, e.g. `kiosk.service`.
     UnitName,
-    check_unit_name
+    check_unit_name,
+    // Without the length limit of 255.
+    pattern = Some(
+        r"^([A-Za-z0-9:_\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.\\-]*)?|@[A-Za-z0-9:_.\\-]*)\.(service|timer|socket|path|mount|target)$"
+    )
 );
 
 impl UnitName {
@@ -223,7 +229,8 @@ fn check_image_ref(value: &str) -> Result<(), InvalidValue> {
 string_newtype!(
     /// A container image reference such as `localhost/busybox:test`.
     ImageRef,
-    check_image_ref
+    check_image_ref,
+    pattern = Some(r"^[A-Za-z0-9/:._@+][A-Za-z0-9/:._@+-]{0,254}$")
 );
 
 fn check_session_id(value: &str) -> Result<(), InvalidValue> {
@@ -242,7 +249,8 @@ fn check_session_id(value: &str) -> Result<(), InvalidValue> {
 string_newtype!(
     /// The id of a storage session: 1–128 characters of `[A-Za-z0-9-_.]`, not starting with `.`.
     SessionId,
-    check_session_id
+    check_session_id,
+    pattern = Some(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 );
 
 fn check_account_name(value: &str) -> Result<(), InvalidValue> {
@@ -259,7 +267,8 @@ fn check_account_name(value: &str) -> Result<(), InvalidValue> {
 string_newtype!(
     /// A user or group: a name such as `www-data` or a numeric id such as `1000`.
     AccountName,
-    check_account_name
+    check_account_name,
+    pattern = Some(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
 );
 
 /// A permission mode, written on the wire as an octal string such as `"0644"`.
@@ -324,7 +333,8 @@ impl schemars::JsonSchema for FileMode {
         "FileMode".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "pattern": "^[0-7]{1,5}$"})
+        // Up to 07777: four octal digits, with at most one leading zero more.
+        schemars::json_schema!({"type": "string", "pattern": "^(0[0-7]{0,4}|[0-7]{1,4})$"})
     }
 }
 

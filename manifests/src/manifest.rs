@@ -303,12 +303,19 @@ impl Serialize for ResourceSpec {
     }
 }
 
+// The spec types are read by `validate.rs`, not by a `Deserialize` derive; their `schemars`
+// attributes say what that reading accepts, so that the JSON Schema does too: `default` on a field
+// it fills in when absent (and refuses as null), `deny_unknown_fields` since it refuses fields
+// nobody asked for. `schema.rs` checks every field against the parser.
+
 /// A regular file with inline content.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct FileSpec {
     pub path: AbsPath,
     pub content: FileContent,
+    #[schemars(default)]
     pub mode: FileMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<AccountName>,
@@ -339,6 +346,7 @@ impl FileContent {
 /// A directory of per-session data with a size limit and an optional expiry.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct SessionStorageSpec {
     pub session_id: SessionId,
     pub size_limit_bytes: u64,
@@ -353,23 +361,31 @@ pub struct SessionStorageSpec {
 /// A container run by podman or docker.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct ContainerSpec {
     pub image: ImageRef,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(default)]
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<AbsPath>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub ports: Vec<PortMapping>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub volumes: Vec<VolumeMount>,
+    #[schemars(default)]
     pub restart_policy: RestartPolicy,
+    #[schemars(default)]
     pub pull_policy: PullPolicy,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<u64>,
@@ -454,11 +470,20 @@ pub struct VolumeMount {
 /// A systemd unit whose file the agent writes and whose state it drives.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct SystemdUnitSpec {
     pub name: UnitName,
     pub unit: String,
+    /// `true` when absent or null.
+    #[schemars(with = "Option<bool>", default = "enabled_by_default")]
     pub enabled: bool,
+    #[schemars(default)]
     pub state: UnitState,
+}
+
+/// A SystemdUnit without `enabled` is enabled.
+fn enabled_by_default() -> bool {
+    true
 }
 
 #[derive(

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod containers;
 pub mod manager;
 pub mod postgres;
+pub mod schema;
 
 /// Where cargo put the workspace's binaries: `$CARGO_TARGET_DIR/debug` or `<workspace>/target/debug`.
 ///

@@ -197,6 +197,24 @@ impl ManagerProcess {
             .bearer_auth(&self.admin_token)
     }
 
+    /// Sends `manifest` as the agent's desired state (PUT with the admin token), after checking it
+    /// against the JSON Schema: for manifests meant to be valid. One meant to be refused goes
+    /// through [`Self::admin`].
+    pub async fn put_manifest(
+        &self,
+        client: &reqwest::Client,
+        agent_id: &str,
+        manifest: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        crate::schema::check_manifest(manifest)?;
+        let path = format!("/api/v1/agents/{agent_id}/manifest");
+        Ok(self
+            .admin(client, reqwest::Method::PUT, &path)
+            .json(manifest)
+            .send()
+            .await?)
+    }
+
     /// Registers an agent with this body (`agentId`, `labels`) and answers its token.
     pub async fn register(
         &self,
