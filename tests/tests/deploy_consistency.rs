@@ -396,8 +396,8 @@ fn containerfile_user() -> anyhow::Result<(u64, Option<u64>)> {
     let text = std::fs::read_to_string(deploy_dir().join("Containerfile"))?;
     let user = text
         .lines()
-        .filter_map(|line| line.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("USER "))
         .context("the Containerfile sets no USER")?
         .trim();
     let (uid, gid) = match user.split_once(':') {
