@@ -517,12 +517,13 @@ impl ManagerProcess {
             .context("registration answer without a token")
     }
 
-    /// Stores a manifest and returns its generation.
+    /// Stores a manifest and returns its generation; the manifest must pass the JSON Schema too.
     pub async fn put_manifest(
         &self,
         agent_id: &str,
         manifest: &serde_json::Value,
     ) -> anyhow::Result<u64> {
+        crate::schema::check_manifest(manifest)?;
         let response = self
             .admin(
                 self.http
