@@ -35,8 +35,13 @@ use crate::shutdown::ShutdownSignal;
 use crate::status::{self, Connectivity, Rejection, StatusInputs};
 use crate::store::{
     DeadlineOutcome, EventKind, MissedDeadline, NewEvent, OwnershipRecord, ResourceState,
-    RolloutState, RolloutTrial, Store, StoreError,
+    RolloutState, RolloutTrial, Store, StoreError, StoreFault,
 };
+
+/// While the store cannot save, what waits is retried this soon after the fault is seen, the
+/// delay doubling up to [`STORE_RETRY_MAX`] (besides the flush at the end of every pass).
+const STORE_RETRY_MIN: Duration = Duration::from_secs(1);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How the engine runs its passes.
 #[derive(Debug, Clone)]
@@ -174,6 +179,7 @@ struct StatusBasis {
     observed_generation: u64,
     connectivity: Connectivity,
     manifest_rejected: Option<Rejection>,
+    store_fault: Option<StoreFault>,
 }
 
 /// Events a pass records: the kind, the resource and a message.
@@ -929,10 +935,10 @@ impl<R: Reconcile> Engine<R> {
         .await
     }
 
-    /// The status as of now.
+    /// The status as of now. While the store cannot save, `Degraded` says so.
     pub fn build_status(&self, connectivity: &Connectivity) -> Result<AgentStatus, EngineError> {
         let states = self.store.resource_states()?;
-        Ok(status::build_status(&StatusInputs {
+        let mut status = status::build_status(&StatusInputs {
             agent_id: self.store.agent_id(),
             agent: &self.agent,
             manifest: self.desired_manifest(),
@@ -945,7 +951,11 @@ impl<R: Reconcile> Engine<R> {
             manifest_rejected: self.manifest_rejected.as_ref(),
             previous: self.last_report.as_ref(),
             now: self.settings.clock.now(),
-        }))
+        });
+        if let Some(fault) = self.store.fault() {
+            status::note_store_fault(&mut status, &fault, self.last_report.as_ref());
+        }
+        Ok(status)
     }
 
     /// What a status built now would be built from; `None` when the store cannot say whether
@@ -958,6 +968,7 @@ impl<R: Reconcile> Engine<R> {
             observed_generation: self.observed_generation,
             connectivity: connectivity.clone(),
             manifest_rejected: self.manifest_rejected.clone(),
+            store_fault: self.store.fault(),
         })
     }
 
@@ -1018,10 +1029,17 @@ impl<R: Reconcile> Engine<R> {
         let mut next_heartbeat = Instant::now() + self.settings.report_interval;
         let mut updates_open = true;
         let mut connectivity_open = true;
+        // While the store cannot save: when to try again, and the delay after that.
+        let mut store_retry: Option<(Instant, Duration)> = None;
         loop {
             if shutdown.is_triggered() {
                 break;
             }
+            store_retry = match (self.store.fault(), store_retry) {
+                (None, _) => None,
+                (Some(_), None) => Some((Instant::now() + STORE_RETRY_MIN, STORE_RETRY_MIN)),
+                (Some(_), Some(retry)) => Some(retry),
+            };
             if Instant::now() >= next_pass {
                 next_pass = Instant::now() + self.settings.resync_interval;
                 let started = Instant::now();
@@ -1072,6 +1090,17 @@ impl<R: Reconcile> Engine<R> {
                     }
                 }
                 () = tokio::time::sleep_until(next_pass) => {}
+                () = sleep_until_some(store_retry.map(|(at, _)| at)) => {
+                    // Whatever waits is written now if the store can take it.
+                    if let Err(error) = self.store.flush() {
+                        tracing::error!(%error, "could not save to the local store");
+                    }
+                    store_retry = store_retry.map(|(_, delay)| {
+                        let delay = (delay * 2).min(STORE_RETRY_MAX);
+                        (Instant::now() + delay, delay)
+                    });
+                    self.publish(&connectivity.borrow().clone(), false, &report_ready);
+                }
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     next_heartbeat = Instant::now() + self.settings.report_interval;
                     self.publish(&connectivity.borrow().clone(), true, &report_ready);
@@ -1090,6 +1119,14 @@ impl<R: Reconcile> Engine<R> {
             Ok(None) => {}
             Err(error) => tracing::error!(%error, "could not publish the status"),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

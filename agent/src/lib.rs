@@ -93,12 +93,21 @@ fn agent_info(reconcilers: &Reconcilers) -> AgentInfo {
     }
 }
 
+/// The store the agent runs on: [`open_inner_store`]'s, wrapped so that a write the disk refuses
+/// (full, or an I/O error) degrades the agent instead of stopping it: what could not be saved is
+/// kept in memory, reported as the `Degraded` condition and retried (`store::resilient`).
+fn open_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
+    Ok(Arc::new(store::ResilientStore::new(open_inner_store(
+        config, agent_id,
+    )?)))
+}
+
 /// The filesystem store in the state dir when it is built in (feature `fs-store`, DESIGN §6),
 /// so the device keeps its desired state, ownership and unsent reports across restarts; it
 /// refuses to start while another agent holds the state dir; its size cap is
 /// FLEETLET_STORE_MAX_BYTES. Otherwise the memory store (and the size cap is not used).
 #[cfg(feature = "fs-store")]
-fn open_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
+fn open_inner_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
     let store = store::FsStore::open(
         &config.state_dir,
         agent_id.clone(),
@@ -111,7 +120,7 @@ fn open_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, Age
 }
 
 #[cfg(not(feature = "fs-store"))]
-fn open_store(_config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
+fn open_inner_store(_config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, AgentError> {
     Ok(Arc::new(store::MemoryStore::new(agent_id.clone())))
 }
 
@@ -123,6 +132,7 @@ fn prepare(config: &Config) -> Result<Prepared, AgentError> {
     settings.agent_id = Some(agent_id.clone());
     let reconcilers = Reconcilers::new(&settings);
     let agent = agent_info(&reconcilers);
+    // A full or failing state dir does not stop the start: the record waits in memory.
     store.save_agent_record(&AgentRecord {
         agent_id: agent_id.clone(),
         version: agent.version.clone(),

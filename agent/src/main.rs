@@ -1,7 +1,7 @@
 //! The `fleetlet-agent` binary: parses the configuration, sets up logging, runs the agent, and
 //! drains it on SIGTERM/SIGINT within the 5 s systemd and operators expect.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use fleetlet_agent::config::Config;
 use fleetlet_agent::shutdown::{Shutdown, wait_for_termination_signal};
 use fleetlet_agent::status::is_converged;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// After a termination signal, the agent gets this long to finish in-flight work and flush.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
@@ -36,13 +37,16 @@ fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("fleetlet-agent: {error}");
+            say(&format!("fleetlet-agent: {error}"));
             return ExitCode::from(2);
         }
     };
-    // Logs go to stderr so that `--once` can print the status, and only it, on stdout.
+    // Logs go to stderr so that `--once` can print the status, and only it, on stdout. A log
+    // line that cannot be written (stderr on a full disk, a dead pipe) is dropped: losing a log
+    // line must never stop the agent, and tracing's own report of the failure would panic.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(LossyStderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("FLEETLET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -59,7 +63,9 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("fleetlet-agent: could not start the async runtime: {error}");
+            say(&format!(
+                "fleetlet-agent: could not start the async runtime: {error}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -74,9 +80,11 @@ async fn async_main(config: Config) -> ExitCode {
     if config.once {
         return match fleetlet_agent::run_once(config).await {
             Ok(status) => {
-                match serde_json::to_string_pretty(&status) {
-                    Ok(json) => println!("{json}"),
-                    Err(error) => tracing::error!(%error, "could not print the status"),
+                let printed = serde_json::to_string_pretty(&status)
+                    .map_err(std::io::Error::other)
+                    .and_then(|json| writeln!(std::io::stdout().lock(), "{json}"));
+                if let Err(error) = printed {
+                    tracing::error!(%error, "could not print the status");
                 }
                 if is_converged(&status) {
                     ExitCode::SUCCESS
@@ -120,5 +128,38 @@ async fn async_main(config: Config) -> ExitCode {
             tracing::error!(error = %join_error, "agent task failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes a line to stderr if it can; `eprintln!` would panic when stderr cannot be written.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Stderr for the log, dropping what cannot be written instead of failing (see `main`).
+#[derive(Debug, Clone, Copy)]
+struct LossyStderr;
+
+impl<'a> MakeWriter<'a> for LossyStderr {
+    type Writer = LossyWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LossyWriter
+    }
+}
+
+/// One log line's writer: every write "succeeds"; a failed one is dropped.
+#[derive(Debug)]
+struct LossyWriter;
+
+impl Write for LossyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

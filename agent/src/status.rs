@@ -352,6 +352,45 @@ fn conditions(
     conditions
 }
 
+/// Makes `Degraded` say that the local store cannot save (reason `DiskFull` or
+/// `StoreUnavailable`), whatever the resources say: the agent converges from memory, and a
+/// restart now would lose what it could not save. A failure of resources at the same time is
+/// kept in the message. The transition time moves only when `Degraded` turns True.
+pub fn note_store_fault(
+    status: &mut AgentStatus,
+    fault: &crate::store::StoreFault,
+    previous: Option<&AgentStatus>,
+) {
+    let was_true = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Degraded && c.status == ConditionStatus::True)
+            .map(|c| c.last_transition_time)
+    };
+    let since = previous
+        .and_then(|previous| was_true(&previous.conditions))
+        .or_else(|| was_true(&status.conditions))
+        .unwrap_or(status.observed_at);
+    let mut message = format!(
+        "the local store cannot save ({}); the agent converges from memory and retries the writes",
+        fault.message
+    );
+    if let Some(degraded) = status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == ConditionType::Degraded)
+    {
+        if degraded.status == ConditionStatus::True {
+            message.push_str("; also ");
+            message.push_str(&degraded.message);
+        }
+        degraded.status = ConditionStatus::True;
+        degraded.reason = fault.reason().to_owned();
+        degraded.message = message;
+        degraded.last_transition_time = since;
+    }
+}
+
 /// Whether two statuses say the same thing, ignoring when they were made and their seq.
 pub fn same_content(a: &AgentStatus, b: &AgentStatus) -> bool {
     a.manifest_generation == b.manifest_generation

@@ -23,13 +23,16 @@ pub struct StateInputs<'a> {
     /// `None` when the agent never reported.
     pub observed_generation: Option<u64>,
     pub counts: &'a PhaseCounts,
-    /// The agent reported a `ManifestRejected` condition with status True.
+    /// The agent reported a `ManifestRejected` condition with status True, or a `Degraded` one
+    /// saying its local store cannot save (`DiskFull`, `StoreUnavailable`): degraded by itself,
+    /// whatever its resources say (`store::manifest_rejected`).
     pub manifest_rejected: bool,
     /// The agent reported a `RolledBack` condition with status True.
     pub rolled_back: bool,
 }
 
-/// Derives the fleet state, checking in order: unknown, stale, rolledBack, degraded, converged,
+/// Derives the fleet state, checking in order: unknown, stale, rolledBack, degraded (a resource
+/// Failed or Unsupported, a rejected manifest, or a store that cannot save), converged,
 /// progressing.
 ///
 /// Staleness wins over what the last report said, because that report may describe a device that

@@ -185,6 +185,8 @@ error_reasons! {
     OwnerNotFound,
     /// A filesystem operation failed.
     IoError,
+    /// The filesystem (or the quota) is full: `ENOSPC` or `EDQUOT`.
+    DiskFull,
     /// A path is occupied by something the agent did not create.
     Conflict,
     /// The container image is not present and may not or cannot be pulled.
@@ -394,6 +396,11 @@ pub enum ConditionType {
     /// rollout deadline; False with a reason when a deadline passed and it did not roll back.
     RolledBack,
 }
+
+/// The reasons of a True `Degraded` condition that say the agent's local store cannot save: the
+/// disk (or quota) is full, or another I/O error. The agent then converges from memory, and the
+/// manager shows it `degraded` whatever its resources say.
+pub const STORE_FAULT_REASONS: [&str; 2] = ["DiskFull", "StoreUnavailable"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ConditionStatus {

@@ -1315,3 +1315,110 @@ async fn a_status_over_the_filesystem_store_is_published_again_when_a_state_chan
     assert!(r.status().resources.is_empty());
     assert!(!publish(&mut r.engine, &online));
 }
+
+// A store that cannot save (issue #22, B1): the generation received is applied from memory,
+// reported as Degraded, and saved once the store can.
+
+#[tokio::test]
+async fn a_generation_the_store_cannot_save_is_applied_reported_and_saved_when_it_can() {
+    use crate::store::ResilientStore;
+    use crate::store::failing::FailingStore;
+
+    let disk = Arc::new(FailingStore::new(AgentId::try_from("pi").expect("id")));
+    let store = Arc::new(ResilientStore::new(Arc::clone(&disk) as Arc<dyn Store>));
+    let fake = Arc::new(FakeReconciler::default());
+    let mut engine = Engine::new(
+        store,
+        Arc::clone(&fake),
+        EngineSettings::default(),
+        agent_info(),
+    )
+    .expect("engine");
+    let shutdown = Shutdown::new();
+    let degraded = |status: &AgentStatus| {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Degraded)
+            .expect("Degraded condition");
+        (c.status, c.reason.clone())
+    };
+
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &[("a", "File")])))
+        .expect("accept 1");
+    engine.pass(&shutdown.signal()).await.expect("pass");
+    engine
+        .publish_status(&Connectivity::Online, false)
+        .expect("publish");
+
+    // The disk fills up just as generation 2 arrives.
+    disk.fail(true);
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(
+            2,
+            &[("a", "File"), ("b", "File")],
+        )))
+        .expect("a store that cannot save does not lose the generation");
+    let outcome = engine.pass(&shutdown.signal()).await.expect("pass");
+    assert!(outcome.complete);
+    assert!(fake.calls().contains(&Call::Apply("b".into())));
+    let status = engine
+        .publish_status(&Connectivity::Online, false)
+        .expect("publish")
+        .expect("a new status");
+    assert_eq!(
+        (status.manifest_generation, status.observed_generation),
+        (2, 2)
+    );
+    assert_eq!(
+        status.resources[&ResourceId::try_from("b").expect("id")].phase,
+        Phase::Ready
+    );
+    assert_eq!(
+        degraded(&status),
+        (ConditionStatus::True, "DiskFull".into())
+    );
+    // The report waits for the manager in memory; the disk still holds generation 1.
+    assert_eq!(
+        engine
+            .store()
+            .pending_report()
+            .expect("outbox")
+            .map(|s| s.report_seq),
+        Some(status.report_seq)
+    );
+    let on_disk = |disk: &FailingStore| {
+        disk.load_manifest()
+            .expect("load")
+            .and_then(|m| m.generation)
+    };
+    assert_eq!(on_disk(&disk), Some(1));
+
+    // Still full at the next pass: nothing lost, still reported.
+    engine.pass(&shutdown.signal()).await.expect("pass");
+    assert_eq!(on_disk(&disk), Some(1));
+    assert!(engine.store().fault().is_some());
+
+    // Space again: the pass's flush saves what waited, and the status says so.
+    disk.fail(false);
+    engine.pass(&shutdown.signal()).await.expect("pass");
+    assert_eq!(on_disk(&disk), Some(2));
+    assert!(
+        disk.ownership_records()
+            .expect("records")
+            .contains_key(&ResourceId::try_from("b").expect("id"))
+    );
+    let status = engine
+        .publish_status(&Connectivity::Online, false)
+        .expect("publish")
+        .expect("a new status");
+    assert_eq!(
+        degraded(&status),
+        (ConditionStatus::False, "NoFailures".into())
+    );
+    assert_eq!(
+        disk.load_status().expect("status").map(|s| s.report_seq),
+        Some(status.report_seq)
+    );
+}

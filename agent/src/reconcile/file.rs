@@ -88,6 +88,14 @@ impl FileError {
             }
             FileError::UndecodableContent { .. } => ErrorReason::InvalidSpec,
             FileError::PermissionDenied { .. } => ErrorReason::PermissionDenied,
+            FileError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                ErrorReason::DiskFull
+            }
             FileError::Io { .. } | FileError::WorkerStopped { .. } => ErrorReason::IoError,
         }
     }

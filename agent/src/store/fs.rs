@@ -231,6 +231,10 @@ struct Inner {
     /// rewritten, which spares the card a write per resource per resync.
     written: HashMap<PathBuf, Vec<u8>>,
     diagnostics: VecDeque<Diagnostic>,
+    /// The table must be written as a new snapshot at the next flush: a rewrite at open could
+    /// not be made (a full disk), or a flush failed, after which the kernel may have dropped the
+    /// journal's unsynced pages (a retried `fsync` would not bring them back).
+    snapshot_due: bool,
 }
 
 /// The open segment of the agent event log.
@@ -578,7 +582,11 @@ impl FsStore {
         inner.last_event_seq = last.max(inner.sequences.event_seq_floor);
         if floor_moved {
             inner.sequences.event_seq_floor = inner.last_event_seq;
-            self.save_sequences(inner)?;
+            // Kept in memory if the disk refuses it (the next save of seq.json writes it):
+            // event seqs never leave the device, so a reuse after a crash costs little.
+            if let Err(error) = self.save_sequences(inner) {
+                tracing::warn!(%error, "could not save the event seq floor at open");
+            }
         }
         Ok(())
     }
@@ -647,21 +655,30 @@ impl FsStore {
 
         if rewrite {
             let sync = self.options.sync;
-            match corrupt {
+            let written = match corrupt {
                 None => inner
                     .journal
-                    .compact(&inner.table, &snapshot, &journal_path, sync)
-                    .map_err(io_error(&snapshot))?,
+                    .compact(&inner.table, &snapshot, &journal_path, sync),
                 Some((line, message)) => {
                     // The snapshot takes every readable line first, so that moving the journal
                     // aside loses nothing a crash in between could not replay again.
-                    inner
-                        .journal
-                        .write_snapshot(&inner.table, &snapshot, sync)
-                        .map_err(io_error(&snapshot))?;
-                    self.quarantine(inner, &journal_path, line, message)?;
-                    inner.journal.close();
+                    match inner.journal.write_snapshot(&inner.table, &snapshot, sync) {
+                        Ok(()) => {
+                            self.quarantine(inner, &journal_path, line, message)?;
+                            inner.journal.close();
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    }
                 }
+            };
+            if let Err(error) = written {
+                // A full or failing disk does not stop the start: the table is in memory, the
+                // files are as they were (and read the same way at the next open), and the
+                // snapshot is written by the first flush that can.
+                tracing::warn!(error = %io_error(&snapshot)(error), "could not rewrite the resource table at open; retrying at the next flush");
+                inner.snapshot_due = true;
+                return Ok(());
             }
         }
         // Files of the older layout go once the snapshot holding them is durable. A crash before
@@ -801,6 +818,30 @@ impl FsStore {
     /// directories whose entries changed. Many scattered files (the logs of a first apply) are
     /// synced by one `syncfs(2)`, a few by an fsync each; `whole_filesystem` asks for `syncfs`.
     fn make_durable(&self, inner: &mut Inner, whole_filesystem: bool) -> Result<(), StoreError> {
+        let result = self.make_durable_once(inner, whole_filesystem);
+        if result.is_err() {
+            inner.snapshot_due = true;
+        }
+        result
+    }
+
+    /// [`FsStore::make_durable`]'s work. After a failure, the table is first written whole as
+    /// the snapshot (which also empties the journal), since lines written before a failed sync
+    /// may be gone from the page cache whatever a later sync answers.
+    fn make_durable_once(
+        &self,
+        inner: &mut Inner,
+        whole_filesystem: bool,
+    ) -> Result<(), StoreError> {
+        if inner.snapshot_due {
+            let snapshot = self.agent_file(journal::SNAPSHOT_FILE);
+            let journal_path = self.agent_file(journal::JOURNAL_FILE);
+            inner
+                .journal
+                .compact(&inner.table, &snapshot, &journal_path, self.options.sync)
+                .map_err(io_error(&snapshot))?;
+            inner.snapshot_due = false;
+        }
         let scattered = inner.unsynced_resource_logs.len() + inner.unsynced_dirs.len();
         if whole_filesystem || scattered > MAX_SEPARATE_SYNCS {
             let dir = File::open(&self.agent_dir).map_err(io_error(&self.agent_dir))?;
@@ -1142,7 +1183,12 @@ impl Store for FsStore {
         self.commit(&mut inner, journal::ChangeRef::Record { id, value: None })?;
         if self.options.sync {
             let path = self.agent_file(journal::JOURNAL_FILE);
-            inner.journal.sync().map_err(io_error(&path))?;
+            if let Err(error) = inner.journal.sync() {
+                // The table no longer has the record; the snapshot written at the next flush
+                // makes that durable, whatever became of the journal's line.
+                inner.snapshot_due = true;
+                return Err(io_error(&path)(error));
+            }
         }
         self.drop_resource_dir_if_unused(&mut inner, id)
     }

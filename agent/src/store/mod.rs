@@ -7,9 +7,12 @@
 //! memory store never blocks, and a filesystem store does short, fsync-bounded I/O that is
 //! cheaper to run inline than to hop threads for.
 
+#[cfg(test)]
+pub(crate) mod failing;
 #[cfg(feature = "fs-store")]
 pub mod fs;
 pub mod memory;
+pub mod resilient;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +25,7 @@ use time::OffsetDateTime;
 #[cfg(feature = "fs-store")]
 pub use fs::{FsStore, FsStoreError, FsStoreOptions};
 pub use memory::MemoryStore;
+pub use resilient::ResilientStore;
 
 /// No read of an event log returns more than this many entries, whatever the caller asks for.
 pub const MAX_EVENTS_PER_READ: usize = 500;
@@ -97,6 +101,56 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// they built from them; `None` when the store cannot tell (the caller then reads again).
     fn states_revision(&self) -> Option<u64> {
         None
+    }
+
+    /// Why writes are failing, while they are (see [`ResilientStore`]); `None` when the store
+    /// saves what it is given. A store that fails its callers instead always answers `None`.
+    fn fault(&self) -> Option<StoreFault> {
+        None
+    }
+}
+
+/// The store cannot save what it is given (a full disk, an I/O error); what waits is kept in
+/// memory and retried. Reported as the agent's `Degraded` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFault {
+    /// The disk (or the quota) is full: `ENOSPC` or `EDQUOT`.
+    pub disk_full: bool,
+    /// The first failure since the store last saved everything, e.g.
+    /// `i/o on /var/lib/fleetlet/agents/a1/manifest.json: No space left on device (os error 28)`.
+    pub message: String,
+    /// When writes started to fail.
+    pub since: OffsetDateTime,
+}
+
+impl StoreFault {
+    /// The fault a failed store call stands for, first seen at `now`.
+    pub fn of(error: &StoreError, now: OffsetDateTime) -> Self {
+        let disk_full = match error {
+            StoreError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }
+            _ => false,
+        };
+        Self {
+            disk_full,
+            message: error.to_string(),
+            since: now,
+        }
+    }
+
+    /// The `Degraded` condition's reason: `DiskFull` or `StoreUnavailable`
+    /// ([`fleetlet_manifests::status::STORE_FAULT_REASONS`], which the manager reads).
+    pub fn reason(&self) -> &'static str {
+        let [disk_full, unavailable] = fleetlet_manifests::status::STORE_FAULT_REASONS;
+        if self.disk_full {
+            disk_full
+        } else {
+            unavailable
+        }
     }
 }
 

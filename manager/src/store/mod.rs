@@ -118,6 +118,7 @@ pub struct FleetRow {
     pub last_seen_at: Option<OffsetDateTime>,
     pub observed_generation: Option<u64>,
     pub counts: PhaseCounts,
+    /// The agent reported a condition that makes it degraded by itself (see [`manifest_rejected`]).
     pub manifest_rejected: bool,
     /// The agent reported a `RolledBack` condition with status True.
     pub rolled_back: bool,
@@ -234,11 +235,17 @@ pub fn phase_counts(resources: &BTreeMap<ResourceId, ResourceStatus>) -> PhaseCo
     counts
 }
 
-/// Whether a status carries a True `ManifestRejected` condition.
+/// Whether a status carries a condition that makes the agent degraded whatever its resources
+/// say: a True `ManifestRejected`, or a True `Degraded` whose reason says the agent's local store
+/// cannot save (`DiskFull`, `StoreUnavailable`). Stored as `agent_status.manifest_rejected`.
 pub fn manifest_rejected(conditions: &[fleetlet_manifests::Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == ConditionType::ManifestRejected && c.status == ConditionStatus::True)
+    conditions.iter().any(|c| {
+        c.status == ConditionStatus::True
+            && (c.type_ == ConditionType::ManifestRejected
+                || (c.type_ == ConditionType::Degraded
+                    && fleetlet_manifests::status::STORE_FAULT_REASONS
+                        .contains(&c.reason.as_str())))
+    })
 }
 
 /// The agent's `RolledBack` condition when its status is True.
@@ -446,6 +453,24 @@ mod tests {
                                    "since": "2026-11-22T10:00:00Z", "generation": observed}},
         }))
         .expect("valid status")
+    }
+
+    #[test]
+    fn a_store_fault_or_a_rejected_manifest_degrades_the_agent_and_failed_resources_do_not_here() {
+        let with = |type_: &str, status: &str, reason: &str| {
+            let condition: fleetlet_manifests::Condition = serde_json::from_value(json!({
+                "type": type_, "status": status, "reason": reason, "message": "m",
+                "lastTransitionTime": "2026-11-22T10:00:00Z"}))
+            .expect("condition");
+            manifest_rejected(&[condition])
+        };
+        assert!(with("Degraded", "True", "DiskFull"));
+        assert!(with("Degraded", "True", "StoreUnavailable"));
+        assert!(with("ManifestRejected", "True", "InvalidManifest"));
+        // Failed resources are counted by phase, not by this flag.
+        assert!(!with("Degraded", "True", "ResourcesFailed"));
+        assert!(!with("Degraded", "False", "NoFailures"));
+        assert!(!with("ManifestRejected", "False", "Accepted"));
     }
 
     fn previous(observed: u64, rolled_back: bool) -> PreviousReport {

@@ -48,20 +48,28 @@ pub(super) fn is_temp_name(name: &str) -> bool {
 /// disk: a process crash is still safe, a power cut may lose the latest writes (never tear them).
 pub(super) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let temp = temp_path(path);
+    let written = write_temp(&temp, bytes, sync).and_then(|()| fs::rename(&temp, path));
+    if let Err(error) = written {
+        // A temporary that could not be finished (a full disk) must not hold on to its space.
+        let _ = fs::remove_file(&temp);
+        return Err(error);
+    }
+    if sync {
+        sync_dir(parent_of(path))?;
+    }
+    Ok(())
+}
+
+fn write_temp(temp: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&temp)?;
+        .open(temp)?;
     file.write_all(bytes)?;
     if sync {
         // Data and size must be on disk before the rename makes them visible under the real name.
         file.sync_all()?;
-    }
-    drop(file);
-    fs::rename(&temp, path)?;
-    if sync {
-        sync_dir(parent_of(path))?;
     }
     Ok(())
 }

@@ -71,10 +71,14 @@ pub(super) fn acquire(
     };
     let mut text = serde_json::to_vec(&holder).map_err(|e| io(std::io::Error::other(e)))?;
     text.push(b'\n');
-    file.set_len(0).map_err(io)?;
-    file.write_all(&text).map_err(io)?;
-    if sync {
-        file.sync_data().map_err(io)?;
+    // The name only tells a second agent who holds the lock; the lock itself is held. A full or
+    // failing disk must not stop the start for it.
+    let named = file
+        .set_len(0)
+        .and_then(|()| file.write_all(&text))
+        .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+    if let Err(error) = named {
+        tracing::warn!(lock = %path.display(), %error, "could not write this agent's name into the lock file");
     }
     Ok(StateDirLock { _file: file })
 }
