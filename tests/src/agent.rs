@@ -140,7 +140,8 @@ impl AgentOptions {
         }
     }
 
-    fn command(&self, dirs: &AgentDirs) -> anyhow::Result<Command> {
+    /// The agent's command line and environment, not started (a test may wrap it, e.g. in strace).
+    pub fn command(&self, dirs: &AgentDirs) -> anyhow::Result<Command> {
         let mut command = Command::new(agent_binary()?);
         command
             .env_clear()
