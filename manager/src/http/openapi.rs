@@ -466,6 +466,24 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_components_require_only_what_the_parser_requires() {
+        // Fields with defaults are optional, as in the served schema (issue 18: the document
+        // marked them required, so a client generated from it refused valid manifests).
+        let document = document(60);
+        for (component, required) in [
+            ("FileSpec", json!(["path", "content"])),
+            ("ContainerSpec", json!(["image"])),
+            ("SystemdUnitSpec", json!(["name", "unit"])),
+            ("SessionStorageSpec", json!(["sessionId", "sizeLimitBytes"])),
+            ("AgentManifest", json!(["apiVersion", "kind", "agentId"])),
+        ] {
+            let schema = &document["components"]["schemas"][component];
+            assert_eq!(schema["required"], required, "{component}");
+            assert_eq!(schema["additionalProperties"], json!(false), "{component}");
+        }
+    }
+
+    #[test]
     fn every_reference_resolves_inside_the_document() {
         let document = document(60);
         let mut refs = Vec::new();
