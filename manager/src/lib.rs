@@ -6,7 +6,6 @@
 //!
 //! Invariant: only the manager talks to Postgres; agents, the CLI and dashboards use the API.
 
-pub mod cli;
 pub mod config;
 pub mod contact;
 pub mod fleet;

@@ -360,11 +360,26 @@ fn the_containerfile_builds_the_manager_binaries() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(deploy_dir().join("Containerfile"))?;
     let from_count = text.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(from_count >= 2, "a multi-stage build");
-    let manager_toml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manager/Cargo.toml"),
-    )?;
-    for binary in ["fleetlet-manager", "fleetlet"] {
-        assert!(manager_toml.contains(&format!("name = \"{binary}\"")));
+    // The server and the CLI are separate crates, so the image names both packages.
+    for (binary, package, dir) in [
+        ("fleetlet-manager", "fleetlet-manager", "manager"),
+        ("fleetlet", "fleetlet-cli", "cli"),
+    ] {
+        let toml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../{dir}/Cargo.toml")),
+        )?;
+        assert!(
+            toml.contains(&format!("name = \"{binary}\"")),
+            "{dir}/Cargo.toml"
+        );
+        assert!(
+            text.contains(&format!("-p {package}")),
+            "{package} is not built"
+        );
+        assert!(
+            text.contains(&format!("COPY {dir} {dir}")),
+            "{dir} is not copied"
+        );
         assert!(
             text.contains(&format!("--bin {binary}")),
             "{binary} is not built"

@@ -1,7 +1,7 @@
 //! The `fleetlet` CLI binary: parses the command line and runs it.
 
 use clap::Parser;
-use fleetlet_manager::cli::{Cli, CliError, output, run};
+use fleetlet_cli::{Cli, CliError, output, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

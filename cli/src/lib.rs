@@ -3,10 +3,14 @@
 //!
 //! It speaks only the REST API (never the database), with the wire types of
 //! `fleetlet-manifests`. The manager and token come from `--url`/`--token`, `FLEETLET_URL` /
-//! `FLEETLET_TOKEN`, or a TOML config file (see `cli/client.rs`). The commands live in
-//! `cli/commands.rs`, the manifest reading and diffing in `cli/manifest_file.rs`, `apply --wait`
-//! in `cli/wait.rs`, every table in `cli/render.rs`, and every write to stdout or stderr in
-//! `cli/output.rs` (a reader that goes away ends a command quietly, never with a panic).
+//! `FLEETLET_TOKEN`, or a TOML config file (see `client.rs`). The commands live in
+//! `commands.rs`, the manifest reading and diffing in `manifest_file.rs`, `apply --wait` in
+//! `wait.rs`, every table in `render.rs`, and every write to stdout or stderr in `output.rs` (a
+//! reader that goes away ends a command quietly, never with a panic).
+//!
+//! Invariant: this crate does not depend on `fleetlet-manager`, so the `fleetlet` binary links
+//! no server, no database driver and not the manager's allocator (checked by this crate's
+//! `tests/dependencies.rs`).
 
 mod client;
 mod commands;
@@ -64,7 +68,7 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
         /// How long --wait waits (e.g. 120s, 5m).
-        #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: Duration,
         /// Sign the manifest with this private key (from `fleetlet keygen`) before storing it;
         /// agents with trusted keys refuse unsigned manifests.
@@ -197,6 +201,34 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not key=value"))
 }
 
+/// A duration such as `30s`, `500ms`, `5m` or `1h` (a bare number is seconds); zero is refused.
+/// The same spelling as the manager's `--report-interval`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" | "" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err("the duration must be above zero".to_owned());
+    }
+    Ok(duration)
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -275,6 +307,18 @@ mod tests {
             Ok(("site".into(), "north".into()))
         );
         assert!(parse_label("site").is_err());
+    }
+
+    #[test]
+    fn timeouts_parse_with_a_unit_and_refuse_zero() {
+        assert_eq!(parse_duration("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        for bad in ["0s", "soon", "3d", "", "-5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
