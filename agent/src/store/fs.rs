@@ -45,10 +45,13 @@
 //! instead of crash-looping. Every diagnostic is logged with `tracing::warn!` and kept for
 //! [`FsStore::diagnostics`].
 //!
-//! **Size bound.** With a cap of `max_bytes`, the agent log takes at most a quarter (two segments
-//! of `max_bytes / 8`), resource logs share another quarter (two segments each), and the rest is
-//! for the records, whose size is set by the manifest and the status they hold (the resource
-//! journal is compacted once it outgrows both the snapshot and `max_bytes / 16`). The outbox holds
+//! **Size bound.** With a cap of `max_bytes`, the logs take at most half: the agent log half of
+//! that (two segments), resource logs share the other half (two segments each). The rest is for
+//! the records, whose size is set by the manifest and the status they hold (the resource journal
+//! is compacted once it outgrows both the snapshot and `max_bytes / 16`); when the records need
+//! more than their half (a large manifest, kept in `manifest.json` and again as the known-good
+//! one in `rollout.json`, plus a temporary copy while one is replaced), the logs get less, down
+//! to a floor of a few lines (see [`FsStore::log_budget`]). The outbox holds
 //! one report (latest wins) and is removed when acknowledged. A resource's directory goes when
 //! it has neither a record nor a state, and only the newest quarantined copy of a file is kept.
 //! Event seqs and report seqs keep increasing across rotations and restarts. The cap cannot
@@ -84,6 +87,8 @@ use super::{
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Caps below this are raised to it: the logs need room for at least a few lines per segment.
 pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+/// The logs keep at least this much, however large the records are.
+const MIN_LOG_BUDGET: u64 = 16 * 1024;
 /// A resource log segment is never smaller than this, however many resources share the budget.
 const MIN_RESOURCE_SEGMENT_BYTES: u64 = 1024;
 /// Event messages are cut to this many bytes so that one line stays small.
@@ -230,6 +235,9 @@ struct Inner {
     /// Each small record file's content as last read or written: an unchanged record is not
     /// rewritten, which spares the card a write per resource per resync.
     written: HashMap<PathBuf, Vec<u8>>,
+    /// The size of each whole-file record as last read or written, whatever its size: what the
+    /// records take is left out of the logs' share of the cap (see [`FsStore::log_budget`]).
+    record_sizes: HashMap<PathBuf, u64>,
     diagnostics: VecDeque<Diagnostic>,
     /// The table must be written as a new snapshot at the next flush: a rewrite at open could
     /// not be made (a full disk), or a flush failed, after which the kernel may have dropped the
@@ -405,14 +413,35 @@ impl FsStore {
         self.resources_dir.join(id.as_str())
     }
 
-    fn agent_segment_bytes(&self) -> u64 {
-        self.options.max_bytes / 8
+    /// What the logs may take: half the cap, less whatever the records need beyond the other
+    /// half at their peak: every whole-file record (`manifest.json` and the known-good manifest
+    /// in `rollout.json` are the big ones) plus the temporary copy of the largest, which a
+    /// replacement writes beside the old file, and the resource table's snapshot twice (the
+    /// same for its compaction) plus a journal as large as the snapshot or the compaction floor.
+    /// Never below [`MIN_LOG_BUDGET`]: records larger than the cap cannot be shrunk, and the
+    /// logs then keep a few lines each.
+    fn log_budget(&self, inner: &Inner) -> u64 {
+        let max = self.options.max_bytes;
+        let records: u64 = inner.record_sizes.values().sum();
+        let largest = inner.record_sizes.values().copied().max().unwrap_or(0);
+        let snapshot = inner.journal.snapshot_bytes;
+        let table = 2 * snapshot + snapshot.max(max / 16);
+        (max / 2)
+            .min(max.saturating_sub(records + largest + table))
+            .max(MIN_LOG_BUDGET)
     }
 
-    /// Resource logs share a quarter of the cap, two segments each.
-    fn resource_segment_bytes(&self, resources: usize) -> u64 {
-        let share = self.options.max_bytes / 4 / (2 * resources.max(1) as u64);
-        share.clamp(MIN_RESOURCE_SEGMENT_BYTES, self.options.max_bytes / 8)
+    /// The agent log has half the logs' budget, in two segments.
+    fn agent_segment_bytes(&self, inner: &Inner) -> u64 {
+        self.log_budget(inner) / 4
+    }
+
+    /// Resource logs share the other half of the logs' budget, two segments each.
+    fn resource_segment_bytes(&self, inner: &Inner) -> u64 {
+        let budget = self.log_budget(inner);
+        let resources = inner.table.resource_count();
+        let share = budget / 2 / (2 * resources.max(1) as u64);
+        share.clamp(MIN_RESOURCE_SEGMENT_BYTES, budget / 4)
     }
 
     /// Logs and keeps a diagnostic, once: a torn tail met again by every read until the next
@@ -462,6 +491,9 @@ impl FsStore {
         };
         match serde_json::from_slice::<T>(&bytes) {
             Ok(value) => {
+                inner
+                    .record_sizes
+                    .insert(path.to_path_buf(), bytes.len() as u64);
                 remember(inner, path, bytes);
                 Ok(Some(value))
             }
@@ -479,6 +511,9 @@ impl FsStore {
             return Ok(());
         }
         atomic::write_atomically(path, bytes, self.options.sync).map_err(io_error(path))?;
+        inner
+            .record_sizes
+            .insert(path.to_path_buf(), bytes.len() as u64);
         remember(inner, path, bytes.to_vec());
         Ok(())
     }
@@ -497,6 +532,7 @@ impl FsStore {
 
     fn remove_record(&self, inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
         inner.written.remove(path);
+        inner.record_sizes.remove(path);
         atomic::remove_durably(path, self.options.sync).map_err(io_error(path))?;
         Ok(())
     }
@@ -908,6 +944,7 @@ impl FsStore {
     ) -> Result<(), StoreError> {
         let path = self.agent_file(EVENTS_FILE);
         let sync = self.options.sync;
+        let segment = self.agent_segment_bytes(inner);
         let log = &mut inner.agent_log;
         if log.file.is_none() {
             let (file, len, created) = jsonl::open_for_append(&path).map_err(io_error(&path))?;
@@ -922,7 +959,7 @@ impl FsStore {
             log.bytes = to;
             log.repair_to = None;
         }
-        if log.bytes > 0 && log.bytes + line.len() as u64 > self.agent_segment_bytes() {
+        if log.bytes > 0 && log.bytes + line.len() as u64 > segment {
             // The full segment's last lines are made durable before it stops being the live one
             // (a flush only syncs the live segment).
             if let (true, true, Some(file)) = (sync, log.unsynced, log.file.as_ref()) {
@@ -975,7 +1012,7 @@ impl FsStore {
         }
         let (mut file, len, mut created) =
             jsonl::open_for_append(&path).map_err(io_error(&path))?;
-        let segment = self.resource_segment_bytes(inner.table.resource_count());
+        let segment = self.resource_segment_bytes(inner);
         if len > 0 && len + line.len() as u64 > segment {
             if self.options.sync && inner.unsynced_resource_logs.contains(id) {
                 file.sync_data().map_err(io_error(&path))?;
@@ -1095,6 +1132,9 @@ impl FsStore {
         let Some(report) = report else {
             return Ok(None);
         };
+        if let Ok(meta) = fs::metadata(&path) {
+            inner.record_sizes.insert(path.clone(), meta.len());
+        }
         if let Some((line, message)) = report.corrupt {
             self.quarantine(inner, &path, line, message)?;
             return Ok(None);

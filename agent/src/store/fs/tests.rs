@@ -893,3 +893,50 @@ fn a_store_written_in_the_layout_before_the_journal_opens_with_everything_in_it(
 fn pretty<T: Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("serialise") + "\n"
 }
+
+/// The cap counts the records too: a large manifest, kept in `manifest.json` and again as the
+/// known-good one in `rollout.json`, leaves the logs less room, so the state dir stays under the
+/// cap (issue #22: the logs used to take half the cap whatever the records took).
+#[test]
+fn a_large_manifest_leaves_the_logs_less_room_and_the_state_dir_stays_under_the_cap() {
+    const CAP: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = FsStoreOptions {
+        max_bytes: CAP,
+        sync: false,
+    };
+    let store = FsStore::open(dir.path(), agent(), options).expect("opens");
+    let large = manifest(1, &"x".repeat(300 * 1024));
+    store.save_manifest(&large).expect("save");
+    store
+        .save_rollout(&crate::store::RolloutState {
+            known_good: Some(large),
+            ..Default::default()
+        })
+        .expect("save");
+    store.save_status(&status(1)).expect("save");
+    store
+        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
+        .expect("save");
+    let mut peak = 0;
+    for n in 0..20_000 {
+        store
+            .append_event(event(
+                EventKind::ResourceRepaired,
+                Some("motd"),
+                &format!("content drifted, repair number {n} of a long run of repairs"),
+            ))
+            .expect("append");
+        if n % 500 == 0 {
+            peak = peak.max(store.disk_usage().expect("usage"));
+        }
+    }
+    let used = store.disk_usage().expect("usage");
+    assert!(
+        peak.max(used) < CAP,
+        "the state dir grew to {} bytes",
+        peak.max(used)
+    );
+    // The newest events are still there.
+    assert_eq!(store.read_events(19_999, 10).expect("read").len(), 1);
+}
