@@ -167,6 +167,8 @@ pub struct Engine<R> {
     status_basis: Option<StatusBasis>,
     /// The textfile metrics, told after every pass of [`Engine::run`] (FLEETLET_METRICS_FILE).
     metrics_file: Option<crate::metrics_file::MetricsFile>,
+    /// When a report last carried a higher repair count (see [`status::REPAIR_REPORT_INTERVAL`]).
+    repairs_reported_at: Option<OffsetDateTime>,
 }
 
 /// Everything a status is built from, except the clock and the previous report (a status with
@@ -214,6 +216,7 @@ impl<R: Reconcile> Engine<R> {
             desired_revision: 0,
             status_basis: None,
             metrics_file: None,
+            repairs_reported_at: None,
         };
         engine.refresh_spec_hashes();
         Ok(engine)
@@ -646,6 +649,11 @@ impl<R: Reconcile> Engine<R> {
                                 error: None,
                                 retry_after: None,
                                 details: applied.details,
+                                repairs: status::repairs_after(
+                                    previous.as_ref(),
+                                    &applied.change,
+                                    self.settings.clock.now(),
+                                ),
                             },
                             consecutive_failures: 0,
                         };
@@ -704,6 +712,7 @@ impl<R: Reconcile> Engine<R> {
                     }),
                     retry_after: None,
                     details: None,
+                    repairs: previous.and_then(|p| p.status.repairs.clone()),
                 },
                 consecutive_failures: 0,
             };
@@ -781,6 +790,7 @@ impl<R: Reconcile> Engine<R> {
                 details: error
                     .details()
                     .or_else(|| previous.and_then(|p| p.status.details.clone())),
+                repairs: previous.and_then(|p| p.status.repairs.clone()),
             },
             consecutive_failures: failures,
         }
@@ -1001,9 +1011,19 @@ impl<R: Reconcile> Engine<R> {
             .last_report
             .as_ref()
             .is_none_or(|last| !status::same_content(last, &status));
-        if !changed && !heartbeat {
-            self.status_basis = reusable;
+        let repaired = self
+            .last_report
+            .as_ref()
+            .is_some_and(|last| !status::same_repairs(last, &status));
+        let now = self.settings.clock.now();
+        let news = changed || (repaired && status::repairs_due(self.repairs_reported_at, now));
+        if !news && !heartbeat {
+            // A repair count held back is looked at again by the next pass.
+            self.status_basis = reusable.filter(|_| !repaired);
             return Ok(None);
+        }
+        if repaired {
+            self.repairs_reported_at = Some(now);
         }
         let seq = status::next_report_seq(self.store.last_report_seq()?, status.observed_at);
         self.store.save_last_report_seq(seq)?;

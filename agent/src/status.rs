@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use fleetlet_manifests::status::STATUS_KIND;
 use fleetlet_manifests::{
     API_VERSION, AgentId, AgentInfo, AgentManifest, AgentStatus, Condition, ConditionStatus,
-    ConditionType, Phase, Resource, ResourceId, ResourceStatus,
+    ConditionType, Phase, Repairs, Resource, ResourceId, ResourceStatus,
 };
 use time::OffsetDateTime;
 
+use crate::reconcile::Change;
 use crate::store::{DeadlineOutcome, MissedDeadline, ResourceState};
 
 /// Where the agent stands with its manager.
@@ -137,7 +138,8 @@ fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, Resource
                 Some(state) if state.status.spec_hash.as_deref() == Some(&*spec_hash) => {
                     state.status.clone()
                 }
-                _ => ResourceStatus {
+                // A new spec keeps the resource's repairs: the count only grows.
+                state => ResourceStatus {
                     kind: resource.kind().to_owned(),
                     phase: Phase::Pending,
                     since: inputs.now,
@@ -146,6 +148,7 @@ fn resource_statuses(inputs: &StatusInputs<'_>) -> BTreeMap<ResourceId, Resource
                     error: None,
                     retry_after: None,
                     details: None,
+                    repairs: state.and_then(|s| s.status.repairs.clone()),
                 },
             };
             resources.insert(resource.id.clone(), status);
@@ -391,13 +394,96 @@ pub fn note_store_fault(
     }
 }
 
-/// Whether two statuses say the same thing, ignoring when they were made and their seq.
+/// Whether two statuses say the same thing, ignoring when they were made, their seq and their
+/// resources' repair counts (see [`same_repairs`]).
 pub fn same_content(a: &AgentStatus, b: &AgentStatus) -> bool {
     a.manifest_generation == b.manifest_generation
         && a.observed_generation == b.observed_generation
         && a.agent == b.agent
         && a.conditions == b.conditions
-        && a.resources == b.resources
+        && a.resources.len() == b.resources.len()
+        && a.resources
+            .iter()
+            .zip(&b.resources)
+            .all(|((id_a, a), (id_b, b))| id_a == id_b && same_resource(a, b))
+}
+
+/// Every field but `repairs`. Spelled out, so that a new field cannot be forgotten here.
+fn same_resource(a: &ResourceStatus, b: &ResourceStatus) -> bool {
+    let ResourceStatus {
+        kind,
+        phase,
+        since,
+        generation,
+        spec_hash,
+        error,
+        retry_after,
+        details,
+        repairs: _,
+    } = a;
+    *kind == b.kind
+        && *phase == b.phase
+        && *since == b.since
+        && *generation == b.generation
+        && *spec_hash == b.spec_hash
+        && *error == b.error
+        && *retry_after == b.retry_after
+        && *details == b.details
+}
+
+/// Whether two statuses carry the same repair counts for every resource.
+pub fn same_repairs(a: &AgentStatus, b: &AgentStatus) -> bool {
+    let counts = |status: &AgentStatus| -> Vec<(ResourceId, u64)> {
+        status
+            .resources
+            .iter()
+            .filter_map(|(id, r)| {
+                r.repairs
+                    .as_ref()
+                    .map(|repairs| (id.clone(), repairs.count))
+            })
+            .collect()
+    };
+    counts(a) == counts(b)
+}
+
+/// A status whose only news is a higher repair count is sent at most this often (the compact
+/// heartbeat's default interval): a device whose file someone edits at every resync must not
+/// report at every resync. The count rides along with any other report in between, and the
+/// status sent at the end of the interval carries every repair made during it.
+pub const REPAIR_REPORT_INTERVAL: time::Duration = time::Duration::minutes(10);
+
+/// Whether a status that differs from the last report only in its repair counts goes out now,
+/// given when such a status was last sent.
+pub fn repairs_due(last_sent: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    last_sent.is_none_or(|at| now - at >= REPAIR_REPORT_INTERVAL)
+}
+
+/// A resource's repairs after an apply that made `change`: one more after a repair, as before
+/// otherwise. `previous` is the resource's state before the apply, whatever its spec was.
+pub fn repairs_after(
+    previous: Option<&ResourceState>,
+    change: &Change,
+    at: OffsetDateTime,
+) -> Option<Repairs> {
+    let before = previous.and_then(|p| p.status.repairs.clone());
+    match change {
+        Change::Repaired { drift } => Some(Repairs {
+            count: before.map_or(0, |r| r.count).saturating_add(1),
+            last_at: at,
+            last_drift: bounded(drift),
+        }),
+        _ => before,
+    }
+}
+
+/// What drifted, cut to a length a status row can carry.
+fn bounded(drift: &str) -> String {
+    const MOST: usize = 256;
+    match drift.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("{}…", &drift[..cut]),
+        None => drift.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +532,7 @@ mod tests {
                     }),
                     retry_after: None,
                     details: None,
+                    repairs: None,
                 },
                 consecutive_failures: 0,
             },
@@ -582,5 +669,137 @@ mod tests {
             condition(&status, ConditionType::Reconciling).status,
             ConditionStatus::True
         );
+    }
+
+    #[test]
+    fn a_repair_counts_one_more_and_names_the_drift_while_other_changes_keep_the_count() {
+        let manifest = manifest();
+        let (_, mut before) = state(&manifest, "a", Phase::Ready);
+        let t1 = datetime!(2026-11-22 10:01 UTC);
+        let edited = Change::Repaired {
+            drift: "content changed".into(),
+        };
+        let first = repairs_after(Some(&before), &edited, t1).expect("counted");
+        assert_eq!(
+            first,
+            Repairs {
+                count: 1,
+                last_at: t1,
+                last_drift: "content changed".into()
+            }
+        );
+        before.status.repairs = Some(first.clone());
+        for change in [Change::Unchanged, Change::Updated, Change::Created] {
+            assert_eq!(
+                repairs_after(Some(&before), &change, datetime!(2026-11-22 10:02 UTC)),
+                Some(first.clone()),
+                "{change:?}"
+            );
+        }
+        let deleted = Change::Repaired {
+            drift: "the file was deleted".into(),
+        };
+        let second = repairs_after(Some(&before), &deleted, t1).expect("counted");
+        assert_eq!(
+            (second.count, second.last_drift.as_str()),
+            (2, "the file was deleted")
+        );
+        assert_eq!(repairs_after(None, &Change::Created, t1), None);
+        // A long drift message is cut.
+        let long = Change::Repaired {
+            drift: "x".repeat(10_000),
+        };
+        assert!(
+            repairs_after(None, &long, t1)
+                .expect("counted")
+                .last_drift
+                .len()
+                < 300
+        );
+    }
+
+    #[test]
+    fn a_status_that_differs_only_in_repairs_is_the_same_content_but_not_the_same_repairs() {
+        let manifest = manifest();
+        let states = BTreeMap::from([state(&manifest, "a", Phase::Ready)]);
+        let agent_id = AgentId::try_from("pi").expect("id");
+        let agent = agent();
+        let mut inputs = StatusInputs {
+            agent_id: &agent_id,
+            agent: &agent,
+            manifest: None,
+            missed_deadline: None,
+            spec_hashes: None,
+            manifest_generation: 2,
+            observed_generation: 2,
+            states: &states,
+            connectivity: &Connectivity::Online,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        };
+        let before = build_status(&inputs);
+        let mut repaired_states = states.clone();
+        for state in repaired_states.values_mut() {
+            state.status.repairs = Some(Repairs {
+                count: 1,
+                last_at: datetime!(2026-11-22 10:01 UTC),
+                last_drift: "mode changed".into(),
+            });
+        }
+        inputs.states = &repaired_states;
+        inputs.previous = Some(&before);
+        let after = build_status(&inputs);
+        assert!(same_content(&before, &after));
+        assert!(!same_repairs(&before, &after));
+        assert!(same_repairs(&after, &after));
+        // Anything else still counts as news.
+        let mut failed = after.clone();
+        failed
+            .resources
+            .values_mut()
+            .for_each(|r| r.phase = Phase::Failed);
+        assert!(!same_content(&after, &failed));
+    }
+
+    #[test]
+    fn a_status_whose_only_news_is_repairs_goes_out_at_most_once_per_interval() {
+        let t0 = datetime!(2026-11-22 10:00 UTC);
+        assert!(repairs_due(None, t0));
+        assert!(!repairs_due(Some(t0), t0 + time::Duration::minutes(9)));
+        assert!(repairs_due(Some(t0), t0 + REPAIR_REPORT_INTERVAL));
+    }
+
+    #[test]
+    fn a_resource_pending_for_a_new_spec_keeps_its_repairs() {
+        let manifest = manifest();
+        let (id, mut old) = state(&manifest, "a", Phase::Ready);
+        old.status.spec_hash = Some("an older spec".into());
+        old.status.repairs = Some(Repairs {
+            count: 3,
+            last_at: datetime!(2026-11-22 10:00 UTC),
+            last_drift: "content changed".into(),
+        });
+        let states = BTreeMap::from([(id, old)]);
+        let agent_id = AgentId::try_from("pi").expect("id");
+        let agent = agent();
+        let status = build_status(&StatusInputs {
+            agent_id: &agent_id,
+            agent: &agent,
+            manifest: Some(&manifest),
+            missed_deadline: None,
+            spec_hashes: None,
+            manifest_generation: 2,
+            observed_generation: 1,
+            states: &states,
+            connectivity: &Connectivity::Online,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        });
+        let a = &status.resources["a"];
+        assert_eq!(a.phase, Phase::Pending);
+        assert_eq!(a.repairs.as_ref().map(|r| r.count), Some(3));
+        assert_eq!(status.resources["b"].repairs, None);
     }
 }

@@ -23,7 +23,7 @@ pub use manifest::{
 pub use signature::ManifestSignature;
 pub use status::{
     AgentInfo, AgentStatus, Condition, ConditionStatus, ConditionType, ContainerDetails,
-    ErrorReason, FileDetails, Phase, ResourceDetails, ResourceError, ResourceStatus,
+    ErrorReason, FileDetails, Phase, Repairs, ResourceDetails, ResourceError, ResourceStatus,
     SessionStorageDetails, SystemdUnitDetails,
 };
 

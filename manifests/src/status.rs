@@ -131,6 +131,24 @@ pub struct ResourceStatus {
     pub retry_after: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<ResourceDetails>,
+    /// Drift the agent found and repaired on this resource (absent until the first repair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<Repairs>,
+}
+
+/// How often the agent found a resource drifted (edited, deleted, stopped or killed by someone
+/// else) and put it back. The count only grows while the resource exists on the agent, across
+/// spec changes and restarts; it starts again at 1 only if the agent lost its store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Repairs {
+    pub count: u64,
+    /// When the last repair was made.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub last_at: OffsetDateTime,
+    /// What the last repair found drifted, in words ("content changed").
+    pub last_drift: String,
 }
 
 /// A typed failure: a reason from a closed set, and a message for people.

@@ -329,3 +329,114 @@ async fn a_restarted_agent_keeps_increasing_report_seq_and_its_reports_are_accep
     assert!(view.summary.converged);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_file_edited_by_hand_is_repaired_and_the_manager_logs_it_once_per_interval_with_a_count()
+-> anyhow::Result<()> {
+    let manager = ManagerProcess::start().await?;
+    let agent_id = unique_agent_id("drift");
+    let token = manager.register_agent(&agent_id).await?;
+    let dirs = AgentDirs::new()?;
+    let agent = AgentProcess::start(
+        &dirs,
+        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
+    )?;
+    let drifty = dirs.root().join("etc/drifty.conf");
+    let first = manager
+        .put_manifest(
+            &agent_id,
+            &manifest(
+                &agent_id,
+                vec![file_resource("drifty", &drifty, "as managed\n", "0644")],
+            ),
+        )
+        .await?;
+    manager
+        .wait_converged(&agent_id, first, Duration::from_secs(15))
+        .await?;
+    let repaired_events = |events: &[Event]| -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| e.type_ == EventType::ResourceRepaired)
+            .cloned()
+            .collect()
+    };
+    assert!(repaired_events(&manager.events(&agent_id).await?).is_empty());
+
+    // Someone edits the file by hand: the agent puts it back and the manager's log says so.
+    std::fs::write(&drifty, "edited by hand\n")?;
+    let events = wait_for(
+        "a ResourceRepaired event in the manager's log",
+        Duration::from_secs(20),
+        || async {
+            let events = repaired_events(&manager.events(&agent_id).await.ok()?);
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await?;
+    assert_eq!(std::fs::read_to_string(&drifty)?, "as managed\n");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(
+        event.resource_id.as_ref().map(|id| id.as_str()),
+        Some("drifty")
+    );
+    assert_eq!(event.payload["kind"], "File");
+    assert_eq!(event.payload["repairs"], 1);
+    assert_eq!(event.payload["drift"], "content changed");
+    let status = manager
+        .wait_for_status(
+            &agent_id,
+            "the repair in the status",
+            Duration::from_secs(10),
+            |s| s.resources["drifty"].repairs.is_some(),
+        )
+        .await?;
+    let repairs = status.resources["drifty"]
+        .repairs
+        .clone()
+        .context("repairs")?;
+    assert_eq!(
+        (repairs.count, repairs.last_drift.as_str()),
+        (1, "content changed")
+    );
+
+    // The same drift again, within the interval: repaired, counted, but no second event.
+    std::fs::write(&drifty, "edited by hand again\n")?;
+    wait_for("the second repair", Duration::from_secs(20), || async {
+        (agent.count_log_lines(&["ResourceRepaired", "drifty"]) >= 2).then_some(())
+    })
+    .await?;
+    // A count alone waits for the agent's next report: a new generation brings one.
+    let second = manager
+        .put_manifest(
+            &agent_id,
+            &manifest(
+                &agent_id,
+                vec![
+                    file_resource("drifty", &drifty, "as managed\n", "0644"),
+                    file_resource("other", &dirs.root().join("etc/other.conf"), "x\n", "0644"),
+                ],
+            ),
+        )
+        .await?;
+    let status = manager
+        .wait_for_status(
+            &agent_id,
+            "the second repair counted in the status",
+            Duration::from_secs(20),
+            |s| {
+                s.all_ready_at(second)
+                    && s.resources["drifty"].repairs.as_ref().map(|r| r.count) == Some(2)
+            },
+        )
+        .await?;
+    assert_eq!(status.resources["other"].repairs, None);
+    let events = repaired_events(&manager.events(&agent_id).await?);
+    assert_eq!(
+        events.len(),
+        1,
+        "a second event within the interval: {events:?}"
+    );
+    Ok(())
+}

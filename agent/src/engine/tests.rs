@@ -41,6 +41,8 @@ struct FakeReconciler {
     panicking: HashSet<String>,
     /// Applying this id triggers shutdown (once the apply is done).
     stops_the_agent: Option<(String, Arc<Shutdown>)>,
+    /// Applies of these ids find drift and repair it.
+    drifting: Mutex<HashSet<String>>,
 }
 
 impl FakeReconciler {
@@ -104,8 +106,15 @@ impl Reconcile for FakeReconciler {
             }
             .into());
         }
+        let change = if self.drifting.lock().expect("lock").contains(id) {
+            Change::Repaired {
+                drift: "content changed".into(),
+            }
+        } else {
+            Change::Created
+        };
         Ok(Applied {
-            change: Change::Created,
+            change,
             owned: Owned::File(OwnedFile {
                 path: format!("/fake/{id}"),
                 created: true,
@@ -1421,4 +1430,69 @@ async fn a_generation_the_store_cannot_save_is_applied_reported_and_saved_when_i
         disk.load_status().expect("status").map(|s| s.report_seq),
         Some(status.report_seq)
     );
+}
+
+#[tokio::test]
+async fn repairs_are_counted_and_a_new_count_alone_is_published_at_most_once_per_interval() {
+    let mut r = Rollout::new();
+    let online = Connectivity::Online;
+    let repairs = |r: &Rollout| r.status().resources["a"].repairs.as_ref().map(|x| x.count);
+    r.apply(rollout_manifest(1, vec![file("a"), file("b")], None))
+        .await;
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(repairs(&r), None);
+
+    // Someone edits the file at every resync.
+    r.fake.drifting.lock().expect("lock").insert("a".into());
+    r.pass().await;
+    assert_eq!(repairs(&r), Some(1));
+    let repaired = &r.status().resources["a"];
+    assert_eq!(repaired.phase, Phase::Ready);
+    assert_eq!(
+        repaired.repairs.as_ref().map(|x| x.last_drift.as_str()),
+        Some("content changed")
+    );
+    assert!(publish(&mut r.engine, &online), "the first repair is news");
+    let sent = |r: &Rollout| {
+        r.store
+            .pending_report()
+            .expect("outbox")
+            .and_then(|s| s.resources["a"].repairs.as_ref().map(|x| x.count))
+    };
+    assert_eq!(sent(&r), Some(1));
+
+    // More repairs within the interval wait, and are looked at again by every pass.
+    for count in 2..=3 {
+        r.pass().await;
+        assert_eq!(repairs(&r), Some(count));
+        assert!(
+            !publish(&mut r.engine, &online),
+            "repair {count} alone is held back"
+        );
+        assert!(r.engine.status_basis.is_none());
+    }
+    assert_eq!(sent(&r), Some(1));
+    // Other news carries the count along at once.
+    r.fake.fail("b");
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(sent(&r), Some(4));
+    r.pass().await;
+    assert!(!publish(&mut r.engine, &online));
+
+    // Once the interval is over, the count goes out.
+    r.clock
+        .advance(status::REPAIR_REPORT_INTERVAL.unsigned_abs());
+    assert!(publish(&mut r.engine, &online));
+    assert_eq!(sent(&r), Some(5));
+
+    // Without drift, nothing more (once `b`, retried after its backoff, is Ready again).
+    r.fake.drifting.lock().expect("lock").clear();
+    r.fake.heal("b");
+    r.pass().await;
+    assert!(publish(&mut r.engine, &online));
+    r.pass().await;
+    assert!(!publish(&mut r.engine, &online));
+    assert_eq!(repairs(&r), Some(5));
+    assert_eq!(sent(&r), Some(5));
 }

@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 
 use super::{
     Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
-    StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts, rolled_back,
+    RepairMark, StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts,
+    repair_events, rolled_back,
 };
 use crate::token::TokenHash;
 use crate::watch::ManifestWatch;
@@ -28,6 +29,9 @@ struct MemoryAgent {
     manifests: Vec<StoredManifest>,
     status: Option<AgentStatus>,
     events: Vec<Event>,
+    /// Resource id → what `ResourceRepaired` events already said (as PostgreSQL keeps it in the
+    /// resource's row).
+    repair_marks: BTreeMap<String, RepairMark>,
 }
 
 impl MemoryAgent {
@@ -123,6 +127,7 @@ impl MemoryStore {
                 manifests: Vec::new(),
                 status: None,
                 events: Vec::new(),
+                repair_marks: BTreeMap::new(),
             });
         if !agent.decommissioned {
             return Err(StoreError::AgentExists(agent_id.clone()));
@@ -307,10 +312,16 @@ impl MemoryStore {
                     .status
                     .as_ref()
                     .is_some_and(|s| rolled_back(&s.conditions)),
+                repairs: std::mem::take(&mut agent.repair_marks),
             };
-            for event in events_for_report(&previous, status) {
+            let (repaired, marks) = repair_events(&previous, status, now);
+            for event in events_for_report(&previous, status)
+                .into_iter()
+                .chain(repaired)
+            {
                 agent.append(event, now);
             }
+            agent.repair_marks = marks;
             agent.status = Some(status.clone());
             agent.last_report_seq = Some(status.report_seq);
             agent.last_seen_at = Some(now);
@@ -510,6 +521,51 @@ mod tests {
             events.last().map(|e| e.type_),
             Some(EventType::RollbackCleared)
         );
+    }
+
+    #[tokio::test]
+    async fn repairs_are_one_event_per_interval_and_their_count_is_kept_in_the_status() {
+        let (store, agent, now) = store_with_pi_1().await;
+        let mut status = status_with("pi-1", None);
+        let repaired = |status: &mut AgentStatus, seq: u64, count: u64| {
+            status.report_seq = seq;
+            status.resources.values_mut().for_each(|r| {
+                r.repairs = Some(fleetlet_manifests::Repairs {
+                    count,
+                    last_at: now,
+                    last_drift: "the directory was deleted".into(),
+                });
+            });
+        };
+        let repairs = |events: &[Event]| -> Vec<serde_json::Value> {
+            events
+                .iter()
+                .filter(|e| e.type_ == EventType::ResourceRepaired)
+                .map(|e| e.payload["repairs"].clone())
+                .collect()
+        };
+        repaired(&mut status, 1, 1);
+        store.report_status(&status, now).await.expect("report");
+        repaired(&mut status, 2, 3);
+        let soon = now + time::Duration::minutes(1);
+        store.report_status(&status, soon).await.expect("report");
+        let events = store.events(&agent, 0, 100).await.expect("events");
+        assert_eq!(repairs(&events), [json!(1)]);
+        let (_, stored) = store.status(&agent).await.expect("status");
+        let stored = stored.expect("a status");
+        assert_eq!(
+            stored.resources["scratch"]
+                .repairs
+                .as_ref()
+                .map(|r| r.count),
+            Some(3)
+        );
+
+        repaired(&mut status, 3, 4);
+        let later = now + super::super::REPAIR_EVENT_INTERVAL;
+        store.report_status(&status, later).await.expect("report");
+        let events = store.events(&agent, 0, 100).await.expect("events");
+        assert_eq!(repairs(&events), [json!(1), json!(3)]);
     }
 
     #[tokio::test]

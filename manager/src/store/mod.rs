@@ -164,6 +164,86 @@ pub struct PreviousReport {
     pub phases: BTreeMap<String, String>,
     /// Whether its `RolledBack` condition was True.
     pub rolled_back: bool,
+    /// Resource id → what events already said of its repairs.
+    pub repairs: BTreeMap<String, RepairMark>,
+}
+
+/// How much of a resource's repair count `ResourceRepaired` events already told, and when the
+/// last of them was appended. Kept beside the resource's status, dropped with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairMark {
+    /// The agent's repair count as of the last event.
+    pub evented: u64,
+    pub evented_at: Option<OffsetDateTime>,
+}
+
+/// At most one `ResourceRepaired` event per resource this often: a device whose file is edited
+/// at every resync adds one event per resource per interval, carrying how many repairs it
+/// covers, instead of one per repair.
+pub const REPAIR_EVENT_INTERVAL: time::Duration = time::Duration::minutes(10);
+
+/// The `ResourceRepaired` events a report causes, and the repair marks to keep for each of its
+/// resources.
+///
+/// A resource whose repair count went up since the last event is an event, unless its last
+/// event is younger than [`REPAIR_EVENT_INTERVAL`]: then nothing is appended and the repairs
+/// wait to be counted by the next event (the status always shows the current count). A count
+/// lower than the one already told means the agent lost its store and counts from 1 again.
+/// A report without repairs for a resource keeps its mark.
+pub fn repair_events(
+    previous: &PreviousReport,
+    status: &AgentStatus,
+    now: OffsetDateTime,
+) -> (Vec<NewEvent>, BTreeMap<String, RepairMark>) {
+    let mut events = Vec::new();
+    let mut marks = BTreeMap::new();
+    for (id, resource) in &status.resources {
+        let before = previous
+            .repairs
+            .get(id.as_str())
+            .copied()
+            .unwrap_or_default();
+        let mark = match &resource.repairs {
+            None => before,
+            Some(repairs) => {
+                let evented = if repairs.count < before.evented {
+                    0
+                } else {
+                    before.evented
+                };
+                let since_event = repairs.count - evented;
+                let due = before
+                    .evented_at
+                    .is_none_or(|at| now - at >= REPAIR_EVENT_INTERVAL);
+                if since_event > 0 && due {
+                    events.push(NewEvent {
+                        type_: EventType::ResourceRepaired,
+                        resource_id: Some(id.clone()),
+                        payload: serde_json::json!({
+                            "kind": resource.kind,
+                            "repairs": since_event,
+                            "totalRepairs": repairs.count,
+                            "drift": repairs.last_drift,
+                            "lastRepairAt": repairs.last_at
+                                .format(&time::format_description::well_known::Rfc3339)
+                                .ok(),
+                        }),
+                    });
+                    RepairMark {
+                        evented: repairs.count,
+                        evented_at: Some(now),
+                    }
+                } else {
+                    RepairMark {
+                        evented,
+                        evented_at: before.evented_at,
+                    }
+                }
+            }
+        };
+        marks.insert(id.to_string(), mark);
+    }
+    (events, marks)
 }
 
 /// The events a status report causes, given what was stored before it.
@@ -478,6 +558,7 @@ mod tests {
             observed_generation: Some(observed),
             phases: BTreeMap::from([("motd".to_owned(), "Ready".to_owned())]),
             rolled_back,
+            ..PreviousReport::default()
         }
     }
 
@@ -525,6 +606,100 @@ mod tests {
         // Hold: the deadline passed and the agent stayed on the generation.
         let events = events_for_report(&previous(2, false), &report(2, 2, Some("False")));
         assert!(events.is_empty(), "{:?}", types(&events));
+    }
+
+    /// A report of `motd` with `count` repairs, the last one at 10:00.
+    fn repaired(count: Option<u64>) -> AgentStatus {
+        let mut status = report(1, 1, None);
+        let motd = status.resources.values_mut().next().expect("motd");
+        motd.repairs = count.map(|count| fleetlet_manifests::Repairs {
+            count,
+            last_at: time::macros::datetime!(2026-11-22 10:00 UTC),
+            last_drift: "content changed".into(),
+        });
+        status
+    }
+
+    fn after(marks: BTreeMap<String, RepairMark>) -> PreviousReport {
+        PreviousReport {
+            repairs: marks,
+            ..previous(1, false)
+        }
+    }
+
+    #[test]
+    fn repairs_are_one_event_per_resource_per_interval_carrying_the_count_since() {
+        let t0 = time::macros::datetime!(2026-11-22 10:00 UTC);
+        // The first repair is an event at once, naming the resource, its kind and the drift.
+        let (events, marks) = repair_events(&previous(1, false), &repaired(Some(1)), t0);
+        assert_eq!(types(&events), [EventType::ResourceRepaired]);
+        assert_eq!(
+            events[0].resource_id.as_ref().map(|id| id.as_str()),
+            Some("motd")
+        );
+        let payload = &events[0].payload;
+        assert_eq!(payload["kind"], "File");
+        assert_eq!(payload["repairs"], 1);
+        assert_eq!(payload["totalRepairs"], 1);
+        assert_eq!(payload["drift"], "content changed");
+        assert_eq!(
+            marks["motd"],
+            RepairMark {
+                evented: 1,
+                evented_at: Some(t0)
+            }
+        );
+
+        // More repairs within the interval: no event, the mark waits.
+        let soon = t0 + time::Duration::minutes(9);
+        let (events, held) = repair_events(&after(marks.clone()), &repaired(Some(4)), soon);
+        assert!(events.is_empty(), "{:?}", types(&events));
+        assert_eq!(held, marks);
+
+        // After the interval, one event counts every repair since the last one.
+        let later = t0 + REPAIR_EVENT_INTERVAL;
+        let (events, marks) = repair_events(&after(held), &repaired(Some(5)), later);
+        assert_eq!(types(&events), [EventType::ResourceRepaired]);
+        assert_eq!(events[0].payload["repairs"], 4);
+        assert_eq!(events[0].payload["totalRepairs"], 5);
+        assert_eq!(
+            marks["motd"],
+            RepairMark {
+                evented: 5,
+                evented_at: Some(later)
+            }
+        );
+
+        // The same count again (a report for another reason) is no event, however late.
+        let much_later = later + time::Duration::hours(5);
+        let (events, same) = repair_events(&after(marks.clone()), &repaired(Some(5)), much_later);
+        assert!(events.is_empty(), "{:?}", types(&events));
+        assert_eq!(same, marks);
+    }
+
+    #[test]
+    fn a_report_without_repairs_keeps_the_mark_and_a_lower_count_starts_again() {
+        let t0 = time::macros::datetime!(2026-11-22 10:00 UTC);
+        let mark = RepairMark {
+            evented: 5,
+            evented_at: Some(t0),
+        };
+        let marks = BTreeMap::from([("motd".to_owned(), mark)]);
+        let (events, kept) = repair_events(&after(marks.clone()), &repaired(None), t0);
+        assert!(events.is_empty());
+        assert_eq!(kept, marks);
+        // An agent that lost its store counts from 1 again: that repair is news.
+        let later = t0 + REPAIR_EVENT_INTERVAL;
+        let (events, marks) = repair_events(&after(marks), &repaired(Some(1)), later);
+        assert_eq!(types(&events), [EventType::ResourceRepaired]);
+        assert_eq!(events[0].payload["repairs"], 1);
+        assert_eq!(
+            marks["motd"],
+            RepairMark {
+                evented: 1,
+                evented_at: Some(later)
+            }
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
 use fleetlet_manifests::{
-    AgentId, AgentInfo, AgentStatus, Condition, ErrorReason, Phase, ResourceDetails, ResourceError,
-    ResourceId, ResourceStatus,
+    AgentId, AgentInfo, AgentStatus, Condition, ErrorReason, Phase, Repairs, ResourceDetails,
+    ResourceError, ResourceId, ResourceStatus,
 };
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -26,7 +26,8 @@ use time::format_description::well_known::Rfc3339;
 use super::coalesce::Coalescer;
 use super::{
     Contact, FleetQuery, FleetRow, NewEvent, NewManifest, PreviousReport, PutManifestOutcome,
-    StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts, rolled_back,
+    RepairMark, StoreError, StoredManifest, events_for_report, manifest_rejected, phase_counts,
+    repair_events, rolled_back,
 };
 use crate::redact::redact_database_url;
 use crate::token::TokenHash;
@@ -656,7 +657,7 @@ impl PgStore {
         .ok_or_else(|| StoreError::AgentNotFound(agent_id.clone()))?;
         let resource_rows = sqlx::query(
             "SELECT resource_id, kind, phase, since, generation, spec_hash, error_reason, \
-               error_message, retry_after, details \
+               error_message, retry_after, details, repairs \
              FROM resource_status WHERE agent_id = $1 ORDER BY resource_id",
         )
         .bind(agent_id.as_str())
@@ -1031,18 +1032,24 @@ async fn report_round(
         entry.observed_generation = Some(from_db(observed)?);
         entry.rolled_back = was_rolled_back;
     }
-    let phases: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT agent_id, resource_id, phase FROM resource_status WHERE agent_id = ANY($1)",
+    type PhaseRow = (String, String, String, i64, Option<OffsetDateTime>);
+    let phases: Vec<PhaseRow> = sqlx::query_as(
+        "SELECT agent_id, resource_id, phase, repairs_evented, repair_evented_at \
+         FROM resource_status WHERE agent_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
-    for (agent, resource, phase) in phases {
-        previous
-            .entry(agent)
-            .or_default()
-            .phases
-            .insert(resource, phase);
+    for (agent, resource, phase, evented, evented_at) in phases {
+        let entry = previous.entry(agent).or_default();
+        if evented > 0 || evented_at.is_some() {
+            let mark = RepairMark {
+                evented: from_db(evented)?,
+                evented_at,
+            };
+            entry.repairs.insert(resource.clone(), mark);
+        }
+        entry.phases.insert(resource, phase);
     }
 
     let mut rows = StatusRows::default();
@@ -1051,16 +1058,16 @@ async fn report_round(
     let mut events = Vec::new();
     for &(status, now) in &accepted {
         let agent = status.agent_id.as_str();
-        let new_events = events_for_report(
-            previous.get(agent).unwrap_or(&PreviousReport::default()),
-            status,
-        );
+        let before = previous.get(agent).cloned().unwrap_or_default();
+        let (repaired, marks) = repair_events(&before, status, now);
+        let mut new_events = events_for_report(&before, status);
+        new_events.extend(repaired);
         rows.push(
             status,
             now,
             i64::try_from(new_events.len()).map_err(|e| corrupt("event count", e))?,
         )?;
-        resources.extend(resource_rows(status, now)?);
+        resources.extend(resource_rows(status, &marks, now)?);
         for id in status.resources.keys() {
             kept_agents.push(agent);
             kept_resources.push(id.as_str());
@@ -1108,18 +1115,23 @@ async fn report_round(
         // that PostgreSQL unpacks with jsonb_to_recordset.
         sqlx::query(
             "INSERT INTO resource_status (agent_id, resource_id, kind, phase, since, generation, \
-               spec_hash, error_reason, error_message, retry_after, details, updated_at) \
+               spec_hash, error_reason, error_message, retry_after, details, updated_at, \
+               repairs, repairs_evented, repair_evented_at) \
              SELECT r.agent_id, r.resource_id, r.kind, r.phase, r.since, r.generation, \
-               r.spec_hash, r.error_reason, r.error_message, r.retry_after, r.details, r.updated_at \
+               r.spec_hash, r.error_reason, r.error_message, r.retry_after, r.details, \
+               r.updated_at, r.repairs, r.repairs_evented, r.repair_evented_at \
              FROM jsonb_to_recordset($1) AS r(agent_id text, resource_id text, kind text, \
                phase text, since timestamptz, generation bigint, spec_hash text, \
                error_reason text, error_message text, retry_after timestamptz, details jsonb, \
-               updated_at timestamptz) \
+               updated_at timestamptz, repairs jsonb, repairs_evented bigint, \
+               repair_evented_at timestamptz) \
              ON CONFLICT (agent_id, resource_id) DO UPDATE SET kind = EXCLUDED.kind, \
                phase = EXCLUDED.phase, since = EXCLUDED.since, generation = EXCLUDED.generation, \
                spec_hash = EXCLUDED.spec_hash, error_reason = EXCLUDED.error_reason, \
                error_message = EXCLUDED.error_message, retry_after = EXCLUDED.retry_after, \
-               details = EXCLUDED.details, updated_at = EXCLUDED.updated_at",
+               details = EXCLUDED.details, updated_at = EXCLUDED.updated_at, \
+               repairs = EXCLUDED.repairs, repairs_evented = EXCLUDED.repairs_evented, \
+               repair_evented_at = EXCLUDED.repair_evented_at",
         )
         .bind(Json(resources))
         .execute(&mut *tx)
@@ -1261,6 +1273,7 @@ async fn insert_events(
 /// The rows of `resource_status` for a report, as the JSON that jsonb_to_recordset reads.
 fn resource_rows(
     status: &AgentStatus,
+    marks: &BTreeMap<String, RepairMark>,
     now: OffsetDateTime,
 ) -> Result<Vec<serde_json::Value>, StoreError> {
     let updated_at = rfc3339(now)?;
@@ -1268,7 +1281,11 @@ fn resource_rows(
         .resources
         .iter()
         .map(|(id, resource)| {
+            let mark = marks.get(id.as_str()).copied().unwrap_or_default();
             Ok(serde_json::json!({
+                "repairs": resource.repairs,
+                "repairs_evented": to_db(mark.evented)?,
+                "repair_evented_at": mark.evented_at.map(rfc3339).transpose()?,
                 "agent_id": status.agent_id,
                 "resource_id": id,
                 "kind": resource.kind,
@@ -1293,6 +1310,7 @@ fn resource_status(row: &PgRow) -> Result<(ResourceId, ResourceStatus), StoreErr
     let reason: Option<String> = row.try_get("error_reason")?;
     let message: Option<String> = row.try_get("error_message")?;
     let details: Option<Json<ResourceDetails>> = row.try_get("details")?;
+    let repairs: Option<Json<Repairs>> = row.try_get("repairs")?;
     let status = ResourceStatus {
         kind: row.try_get("kind")?,
         phase: Phase::parse(&phase).ok_or_else(|| corrupt("stored phase", &phase))?,
@@ -1305,6 +1323,7 @@ fn resource_status(row: &PgRow) -> Result<(ResourceId, ResourceStatus), StoreErr
         }),
         retry_after: row.try_get("retry_after")?,
         details: details.map(|Json(details)| details),
+        repairs: repairs.map(|Json(repairs)| repairs),
     };
     Ok((id, status))
 }

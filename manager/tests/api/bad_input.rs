@@ -273,5 +273,5 @@ async fn schemas_and_health_need_no_token(pool: PgPool) {
         .expect("JSON");
     assert_eq!(ready["store"]["adapter"], "postgres");
     assert_eq!(ready["store"]["migrationReady"], true);
-    assert_eq!(ready["store"]["migrationVersion"], 4);
+    assert_eq!(ready["store"]["migrationVersion"], 5);
 }
