@@ -346,3 +346,81 @@ async fn the_dashboard_renders_the_seeded_fleet_in_chromium() -> anyhow::Result<
     assert!(!dom.contains("data-agent=\"pi-ok\""), "{dom}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_drift_repairs_and_keeps_a_refused_tokens_message() -> anyhow::Result<()>
+{
+    chromium();
+    let database = fresh_database().await?;
+    let manager = ManagerProcess::start(&database.url).await?;
+    let client = reqwest::Client::new();
+    let token = manager
+        .register(&client, json!({"agentId": "pi-drift", "labels": {}}))
+        .await?;
+    manager
+        .put_manifest(
+            &client,
+            "pi-drift",
+            &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
+                    "agentId": "pi-drift", "resources": [file("motd", "/etc/motd")]}),
+        )
+        .await?
+        .error_for_status()?;
+    let status = report(
+        "pi-drift",
+        1,
+        1,
+        json!({"motd": {"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z",
+                        "generation": 1,
+                        "repairs": {"count": 3, "lastAt": "2026-11-22T10:05:00Z",
+                                    "lastDrift": "content changed"}}}),
+    );
+    client
+        .put(format!("{}/api/v1/agents/pi-drift/status", manager.url))
+        .bearer_auth(&token)
+        .json(&status)
+        .send()
+        .await?
+        .error_for_status()?;
+
+    // The agent page: the repair event stands out in the log, and the resource counts them.
+    let url = format!(
+        "{}/#agent=pi-drift&token={}",
+        manager.url, manager.reader_token
+    );
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-type=\"ResourceRepaired\""),
+        "repair event missing:\n{dom}"
+    );
+    assert!(
+        dom.contains("File drifted and was repaired 3"),
+        "repair event text missing:\n{dom}"
+    );
+    assert!(
+        dom.contains("<td class=\"repairs\" title=\"2026-11-22T10:05:00Z\">3 (content changed,"),
+        "repairs column missing:\n{dom}"
+    );
+    let path = artifacts_dir()?.join("dashboard-agent-repairs.png");
+    let url = format!(
+        "{}/#agent=pi-drift&token={}",
+        manager.url, manager.reader_token
+    );
+    let mode = format!("--screenshot={}", path.display());
+    tokio::task::spawn_blocking(move || run_chromium(&url, &mode)).await??;
+
+    // A wrong token: the refusal is still on the page after the next refreshes (every 5 s; the
+    // browser's virtual time runs 8 s), not only until the first one.
+    let url = format!("{}/#token=flt_{}", manager.url, "0".repeat(64));
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, "--dump-dom")).await??;
+    assert!(dom.contains("<section id=\"login\">"), "{dom}");
+    assert!(
+        dom.contains("the manager refused this token"),
+        "the refusal vanished:\n{dom}"
+    );
+    Ok(())
+}

@@ -148,6 +148,22 @@ async function renderFleet() {
   show("fleet");
 }
 
+// A resource's drift repairs: "3 (content changed, 2m ago)".
+function repairsText(repairs) {
+  if (!repairs) return "";
+  return repairs.count + " (" + repairs.lastDrift + ", " + ago(repairs.lastAt) + ")";
+}
+
+// What an event says; a repair names how often and what drifted, the rest lists the payload.
+function eventText(event) {
+  const p = event.payload || {};
+  if (event.type === "ResourceRepaired") {
+    const total = p.totalRepairs !== p.repairs ? " (" + p.totalRepairs + " in all)" : "";
+    return p.kind + " drifted and was repaired " + p.repairs + "\u00d7" + total + "; last: " + p.drift;
+  }
+  return detailsText(p);
+}
+
 function detailsText(details) {
   if (!details) return "";
   return Object.entries(details)
@@ -193,15 +209,17 @@ async function renderAgent(agentId) {
       el("td", {}, id), el("td", {}, r.kind), el("td", {}, badge(r.phase, "phase")),
       el("td", {}, r.generation), el("td", { title: r.since || "" }, ago(r.since)),
       el("td", {}, r.error ? r.error.reason : ""), el("td", {}, r.error ? r.error.message : ""),
+      el("td", { class: "repairs", title: r.repairs ? r.repairs.lastAt : "" }, repairsText(r.repairs)),
       el("td", { class: "details" }, detailsText(r.details)))));
   const conditions = (view.status && view.status.conditions) || [];
   fill($("conditions").tBodies[0], conditions.map((c) =>
     el("tr", {}, el("td", {}, c.type), el("td", {}, c.status), el("td", {}, c.reason || ""),
       el("td", {}, c.message || ""))));
   fill($("events").tBodies[0], events.map((e) =>
-    el("tr", { "data-seq": e.seq }, el("td", {}, e.seq), el("td", { title: e.createdAt }, ago(e.createdAt)),
+    el("tr", { "data-seq": e.seq, "data-type": e.type }, el("td", {}, e.seq),
+      el("td", { title: e.createdAt }, ago(e.createdAt)),
       el("td", {}, e.type), el("td", {}, e.resourceId || "-"),
-      el("td", { class: "details" }, detailsText(e.payload)))));
+      el("td", { class: "details" }, eventText(e)))));
   show("agent");
 }
 
@@ -211,13 +229,19 @@ async function refresh() {
     if (agentId) await renderAgent(agentId);
     else await renderFleet();
     $("error").hidden = true;
+    // A token works: a refusal of an earlier one is over.
+    $("login-error").textContent = "";
     $("refreshed").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "true";
   } catch (error) {
     if (error.status === 401 || error.status === 403) {
       sessionStorage.removeItem(TOKEN_KEY);
-      $("login-error").textContent = error.status === 401 && error.message === "no token"
-        ? "" : "the manager refused this token: " + error.message;
+      // Without a token the next refreshes fail with "no token": the message about the refused
+      // token stays until a token works (or the user forgets it), instead of vanishing with the
+      // next refresh.
+      if (!(error.status === 401 && error.message === "no token")) {
+        $("login-error").textContent = "the manager refused this token: " + error.message;
+      }
       show("login");
     } else {
       showError("cannot load: " + error.message);
@@ -235,6 +259,7 @@ function start() {
   });
   $("logout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
+    $("login-error").textContent = "";
     show("login");
   });
   window.addEventListener("hashchange", () => { takeTokenFromFragment(); refresh(); });
