@@ -415,6 +415,23 @@ async fn a_unit_stopped_by_hand_is_started_again_and_one_in_state_stopped_stays_
         took <= within_one_resync,
         "stopped again {took} after the start by hand"
     );
+
+    // The repair is counted in the status, with what drifted (the manager logs it from there).
+    let status = wait_for("the repair in the agent's status", WAIT, || async {
+        dirs.stored_status(AGENT)
+            .filter(|s| s.resources["running"].repairs.is_some())
+    })
+    .await?;
+    let repairs = status.resources["running"]
+        .repairs
+        .clone()
+        .context("repairs")?;
+    assert_eq!(repairs.count, 1);
+    assert!(
+        repairs.last_drift.contains("not running"),
+        "{}",
+        repairs.last_drift
+    );
     Ok(())
 }
 
