@@ -300,6 +300,9 @@ pub async fn run(config: Config, shutdown: ShutdownSignal) -> Result<(), AgentEr
         client::deliver_pending_once(client, &*store, FINAL_REPORT_TIMEOUT).await;
     }
     store.flush()?;
+    if let Some(fault) = store.fault() {
+        tracing::error!(reason = fault.reason(), error = %fault.message, "stopping with writes the local store could not save; they are lost");
+    }
     tracing::info!("agent stopped");
     Ok(result?)
 }
