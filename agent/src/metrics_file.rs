@@ -168,9 +168,12 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
     let mut counts: std::collections::BTreeMap<(&str, Phase), u64> =
         std::collections::BTreeMap::new();
     let mut failed: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut repairs: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for resource in status.iter().flat_map(|s| s.resources.values()) {
         kinds.insert(&resource.kind);
         *counts.entry((&resource.kind, resource.phase)).or_default() += 1;
+        *repairs.entry(&resource.kind).or_default() +=
+            resource.repairs.as_ref().map_or(0, |r| r.count);
         if resource.phase == Phase::Failed {
             let reason = resource
                 .error
@@ -206,6 +209,20 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
             out,
             "fleetlet_agent_failed_resources{{reason=\"{}\"}} {count}",
             escape(reason)
+        );
+    }
+    family(
+        &mut out,
+        "fleetlet_agent_repairs",
+        "gauge",
+        "Drift repairs made on the current resources, by kind (as reported: a burst is counted in the next report); drops when a repaired resource leaves the manifest.",
+    );
+    for kind in &kinds {
+        let count = repairs.get(kind).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "fleetlet_agent_repairs{{kind=\"{}\"}} {count}",
+            escape(kind)
         );
     }
     family(
@@ -423,8 +440,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use fleetlet_manifests::{
-        AgentId, AgentInfo, Condition, ConditionType, ErrorReason, ResourceError, ResourceId,
-        ResourceStatus,
+        AgentId, AgentInfo, Condition, ConditionType, ErrorReason, Repairs, ResourceError,
+        ResourceId, ResourceStatus,
     };
 
     use time::OffsetDateTime;
@@ -451,6 +468,11 @@ mod tests {
                         }),
                         retry_after: None,
                         details: None,
+                        repairs: (*id == "a").then(|| Repairs {
+                            count: 2,
+                            last_at: at,
+                            last_drift: "content changed".into(),
+                        }),
                     },
                 )
             })
@@ -514,6 +536,8 @@ mod tests {
                 "fleetlet_agent_failed_resources{{reason=\"{}\"}} 1",
                 ErrorReason::KNOWN[0].as_str()
             ),
+            "fleetlet_agent_repairs{kind=\"File\"} 2",
+            "fleetlet_agent_repairs{kind=\"Container\"} 0",
             "fleetlet_agent_manifest_generation 3",
             "fleetlet_agent_observed_generation 2",
             "fleetlet_agent_condition{type=\"Offline\"} 1",

@@ -175,6 +175,10 @@ async fn a_standalone_agent_writes_what_it_converged_to_a_prom_file() -> anyhow:
         "the idle wait saw {} passes",
         later - passes
     );
+    // A hand edit is repaired, and the repair is counted.
+    std::fs::write(root.join("etc/motd"), "edited by hand\n")?;
+    let text = wait_for_value(&path, "fleetlet_agent_repairs{kind=\"File\"}", 1.0).await?;
+    promtool_check(&text);
     // Only the file is in the collector's directory: the temporary one was renamed over it.
     let names: Vec<_> = std::fs::read_dir(&collector)?
         .map(|entry| entry.map(|e| e.file_name()))
