@@ -272,5 +272,26 @@ fn parse_label_filter(text: Option<&str>) -> Result<BTreeMap<String, String>, Ht
             .ok_or_else(|| HttpError::bad_request("label must be key=value[,key=value...]"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
+    // Only labels that registration accepts can match; anything else (a NUL byte above all,
+    // which PostgreSQL refuses in text) is a bad request, not a store failure.
+    if !label_violations(&labels).is_empty() {
+        return Err(HttpError::bad_request(
+            "label must be key=value pairs with keys and values as registration accepts them",
+        ));
+    }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod label_filter_tests {
+    use super::parse_label_filter;
+
+    #[test]
+    fn a_label_filter_that_no_registration_could_match_is_a_bad_request() {
+        assert!(parse_label_filter(Some("site=lab,role=kiosk")).is_ok());
+        // A NUL byte reached PostgreSQL and answered 500 (found by Schemathesis).
+        for bad in ["a=b\0c", "a\0=b", "a b=c", "a=b\u{7}"] {
+            assert!(parse_label_filter(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
 }
