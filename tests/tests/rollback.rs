@@ -125,13 +125,11 @@ impl Fixture {
         Ok(response.json().await?)
     }
 
+    /// Stores a manifest (checked against the JSON Schema first) and returns its generation.
     async fn put_manifest(&self, body: &Value) -> anyhow::Result<u64> {
-        let path = format!("/api/v1/agents/{}/manifest", self.agent_id);
         let stored: Value = self
             .manager
-            .admin(&self.http, Method::PUT, &path)
-            .json(body)
-            .send()
+            .put_manifest(&self.http, &self.agent_id, body)
             .await?
             .error_for_status()?
             .json()
