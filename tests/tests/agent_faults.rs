@@ -265,12 +265,31 @@ async fn a_generation_received_while_the_state_dir_is_full_is_applied_reported_a
     Ok(())
 }
 
-/// B1 with `EIO`: the first fsyncs of the new manifest's file fail (strace), the agent keeps the
-/// generation, retries, and saves and converges it.
+/// B1 with `EIO` from fsync: the first fsyncs of the new manifest's file fail (strace), the agent
+/// keeps the generation, retries, and saves and converges it.
 #[tokio::test]
-async fn a_generation_whose_save_fails_with_eio_is_retried_until_saved() -> anyhow::Result<()> {
+async fn a_generation_whose_fsync_fails_with_eio_is_retried_until_saved() -> anyhow::Result<()> {
+    save_fails_with_eio_then_succeeds("fsync").await
+}
+
+/// The same with `EIO` from the write of the new manifest's temporary file.
+#[tokio::test]
+async fn a_generation_whose_write_fails_with_eio_is_retried_until_saved() -> anyhow::Result<()> {
+    save_fails_with_eio_then_succeeds("write").await
+}
+
+/// The same with `EIO` from the rename of the temporary file over `manifest.json`.
+#[tokio::test]
+async fn a_generation_whose_rename_fails_with_eio_is_retried_until_saved() -> anyhow::Result<()> {
+    save_fails_with_eio_then_succeeds("rename").await
+}
+
+/// Generation 1 converges; the agent is started again under strace, which makes the first two
+/// `syscall`s on the manifest's temporary file (per thread) fail with `EIO`; generation 2 must
+/// still converge, the failure be logged, and the generation end up saved.
+async fn save_fails_with_eio_then_succeeds(syscall: &str) -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
-    let agent_id = unique_agent_id("eio-save");
+    let agent_id = unique_agent_id(&format!("eio-{syscall}"));
     let token = manager.register_agent(&agent_id).await?;
     let dirs = AgentDirs::new()?;
     let options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
@@ -289,7 +308,7 @@ async fn a_generation_whose_save_fails_with_eio_is_retried_until_saved() -> anyh
         let _agent = AgentProcess::start(&dirs, &options)?;
         manager.wait_converged(&agent_id, first, WAIT).await?;
     }
-    // Again under strace: the first two fsyncs of the manifest's temporary file fail, on every
+    // Again under strace: the first two calls on the manifest's temporary file fail, on every
     // thread (strace counts per thread), so the save of generation 2 fails at least twice.
     let temporary = dirs
         .state_dir()
@@ -303,7 +322,7 @@ async fn a_generation_whose_save_fails_with_eio_is_retried_until_saved() -> anyh
         &[
             "-P".into(),
             temporary.display().to_string(),
-            "--inject=fsync:error=EIO:when=1..2".into(),
+            format!("--inject={syscall}:error=EIO:when=1..2"),
         ],
     )?
     .stdin(Stdio::null())
