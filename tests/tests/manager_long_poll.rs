@@ -22,9 +22,7 @@ async fn register_with_manifest(
 ) -> anyhow::Result<String> {
     let token = manager.register(client, json!({"agentId": "pi-1"})).await?;
     manager
-        .admin(client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-        .json(&manifest("one"))
-        .send()
+        .put_manifest(client, "pi-1", &manifest("one"))
         .await?
         .error_for_status()?;
     Ok(token)
@@ -62,9 +60,7 @@ async fn long_poll_is_answered_within_a_second_of_a_write_through_another_manage
 
     let written = Instant::now();
     let stored: Value = second
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-        .json(&manifest("two"))
-        .send()
+        .put_manifest(&client, "pi-1", &manifest("two"))
         .await?
         .error_for_status()?
         .json()

@@ -82,12 +82,14 @@ async fn a_device_enrolls_keeps_its_token_and_loses_it_to_rotation_and_decommiss
     // The enrolled agent converges like any other.
     let target = dirs.root().join("motd");
     manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-enrolled/manifest")
-        .json(&manifest(
+        .put_manifest(
+            &client,
             "pi-enrolled",
-            vec![file_resource("motd", &target, "enrolled\n", "0644")],
-        ))
-        .send()
+            &manifest(
+                "pi-enrolled",
+                vec![file_resource("motd", &target, "enrolled\n", "0644")],
+            ),
+        )
         .await?
         .error_for_status()?;
     wait_for(

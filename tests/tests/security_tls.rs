@@ -123,9 +123,7 @@ async fn over_https_an_agent_trusting_the_ca_converges_and_the_cli_works() -> an
         vec![file_resource("motd", &target, "over tls\n", "0644")],
     );
     manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-tls/manifest")
-        .json(&desired)
-        .send()
+        .put_manifest(&client, "pi-tls", &desired)
         .await?
         .error_for_status()?;
 
