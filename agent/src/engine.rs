@@ -1064,7 +1064,8 @@ impl<R: Reconcile> Engine<R> {
                 next_pass = Instant::now() + self.settings.resync_interval;
                 let started = Instant::now();
                 let passed = self.pass(&shutdown).await;
-                let failed = passed.is_err();
+                // A store that cannot save no longer stops the pass (`ResilientStore`): it counts.
+                let failed = passed.is_err() || self.store.fault().is_some();
                 match passed {
                     Ok(outcome) => {
                         // The next pass comes no later than a retry or the rollout deadline, so a

@@ -270,7 +270,7 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
         &mut out,
         "fleetlet_agent_store_errors_total",
         "counter",
-        "Passes stopped by an error of the local store (a write or flush that failed).",
+        "Passes stopped by an error of the local store, or ended while it cannot save (a write or flush that failed).",
     );
     let _ = writeln!(
         out,
@@ -344,7 +344,8 @@ impl MetricsFile {
     /// pass and writes the file when it has something new to say (see the module comment).
     pub fn after_pass(&mut self, took: Duration, failed: bool, status: Option<&AgentStatus>) {
         self.passes.observe(took.as_secs_f64());
-        // A pass fails only on an error of the local store (`EngineError`).
+        // A pass fails only on an error of the local store (`EngineError`), or when the store
+        // could not save what the pass wrote (the engine then passes `failed` too).
         if failed {
             self.store_errors += 1;
         }
