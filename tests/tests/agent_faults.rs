@@ -58,9 +58,12 @@ impl Tmpfs {
         self.at.join("filler")
     }
 
-    /// Fills the filesystem up to its last byte.
+    /// Fills the filesystem up to its last byte (again, after something was freed).
     fn fill(&self) -> anyhow::Result<()> {
-        let mut file = std::fs::File::create(self.filler())?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())?;
         let chunk = vec![0x5a_u8; 64 * 1024];
         loop {
             match file.write(&chunk) {
@@ -213,6 +216,20 @@ async fn a_generation_received_while_the_state_dir_is_full_is_applied_reported_a
         .await?;
     manager.wait_converged(&agent_id, first, WAIT).await?;
 
+    state.fill()?;
+    // The report of generation 1 leaves the outbox once acknowledged, which frees a page: wait for
+    // that and fill it too, so that the new manifest cannot slip into it.
+    let outbox = dirs
+        .state_dir()
+        .join("agents")
+        .join(&agent_id)
+        .join("outbox.jsonl");
+    wait_for(
+        "the acknowledged report to leave the outbox",
+        WAIT,
+        || async { (!outbox.exists()).then_some(()) },
+    )
+    .await?;
     state.fill()?;
     let second = manager
         .put_manifest(
