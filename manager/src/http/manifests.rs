@@ -6,8 +6,7 @@ use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::api::{ManifestRevision, Page};
-use fleetlet_manifests::manifest::RolloutPolicy;
-use fleetlet_manifests::{AgentId, AgentManifest, Resource, Violation};
+use fleetlet_manifests::{AgentId, AgentManifest, Violation};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -43,47 +42,18 @@ pub async fn put(
             }],
         ));
     }
-    let resources = serde_json::to_value(&manifest.resources).map_err(|e| {
-        tracing::error!(error = %e, "serializing a validated manifest failed");
-        HttpError::internal()
-    })?;
-    let signature = manifest
-        .signature
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| {
-            tracing::error!(error = %e, "serializing a validated signature failed");
-            HttpError::internal()
-        })?;
-    let rollout = manifest
-        .rollout
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| {
-            tracing::error!(error = %e, "serializing a validated rollout policy failed");
-            HttpError::internal()
-        })?;
     let outcome = state
         .store
         .put_manifest(
             &agent_id,
-            NewManifest {
-                resources,
-                content_hash: manifest.content_hash(),
-                signature,
-                rollout,
-                created_by: "admin".to_owned(),
-                if_generation,
-            },
+            NewManifest::new(manifest, "admin", if_generation),
             OffsetDateTime::now_utc(),
         )
         .await?;
     if outcome.created {
         tracing::info!(%agent_id, generation = outcome.manifest.generation, "manifest stored");
     }
-    manifest_response(&agent_id, outcome.manifest)
+    Ok(manifest_response(&agent_id, outcome.manifest))
 }
 
 /// `If-Match: "3"` (or a bare `3`); `*` means no precondition.
@@ -108,40 +78,10 @@ fn etag(generation: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{generation}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn manifest_response(agent_id: &AgentId, stored: StoredManifest) -> Result<Response, HttpError> {
+fn manifest_response(agent_id: &AgentId, stored: StoredManifest) -> Response {
     let generation = stored.generation;
-    let manifest = to_manifest(agent_id, stored)?;
-    Ok(([(ETAG, etag(generation))], Json(manifest)).into_response())
-}
-
-fn to_manifest(agent_id: &AgentId, stored: StoredManifest) -> Result<AgentManifest, HttpError> {
-    let resources = to_resources(stored.resources)?;
-    let mut manifest = AgentManifest::new(agent_id.clone(), resources);
-    manifest.generation = Some(stored.generation);
-    manifest.rollout = to_rollout(stored.rollout)?;
-    manifest.signature = stored
-        .signature
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| {
-            tracing::error!(error = %e, "a stored manifest signature no longer validates");
-            HttpError::internal()
-        })?;
-    Ok(manifest)
-}
-
-fn to_rollout(value: Option<serde_json::Value>) -> Result<Option<RolloutPolicy>, HttpError> {
-    value.map(serde_json::from_value).transpose().map_err(|e| {
-        tracing::error!(error = %e, "a stored rollout policy no longer validates");
-        HttpError::internal()
-    })
-}
-
-fn to_resources(value: serde_json::Value) -> Result<Vec<Resource>, HttpError> {
-    serde_json::from_value(value).map_err(|e| {
-        tracing::error!(error = %e, "a stored manifest no longer validates");
-        HttpError::internal()
-    })
+    let manifest = stored.into_manifest(agent_id.clone());
+    ([(ETAG, etag(generation))], Json(manifest)).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +120,7 @@ pub async fn get(
             .current_manifest(&agent_id)
             .await?
             .ok_or_else(|| HttpError::not_found(format!("agent {agent_id} has no manifest yet")))?;
-        return manifest_response(&agent_id, stored);
+        return Ok(manifest_response(&agent_id, stored));
     };
 
     // Only a poll that waits holds a slot; a plain read is as cheap as any other request.
@@ -200,7 +140,7 @@ pub async fn get(
         if generation > after
             && let Some(stored) = state.store.current_manifest(&agent_id).await?
         {
-            return manifest_response(&agent_id, stored);
+            return Ok(manifest_response(&agent_id, stored));
         }
         if state.watch.is_closing() {
             return Ok(not_modified(generation));
@@ -261,16 +201,14 @@ pub async fn history(
         .flatten();
     let items = stored
         .into_iter()
-        .map(|m| {
-            Ok(ManifestRevision {
-                generation: m.generation,
-                content_hash: m.content_hash,
-                created_at: m.created_at,
-                created_by: m.created_by,
-                resources: to_resources(m.resources)?,
-                rollout: to_rollout(m.rollout)?,
-            })
+        .map(|m| ManifestRevision {
+            generation: m.generation,
+            content_hash: m.content_hash,
+            created_at: m.created_at,
+            created_by: m.created_by,
+            resources: m.resources,
+            rollout: m.rollout,
         })
-        .collect::<Result<Vec<_>, HttpError>>()?;
+        .collect();
     Ok(Json(Page { items, next_cursor }))
 }

@@ -11,8 +11,10 @@ pub mod postgres;
 use std::collections::BTreeMap;
 
 use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
+use fleetlet_manifests::manifest::RolloutPolicy;
 use fleetlet_manifests::{
-    AgentId, AgentStatus, ConditionStatus, ConditionType, ResourceId, ResourceStatus,
+    AgentId, AgentManifest, AgentStatus, ConditionStatus, ConditionType, ManifestSignature,
+    Resource, ResourceId, ResourceStatus,
 };
 use time::OffsetDateTime;
 
@@ -48,33 +50,58 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// A manifest generation as stored: the resources are kept as the canonical JSON of the
-/// validated manifest.
+/// A manifest generation as stored, typed: the store serialises it only at its own boundary
+/// (a JSONB column) and hands back the same types it was given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredManifest {
     pub generation: u64,
-    pub resources: serde_json::Value,
+    pub resources: Vec<Resource>,
     pub content_hash: String,
     /// The operator's signature as received (`None`: unsigned). Stored and served, never checked
     /// here: the manager holds no keys, the agent verifies.
-    pub signature: Option<serde_json::Value>,
-    /// The manifest's rollout policy as received (`None`: none), served back verbatim because
+    pub signature: Option<ManifestSignature>,
+    /// The manifest's rollout policy as received (`None`: none), served back as it came because
     /// the agent acts on it and the signature covers it.
-    pub rollout: Option<serde_json::Value>,
+    pub rollout: Option<RolloutPolicy>,
     pub created_at: OffsetDateTime,
     pub created_by: String,
+}
+
+impl StoredManifest {
+    /// The manifest as served to the agent: the stored generation of `agent_id`'s manifest.
+    pub fn into_manifest(self, agent_id: AgentId) -> AgentManifest {
+        let mut manifest = AgentManifest::new(agent_id, self.resources);
+        manifest.generation = Some(self.generation);
+        manifest.rollout = self.rollout;
+        manifest.signature = self.signature;
+        manifest
+    }
 }
 
 /// A manifest to store as the agent's next generation.
 #[derive(Debug, Clone)]
 pub struct NewManifest {
-    pub resources: serde_json::Value,
+    pub resources: Vec<Resource>,
     pub content_hash: String,
-    pub signature: Option<serde_json::Value>,
-    pub rollout: Option<serde_json::Value>,
+    pub signature: Option<ManifestSignature>,
+    pub rollout: Option<RolloutPolicy>,
     pub created_by: String,
     /// The `If-Match` precondition: the generation the writer based its change on.
     pub if_generation: Option<u64>,
+}
+
+impl NewManifest {
+    /// A validated manifest to store, its content hash taken from it.
+    pub fn new(manifest: AgentManifest, created_by: &str, if_generation: Option<u64>) -> Self {
+        Self {
+            content_hash: manifest.content_hash(),
+            resources: manifest.resources,
+            signature: manifest.signature,
+            rollout: manifest.rollout,
+            created_by: created_by.to_owned(),
+            if_generation,
+        }
+    }
 }
 
 /// The result of storing a manifest.

@@ -1,5 +1,6 @@
 //! Unit tests of the in-memory store.
 
+use fleetlet_manifests::manifest::RolloutPolicy;
 use serde_json::json;
 
 use super::*;
@@ -34,9 +35,9 @@ fn status_with(agent_id: &str, reason: Option<&str>) -> AgentStatus {
     .expect("valid status")
 }
 
-fn new_manifest(rollout: Option<serde_json::Value>) -> NewManifest {
+fn new_manifest(rollout: Option<RolloutPolicy>) -> NewManifest {
     NewManifest {
-        resources: json!([]),
+        resources: Vec::new(),
         content_hash: "sha256:same".to_owned(),
         signature: None,
         rollout,
@@ -48,16 +49,18 @@ fn new_manifest(rollout: Option<serde_json::Value>) -> NewManifest {
 #[tokio::test]
 async fn a_change_of_the_rollout_alone_is_a_new_generation() {
     let (store, agent, now) = store_with_pi_1().await;
-    let hold = json!({"progressDeadlineSeconds": 5, "onFailure": "Hold"});
+    let hold: RolloutPolicy =
+        serde_json::from_value(json!({"progressDeadlineSeconds": 5, "onFailure": "Hold"}))
+            .expect("rollout policy");
     for (rollout, generation, created) in [
         (None, 1, true),
         (None, 1, false),
-        (Some(hold.clone()), 2, true),
-        (Some(hold.clone()), 2, false),
+        (Some(hold), 2, true),
+        (Some(hold), 2, false),
         (None, 3, true),
     ] {
         let outcome = store
-            .put_manifest(&agent, new_manifest(rollout.clone()), now)
+            .put_manifest(&agent, new_manifest(rollout), now)
             .await
             .expect("put");
         assert_eq!(

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use fleetlet_manifests::AgentId;
 use fleetlet_manifests::api::EventType;
+use fleetlet_manifests::manifest::RolloutPolicy;
+use fleetlet_manifests::{AgentId, ManifestSignature, Resource};
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
@@ -156,13 +157,13 @@ impl PgStore {
 fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
     Ok(StoredManifest {
         generation: from_db(row.try_get("generation")?)?,
-        resources: row.try_get::<Json<serde_json::Value>, _>("resources")?.0,
+        resources: row.try_get::<Json<Vec<Resource>>, _>("resources")?.0,
         content_hash: row.try_get("content_hash")?,
         signature: row
-            .try_get::<Option<Json<serde_json::Value>>, _>("signature")?
+            .try_get::<Option<Json<ManifestSignature>>, _>("signature")?
             .map(|json| json.0),
         rollout: row
-            .try_get::<Option<Json<serde_json::Value>>, _>("rollout")?
+            .try_get::<Option<Json<RolloutPolicy>>, _>("rollout")?
             .map(|json| json.0),
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
