@@ -186,17 +186,10 @@ async fn seed(manager: &ManagerProcess, database_url: &str) -> anyhow::Result<()
             ]);
         }
         for resources in generations {
+            let manifest = json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
+                                  "agentId": agent_id, "resources": resources});
             manager
-                .admin(
-                    &client,
-                    Method::PUT,
-                    &format!("/api/v1/agents/{agent_id}/manifest"),
-                )
-                .json(
-                    &json!({"apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest",
-                              "agentId": agent_id, "resources": resources}),
-                )
-                .send()
+                .put_manifest(&client, agent_id, &manifest)
                 .await?
                 .error_for_status()?;
         }

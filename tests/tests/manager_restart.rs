@@ -61,9 +61,7 @@ async fn facts_survive_a_killed_manager() -> anyhow::Result<()> {
         .await?;
     for text in ["one", "two"] {
         manager
-            .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-            .json(&manifest(text))
-            .send()
+            .put_manifest(&client, "pi-1", &manifest(text))
             .await?
             .error_for_status()?;
     }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetlet_tests::manager::{ManagerOptions, ManagerProcess, random_token};
 use fleetlet_tests::postgres::fresh_database;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The version `deploy/dev/schemathesis.sh` installs and this test was written against.
@@ -102,9 +101,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
         )
         .await?;
     manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-1/manifest")
-        .json(&manifest("pi-1"))
-        .send()
+        .put_manifest(&client, "pi-1", &manifest("pi-1"))
         .await?
         .error_for_status()?;
     client

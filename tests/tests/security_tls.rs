@@ -165,12 +165,14 @@ async fn a_certificate_from_another_ca_is_refused_by_the_agent_and_the_cli() -> 
     let dirs = AgentDirs::new()?;
     let target = dirs.root().join("motd");
     manager
-        .admin(&client, Method::PUT, "/api/v1/agents/pi-wary/manifest")
-        .json(&manifest(
+        .put_manifest(
+            &client,
             "pi-wary",
-            vec![file_resource("motd", &target, "must not arrive\n", "0644")],
-        ))
-        .send()
+            &manifest(
+                "pi-wary",
+                vec![file_resource("motd", &target, "must not arrive\n", "0644")],
+            ),
+        )
         .await?
         .error_for_status()?;
 
