@@ -1,4 +1,5 @@
-//! Validated newtypes for the names and values that cross the wire.
+//! Validated newtypes for the names and values that cross the wire, the manifest's `signature`
+//! value among them (made and checked by `signature.rs`).
 //!
 //! Each type checks its rule once, in `TryFrom<&str>`, and deserializes through it, so a value of
 //! one of these types is valid by construction wherever it appears.
@@ -6,7 +7,9 @@
 use std::borrow::Borrow;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Why a string was refused as one of the newtypes of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -335,6 +338,106 @@ impl schemars::JsonSchema for FileMode {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         // Up to 07777: four octal digits, with at most one leading zero more.
         schemars::json_schema!({"type": "string", "pattern": "^(0[0-7]{0,4}|[0-7]{1,4})$"})
+    }
+}
+
+/// A key id is the hex of this many leading bytes of the public key's sha256.
+pub(crate) const KEY_ID_BYTES: usize = 8;
+
+/// The `signature` of a manifest: which key signed and the ed25519 signature of the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestSignature {
+    pub(crate) key_id: String,
+    pub(crate) ed25519: [u8; 64],
+}
+
+impl ManifestSignature {
+    /// A signature from its wire parts: `key_id` is 16 lower-case hex characters and `ed25519`
+    /// the standard base64 of 64 bytes.
+    pub fn from_parts(key_id: &str, ed25519: &str) -> Result<Self, SignatureFieldError> {
+        let key_id = parse_key_id(key_id)?;
+        let ed25519 = parse_signature_bytes(ed25519)?;
+        Ok(Self { key_id, ed25519 })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+/// Why one field of a wire signature is invalid; the message is written after the field's path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureFieldError {
+    #[error("keyId: must be 16 lower-case hex characters")]
+    KeyId,
+    #[error("ed25519: must be the base64 of a 64-byte ed25519 signature")]
+    Ed25519,
+}
+
+impl SignatureFieldError {
+    /// The field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::KeyId => "keyId",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+
+    /// The message without the field name.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::KeyId => "must be 16 lower-case hex characters",
+            Self::Ed25519 => "must be the base64 of a 64-byte ed25519 signature",
+        }
+    }
+}
+
+pub(crate) fn parse_key_id(text: &str) -> Result<String, SignatureFieldError> {
+    let valid = text.len() == KEY_ID_BYTES * 2
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(SignatureFieldError::KeyId)
+    }
+}
+
+pub(crate) fn parse_signature_bytes(text: &str) -> Result<[u8; 64], SignatureFieldError> {
+    STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+        .ok_or(SignatureFieldError::Ed25519)
+}
+
+impl Serialize for ManifestSignature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            key_id: &'a str,
+            ed25519: String,
+        }
+        Wire {
+            key_id: &self.key_id,
+            ed25519: STANDARD.encode(self.ed25519),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ManifestSignature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Wire {
+            key_id: String,
+            ed25519: String,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Self::from_parts(&wire.key_id, &wire.ed25519).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The desired state of one device: `AgentManifest` and the typed spec of every resource kind.
 //!
-//! Manifests are built only through [`AgentManifest::from_value`] (which `Deserialize` also uses),
-//! so every manifest value in the program has passed validation. Serialization writes the
+//! Manifests are built only through [`AgentManifest::from_value`] (which `Deserialize` also uses;
+//! both live in `validate.rs`, above these types), so every manifest value in the program has
+//! passed validation. Serialization writes the
 //! canonical form: defaults filled in, unknown kinds exactly as received.
 
 use std::collections::BTreeMap;
@@ -10,10 +11,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{
-    AbsPath, AccountName, AgentId, FileMode, ImageRef, ResourceId, SessionId, UnitName,
+    AbsPath, AccountName, AgentId, FileMode, ImageRef, ManifestSignature, ResourceId, SessionId,
+    UnitName,
 };
-use crate::signature::ManifestSignature;
-use crate::validate;
 use crate::{API_VERSION, Violation};
 
 pub const MANIFEST_KIND: &str = "AgentManifest";
@@ -46,18 +46,6 @@ pub struct AgentManifest {
 }
 
 impl AgentManifest {
-    /// Parses and validates a manifest, reporting every violation with its JSON path.
-    pub fn from_value(value: serde_json::Value) -> Result<Self, Vec<Violation>> {
-        validate::manifest(value)
-    }
-
-    /// Parses raw JSON bytes; a syntax error is one violation at the root.
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        Self::from_value(value).map_err(ManifestError::Invalid)
-    }
-
     /// A new manifest for `agent_id` with the given resources and no generation.
     pub fn new(agent_id: AgentId, resources: Vec<Resource>) -> Self {
         Self {
@@ -93,16 +81,6 @@ impl AgentManifest {
 
     pub fn resource(&self, id: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.id.as_str() == id)
-    }
-}
-
-impl<'de> Deserialize<'de> for AgentManifest {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        Self::from_value(value).map_err(|violations| {
-            let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            serde::de::Error::custom(format!("invalid manifest: {}", text.join("; ")))
-        })
     }
 }
 
@@ -174,16 +152,6 @@ impl Resource {
         hash_json(&KindAndSpec {
             kind: self.kind(),
             spec: &self.spec,
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Resource {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        validate::resource(value).map_err(|violations| {
-            let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            serde::de::Error::custom(format!("invalid resource: {}", text.join("; ")))
         })
     }
 }

@@ -24,115 +24,18 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
-use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::ids::AgentId;
+use crate::ids::{AgentId, KEY_ID_BYTES};
 use crate::manifest::{AgentManifest, Resource, RolloutPolicy};
+
+/// The wire form of a signature is a validated value like the ids, defined with them (beneath
+/// the manifest that carries it); it is named here too, where signatures are made and checked.
+pub use crate::ids::{ManifestSignature, SignatureFieldError};
 
 /// The first line of every signed payload: names the format, so a signature over anything else
 /// (or a future format) can never verify as a manifest signature.
 pub const PAYLOAD_CONTEXT: &str = "fleetlet-manifest-v1\n";
-
-/// A key id is the hex of this many leading bytes of the public key's sha256.
-const KEY_ID_BYTES: usize = 8;
-
-/// The `signature` of a manifest: which key signed and the ed25519 signature of the payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestSignature {
-    key_id: String,
-    ed25519: [u8; 64],
-}
-
-impl ManifestSignature {
-    /// A signature from its wire parts: `key_id` is 16 lower-case hex characters and `ed25519`
-    /// the standard base64 of 64 bytes.
-    pub fn from_parts(key_id: &str, ed25519: &str) -> Result<Self, SignatureFieldError> {
-        let key_id = parse_key_id(key_id)?;
-        let ed25519 = parse_signature_bytes(ed25519)?;
-        Ok(Self { key_id, ed25519 })
-    }
-
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-}
-
-/// Why one field of a wire signature is invalid; the message is written after the field's path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureFieldError {
-    #[error("keyId: must be 16 lower-case hex characters")]
-    KeyId,
-    #[error("ed25519: must be the base64 of a 64-byte ed25519 signature")]
-    Ed25519,
-}
-
-impl SignatureFieldError {
-    /// The field the error is about.
-    pub fn field(&self) -> &'static str {
-        match self {
-            Self::KeyId => "keyId",
-            Self::Ed25519 => "ed25519",
-        }
-    }
-
-    /// The message without the field name.
-    pub fn rule(&self) -> &'static str {
-        match self {
-            Self::KeyId => "must be 16 lower-case hex characters",
-            Self::Ed25519 => "must be the base64 of a 64-byte ed25519 signature",
-        }
-    }
-}
-
-pub(crate) fn parse_key_id(text: &str) -> Result<String, SignatureFieldError> {
-    let valid = text.len() == KEY_ID_BYTES * 2
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err(SignatureFieldError::KeyId)
-    }
-}
-
-pub(crate) fn parse_signature_bytes(text: &str) -> Result<[u8; 64], SignatureFieldError> {
-    STANDARD
-        .decode(text)
-        .ok()
-        .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
-        .ok_or(SignatureFieldError::Ed25519)
-}
-
-impl Serialize for ManifestSignature {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Wire<'a> {
-            key_id: &'a str,
-            ed25519: String,
-        }
-        Wire {
-            key_id: &self.key_id,
-            ed25519: STANDARD.encode(self.ed25519),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for ManifestSignature {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase", deny_unknown_fields)]
-        struct Wire {
-            key_id: String,
-            ed25519: String,
-        }
-        let wire = Wire::deserialize(deserializer)?;
-        Self::from_parts(&wire.key_id, &wire.ed25519).map_err(serde::de::Error::custom)
-    }
-}
 
 /// The exact bytes that are signed for `agent_id` and `resources` (see the module docs).
 pub fn signed_payload(agent_id: &AgentId, resources: &[Resource]) -> Vec<u8> {
@@ -285,6 +188,7 @@ pub fn verify(manifest: &AgentManifest, trusted: &[PublicKey]) -> Result<(), Sig
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::parse_key_id;
     use crate::manifest::OnFailure;
 
     fn manifest(agent: &str, text: &str) -> AgentManifest {

@@ -5,20 +5,24 @@
 //! on its own (through the validated newtypes, which hold the rules), every failure is recorded
 //! with its path, and the reading goes on. Fields nobody asked for are violations too, so a typo
 //! is never silently dropped.
+//!
+//! This is the only way into a manifest or a resource: [`AgentManifest::from_value`] and both
+//! types' `Deserialize` are defined here, above the wire types of `manifest.rs`, which know
+//! nothing of their validation.
 
 use std::collections::{BTreeMap, HashSet};
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::ids::{AgentId, ResourceId};
+use crate::ids::{AgentId, ManifestSignature, ResourceId, parse_key_id, parse_signature_bytes};
 use crate::manifest::{
     AgentManifest, ContainerSpec, FileContent, FileSpec, Kind, MANIFEST_KIND,
     MAX_FILE_CONTENT_BYTES, MAX_MANIFEST_CONTENT_BYTES, MAX_PROGRESS_DEADLINE_SECONDS,
-    MAX_RESOURCES, OnFailure, Resource, ResourceSpec, RolloutPolicy, SessionStorageSpec,
-    SystemdUnitSpec, VolumeMount,
+    MAX_RESOURCES, ManifestError, OnFailure, Resource, ResourceSpec, RolloutPolicy,
+    SessionStorageSpec, SystemdUnitSpec, VolumeMount,
 };
-use crate::signature::{self, ManifestSignature};
 use crate::{API_VERSION, Violation};
 
 /// Longest unit file text accepted.
@@ -179,6 +183,40 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
+impl AgentManifest {
+    /// Parses and validates a manifest, reporting every violation with its JSON path.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, Vec<Violation>> {
+        manifest(value)
+    }
+
+    /// Parses raw JSON bytes; a syntax error is one violation at the root.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        Self::from_value(value).map_err(ManifestError::Invalid)
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentManifest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::from_value(value).map_err(|violations| {
+            let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            serde::de::Error::custom(format!("invalid manifest: {}", text.join("; ")))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        resource(value).map_err(|violations| {
+            let text: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            serde::de::Error::custom(format!("invalid resource: {}", text.join("; ")))
+        })
+    }
+}
+
 /// Validates a whole manifest.
 pub(crate) fn manifest(value: Value) -> Result<AgentManifest, Vec<Violation>> {
     let mut report = Report::default();
@@ -298,14 +336,14 @@ fn read_signature(value: Value, path: &str, report: &mut Report) -> Option<Manif
     let key_id: Option<String> = fields.required("keyId");
     let ed25519: Option<String> = fields.required("ed25519");
     fields.finish();
-    let key_id = key_id.and_then(|text| match signature::parse_key_id(&text) {
+    let key_id = key_id.and_then(|text| match parse_key_id(&text) {
         Ok(id) => Some(id),
         Err(error) => {
             report.add(child_path(path, error.field()), error.rule());
             None
         }
     });
-    let ed25519 = ed25519.and_then(|text| match signature::parse_signature_bytes(&text) {
+    let ed25519 = ed25519.and_then(|text| match parse_signature_bytes(&text) {
         Ok(_) => Some(text),
         Err(error) => {
             report.add(child_path(path, error.field()), error.rule());
