@@ -2,13 +2,12 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
-use super::support::{ADMIN, READER, expect_error, manifest, serve, status};
+use super::support::{ADMIN, Backend, READER, expect_error, manifest, serve, status};
 
-#[sqlx::test(migrations = "../migrations")]
-async fn malformed_json_is_a_bad_request(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(malformed_json_is_a_bad_request);
+async fn malformed_json_is_a_bad_request(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     let response = server
         .request(Method::PUT, "/api/v1/agents/pi-1/manifest", ADMIN)
@@ -20,9 +19,9 @@ async fn malformed_json_is_a_bad_request(pool: PgPool) {
     expect_error(response, 400, "bad-request").await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_body_that_is_not_json_is_unsupported_media_type(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(a_body_that_is_not_json_is_unsupported_media_type);
+async fn a_body_that_is_not_json_is_unsupported_media_type(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     for content_type in [
         Some("text/plain"),
@@ -40,9 +39,9 @@ async fn a_body_that_is_not_json_is_unsupported_media_type(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_body_over_the_limit_is_payload_too_large(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(a_body_over_the_limit_is_payload_too_large);
+async fn a_body_over_the_limit_is_payload_too_large(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     let huge = "x".repeat(fleetlet_manager::http::BODY_LIMIT_BYTES + 1);
     let response = server
@@ -55,9 +54,9 @@ async fn a_body_over_the_limit_is_payload_too_large(pool: PgPool) {
     expect_error(response, 413, "payload-too-large").await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn an_invalid_manifest_lists_every_violation_path(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(an_invalid_manifest_lists_every_violation_path);
+async fn an_invalid_manifest_lists_every_violation_path(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     let bad = json!({
         "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi-1",
@@ -101,9 +100,9 @@ async fn an_invalid_manifest_lists_every_violation_path(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_manifest_for_another_agent_than_the_path_is_invalid(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(a_manifest_for_another_agent_than_the_path_is_invalid);
+async fn a_manifest_for_another_agent_than_the_path_is_invalid(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     let body = expect_error(
         server.put_manifest("pi-1", &manifest("pi-2", &["a"])).await,
@@ -114,9 +113,9 @@ async fn a_manifest_for_another_agent_than_the_path_is_invalid(pool: PgPool) {
     assert_eq!(body["error"]["violations"][0]["path"], "agentId");
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn an_invalid_status_lists_its_violations(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(an_invalid_status_lists_its_violations);
+async fn an_invalid_status_lists_its_violations(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     let mut report = status("pi-1", 1, 1, &[]);
     report["observedGeneration"] = json!(7);
@@ -149,9 +148,9 @@ async fn an_invalid_status_lists_its_violations(pool: PgPool) {
     assert_eq!(body["error"]["violations"][0]["path"], "reportSeq");
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn an_unknown_agent_is_not_found(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(an_unknown_agent_is_not_found);
+async fn an_unknown_agent_is_not_found(store: Backend) {
+    let server = serve(store).await;
     for path in [
         "/api/v1/agents/ghost/manifest",
         "/api/v1/agents/ghost/manifests",
@@ -190,9 +189,9 @@ async fn an_unknown_agent_is_not_found(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn unknown_paths_and_methods_answer_json(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(unknown_paths_and_methods_answer_json);
+async fn unknown_paths_and_methods_answer_json(store: Backend) {
+    let server = serve(store).await;
     expect_error(
         server.get("/api/v1/nothing-here", ADMIN).await,
         404,
@@ -211,9 +210,9 @@ async fn unknown_paths_and_methods_answer_json(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn bad_query_parameters_are_bad_requests(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(bad_query_parameters_are_bad_requests);
+async fn bad_query_parameters_are_bad_requests(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     for path in [
         "/api/v1/agents/pi-1/manifest?afterGeneration=0&waitSeconds=301",
@@ -244,9 +243,10 @@ async fn bad_query_parameters_are_bad_requests(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn schemas_and_health_need_no_token(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(schemas_and_health_need_no_token);
+async fn schemas_and_health_need_no_token(store: Backend) {
+    let on_postgres = matches!(store, Backend::Postgres(_));
+    let server = serve(store).await;
     for path in [
         "/api/v1/schema/manifest",
         "/api/v1/schema/status",
@@ -271,7 +271,19 @@ async fn schemas_and_health_need_no_token(pool: PgPool) {
         .json()
         .await
         .expect("JSON");
-    assert_eq!(ready["store"]["adapter"], "postgres");
-    assert_eq!(ready["store"]["migrationReady"], true);
-    assert_eq!(ready["store"]["migrationVersion"], 5);
+    if on_postgres {
+        assert_eq!(ready["store"]["adapter"], "postgres");
+        assert_eq!(ready["store"]["migrationReady"], true);
+        assert_eq!(ready["store"]["migrationVersion"], 5);
+    } else {
+        // The memory store is ready, and says loudly that nothing it holds survives.
+        assert_eq!(ready["store"]["adapter"], "memory");
+        assert_eq!(ready["store"]["migrationReady"], true);
+        assert!(
+            ready["store"]["warning"]
+                .as_str()
+                .is_some_and(|w| !w.is_empty()),
+            "{ready}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::support::{READER, TestServer, manifest, serve, serve_with_interval, status};
+use super::support::{Backend, READER, TestServer, manifest, serve, serve_with_interval, status};
 
 async fn states_by_agent(server: &TestServer, query: &str) -> Vec<(String, String)> {
     let page = server.json(&format!("/api/v1/agents{query}"), READER).await;
@@ -49,9 +49,9 @@ async fn populate(server: &TestServer) {
     }
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn fleet_list_derives_converged_progressing_degraded_and_unknown(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(fleet_list_derives_converged_progressing_degraded_and_unknown);
+async fn fleet_list_derives_converged_progressing_degraded_and_unknown(store: Backend) {
+    let server = serve(store).await;
     populate(&server).await;
     assert_eq!(
         states_by_agent(&server, "").await,
@@ -84,10 +84,10 @@ async fn fleet_list_derives_converged_progressing_degraded_and_unknown(pool: PgP
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn an_agent_is_stale_after_three_missed_report_intervals(pool: PgPool) {
+on_both_stores!(an_agent_is_stale_after_three_missed_report_intervals);
+async fn an_agent_is_stale_after_three_missed_report_intervals(store: Backend) {
     let interval = Duration::from_millis(500);
-    let server = serve_with_interval(pool, interval).await;
+    let server = serve_with_interval(store, interval).await;
     let token = server.register("pi-1", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     let reported = Instant::now();
@@ -116,9 +116,9 @@ async fn an_agent_is_stale_after_three_missed_report_intervals(pool: PgPool) {
     assert_eq!(view["summary"]["state"], "stale");
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn fleet_list_filters_by_state_and_labels(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(fleet_list_filters_by_state_and_labels);
+async fn fleet_list_filters_by_state_and_labels(store: Backend) {
+    let server = serve(store).await;
     populate(&server).await;
     let ids = |rows: Vec<(String, String)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     assert_eq!(
@@ -149,9 +149,9 @@ async fn fleet_list_filters_by_state_and_labels(pool: PgPool) {
     assert_eq!(bad.status(), 400);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn fleet_list_pages_with_an_opaque_cursor(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(fleet_list_pages_with_an_opaque_cursor);
+async fn fleet_list_pages_with_an_opaque_cursor(store: Backend) {
+    let server = serve(store).await;
     populate(&server).await;
     for query in ["", "&state=degraded", "&label=site=south"] {
         let everything = states_by_agent(&server, &format!("?limit=100{query}")).await;
@@ -202,9 +202,9 @@ fn session_status(agent_id: &str, phase: &str, reason: Option<&str>) -> Value {
     report
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn fleet_list_filters_agents_with_evicted_or_over_quota_storage(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(fleet_list_filters_agents_with_evicted_or_over_quota_storage);
+async fn fleet_list_filters_agents_with_evicted_or_over_quota_storage(store: Backend) {
+    let server = serve(store).await;
     for (id, phase, reason) in [
         ("a-fine", "Ready", None),
         ("b-over-quota", "Failed", Some("QuotaExceeded")),
@@ -291,11 +291,11 @@ fn rollback_status(
     report
 }
 
-#[sqlx::test(migrations = "../migrations")]
+on_both_stores!(a_rolled_back_agent_is_listed_as_rolled_back_until_a_newer_generation_converges);
 async fn a_rolled_back_agent_is_listed_as_rolled_back_until_a_newer_generation_converges(
-    pool: PgPool,
+    store: Backend,
 ) {
-    let server = serve(pool).await;
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server.register("pi-2", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["good"])).await;
@@ -364,11 +364,11 @@ async fn a_rolled_back_agent_is_listed_as_rolled_back_until_a_newer_generation_c
     assert_eq!(of_type(&events, "RollbackCleared").len(), 1, "{events}");
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_false_rolled_back_condition_is_not_a_rollback(pool: PgPool) {
+on_both_stores!(a_false_rolled_back_condition_is_not_a_rollback);
+async fn a_false_rolled_back_condition_is_not_a_rollback(store: Backend) {
     // With onFailure Hold the agent reports RolledBack False (reason HoldPolicy) and the failed
     // resource: the fleet state is degraded, not rolledBack.
-    let server = serve(pool).await;
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     let mut report = status("pi-1", 1, 1, &[("file-0", "Failed")]);
@@ -440,11 +440,11 @@ async fn an_upgraded_database_counts_the_resources_it_already_holds(pool: PgPool
     assert_eq!(page["items"][0]["state"], "degraded");
 }
 
+on_both_stores!(the_list_counts_what_the_latest_report_holds);
 /// The counts a page shows are those of the agent's latest report: a resource that changed phase
 /// or that the agent no longer reports moves them.
-#[sqlx::test(migrations = "../migrations")]
-async fn the_list_counts_what_the_latest_report_holds(pool: PgPool) {
-    let server = serve(pool).await;
+async fn the_list_counts_what_the_latest_report_holds(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server
         .apply("pi-1", &manifest("pi-1", &["a", "b", "c"]))

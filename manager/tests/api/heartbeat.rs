@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::support::{ADMIN, READER, expect_error, manifest, serve, serve_with_interval, status};
+use super::support::{
+    ADMIN, Backend, READER, expect_error, manifest, serve, serve_with_interval, status,
+};
 
 async fn last_seen(pool: &PgPool, agent_id: &str) -> Option<OffsetDateTime> {
     sqlx::query_scalar("SELECT last_seen_at FROM agents WHERE agent_id = $1")
@@ -63,9 +65,9 @@ async fn a_heartbeat_says_which_report_the_manager_holds(pool: PgPool) {
     assert_eq!(view["status"]["reportSeq"], 7);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn only_the_agent_itself_sends_heartbeats_and_bodies_are_checked(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(only_the_agent_itself_sends_heartbeats_and_bodies_are_checked);
+async fn only_the_agent_itself_sends_heartbeats_and_bodies_are_checked(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     let other = server.register("pi-2", json!({})).await;
     let path = "/api/v1/agents/pi-1/heartbeat";

@@ -4,13 +4,12 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value;
-use sqlx::PgPool;
 
-use super::support::{ADMIN, READER, expect_error, manifest, serve};
+use super::support::{ADMIN, Backend, READER, expect_error, manifest, serve};
 
-#[sqlx::test(migrations = "../migrations")]
-async fn generation_starts_at_one_and_rises_only_when_resources_change(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(generation_starts_at_one_and_rises_only_when_resources_change);
+async fn generation_starts_at_one_and_rises_only_when_resources_change(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
 
     assert_eq!(server.apply("pi-1", &manifest("pi-1", &["a"])).await, 1);
@@ -37,9 +36,9 @@ async fn generation_starts_at_one_and_rises_only_when_resources_change(pool: PgP
     assert_eq!(body["resources"].as_array().map(Vec::len), Some(2));
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn if_match_with_a_stale_generation_is_a_conflict(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(if_match_with_a_stale_generation_is_a_conflict);
+async fn if_match_with_a_stale_generation_is_a_conflict(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     server.apply("pi-1", &manifest("pi-1", &["b"])).await;
@@ -65,9 +64,9 @@ async fn if_match_with_a_stale_generation_is_a_conflict(pool: PgPool) {
     assert_eq!(body["generation"], 3);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn history_lists_every_generation_newest_first_in_pages(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(history_lists_every_generation_newest_first_in_pages);
+async fn history_lists_every_generation_newest_first_in_pages(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
     for text in ["a", "b", "c", "d", "e"] {
         server.apply("pi-1", &manifest("pi-1", &[text])).await;
@@ -89,9 +88,9 @@ async fn history_lists_every_generation_newest_first_in_pages(pool: PgPool) {
     assert_eq!(seen, vec![5, 4, 3, 2, 1]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn long_poll_answers_when_a_new_generation_is_written(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(long_poll_answers_when_a_new_generation_is_written);
+async fn long_poll_answers_when_a_new_generation_is_written(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", serde_json::json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
 
@@ -118,9 +117,9 @@ async fn long_poll_answers_when_a_new_generation_is_written(pool: PgPool) {
     assert_eq!(body["generation"], 2);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn long_poll_answers_not_modified_when_the_wait_runs_out(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(long_poll_answers_not_modified_when_the_wait_runs_out);
+async fn long_poll_answers_not_modified_when_the_wait_runs_out(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", serde_json::json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     let started = Instant::now();
@@ -145,9 +144,9 @@ async fn long_poll_answers_not_modified_when_the_wait_runs_out(pool: PgPool) {
     assert_eq!(response.status(), 200);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn an_agent_without_a_manifest_gets_404_and_its_long_poll_waits(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(an_agent_without_a_manifest_gets_404_and_its_long_poll_waits);
+async fn an_agent_without_a_manifest_gets_404_and_its_long_poll_waits(store: Backend) {
+    let server = serve(store).await;
     let token = server.register("pi-1", serde_json::json!({})).await;
     expect_error(
         server.get("/api/v1/agents/pi-1/manifest", &token).await,
@@ -164,12 +163,14 @@ async fn an_agent_without_a_manifest_gets_404_and_its_long_poll_waits(pool: PgPo
     assert_eq!(response.status(), 304);
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_generation(pool: PgPool) {
+on_both_stores!(a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_generation);
+async fn a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_generation(
+    store: Backend,
+) {
     use fleetlet_manifests::AgentManifest;
     use fleetlet_manifests::signature::{SecretKey, verify};
 
-    let server = serve(pool).await;
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
     let (key, other) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
     let unsigned = AgentManifest::from_value(manifest("pi-1", &["a"])).expect("valid");
@@ -211,11 +212,11 @@ async fn a_signature_is_stored_and_served_verbatim_and_a_new_one_is_a_new_genera
     assert!(text.contains("signature.ed25519"), "{text}");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+on_both_stores!(a_rollout_policy_is_stored_and_served_and_a_change_to_it_alone_is_a_new_generation);
 async fn a_rollout_policy_is_stored_and_served_and_a_change_to_it_alone_is_a_new_generation(
-    pool: PgPool,
+    store: Backend,
 ) {
-    let server = serve(pool).await;
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
     let with_rollout = |rollout: Value| {
         let mut body = manifest("pi-1", &["a"]);
@@ -274,14 +275,14 @@ async fn a_rollout_policy_is_stored_and_served_and_a_change_to_it_alone_is_a_new
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+on_both_stores!(a_signed_manifest_with_a_rollout_is_served_so_that_its_signature_still_verifies);
 async fn a_signed_manifest_with_a_rollout_is_served_so_that_its_signature_still_verifies(
-    pool: PgPool,
+    store: Backend,
 ) {
     use fleetlet_manifests::AgentManifest;
     use fleetlet_manifests::signature::{SecretKey, verify};
 
-    let server = serve(pool).await;
+    let server = serve(store).await;
     server.register("pi-1", serde_json::json!({})).await;
     let key = SecretKey::from_seed([3; 32]);
     let mut body = manifest("pi-1", &["a"]);

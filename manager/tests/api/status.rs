@@ -1,13 +1,14 @@
 //! Acceptance 3 (first part): idempotent reports, per-resource rows, events and their paging.
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
-use super::support::{READER, manifest, serve, status};
+use super::support::{Backend, READER, manifest, serve, status};
 
-#[sqlx::test(migrations = "../migrations")]
-async fn status_reports_are_idempotent_by_report_seq(pool: PgPool) {
-    let server = serve(pool.clone()).await;
+on_both_stores!(status_reports_are_idempotent_by_report_seq);
+async fn status_reports_are_idempotent_by_report_seq(store: Backend) {
+    // Its rows are read where the store keeps them, in PostgreSQL.
+    let pool = store.pool();
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
 
@@ -38,17 +39,21 @@ async fn status_reports_are_idempotent_by_report_seq(pool: PgPool) {
     assert_eq!(after["status"]["reportSeq"], 5);
     let events_after = server.json("/api/v1/agents/pi-1/events", READER).await;
     assert_eq!(events_after, events_before);
-    let phase: String =
-        sqlx::query_scalar("SELECT phase FROM resource_status WHERE agent_id = 'pi-1'")
-            .fetch_one(&pool)
-            .await
-            .expect("row");
-    assert_eq!(phase, "Ready");
+    if let Some(pool) = &pool {
+        let phase: String =
+            sqlx::query_scalar("SELECT phase FROM resource_status WHERE agent_id = 'pi-1'")
+                .fetch_one(pool)
+                .await
+                .expect("row");
+        assert_eq!(phase, "Ready");
+    }
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn phase_changes_write_resource_rows_and_events(pool: PgPool) {
-    let server = serve(pool.clone()).await;
+on_both_stores!(phase_changes_write_resource_rows_and_events);
+async fn phase_changes_write_resource_rows_and_events(store: Backend) {
+    // Its rows are read where the store keeps them, in PostgreSQL.
+    let pool = store.pool();
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a", "b"])).await;
 
@@ -80,23 +85,25 @@ async fn phase_changes_write_resource_rows_and_events(pool: PgPool) {
         )
         .await;
 
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT resource_id, phase, error_reason FROM resource_status WHERE agent_id = 'pi-1' ORDER BY resource_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("rows");
-    assert_eq!(
-        rows,
-        vec![
-            ("file-0".into(), "Ready".into(), None),
-            (
-                "file-1".into(),
-                "Failed".into(),
-                Some("PathNotAllowed".into())
-            ),
-        ]
-    );
+    if let Some(pool) = &pool {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT resource_id, phase, error_reason FROM resource_status WHERE agent_id = 'pi-1' ORDER BY resource_id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                ("file-0".into(), "Ready".into(), None),
+                (
+                    "file-1".into(),
+                    "Failed".into(),
+                    Some("PathNotAllowed".into())
+                ),
+            ]
+        );
+    }
 
     let events = server
         .json("/api/v1/agents/pi-1/events?limit=100", READER)
@@ -156,9 +163,9 @@ async fn phase_changes_write_resource_rows_and_events(pool: PgPool) {
     assert_eq!(view["summary"]["state"], "degraded");
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn events_are_paged_by_seq(pool: PgPool) {
-    let server = serve(pool).await;
+on_both_stores!(events_are_paged_by_seq);
+async fn events_are_paged_by_seq(store: Backend) {
+    let server = serve(store).await;
     server.register("pi-1", json!({})).await;
     for text in ["a", "b", "c", "d", "e", "f", "g"] {
         server.apply("pi-1", &manifest("pi-1", &[text])).await;
@@ -189,12 +196,14 @@ async fn events_are_paged_by_seq(pool: PgPool) {
     assert_eq!(tail["nextCursor"], Value::Null);
 }
 
+on_both_stores!(concurrent_reports_of_many_agents_are_stored_as_if_one_by_one);
 /// Concurrent reports are stored in shared transactions (`store/coalesce.rs`); each agent's
 /// rows, `reportSeq` and dense event seqs must come out as if they had been stored one by one,
 /// including an agent whose two reports arrive at the same moment.
-#[sqlx::test(migrations = "../migrations")]
-async fn concurrent_reports_of_many_agents_are_stored_as_if_one_by_one(pool: PgPool) {
-    let server = std::sync::Arc::new(serve(pool.clone()).await);
+async fn concurrent_reports_of_many_agents_are_stored_as_if_one_by_one(store: Backend) {
+    // Its rows are read where the store keeps them, in PostgreSQL.
+    let pool = store.pool();
+    let server = std::sync::Arc::new(serve(store).await);
     let agents: Vec<String> = (0..24).map(|i| format!("pi-{i:02}")).collect();
     let mut tokens = Vec::new();
     for agent in &agents {
@@ -268,9 +277,11 @@ async fn concurrent_reports_of_many_agents_are_stored_as_if_one_by_one(pool: PgP
             "{agent}"
         );
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_status")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 48);
+    if let Some(pool) = &pool {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_status")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 48);
+    }
 }

@@ -1,9 +1,10 @@
-//! Serves the real router on 127.0.0.1:0 over a fresh database, and builds test documents.
+//! Serves the real router on 127.0.0.1:0 over a fresh database or the in-memory store, and builds
+//! test documents.
 
 use std::time::Duration;
 
 use fleetlet_manager::http::{AppState, LongPolls, RoleHashes, Shared, router};
-use fleetlet_manager::store::{PgStore, Store};
+use fleetlet_manager::store::{MemoryStore, PgStore, Store};
 use fleetlet_manager::token::hash_token;
 use fleetlet_manager::watch::ManifestWatch;
 use reqwest::{Method, RequestBuilder, Response};
@@ -28,22 +29,49 @@ impl Drop for TestServer {
     }
 }
 
-/// Serves with the default 30 s report interval.
-pub async fn serve(pool: PgPool) -> TestServer {
-    serve_with_interval(pool, Duration::from_secs(30)).await
+/// The store a test's manager runs on: a fresh PostgreSQL database (`#[sqlx::test]`), or the
+/// in-memory store that `--dev` uses. Tests written once run on both (`on_both_stores!`), so the
+/// two keep the same rules; the few that read the database's rows run on PostgreSQL only.
+pub enum Backend {
+    Postgres(PgPool),
+    Memory,
 }
 
-pub async fn serve_with_interval(pool: PgPool, report_interval: Duration) -> TestServer {
-    serve_inner(pool, report_interval, Some(BOOTSTRAP)).await
+impl Backend {
+    /// The database's pool, for a test that also reads the rows the store wrote.
+    pub fn pool(&self) -> Option<PgPool> {
+        match self {
+            Backend::Postgres(pool) => Some(pool.clone()),
+            Backend::Memory => None,
+        }
+    }
+}
+
+impl From<PgPool> for Backend {
+    fn from(pool: PgPool) -> Self {
+        Backend::Postgres(pool)
+    }
+}
+
+/// Serves with the default 30 s report interval.
+pub async fn serve(store: impl Into<Backend>) -> TestServer {
+    serve_with_interval(store, Duration::from_secs(30)).await
+}
+
+pub async fn serve_with_interval(
+    store: impl Into<Backend>,
+    report_interval: Duration,
+) -> TestServer {
+    serve_inner(store.into(), report_interval, Some(BOOTSTRAP)).await
 }
 
 /// Serves with enrollment disabled: no bootstrap token is configured.
-pub async fn serve_without_bootstrap(pool: PgPool) -> TestServer {
-    serve_inner(pool, Duration::from_secs(30), None).await
+pub async fn serve_without_bootstrap(store: impl Into<Backend>) -> TestServer {
+    serve_inner(store.into(), Duration::from_secs(30), None).await
 }
 
 async fn serve_inner(
-    pool: PgPool,
+    backend: Backend,
     report_interval: Duration,
     bootstrap: Option<&str>,
 ) -> TestServer {
@@ -54,18 +82,23 @@ async fn serve_inner(
         .try_init();
     let watch = ManifestWatch::default();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(
-        fleetlet_manager::store::postgres::listen_for_manifest_changes(
-            pool.clone(),
-            watch.clone(),
-            stop.clone(),
-        ),
-    );
-    let store = Store::Postgres(PgStore::from_pool(
-        pool,
-        "postgres://test:x@localhost/test",
-        watch.clone(),
-    ));
+    let store = match backend {
+        Backend::Postgres(pool) => {
+            tokio::spawn(
+                fleetlet_manager::store::postgres::listen_for_manifest_changes(
+                    pool.clone(),
+                    watch.clone(),
+                    stop.clone(),
+                ),
+            );
+            Store::Postgres(PgStore::from_pool(
+                pool,
+                "postgres://test:x@localhost/test",
+                watch.clone(),
+            ))
+        }
+        Backend::Memory => Store::Memory(MemoryStore::new(watch.clone())),
+    };
     let contacts = fleetlet_manager::contact::Contacts::default();
     tokio::spawn(fleetlet_manager::contact::write_contacts(
         contacts.clone(),
