@@ -1,4 +1,6 @@
-//! `GET /metrics`: the manager's Prometheus text exposition (format 0.0.4), written by hand.
+//! The manager's Prometheus text exposition (format 0.0.4), written by hand: the registry the
+//! HTTP layer records into, and the text `http/scrape.rs` serves at `GET /metrics`. It knows
+//! nothing of the HTTP layer or the store: they call into it, never the other way round.
 //!
 //! Why no crate: the manager needs two counters, two histograms and three gauges, and the text
 //! format is a few lines of `name{label="value"} number`. `prometheus-client` would bring a
@@ -32,34 +34,21 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use fleetlet_manifests::api::FleetState;
-use time::OffsetDateTime;
-
-use crate::http::AppState;
-use crate::store::FleetQuery;
 
 /// Upper bounds of the request latency buckets, in seconds: fine-grained where real requests
 /// are, then up to the request deadline (`http::limits::REQUEST_TIMEOUT`, 315 s), so that no
 /// answered request lands only in `+Inf`.
-const REQUEST_BUCKETS: &[f64] = &[
+pub(crate) const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 315.0,
 ];
 
 /// Upper bounds of the long-poll buckets, in seconds: a poll answered at once (a generation was
 /// already newer), woken within the wait, or held to the end of a wait of up to 300 s.
-const LONG_POLL_BUCKETS: &[f64] = &[
+pub(crate) const LONG_POLL_BUCKETS: &[f64] = &[
     0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0, 300.0, 315.0,
 ];
-
-/// The route an agent long-polls its manifest on.
-const MANIFEST_ROUTE: &str = "/api/v1/agents/{agent_id}/manifest";
-
-/// Fleet rows read per store call while counting agents by state.
-const FLEET_BATCH: usize = 500;
 
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -140,21 +129,6 @@ pub struct Metrics {
     recorded: Arc<Mutex<Recorded>>,
 }
 
-/// Whether a request is a manifest long-poll, from its method, matched route and query: the same
-/// test the handler applies (`waitSeconds` above zero) before it takes a long-poll slot.
-pub fn is_long_poll(method: &Method, route: Option<&str>, query: Option<&str>) -> bool {
-    method == Method::GET
-        && route == Some(MANIFEST_ROUTE)
-        && query.is_some_and(|query| {
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .any(|(name, value)| {
-                    name == "waitSeconds" && value.parse::<u64>().is_ok_and(|wait| wait > 0)
-                })
-        })
-}
-
 impl Metrics {
     fn record_request(
         &self,
@@ -232,6 +206,41 @@ impl Metrics {
     }
 }
 
+/// The content type of [`Metrics::render`]'s text.
+pub const EXPOSITION_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Metrics {
+    /// The whole exposition of one scrape: the request metrics of this process, then the gauges
+    /// the caller read for it: the long-polls this replica holds open, and the agents per fleet
+    /// state (`None` when the store could not be read, which `fleetlet_store_up` says).
+    pub fn render(
+        &self,
+        long_polls_open: usize,
+        agents: Option<BTreeMap<&'static str, u64>>,
+    ) -> String {
+        let mut out = String::new();
+        self.render_requests(&mut out);
+        out.push_str(
+            "# HELP fleetlet_long_polls_open Manifest long-polls held open by this replica.\n",
+        );
+        out.push_str("# TYPE fleetlet_long_polls_open gauge\n");
+        let _ = writeln!(out, "fleetlet_long_polls_open {long_polls_open}");
+        out.push_str(
+            "# HELP fleetlet_store_up Whether the store answered the scrape's fleet query.\n",
+        );
+        out.push_str("# TYPE fleetlet_store_up gauge\n");
+        let _ = writeln!(out, "fleetlet_store_up {}", u8::from(agents.is_some()));
+        if let Some(agents) = agents {
+            out.push_str("# HELP fleetlet_agents Registered agents by fleet state.\n");
+            out.push_str("# TYPE fleetlet_agents gauge\n");
+            for (fleet_state, count) in agents {
+                let _ = writeln!(out, "fleetlet_agents{{state=\"{fleet_state}\"}} {count}");
+            }
+        }
+        out
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped as the text format requires.
 fn escape(value: &str) -> String {
     value
@@ -262,67 +271,12 @@ impl Metrics {
     }
 }
 
-/// Counts agents per fleet state, reading the fleet in batches. `None` when the store fails.
-async fn agents_by_state(state: &AppState) -> Option<BTreeMap<&'static str, u64>> {
-    let mut counts: BTreeMap<&'static str, u64> =
-        FleetState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let now = OffsetDateTime::now_utc();
-    let mut after = None;
-    loop {
-        let query = FleetQuery {
-            labels: BTreeMap::new(),
-            after: after.clone(),
-            limit: FLEET_BATCH,
-            error_reason: None,
-        };
-        let rows = state.store.fleet(&query).await.ok()?;
-        let last_batch = rows.len() < FLEET_BATCH;
-        for row in rows {
-            let summary = crate::fleet::summarize(row, now, state.report_interval);
-            *counts.entry(summary.state.as_str()).or_default() += 1;
-            after = Some(summary.agent_id);
-        }
-        if last_batch {
-            return Some(counts);
-        }
-    }
-}
-
-/// The handler of `GET /metrics`.
-pub async fn metrics_handler(
-    State(state): State<AppState>,
-    axum::Extension(metrics): axum::Extension<Metrics>,
-) -> Response {
-    let mut out = String::new();
-    metrics.render_requests(&mut out);
-    out.push_str(
-        "# HELP fleetlet_long_polls_open Manifest long-polls held open by this replica.\n",
-    );
-    out.push_str("# TYPE fleetlet_long_polls_open gauge\n");
-    let _ = writeln!(out, "fleetlet_long_polls_open {}", state.long_polls.open());
-    let agents = agents_by_state(&state).await;
-    out.push_str("# HELP fleetlet_store_up Whether the store answered the scrape's fleet query.\n");
-    out.push_str("# TYPE fleetlet_store_up gauge\n");
-    let _ = writeln!(out, "fleetlet_store_up {}", u8::from(agents.is_some()));
-    if let Some(agents) = agents {
-        out.push_str("# HELP fleetlet_agents Registered agents by fleet state.\n");
-        out.push_str("# TYPE fleetlet_agents gauge\n");
-        for (fleet_state, count) in agents {
-            let _ = writeln!(out, "fleetlet_agents{{state=\"{fleet_state}\"}} {count}");
-        }
-    }
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const STATUS_ROUTE: &str = "/api/v1/agents/{agent_id}/status";
+    const MANIFEST_ROUTE: &str = "/api/v1/agents/{agent_id}/manifest";
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -335,11 +289,11 @@ mod tests {
         assert_eq!(histogram.count, 2);
     }
 
+    /// That the last bound is the request deadline is checked beside the deadline, in
+    /// `http::limits` (this module knows nothing of HTTP).
     #[test]
-    fn the_buckets_reach_the_request_deadline() {
-        let deadline = crate::http::limits::REQUEST_TIMEOUT.as_secs_f64();
+    fn the_buckets_rise_to_the_request_deadline() {
         for bounds in [REQUEST_BUCKETS, LONG_POLL_BUCKETS] {
-            assert_eq!(bounds.last().copied(), Some(deadline));
             assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
         }
         // The default long-poll (300 s) lands in a bucket of its own, not only in +Inf.
@@ -402,27 +356,6 @@ mod tests {
         assert!(out.contains(
             "fleetlet_http_requests_total{method=\"GET\",route=\"/api/v1/agents/{agent_id}/manifest\",status=\"304\"} 1"
         ));
-    }
-
-    #[test]
-    fn only_a_manifest_get_that_waits_is_a_long_poll() {
-        let (manifest, status) = (MANIFEST_ROUTE, STATUS_ROUTE);
-        let poll = Some("afterGeneration=3&waitSeconds=120");
-        assert!(is_long_poll(&Method::GET, Some(manifest), poll));
-        assert!(!is_long_poll(&Method::PUT, Some(manifest), poll));
-        assert!(!is_long_poll(&Method::GET, Some(status), poll));
-        assert!(!is_long_poll(&Method::GET, None, poll));
-        for query in [
-            None,
-            Some("afterGeneration=3"),
-            Some("afterGeneration=3&waitSeconds=0"),
-            Some("waitSeconds=x"),
-        ] {
-            assert!(
-                !is_long_poll(&Method::GET, Some(manifest), query),
-                "{query:?}"
-            );
-        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::BoxError;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use fleetlet_manifests::AgentId;
 use fleetlet_manifests::api::ErrorKind;
@@ -149,7 +150,7 @@ where
         let started = Instant::now();
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let long_poll = crate::metrics::is_long_poll(
+        let long_poll = is_long_poll(
             &method,
             route.as_ref().map(MatchedPath::as_str),
             request.uri().query(),
@@ -174,6 +175,21 @@ where
             Ok(response)
         })
     }
+}
+
+/// Whether a request is a manifest long-poll, from its method, matched route and query: the same
+/// test the handler applies (`waitSeconds` above zero) before it takes a long-poll slot.
+fn is_long_poll(method: &Method, route: Option<&str>, query: Option<&str>) -> bool {
+    method == Method::GET
+        && route == Some(super::MANIFEST_ROUTE)
+        && query.is_some_and(|query| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .any(|(name, value)| {
+                    name == "waitSeconds" && value.parse::<u64>().is_ok_and(|wait| wait > 0)
+                })
+        })
 }
 
 /// A request whose target and headers together exceed [`crate::server::MAX_HEADER_BYTES`] is
@@ -242,5 +258,39 @@ mod tests {
         drop(slots);
         assert_eq!(polls.open(), 0);
         assert!(polls.acquire(&caller, &agent).is_ok());
+    }
+
+    #[test]
+    fn the_metrics_buckets_reach_the_request_deadline() {
+        let deadline = REQUEST_TIMEOUT.as_secs_f64();
+        for bounds in [
+            crate::metrics::REQUEST_BUCKETS,
+            crate::metrics::LONG_POLL_BUCKETS,
+        ] {
+            assert_eq!(bounds.last().copied(), Some(deadline));
+        }
+    }
+
+    #[test]
+    fn only_a_manifest_get_that_waits_is_a_long_poll() {
+        // The templates as the router registers them (a renamed route fails here).
+        let manifest = "/api/v1/agents/{agent_id}/manifest";
+        let status = "/api/v1/agents/{agent_id}/status";
+        let poll = Some("afterGeneration=3&waitSeconds=120");
+        assert!(is_long_poll(&Method::GET, Some(manifest), poll));
+        assert!(!is_long_poll(&Method::PUT, Some(manifest), poll));
+        assert!(!is_long_poll(&Method::GET, Some(status), poll));
+        assert!(!is_long_poll(&Method::GET, None, poll));
+        for query in [
+            None,
+            Some("afterGeneration=3"),
+            Some("afterGeneration=3&waitSeconds=0"),
+            Some("waitSeconds=x"),
+        ] {
+            assert!(
+                !is_long_poll(&Method::GET, Some(manifest), query),
+                "{query:?}"
+            );
+        }
     }
 }

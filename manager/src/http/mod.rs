@@ -10,6 +10,7 @@ mod heartbeat;
 pub mod limits;
 mod manifests;
 pub mod openapi;
+mod scrape;
 mod status;
 
 use std::sync::Arc;
@@ -97,6 +98,10 @@ pub struct Shared {
     pub contacts: crate::contact::Contacts,
 }
 
+/// The route an agent long-polls its manifest on (`GET`, with `waitSeconds`); the request guard
+/// tells long-polls from other requests by it.
+pub(crate) const MANIFEST_ROUTE: &str = "/api/v1/agents/{agent_id}/manifest";
+
 /// The path of an API route: every route of DESIGN §3 lives under `/api/v1`.
 fn api(path: &str) -> String {
     format!("/api/v1{path}")
@@ -129,15 +134,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::metrics_handler))
+        .route("/metrics", get(scrape::metrics_handler))
         .route(&api("/enroll"), post(agents::enroll))
         .route(&api("/agents"), post(agents::register).get(agents::list))
         .route(&api("/agents/{agent_id}"), delete(agents::decommission))
         .route(&api("/agents/{agent_id}/token"), post(agents::rotate_token))
-        .route(
-            &api("/agents/{agent_id}/manifest"),
-            get(manifests::get).put(manifests::put),
-        )
+        .route(MANIFEST_ROUTE, get(manifests::get).put(manifests::put))
         .route(
             &api("/agents/{agent_id}/manifests"),
             get(manifests::history),
