@@ -1,0 +1,142 @@
+//! The concurrency bound, one resource at a time and in batches, with a timeout of its own for
+//! every resource of a batch.
+
+use super::*;
+
+#[tokio::test]
+async fn no_more_than_the_concurrency_bound_run_at_once_within_a_kind() {
+    let fake = FakeReconciler {
+        work_time: Duration::from_millis(20),
+        ..FakeReconciler::default()
+    };
+    let settings = EngineSettings {
+        concurrency: 3,
+        ..EngineSettings::default()
+    };
+    let (mut engine, fake) = engine(fake, settings);
+    let ids: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+    let resources: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "File")).collect();
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
+        .expect("accept");
+    engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    assert_eq!(fake.calls().len(), 12);
+    assert_eq!(fake.most_running.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn batches_keep_the_order_and_the_concurrency_bound() {
+    let fake = FakeReconciler {
+        work_time: Duration::from_millis(20),
+        batch: 64,
+        ..FakeReconciler::default()
+    };
+    let settings = EngineSettings {
+        concurrency: 3,
+        ..EngineSettings::default()
+    };
+    let (mut engine, fake) = engine(fake, settings);
+    let ids = files(12);
+    let resources: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "File")).collect();
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
+        .expect("accept");
+    engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    // 12 resources, 3 at a time: batches of 4, all three running side by side.
+    assert_eq!(fake.calls().len(), 12);
+    assert_eq!(fake.most_running.load(Ordering::SeqCst), 3);
+    let calls = fake.calls();
+    for pair in [("f0", "f1"), ("f4", "f5"), ("f8", "f11")] {
+        assert!(
+            position(&calls, &Call::Apply(pair.0.into()))
+                < position(&calls, &Call::Apply(pair.1.into()))
+        );
+    }
+    for id in &ids {
+        assert_eq!(phase(&engine, id), Phase::Ready, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn within_a_batch_each_resource_has_its_own_timeout_and_failure() {
+    let fake = FakeReconciler {
+        hanging: HashSet::from(["stuck".to_owned()]),
+        panicking: HashSet::from(["buggy".to_owned()]),
+        batch: 64,
+        ..FakeReconciler::default()
+    };
+    fake.fail("broken");
+    let settings = EngineSettings {
+        concurrency: 1,
+        apply_timeout: Duration::from_millis(100),
+        ..EngineSettings::default()
+    };
+    let (mut engine, fake) = engine(fake, settings);
+    // One batch: the resources after the hung and the panicking one still get applied.
+    let resources = [
+        ("first", "File"),
+        ("broken", "File"),
+        ("stuck", "File"),
+        ("after-stuck", "File"),
+        ("buggy", "File"),
+        ("last", "File"),
+    ];
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
+        .expect("accept");
+    let outcome = engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    assert!(outcome.complete);
+    let status = engine.build_status(&Connectivity::Online).expect("status");
+    let reason = |id: &str| {
+        status.resources[id]
+            .error
+            .as_ref()
+            .map(|error| error.reason.clone())
+    };
+    for id in ["first", "after-stuck", "last"] {
+        assert_eq!(status.resources[id].phase, Phase::Ready, "{id}");
+    }
+    assert_eq!(reason("broken"), Some(ErrorReason::PathNotAllowed));
+    assert_eq!(reason("stuck"), Some(ErrorReason::IoError));
+    assert!(
+        status.resources["stuck"]
+            .error
+            .as_ref()
+            .is_some_and(|error| error.message.contains("took longer than"))
+    );
+    assert_eq!(reason("buggy"), Some(ErrorReason::IoError));
+    assert_eq!(fake.calls().len(), resources.len());
+}
+
+#[tokio::test]
+async fn after_shutdown_a_batch_finishes_the_apply_under_way_and_starts_no_other() {
+    let shutdown = Arc::new(Shutdown::new());
+    let fake = FakeReconciler {
+        batch: 64,
+        stops_the_agent: Some(("second".to_owned(), Arc::clone(&shutdown))),
+        ..FakeReconciler::default()
+    };
+    let settings = EngineSettings {
+        concurrency: 1,
+        ..EngineSettings::default()
+    };
+    let (mut engine, fake) = engine(fake, settings);
+    let resources = [
+        ("first", "File"),
+        ("second", "File"),
+        ("third", "File"),
+        ("fourth", "File"),
+    ];
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
+        .expect("accept");
+    let outcome = engine.pass(&shutdown.signal()).await.expect("pass");
+    assert!(!outcome.complete);
+    assert_eq!(
+        fake.calls(),
+        ["first", "second"].map(|id| Call::Apply(id.into()))
+    );
+    assert_eq!(phase(&engine, "second"), Phase::Ready);
+    let status = engine.build_status(&Connectivity::Online).expect("status");
+    assert_eq!(status.resources["third"].phase, Phase::Pending);
+}
