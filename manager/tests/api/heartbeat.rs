@@ -7,12 +7,27 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::support::{
-    ADMIN, Backend, READER, expect_error, manifest, serve, serve_with_interval, status,
+    ADMIN, Backend, READER, TestServer, expect_error, manifest, serve, serve_with_interval, status,
 };
 
-async fn last_seen(pool: &PgPool, agent_id: &str) -> Option<OffsetDateTime> {
+/// When the store last saw the agent: its row's `last_seen_at` in PostgreSQL; on the memory
+/// store, which has no rows, the `lastSeenAt` of the agent's status view.
+async fn last_seen(
+    server: &TestServer,
+    pool: Option<&PgPool>,
+    agent_id: &str,
+) -> Option<OffsetDateTime> {
+    let Some(pool) = pool else {
+        let view = server
+            .json(&format!("/api/v1/agents/{agent_id}/status"), READER)
+            .await;
+        return view["summary"]["lastSeenAt"]
+            .as_str()
+            .map(|at| OffsetDateTime::parse(at, &Rfc3339).expect("an RFC 3339 time"));
+    };
     sqlx::query_scalar("SELECT last_seen_at FROM agents WHERE agent_id = $1")
         .bind(agent_id)
         .fetch_one(pool)
@@ -20,9 +35,10 @@ async fn last_seen(pool: &PgPool, agent_id: &str) -> Option<OffsetDateTime> {
         .expect("agent row")
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_heartbeat_says_which_report_the_manager_holds(pool: PgPool) {
-    let server = serve(pool.clone()).await;
+on_both_stores!(a_heartbeat_says_which_report_the_manager_holds);
+async fn a_heartbeat_says_which_report_the_manager_holds(store: Backend) {
+    let pool = store.pool();
+    let server = serve(store).await;
     let token = server.register("pi-1", json!({})).await;
     server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     let path = "/api/v1/agents/pi-1/heartbeat";
@@ -37,7 +53,7 @@ async fn a_heartbeat_says_which_report_the_manager_holds(pool: PgPool) {
     assert_eq!(ack, json!({"reportSeq": null, "resend": false}));
     // Contact is written in batches (every 50 ms in these tests).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while last_seen(&pool, "pi-1").await.is_none() {
+    while last_seen(&server, pool.as_ref(), "pi-1").await.is_none() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "contact never recorded"
@@ -101,10 +117,11 @@ async fn only_the_agent_itself_sends_heartbeats_and_bodies_are_checked(store: Ba
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn watch_polls_keep_an_agent_that_sends_no_reports_from_going_stale(pool: PgPool) {
+on_both_stores!(watch_polls_keep_an_agent_that_sends_no_reports_from_going_stale);
+async fn watch_polls_keep_an_agent_that_sends_no_reports_from_going_stale(store: Backend) {
+    let pool = store.pool();
     let interval = Duration::from_millis(600);
-    let server = serve_with_interval(pool.clone(), interval).await;
+    let server = serve_with_interval(store, interval).await;
     let token = server.register("pi-1", json!({})).await;
     let generation = server.apply("pi-1", &manifest("pi-1", &["a"])).await;
     server
@@ -119,18 +136,18 @@ async fn watch_polls_keep_an_agent_that_sends_no_reports_from_going_stale(pool: 
     // converged throughout.
     let until = tokio::time::Instant::now() + interval * 9;
     while tokio::time::Instant::now() < until {
-        let before = last_seen(&pool, "pi-1").await;
+        let before = last_seen(&server, pool.as_ref(), "pi-1").await;
         // Held a second; its contact, noted at its start, is written within 50 ms.
         assert_eq!(server.get(&poll, &token).await.status(), 304);
         assert!(
-            last_seen(&pool, "pi-1").await > before,
+            last_seen(&server, pool.as_ref(), "pi-1").await > before,
             "the poll is contact"
         );
         let view = server.json("/api/v1/agents/pi-1/status", READER).await;
         assert_eq!(view["summary"]["state"], "converged", "{view}");
     }
     // A reader's poll is not the agent's contact.
-    let before = last_seen(&pool, "pi-1").await;
+    let before = last_seen(&server, pool.as_ref(), "pi-1").await;
     assert_eq!(
         server
             .get(
@@ -143,5 +160,5 @@ async fn watch_polls_keep_an_agent_that_sends_no_reports_from_going_stale(pool: 
     );
     // Past a batch of contact writes, nothing moved.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(last_seen(&pool, "pi-1").await, before);
+    assert_eq!(last_seen(&server, pool.as_ref(), "pi-1").await, before);
 }
