@@ -24,8 +24,8 @@ use crate::reconcile::systemd_unit::ManagerScope;
 use crate::reconcile::{ContainerSettings, HostAccess, ReconcilerSettings, SystemdSettings};
 use crate::runtime::RuntimeFlavor;
 
-pub use parse::{parse_bytes, parse_duration};
-pub use settings::{ContainerRuntimeKind, DECLARED, Declared, Settings, SystemdScope, Values};
+pub use parse::{ContainerRuntimeKind, SystemdScope, parse_bytes, parse_duration};
+pub use settings::{DECLARED, Declared, Settings, Values};
 
 use parse::{
     allowed_devices, canonical_or_given, default_unit_dir, invalid, metrics_file, read_secret,

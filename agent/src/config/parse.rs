@@ -4,11 +4,30 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use fleetlet_manifests::AbsPath;
 use fleetlet_manifests::signature::PublicKey;
+use serde::{Deserialize, Serialize};
 
-use super::settings::{ContainerRuntimeKind, SystemdScope};
 use super::{ConfigError, MIB, Token};
+
+/// The value of the `container_runtime` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntimeKind {
+    Podman,
+    Docker,
+    None,
+}
+
+/// The value of the `systemd_scope` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemdScope {
+    System,
+    User,
+    None,
+}
 
 /// How a setting's type is read from a TOML value; the message is the reason only, the caller
 /// names the setting.

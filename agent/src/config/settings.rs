@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use serde::{Deserialize, Serialize};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use super::ConfigError;
-use super::parse::{FromToml, parse_bytes, parse_duration};
+use super::parse::{ContainerRuntimeKind, FromToml, SystemdScope, parse_bytes, parse_duration};
 
 /// One declared setting, as [`DECLARED`] lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,20 +288,4 @@ settings! {
     file metrics_file: PathBuf, env "FLEETLET_METRICS_FILE";
     /// Log filter in tracing's syntax (e.g. `info,fleetlet_agent=debug`); logs go to stderr.
     file log: String = "info", env "FLEETLET_LOG";
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContainerRuntimeKind {
-    Podman,
-    Docker,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SystemdScope {
-    System,
-    User,
-    None,
 }
