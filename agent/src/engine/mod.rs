@@ -32,8 +32,7 @@ use crate::backoff::Backoff;
 use crate::reconcile::Reconcile;
 use crate::status::{Connectivity, Rejection};
 use crate::store::{
-    DeadlineOutcome, EventKind, MissedDeadline, NewEvent, RolloutState, Store, StoreError,
-    StoreFault,
+    EventKind, MissedDeadline, NewEvent, RolloutState, Store, StoreError, StoreFault,
 };
 
 mod accept;
@@ -274,19 +273,7 @@ impl<R: Reconcile> Engine<R> {
     /// The manifest passes converge to: the one received last, or the known-good one while that
     /// generation is rolled back.
     fn desired(&self) -> Option<Desired<'_>> {
-        if let Some(missed) = self.current_miss()
-            && let DeadlineOutcome::RolledBack { .. } = missed.outcome
-            && let Some(good) = &self.rollout.known_good
-        {
-            return Some(Desired {
-                generation: generation_of(good),
-                manifest: good,
-            });
-        }
-        self.accepted.as_ref().map(|accepted| Desired {
-            generation: accepted.generation,
-            manifest: &accepted.manifest,
-        })
+        rollout::desired(&self.rollout, self.accepted.as_ref())
     }
 
     fn desired_manifest(&self) -> Option<&AgentManifest> {
@@ -318,10 +305,7 @@ impl<R: Reconcile> Engine<R> {
 
     /// The missed deadline of the generation received last, if it missed one.
     fn current_miss(&self) -> Option<&MissedDeadline> {
-        self.rollout
-            .missed
-            .as_ref()
-            .filter(|missed| missed.generation == self.manifest_generation())
+        rollout::current_miss(&self.rollout, self.manifest_generation())
     }
 
     fn record_event(
