@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod confined;
 pub mod engine;
 pub mod enroll;
 pub mod error;

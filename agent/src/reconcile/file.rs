@@ -1,12 +1,12 @@
 //! The File reconciler: regular files with inline content, written atomically under the
 //! configured file roots.
 //!
-//! Every path is walked from its root one component at a time with `openat(O_NOFOLLOW)`, so a
-//! symbolic link anywhere below the root (a directory or the file itself) is refused instead of
-//! followed, and a link swapped in between the check and the write cannot redirect it: the write
-//! happens relative to the directory descriptor that was checked. Content goes to a temporary
-//! file in the target's own directory, is fsync'ed, renamed over the target, and the directory is
-//! fsync'ed, so the path always holds either the old or the new file, never a torn one.
+//! Every path is opened beneath its root through [`crate::confined`], so a symbolic link
+//! anywhere below the root (a directory or the file itself) is refused instead of followed, and
+//! a link swapped in between the check and the write cannot redirect it: the write happens
+//! relative to the directory descriptor that was checked. Content is replaced atomically by
+//! [`confined::replace`] (temporary file, fsync, rename, directory fsync), so the path always
+//! holds either the old or the new file, never a torn one.
 //!
 //! The engine hands File resources over in batches ([`FileReconciler::apply_batch`]): one
 //! blocking task per batch, and a converged file is confirmed through the directories that batch
@@ -14,9 +14,9 @@
 //! through the full apply of that one file, which walks from the root again.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,12 +26,13 @@ use fleetlet_manifests::{
     ResourceSpec,
 };
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, open, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat};
-use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fsync, unlinkat};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, SFlag, fstatat};
+use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
 use super::{Applied, BatchResults, Change, Deleted, ReconcileError};
+use crate::confined::{self, ConfinedError, DirSyncs, Durability, ModeChoice, Parent, Replace};
 use crate::store::{Owned, OwnedFile};
 
 /// Mode of the directories the reconciler creates on the way to a file.
@@ -125,6 +126,29 @@ fn std_io_error(path: &Path, action: &'static str, error: std::io::Error) -> Fil
     }
 }
 
+impl From<ConfinedError> for FileError {
+    fn from(error: ConfinedError) -> Self {
+        match error {
+            ConfinedError::SymlinkInPath { path, link } => FileError::SymlinkInPath { path, link },
+            ConfinedError::Occupied { path, found } => FileError::Occupied { path, found },
+            ConfinedError::NotBeneath { path } => FileError::OutsideRoots {
+                roots: "the root it was opened beneath".into(),
+                path,
+            },
+            ConfinedError::Os {
+                path,
+                action,
+                errno,
+            } => io_error(Path::new(&path), action, errno),
+            ConfinedError::Io {
+                path,
+                action,
+                source,
+            } => std_io_error(Path::new(&path), action, source),
+        }
+    }
+}
+
 /// Writes File resources under a fixed set of roots. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct FileReconciler {
@@ -147,12 +171,6 @@ enum Observed {
     Present {
         drift: Vec<&'static str>,
     },
-}
-
-/// The directory that holds a file (opened without following links) and the file's name in it.
-struct Parent {
-    dir: OwnedFd,
-    name: OsString,
 }
 
 impl FileReconciler {
@@ -432,15 +450,7 @@ impl FileReconciler {
             }
             Some(_) => {}
         }
-        match unlinkat(
-            &parent.dir,
-            parent.name.as_os_str(),
-            UnlinkatFlags::NoRemoveDir,
-        ) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(errno) => return Err(io_error(path, "remove", errno)),
-        }
-        fsync(&parent.dir).map_err(|errno| io_error(path, "sync the directory of", errno))?;
+        confined::remove_at(&parent.dir, &parent.name, path, true)?;
         Ok(Deleted::Removed)
     }
 
@@ -464,91 +474,15 @@ impl FileReconciler {
             })
     }
 
-    /// Walks from the root to the directory that holds `path` without following links, creating
-    /// missing directories when `create` is set. `None`: a directory is missing (and `create` is
-    /// not set).
+    /// Opens the directory that holds `path` beneath its root without following links,
+    /// creating missing directories when `create` is set. `None`: a directory is missing (and
+    /// `create` is not set).
     fn open_parent(&self, path: &Path, create: bool) -> Result<Option<Parent>, FileError> {
         let root = self.root_of(path)?;
-        let relative = path
-            .strip_prefix(root)
-            .map_err(|_| FileError::OutsideRoots {
-                path: path.display().to_string(),
-                roots: root.display().to_string(),
-            })?;
-        let components: Vec<&OsStr> = relative.iter().collect();
-        let Some((name, directories)) = components.split_last() else {
-            return Err(FileError::OutsideRoots {
-                path: path.display().to_string(),
-                roots: root.display().to_string(),
-            });
-        };
-        // The root itself is configured by the operator, so it may be reached through links.
-        let mut dir = open(
-            root,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| io_error(root, "open the file root", errno))?;
-        let mut walked = root.to_path_buf();
-        for component in directories {
-            walked.push(component);
-            let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-            let next = match openat(&dir, *component, flags, Mode::empty()) {
-                Ok(next) => next,
-                Err(Errno::ENOENT) if create => {
-                    match mkdirat(&dir, *component, Mode::from_bits_truncate(CREATED_DIR_MODE)) {
-                        // The new entry is made durable before anything is written below it:
-                        // a file reported Ready must not vanish with its directory in a power
-                        // cut because only the file itself was synced.
-                        Ok(()) => fsync(&dir).map_err(|errno| {
-                            io_error(&walked, "sync the parent of the new directory", errno)
-                        })?,
-                        Err(Errno::EEXIST) => {}
-                        Err(errno) => return Err(io_error(&walked, "create directory", errno)),
-                    }
-                    openat(&dir, *component, flags, Mode::empty()).map_err(|errno| {
-                        classify_open_failure(&dir, component, &walked, path, errno)
-                    })?
-                }
-                Err(Errno::ENOENT) => return Ok(None),
-                Err(errno) => {
-                    return Err(classify_open_failure(&dir, component, &walked, path, errno));
-                }
-            };
-            dir = next;
-        }
-        Ok(Some(Parent {
-            dir,
-            name: name.to_os_string(),
-        }))
+        let root_fd = confined::open_root(root, "open the file root")?;
+        let create_dirs = create.then_some(CREATED_DIR_MODE);
+        Ok(confined::open_parent(root_fd, root, path, create_dirs)?)
     }
-}
-
-/// Says why a directory component could not be opened: a link (refused), something that is not
-/// a directory (occupied), or a plain I/O error.
-fn classify_open_failure(
-    dir: &OwnedFd,
-    component: &OsStr,
-    walked: &Path,
-    path: &Path,
-    errno: Errno,
-) -> FileError {
-    if matches!(errno, Errno::ELOOP | Errno::ENOTDIR)
-        && let Ok(stat) = fstatat(dir, component, AtFlags::AT_SYMLINK_NOFOLLOW)
-    {
-        return if file_type(&stat) == SFlag::S_IFLNK {
-            FileError::SymlinkInPath {
-                path: path.display().to_string(),
-                link: walked.display().to_string(),
-            }
-        } else {
-            FileError::Occupied {
-                path: path.display().to_string(),
-                found: format!("a non-directory at {}", walked.display()),
-            }
-        };
-    }
-    io_error(walked, "open directory", errno)
 }
 
 fn file_type(stat: &FileStat) -> SFlag {
@@ -667,13 +601,8 @@ fn observe(parent: &Parent, path: &Path, desired: &DesiredFile) -> Result<Observ
 }
 
 fn hash_entry(parent: &Parent, path: &Path) -> Result<String, FileError> {
-    let fd = openat(
-        &parent.dir,
-        parent.name.as_os_str(),
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| io_error(path, "open", errno))?;
+    let fd = confined::open_file_at(&parent.dir, &parent.name, OFlag::empty())
+        .map_err(|errno| io_error(path, "open", errno))?;
     let mut file = File::from(fd);
     let mut hasher = Sha256::new();
     let mut buffer = [0u8; 64 * 1024];
@@ -689,79 +618,34 @@ fn hash_entry(parent: &Parent, path: &Path) -> Result<String, FileError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The name of the temporary file next to `name`. It is deterministic so that a temporary file
-/// left by a crash is reused (and so cleaned up) by the next write instead of piling up.
-fn temporary_name(name: &OsStr) -> OsString {
-    let mut temporary = OsString::from(".");
-    temporary.push(name);
-    temporary.push(".fleetlet-tmp");
-    temporary
-}
+/// Ends the name of the temporary file a File is written to, `.<name>.fleetlet-tmp`.
+const TEMP_SUFFIX: &str = ".fleetlet-tmp";
 
-/// Replaces the file atomically: temporary file in the same directory, owner, mode, content,
-/// fsync, rename over the target, fsync of the directory.
+/// Replaces the file atomically through [`confined::replace`]: owner, mode, content, fsync,
+/// rename over the target, and the directory fsynced now or (deferred) by the caller.
 fn write_atomically(
     parent: &Parent,
     path: &Path,
     desired: &DesiredFile,
     dir_sync: DirSync,
 ) -> Result<(), FileError> {
-    let temporary = temporary_name(&parent.name);
-    match unlinkat(
+    let how = Replace {
+        mode: ModeChoice::Exact(desired.mode),
+        uid: desired.uid,
+        gid: desired.gid,
+        durability: match dir_sync {
+            DirSync::Now => Durability::Full,
+            DirSync::Deferred => Durability::DeferDirSync,
+        },
+        temp_suffix: TEMP_SUFFIX,
+    };
+    Ok(confined::replace(
         &parent.dir,
-        temporary.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    ) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(errno) => return Err(io_error(path, "remove the stale temporary file of", errno)),
-    }
-    let fd = openat(
-        &parent.dir,
-        temporary.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|errno| io_error(path, "create a temporary file for", errno))?;
-    let result = fill_and_rename(parent, path, &temporary, File::from(fd), desired, dir_sync);
-    if result.is_err() {
-        // Best effort: the next write removes a leftover temporary file anyway.
-        let _ = unlinkat(
-            &parent.dir,
-            temporary.as_os_str(),
-            UnlinkatFlags::NoRemoveDir,
-        );
-    }
-    result
-}
-
-fn fill_and_rename(
-    parent: &Parent,
-    path: &Path,
-    temporary: &OsStr,
-    mut file: File,
-    desired: &DesiredFile,
-    dir_sync: DirSync,
-) -> Result<(), FileError> {
-    if desired.uid.is_some() || desired.gid.is_some() {
-        fchown(&file, desired.uid, desired.gid)
-            .map_err(|errno| io_error(path, "change the owner of", errno))?;
-    }
-    // After chown, which clears set-id bits, and without the umask getting in the way.
-    fchmod(&file, Mode::from_bits_truncate(desired.mode))
-        .map_err(|errno| io_error(path, "change the mode of", errno))?;
-    file.write_all(&desired.content)
-        .map_err(|error| std_io_error(path, "write", error))?;
-    file.sync_all()
-        .map_err(|error| std_io_error(path, "sync", error))?;
-    drop(file);
-    renameat(&parent.dir, temporary, &parent.dir, parent.name.as_os_str())
-        .map_err(|errno| io_error(path, "rename the temporary file onto", errno))?;
-    match dir_sync {
-        DirSync::Now => {
-            fsync(&parent.dir).map_err(|errno| io_error(path, "sync the directory of", errno))
-        }
-        DirSync::Deferred => Ok(()),
-    }
+        &parent.name,
+        path,
+        &desired.content,
+        &how,
+    )?)
 }
 
 /// When the directory of a file just renamed into place is fsynced.
@@ -781,8 +665,8 @@ enum DirSync {
 /// held one are held too, so that they go out in the batch's order.
 #[derive(Default)]
 struct PendingDirSyncs {
-    /// Distinct directories (by device and inode), each with one descriptor to fsync.
-    dirs: Vec<((u64, u64), OwnedFd)>,
+    /// Distinct directories, each fsynced once.
+    dirs: DirSyncs,
     /// Held results, each with the position in `dirs` of the directory it waits for, if any.
     held: Vec<(Resource, Result<Applied, ReconcileError>, Option<usize>)>,
     /// When the oldest held result was held.
@@ -804,20 +688,7 @@ impl PendingDirSyncs {
         result: Result<Applied, ReconcileError>,
         unsynced: Option<OwnedFd>,
     ) {
-        let at = unsynced.map(|dir| {
-            // Without an identity the directory is simply synced on its own.
-            let identity = nix::sys::stat::fstat(&dir)
-                .map_or((u64::MAX, self.dirs.len() as u64), |stat| {
-                    (stat.st_dev, stat.st_ino)
-                });
-            match self.dirs.iter().position(|(known, _)| *known == identity) {
-                Some(at) => at,
-                None => {
-                    self.dirs.push((identity, dir));
-                    self.dirs.len() - 1
-                }
-            }
-        });
+        let at = unsynced.map(|dir| self.dirs.add(dir));
         self.held.push((resource, result, at));
         self.since.get_or_insert_with(std::time::Instant::now);
     }
@@ -831,8 +702,7 @@ impl PendingDirSyncs {
     /// whose directory could not be synced fails with that error. False when nobody takes
     /// results any more.
     fn flush(&mut self, results: &BatchResults) -> bool {
-        let synced: Vec<Result<(), Errno>> = self.dirs.iter().map(|(_, dir)| fsync(dir)).collect();
-        self.dirs.clear();
+        let synced: Vec<Result<(), Errno>> = self.dirs.sync_all();
         self.since = None;
         let mut taken = true;
         for (resource, result, at) in self.held.drain(..) {
@@ -984,8 +854,7 @@ impl BatchMemo {
 /// following a link, and non-blocking so that a FIFO swapped in after the stat cannot hang it.
 fn holds_exactly(dir: &OwnedFd, name: &OsStr, expected: &[u8], buffer: &mut Vec<u8>) -> bool {
     const CHUNK: usize = 64 * 1024;
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let Ok(fd) = openat(dir, name, flags, Mode::empty()) else {
+    let Ok(fd) = confined::open_file_at(dir, name, OFlag::O_NONBLOCK) else {
         return false;
     };
     let mut file = File::from(fd);

@@ -41,19 +41,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fleetlet_manifests::{
-    AbsPath, ErrorReason, FileContent, FileMode, FileSpec, Resource, ResourceDetails, ResourceId,
-    ResourceSpec, SessionId, SessionStorageDetails, SessionStorageSpec,
+    ErrorReason, Resource, ResourceDetails, ResourceId, ResourceSpec, SessionId,
+    SessionStorageDetails, SessionStorageSpec,
 };
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, open, openat, readlinkat};
+use nix::fcntl::{AtFlags, OFlag, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use super::{Applied, Change, Deleted, FileError, FileReconciler};
+use super::{Applied, Change, Deleted, FileError};
+use crate::confined::{self, ConfinedError, Durability, ModeChoice, Parent, Replace};
 use crate::store::{Owned, OwnedSession};
 
 /// The ownership marker's file name, beside the data directory.
@@ -73,6 +74,10 @@ const MAX_MARKER_BYTES: u64 = 64 * 1024;
 /// Only the agent's user may enter a session directory. Root containers (and rootless podman,
 /// whose root is the agent's user) have full access to the mounted data.
 const SESSION_DIR_MODE: u32 = 0o700;
+/// Mode of the marker: only the agent reads it.
+const MARKER_MODE: u32 = 0o600;
+/// Ends the name of the temporary file the marker is written to.
+const TEMP_SUFFIX: &str = ".fleetlet-tmp";
 
 /// Why a SessionStorage resource could not be applied or deleted.
 #[derive(Debug, thiserror::Error)]
@@ -483,8 +488,8 @@ impl SessionStorageReconciler {
             .ok_or_else(|| SessionStorageError::NoRoot { id: id.clone() })
     }
 
-    /// Creates the root if needed and returns it without links, so that the marker's path is
-    /// one the File reconciler accepts below it.
+    /// Creates the root if needed and returns it without links, so that every path below it is
+    /// opened beneath it.
     fn ensure_root(&self, id: &ResourceId) -> Result<PathBuf, SessionStorageError> {
         let root = self.root(id)?;
         let io = |action: &'static str, error: std::io::Error| SessionStorageError::Io {
@@ -540,7 +545,7 @@ impl SessionStorageReconciler {
                     evicted_at: None,
                     summary: Some(Summary::empty()),
                 };
-                self.make_dir(id, &session_dir)?;
+                self.make_dir(id, &root, &session_dir)?;
                 // The marker goes first: a directory the agent made must never look foreign.
                 self.write_marker(id, &root, &dir, &marker)?;
                 if expired {
@@ -548,7 +553,7 @@ impl SessionStorageReconciler {
                     // nothing to delete, rather than created for nobody.
                     return Err(self.evict(id, &root, &dir, marker, now)?);
                 }
-                self.make_dir(id, &data)?;
+                self.make_dir(id, &root, &data)?;
                 if change == Change::Unchanged {
                     change = Change::Created;
                 }
@@ -564,7 +569,7 @@ impl SessionStorageReconciler {
                     marker.evicted_at = None;
                     marker.expires_at = spec.expires_at;
                     marker.summary = Some(Summary::empty());
-                    self.make_dir(id, &data)?;
+                    self.make_dir(id, &root, &data)?;
                     self.write_marker(id, &root, &dir, &marker)?;
                     self.forget_summary(id);
                     change = Change::Updated;
@@ -590,7 +595,7 @@ impl SessionStorageReconciler {
                             });
                         }
                         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                            self.make_dir(id, &data)?;
+                            self.make_dir(id, &root, &data)?;
                             self.forget_summary(id);
                             change = Change::Repaired {
                                 drift: "the data directory was missing".into(),
@@ -660,36 +665,51 @@ impl SessionStorageReconciler {
         Ok(evicted_error(id, &spec, &data, &marker, now))
     }
 
-    fn make_dir(&self, id: &ResourceId, path: &Path) -> Result<(), SessionStorageError> {
-        let (parent, name) = match (path.parent(), path.file_name()) {
-            (Some(parent), Some(name)) => (parent, name),
-            _ => {
-                return Err(SessionStorageError::Io {
-                    id: id.clone(),
-                    path: path.display().to_string(),
-                    action: "create",
-                    message: "no parent directory".into(),
-                });
-            }
-        };
-        let io = |action: &'static str, errno: Errno| SessionStorageError::Io {
+    /// Opens the directory that holds `path` beneath `root`, following no link.
+    fn open_parent(
+        &self,
+        id: &ResourceId,
+        root: &Path,
+        path: &Path,
+    ) -> Result<Parent, SessionStorageError> {
+        let io = |message: String| SessionStorageError::Io {
             id: id.clone(),
             path: path.display().to_string(),
-            action,
-            message: errno.desc().to_owned(),
+            action: "open the directory of",
+            message,
         };
-        let parent_fd = open(
-            parent,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| io("open the directory of", errno))?;
-        match mkdirat(&parent_fd, name, Mode::from_bits_truncate(SESSION_DIR_MODE)) {
+        let root_fd = confined::open_root(root, "open the session root above")
+            .map_err(|error| io(error.to_string()))?;
+        confined::open_parent(root_fd, root, path, None)
+            .map_err(|error| io(error.to_string()))?
+            .ok_or_else(|| io(Errno::ENOENT.desc().to_owned()))
+    }
+
+    /// Creates the directory `path` (mode 0700) beneath `root`; one already there is fine.
+    fn make_dir(
+        &self,
+        id: &ResourceId,
+        root: &Path,
+        path: &Path,
+    ) -> Result<(), SessionStorageError> {
+        let parent = self.open_parent(id, root, path)?;
+        match mkdirat(
+            &parent.dir,
+            parent.name.as_os_str(),
+            Mode::from_bits_truncate(SESSION_DIR_MODE),
+        ) {
             Ok(()) | Err(Errno::EEXIST) => Ok(()),
-            Err(errno) => Err(io("create", errno)),
+            Err(errno) => Err(SessionStorageError::Io {
+                id: id.clone(),
+                path: path.display().to_string(),
+                action: "create",
+                message: errno.desc().to_owned(),
+            }),
         }
     }
 
+    /// Replaces the marker atomically (temporary file, fsync, rename, directory fsync) beneath
+    /// the root, following no link: the same replace as every other writer of the agent.
     fn write_marker(
         &self,
         id: &ResourceId,
@@ -697,9 +717,9 @@ impl SessionStorageReconciler {
         dir: &str,
         marker: &Marker,
     ) -> Result<(), SessionStorageError> {
-        let marker_error = |source: FileError| SessionStorageError::Marker {
+        let marker_error = |source: ConfinedError| SessionStorageError::Marker {
             id: id.clone(),
-            source,
+            source: FileError::from(source),
         };
         let path = root.join(dir).join(MARKER_NAME);
         let text =
@@ -709,25 +729,26 @@ impl SessionStorageReconciler {
                 action: "encode the marker",
                 message: error.to_string(),
             })?;
-        let invalid = |message: String| SessionStorageError::Io {
-            id: id.clone(),
-            path: path.display().to_string(),
-            action: "name the marker",
-            message,
+        let root_fd =
+            confined::open_root(root, "open the session root above").map_err(marker_error)?;
+        let parent = confined::open_parent(root_fd, root, &path, None)
+            .map_err(marker_error)?
+            .ok_or_else(|| {
+                marker_error(ConfinedError::os(
+                    &path,
+                    "open the directory of",
+                    Errno::ENOENT,
+                ))
+            })?;
+        confined::check_replaceable(&parent.dir, &parent.name, &path).map_err(marker_error)?;
+        let how = Replace {
+            mode: ModeChoice::Exact(MARKER_MODE),
+            uid: None,
+            gid: None,
+            durability: Durability::Full,
+            temp_suffix: TEMP_SUFFIX,
         };
-        let spec = FileSpec {
-            path: AbsPath::try_from(path.display().to_string().as_str())
-                .map_err(|error| invalid(error.to_string()))?,
-            content: FileContent::Text(text),
-            mode: FileMode::new(0o600).ok_or_else(|| invalid("mode 0600".into()))?,
-            owner: None,
-            group: None,
-        };
-        // The File reconciler's writer: no links followed below the root, temp file, fsync,
-        // rename, fsync of the directory.
-        FileReconciler::new(vec![root.to_path_buf()])
-            .apply_blocking(id, &spec, "", None)
-            .map(|_| ())
+        confined::replace(&parent.dir, &parent.name, &path, text.as_bytes(), &how)
             .map_err(marker_error)
     }
 
@@ -746,34 +767,25 @@ impl SessionStorageReconciler {
             action,
             message: errno.desc().to_owned(),
         };
-        let root_fd = open(
-            root,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| io("open the session root above", errno))?;
-        let dir_fd = match openat(
+        let root_fd =
+            confined::open_dir(root).map_err(|errno| io("open the session root above", errno))?;
+        let dir_fd = match confined::open_beneath(
             &root_fd,
-            dir,
-            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
+            Path::new(dir),
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY,
         ) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Found::Missing),
-            // A link or a file under our name is someone else's.
-            Err(Errno::ELOOP | Errno::ENOTDIR) => return Ok(Found::Foreign),
+            // A link or a file under our name (or a name that is not one) is someone else's.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => return Ok(Found::Foreign),
             Err(errno) => return Err(io("open", errno)),
         };
-        let marker_fd = match openat(
-            &dir_fd,
-            MARKER_NAME,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ELOOP) => return Ok(Found::Foreign),
-            Err(errno) => return Err(io("open the marker in", errno)),
-        };
+        let marker_fd =
+            match confined::open_file_at(&dir_fd, OsStr::new(MARKER_NAME), OFlag::O_NONBLOCK) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT | Errno::ELOOP) => return Ok(Found::Foreign),
+                Err(errno) => return Err(io("open the marker in", errno)),
+            };
         let mut text = Vec::new();
         File::from(marker_fd)
             .take(MAX_MARKER_BYTES)
@@ -1057,11 +1069,14 @@ enum Step {
 /// in this module's documentation). Entries that vanish during the walk are skipped: a workload
 /// may be deleting files while it runs.
 pub fn summarize(data: &Path) -> Result<Summary, SummaryError> {
-    let top = open(
-        data,
-        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+    // The data directory itself is not followed if it is a link; its parents are the session
+    // root and the session directory the apply has just checked.
+    let top = match (data.parent(), data.file_name()) {
+        (Some(parent), Some(name)) => {
+            confined::open_dir(parent).and_then(|parent| confined::open_dir_at(&parent, name))
+        }
+        _ => Err(Errno::EXDEV),
+    }
     .map_err(|errno| SummaryError::Os {
         path: data.display().to_string(),
         action: "open",
@@ -1115,8 +1130,7 @@ fn summarize_entry(
             if depth >= MAX_DEPTH {
                 return Err(SummaryError::TooDeep { path: shown() });
             }
-            let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-            match openat(&frame.fd, name, flags, Mode::empty()) {
+            match confined::open_dir_at(&frame.fd, name) {
                 Ok(fd) => {
                     let mut prefix = path;
                     prefix.push(b'/');
@@ -1130,8 +1144,7 @@ fn summarize_entry(
         SFlag::S_IFREG => {
             // Non-blocking, and checked again after opening: a fifo swapped in after the stat
             // must not hang the walk.
-            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-            let fd = match openat(&frame.fd, name, flags, Mode::empty()) {
+            let fd = match confined::open_file_at(&frame.fd, name, OFlag::O_NONBLOCK) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT | Errno::ELOOP) => return Ok(Step::Skip),
                 Err(errno) => return Err(os_error("open", errno)),

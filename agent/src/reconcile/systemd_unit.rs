@@ -1,8 +1,8 @@
 //! The SystemdUnit reconciler: writes a unit file into the configured unit dir and drives the
 //! unit to its desired enablement and state through a [`SystemdManager`].
 //!
-//! One apply, in order: write the file atomically (with the File reconciler's machinery) if its
-//! text differs; `daemon-reload` only if the file changed (or systemd says its copy is stale);
+//! One apply, in order: write the file atomically (through [`crate::confined`], beneath the unit
+//! dir without following a link) if its text differs; `daemon-reload` only if the file changed (or systemd says its copy is stale);
 //! enable or disable; start, stop, or restart when the text changed while it should run; then
 //! observe what systemd itself reports. A start is only trusted after a short settle time,
 //! because a `Type=simple` service "starts" successfully and dies a moment later when its
@@ -23,18 +23,23 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetlet_manifests::{
-    AbsPath, ErrorReason, FileContent, FileMode, FileSpec, ResourceDetails, ResourceId,
-    SystemdUnitDetails, SystemdUnitSpec, UnitName, UnitState,
+    AbsPath, ErrorReason, ResourceDetails, ResourceId, SystemdUnitDetails, SystemdUnitSpec,
+    UnitName, UnitState,
 };
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{SFlag, fstatat};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, Change, Deleted, FileError, FileReconciler};
+use super::{Applied, Change, Deleted, FileError};
+use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace};
 use crate::store::{Owned, OwnedUnit};
 pub use manager::{ManagerScope, SystemdError, SystemdManager, UnitObservation, UnitOperation};
 pub use systemctl::Systemctl;
@@ -44,7 +49,9 @@ pub const START_SETTLE: Duration = Duration::from_millis(500);
 /// How often the settling unit is observed.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Mode of the unit files the agent writes: systemd only needs to read them.
-const UNIT_FILE_MODE: &str = "0644";
+const UNIT_FILE_MODE: u32 = 0o644;
+/// Ends the name of the temporary file a unit file is written to.
+const TEMP_SUFFIX: &str = ".fleetlet-tmp";
 /// Unit files are small; reading a foreign file at the target path stops here.
 const MAX_UNIT_FILE_READ: u64 = 2 * 1024 * 1024;
 
@@ -149,10 +156,9 @@ pub struct SystemdUnitReconciler<M> {
 #[derive(Debug, Clone)]
 struct Target<M> {
     manager: Arc<M>,
+    /// Unit files are opened, replaced and removed beneath it through [`crate::confined`], with
+    /// the same atomic replace and the same refusal to follow links as File resources.
     unit_dir: PathBuf,
-    /// The File reconciler rooted at the unit dir writes and removes unit files, so unit files
-    /// get the same atomic replace and the same refusal to follow links as File resources.
-    files: FileReconciler,
 }
 
 /// What was at the unit file's path before the apply.
@@ -185,7 +191,6 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
         Self {
             target: target.map(|(manager, unit_dir)| Target {
                 manager: Arc::new(manager),
-                files: FileReconciler::new(vec![unit_dir.clone()]),
                 unit_dir,
             }),
             agent: agent.to_owned(),
@@ -442,23 +447,10 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
         path: &Path,
         rendered: &str,
     ) -> Result<Existing, SystemdUnitError> {
-        let file_spec = FileSpec {
-            path: abs_path(unit, path)?,
-            content: FileContent::Text(rendered.to_owned()),
-            mode: FileMode::try_from(UNIT_FILE_MODE).map_err(|error| {
-                SystemdUnitError::UnitDir {
-                    unit: unit.to_string(),
-                    dir: target.unit_dir.display().to_string(),
-                    message: error.to_string(),
-                }
-            })?,
-            owner: None,
-            group: None,
-        };
-        let files = target.files.clone();
+        // The path must be absolute and normalised, as the unit file's path is reported.
+        abs_path(unit, path)?;
         let unit_dir = target.unit_dir.clone();
         let marker = self.marker(id);
-        let id = id.clone();
         let unit_name = unit.to_string();
         let path = path.to_path_buf();
         let rendered_text = rendered.to_owned();
@@ -480,12 +472,12 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
                 dir: unit_dir.display().to_string(),
                 message: error.to_string(),
             })?;
-            files
-                .apply_blocking(&id, &file_spec, "", None)
-                .map_err(|source| SystemdUnitError::File {
+            replace_unit_file(&unit_dir, &path, rendered_text.as_bytes()).map_err(|source| {
+                SystemdUnitError::File {
                     unit: unit_name,
-                    source,
-                })?;
+                    source: source.into(),
+                }
+            })?;
             Ok(existing)
         })
         .await
@@ -498,24 +490,69 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
         unit: &UnitName,
         path: &Path,
     ) -> Result<(), SystemdUnitError> {
-        let files = target.files.clone();
         let id = id.clone();
+        let unit_dir = target.unit_dir.clone();
         let unit_name = unit.to_string();
-        let owned = crate::store::OwnedFile {
-            path: path.display().to_string(),
-            created: true,
-            sha256: String::new(),
-        };
+        let path = path.to_path_buf();
         run_blocking(unit, move || {
-            files
-                .delete_blocking(&id, &owned)
-                .map(drop)
-                .map_err(|source| SystemdUnitError::File {
+            remove_unit_file_blocking(&id, &unit_dir, &path).map_err(|source| {
+                SystemdUnitError::File {
                     unit: unit_name,
-                    source,
-                })
+                    source: source.into(),
+                }
+            })
         })
         .await
+    }
+}
+
+/// Replaces the unit file `path` in `unit_dir` atomically, beneath the unit dir without
+/// following a link: the same replace as every other writer of the agent.
+fn replace_unit_file(unit_dir: &Path, path: &Path, text: &[u8]) -> Result<(), ConfinedError> {
+    let root = confined::open_root(unit_dir, "open the unit dir")?;
+    let parent = confined::open_parent(root, unit_dir, path, None)?
+        .ok_or_else(|| ConfinedError::os(path, "open the directory of", Errno::ENOENT))?;
+    let how = Replace {
+        mode: ModeChoice::Exact(UNIT_FILE_MODE),
+        uid: None,
+        gid: None,
+        durability: Durability::Full,
+        temp_suffix: TEMP_SUFFIX,
+    };
+    confined::check_replaceable(&parent.dir, &parent.name, path)?;
+    confined::replace(&parent.dir, &parent.name, path, text, &how)
+}
+
+/// Removes the unit file `path` from `unit_dir` if it is a regular file (never through a link),
+/// and makes the removal durable. A file that is not (any more) below the unit dir is left.
+fn remove_unit_file_blocking(
+    id: &ResourceId,
+    unit_dir: &Path,
+    path: &Path,
+) -> Result<(), ConfinedError> {
+    let root = confined::open_root(unit_dir, "open the unit dir")?;
+    let parent = match confined::open_parent(root, unit_dir, path, None) {
+        Ok(Some(parent)) => parent,
+        Ok(None) => return Ok(()),
+        Err(error @ (ConfinedError::NotBeneath { .. } | ConfinedError::SymlinkInPath { .. })) => {
+            tracing::warn!(resource = %id, %error, "unit file left in place");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    match fstatat(
+        &parent.dir,
+        parent.name.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(ConfinedError::os(path, "inspect", errno)),
+        Ok(stat)
+            if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG =>
+        {
+            Ok(())
+        }
+        Ok(_) => confined::remove_at(&parent.dir, &parent.name, path, true).map(drop),
     }
 }
 
@@ -567,35 +604,80 @@ fn abs_path(unit: &UnitName, path: &Path) -> Result<AbsPath, SystemdUnitError> {
     })
 }
 
-/// Reads what is at a unit file's path, without following a link.
+/// Reads what is at a unit file's path: the file is opened in its directory without following a
+/// link (and read through that descriptor, so a link swapped in after the check is not read).
 fn read_existing(path: &Path, marker: &str, unit: &str) -> Result<Existing, SystemdUnitError> {
-    let io_error = |error: std::io::Error| SystemdUnitError::File {
+    let failed = |source: FileError| SystemdUnitError::File {
         unit: unit.to_owned(),
-        source: FileError::Io {
+        source,
+    };
+    let io_error = |action: &'static str, errno: Errno| {
+        failed(FileError::Io {
+            path: path.display().to_string(),
+            action,
+            source: errno.into(),
+        })
+    };
+    let (Some(unit_dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Existing::Foreign {
+            why: "it is not a file name in a directory".into(),
+        });
+    };
+    let root = match confined::open_root(unit_dir, "open the unit dir") {
+        Ok(root) => root,
+        Err(ConfinedError::Os {
+            errno: Errno::ENOENT,
+            ..
+        }) => return Ok(Existing::Missing),
+        Err(error) => return Err(failed(error.into())),
+    };
+    let not_regular = || Existing::Foreign {
+        why: "it is not a regular file".into(),
+    };
+    let file = match confined::open_file_at(&root, name, OFlag::O_NONBLOCK) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT) => return Ok(Existing::Missing),
+        Err(errno) => {
+            // Say what is in the way: a link, or something that cannot be opened for reading.
+            return match fstatat(&root, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat)
+                    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
+                        == SFlag::S_IFLNK =>
+                {
+                    Ok(Existing::Foreign {
+                        why: "it is a symbolic link".into(),
+                    })
+                }
+                Ok(stat)
+                    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
+                        != SFlag::S_IFREG =>
+                {
+                    Ok(not_regular())
+                }
+                _ => Err(io_error("read", errno)),
+            };
+        }
+    };
+    let metadata = file.metadata().map_err(|error| {
+        failed(FileError::Io {
             path: path.display().to_string(),
             action: "read",
             source: error,
-        },
-    };
-    let metadata = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Missing),
-        Err(error) => return Err(io_error(error)),
-    };
-    if metadata.file_type().is_symlink() {
-        return Ok(Existing::Foreign {
-            why: "it is a symbolic link".into(),
-        });
-    }
+        })
+    })?;
     if !metadata.is_file() {
-        return Ok(Existing::Foreign {
-            why: "it is not a regular file".into(),
-        });
+        return Ok(not_regular());
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_UNIT_FILE_READ).read_to_end(&mut bytes))
-        .map_err(io_error)?;
+    file.take(MAX_UNIT_FILE_READ)
+        .read_to_end(&mut bytes)
+        .map_err(|error| {
+            failed(FileError::Io {
+                path: path.display().to_string(),
+                action: "read",
+                source: error,
+            })
+        })?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if text.lines().next() != Some(marker) {
         return Ok(Existing::Foreign {

@@ -465,3 +465,95 @@ async fn without_a_session_root_the_storage_is_not_ready() {
         .expect_err("no root");
     assert_eq!(error.reason(), ErrorReason::StorageNotReady);
 }
+
+#[tokio::test]
+async fn a_session_directory_replaced_by_a_link_outside_is_not_followed() {
+    let fixture = Fixture::new();
+    let session = resource("cache", json!({"sessionId": "s", "sizeLimitBytes": 1000}));
+    let record = owned(&apply(&fixture, &session, None).await.expect("apply"));
+    let root = fixture.root();
+    // Outside the root: a copy of the session, this agent's marker included.
+    let outside = fixture.dir.path().join("outside");
+    std::fs::create_dir_all(outside.join(DATA_DIR)).expect("mkdir");
+    let marker = std::fs::read(root.join("cache@s").join(MARKER_NAME)).expect("read");
+    std::fs::write(outside.join(MARKER_NAME), &marker).expect("write");
+    std::fs::write(outside.join(DATA_DIR).join("precious"), "keep").expect("write");
+    std::fs::remove_dir_all(root.join("cache@s")).expect("rm");
+    symlink(&outside, root.join("cache@s")).expect("symlink");
+
+    let error = apply(&fixture, &session, Some(&record))
+        .await
+        .expect_err("a link is not the agent's directory");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+    let deleted = fixture
+        .reconciler
+        .delete(&session.id, &record)
+        .await
+        .expect("delete");
+    assert!(matches!(deleted, Deleted::Released { .. }), "{deleted:?}");
+    let removed = fixture.reconciler.collect_garbage(&[]).await;
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        std::fs::read(outside.join(MARKER_NAME)).expect("read"),
+        marker
+    );
+    assert!(outside.join(DATA_DIR).join("precious").exists());
+    assert!(
+        root.join("cache@s")
+            .symlink_metadata()
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[tokio::test]
+async fn a_link_planted_inside_a_session_directory_is_not_written_through() {
+    let fixture = Fixture::new();
+    let session = resource("cache", json!({"sessionId": "s", "sizeLimitBytes": 1000}));
+    let record = owned(&apply(&fixture, &session, None).await.expect("apply"));
+    let root = fixture.root();
+    let marker_path = root.join("cache@s").join(MARKER_NAME);
+    let text = std::fs::read(&marker_path).expect("read");
+    let marker: Marker = serde_json::from_slice(&text).expect("marker");
+    // The marker swapped for a link to a file outside that holds a valid marker.
+    let outside = fixture.dir.path().join("outside-marker.json");
+    std::fs::write(&outside, &text).expect("write");
+    std::fs::remove_file(&marker_path).expect("rm");
+    symlink(&outside, &marker_path).expect("symlink");
+
+    let error = apply(&fixture, &session, Some(&record))
+        .await
+        .expect_err("a linked marker is not the agent's");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+    // The shared writer refuses the link even when asked directly, past the marker check.
+    let error = fixture
+        .reconciler
+        .write_marker(&session.id, &root, "cache@s", &marker)
+        .expect_err("a link at the marker's name");
+    assert_eq!(error.reason(), ErrorReason::PathNotAllowed);
+    assert_eq!(std::fs::read(&outside).expect("read"), text);
+    assert!(
+        marker_path
+            .symlink_metadata()
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
+
+    // The data directory swapped for a link: not summarised through, not adopted.
+    std::fs::remove_file(&marker_path).expect("rm");
+    std::fs::write(&marker_path, &text).expect("restore");
+    let outside_data = fixture.dir.path().join("outside-data");
+    std::fs::create_dir_all(&outside_data).expect("mkdir");
+    std::fs::write(outside_data.join("secret"), "x").expect("write");
+    let data = fixture.data("cache@s");
+    std::fs::remove_dir_all(&data).expect("rm");
+    symlink(&outside_data, &data).expect("symlink");
+    assert!(summarize(&data).is_err(), "the data link is not followed");
+    let error = apply(&fixture, &session, Some(&record))
+        .await
+        .expect_err("a linked data directory");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+    assert!(outside_data.join("secret").exists());
+}

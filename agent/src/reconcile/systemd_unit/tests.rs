@@ -515,3 +515,89 @@ async fn renaming_the_unit_removes_the_old_one() {
     assert!(fx.file("kiosk2.service").exists());
     assert_eq!(fx.systemd.observed("kiosk.service"), None);
 }
+
+#[tokio::test]
+async fn a_unit_file_replaced_by_a_link_to_a_file_outside_is_never_followed() {
+    let fx = fixture();
+    let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
+    let applied = fx.apply(&kiosk, None).await.expect("apply");
+    let ours = std::fs::read_to_string(fx.file("kiosk.service")).expect("read");
+
+    // Outside the unit dir, a file that carries this resource's marker: read through the link it
+    // would pass for the agent's own file.
+    let outside = fx._dir.path().join("outside.service");
+    std::fs::write(&outside, &ours).expect("write");
+    std::fs::remove_file(fx.file("kiosk.service")).expect("rm");
+    std::os::unix::fs::symlink(&outside, fx.file("kiosk.service")).expect("symlink");
+    fx.systemd.take_calls();
+
+    let changed = unit_resource(
+        "kiosk",
+        "kiosk.service",
+        &format!("{SLEEPER}# v2\n"),
+        true,
+        "Started",
+    );
+    let error = fx
+        .apply(&changed, Some((&kiosk, &applied)))
+        .await
+        .expect_err("a link is not the agent's file");
+    assert_eq!(error.reason(), ErrorReason::Conflict);
+    let deleted = fx
+        .reconciler
+        .delete(&kiosk.id, &owned_of(&applied))
+        .await
+        .expect("delete");
+    assert!(matches!(deleted, Deleted::Released { .. }), "{deleted:?}");
+    assert_eq!(std::fs::read_to_string(&outside).expect("read"), ours);
+    assert!(
+        std::fs::symlink_metadata(fx.file("kiosk.service"))
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fx.systemd.take_calls(), []);
+}
+
+#[test]
+fn the_unit_file_writer_refuses_a_link_and_the_remover_leaves_it() {
+    let fx = fixture();
+    std::fs::create_dir_all(&fx.unit_dir).expect("mkdir");
+    let outside = fx._dir.path().join("outside.service");
+    std::fs::write(&outside, "precious").expect("write");
+    let path = fx.file("kiosk.service");
+    std::os::unix::fs::symlink(&outside, &path).expect("symlink");
+
+    // Called directly, past the marker check: the confined writer itself refuses the link.
+    let error = replace_unit_file(&fx.unit_dir, &path, b"[Unit]\n").expect_err("a link");
+    assert_eq!(FileError::from(error).reason(), ErrorReason::PathNotAllowed);
+    remove_unit_file_blocking(
+        &ResourceId::try_from("kiosk").expect("id"),
+        &fx.unit_dir,
+        &path,
+    )
+    .expect("remove");
+    assert_eq!(std::fs::read_to_string(&outside).expect("read"), "precious");
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
+
+    // A plain unit file is written whole, mode 0644, and removed.
+    let plain = fx.file("plain.service");
+    replace_unit_file(&fx.unit_dir, &plain, b"[Unit]\n").expect("write");
+    let meta = std::fs::metadata(&plain).expect("stat");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        0o644
+    );
+    remove_unit_file_blocking(
+        &ResourceId::try_from("plain").expect("id"),
+        &fx.unit_dir,
+        &plain,
+    )
+    .expect("remove");
+    assert!(!plain.exists());
+}
