@@ -10,8 +10,9 @@
 //! cannot change by retrying (401, 404, 409, 422) stops the agent with a message saying what the
 //! operator must do.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::ffi::OsStr;
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use fleetlet_manifests::api::{AgentToken, ErrorBody};
 use reqwest::StatusCode;
 
 use crate::config::Token;
+use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace};
 use crate::shutdown::ShutdownSignal;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_RETRY_WAIT`].
@@ -93,26 +95,22 @@ pub fn kept_token(state_dir: &Path, agent_id: &AgentId) -> Result<Option<Token>,
 }
 
 /// Writes the token with mode 0600 from the first byte (never readable by others, not even
-/// briefly), then renames it into place, so a crash leaves either no token or the whole token.
+/// briefly), then renames it into place, so a crash leaves either no token or the whole token:
+/// the atomic replace of [`crate::confined`], fsynced, directory included.
 fn keep_token(path: &Path, token: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let temporary = dir.join(".token.tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    // The umask cannot widen 0600, but a pre-set ACL or odd umask could narrow it oddly; be
-    // explicit.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(token.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let dir_fd = confined::open_dir(dir)?;
+    let how = Replace {
+        mode: ModeChoice::Exact(0o600),
+        uid: None,
+        gid: None,
+        durability: Durability::Full,
+        temp_suffix: ".tmp",
+    };
+    let name = path.file_name().unwrap_or_else(|| OsStr::new("token"));
+    confined::replace(&dir_fd, name, path, format!("{token}\n").as_bytes(), &how)
+        .map_err(ConfinedError::into_io)
 }
 
 /// Enrolls `agent_id` with the bootstrap token, keeps the answered token and returns it.

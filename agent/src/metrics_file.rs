@@ -18,7 +18,6 @@
 //! expects.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -303,7 +302,6 @@ pub fn render_passes(passes: &Passes) -> String {
 #[derive(Debug)]
 pub struct MetricsFile {
     path: PathBuf,
-    temporary: PathBuf,
     store: Arc<dyn Store>,
     started_at: u64,
     store_errors: u64,
@@ -320,14 +318,8 @@ impl MetricsFile {
     /// A metrics file at `path` (a `.prom` file; config.rs checks the name). `to_manager`: the
     /// agent reports to a manager, so report delivery is part of the file.
     pub fn new(path: &Path, store: Arc<dyn Store>, to_manager: bool) -> Self {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Self {
             path: path.to_path_buf(),
-            // Hidden and not ending in `.prom`, so the collector never reads it half-written.
-            temporary: path.with_file_name(format!(".{name}.tmp")),
             store,
             started_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -397,7 +389,7 @@ impl MetricsFile {
 
     fn write(&mut self, state: String, passes: String) {
         let content = format!("{state}{passes}");
-        match replace_file(&self.path, &self.temporary, content.as_bytes()) {
+        match replace_file(&self.path, content.as_bytes()) {
             Ok(()) => {
                 if self.failing {
                     tracing::info!(path = %self.path.display(), "metrics file written again");
@@ -416,24 +408,26 @@ impl MetricsFile {
     }
 }
 
-/// Replaces `path` with `content` atomically: written to `temporary` (same directory, so the
-/// rename cannot cross filesystems) and renamed over it. Readable by all (mode 0644), since
-/// node_exporter runs as its own user. No fsync: after a crash the file is either the old or the
-/// new one, and both are metrics the next pass rewrites.
-fn replace_file(path: &Path, temporary: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(temporary)
-        .and_then(|mut file| file.write_all(content));
-    if let Err(error) = written.and_then(|()| std::fs::rename(temporary, path)) {
-        let _ = std::fs::remove_file(temporary);
-        return Err(error);
-    }
-    Ok(())
+/// Replaces `path` with `content` atomically through [`crate::confined`]: written to a hidden
+/// temporary in the same directory (so the rename cannot cross filesystems) and renamed over it.
+/// Created readable by all (mode 0644 less the umask), since node_exporter runs as its own user.
+/// No fsync: after a crash the file is either the old or the new one, and both are metrics the
+/// next pass rewrites.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    // Hidden (`.<name>.tmp`) and not ending in `.prom`, so the collector never reads it
+    // half-written.
+    const TEMP_SUFFIX: &str = ".tmp";
+    use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace};
+    let how = Replace {
+        mode: ModeChoice::CreatedWith(0o644),
+        uid: None,
+        gid: None,
+        durability: Durability::None,
+        temp_suffix: TEMP_SUFFIX,
+    };
+    let dir = confined::open_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let name = path.file_name().unwrap_or_default();
+    confined::replace(&dir, name, path, content, &how).map_err(ConfinedError::into_io)
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! Crash-safe replacement and removal of whole files, and quarantine of corrupt ones.
+//! Crash-safe replacement and removal of whole files, and quarantine of corrupt ones: the store's
+//! names for them, on top of [`crate::confined`], which does the replacing and removing for every
+//! writer of the agent.
 //!
 //! The crash-safety argument for [`write_atomically`]: the new content goes to a temporary file
 //! in the same directory, is fsynced, and only then renamed over the old name; the directory is
@@ -9,12 +11,15 @@
 //! The final directory fsync makes the new entry itself durable before the caller is told the
 //! write happened, so an acknowledged write is never rolled back by a power cut.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 use time::macros::format_description;
+
+use crate::confined::{self, Durability, ModeChoice, Replace};
 
 /// Marks the temporary file a replacement is written to: `<dir>/.<name>.tmp`.
 pub(super) const TEMP_SUFFIX: &str = ".tmp";
@@ -32,8 +37,10 @@ fn file_name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The temporary sibling of `path`. A fixed name is enough: the state dir is locked by one agent,
-/// and every write of one file is serialised by the store's mutex.
+/// The temporary sibling of `path`, as [`confined::temporary_name`] names it with [`TEMP_SUFFIX`].
+/// A fixed name is enough: the state dir is locked by one agent, and every write of one file is
+/// serialised by the store's mutex.
+#[cfg(test)]
 pub(super) fn temp_path(path: &Path) -> PathBuf {
     parent_of(path).join(format!(".{}{TEMP_SUFFIX}", file_name_of(path)))
 }
@@ -46,51 +53,43 @@ pub(super) fn is_temp_name(name: &str) -> bool {
 /// Replaces `path` with `bytes` so that, whatever the moment of a crash, the file holds either the
 /// old or the new content in full. With `sync` off the order is the same but nothing waits for the
 /// disk: a process crash is still safe, a power cut may lose the latest writes (never tear them).
+/// A temporary that could not be finished (a full disk) is removed, so it does not hold on to
+/// its space. The file is created as `open(2)` would (mode 0666 less the umask).
 pub(super) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-    let temp = temp_path(path);
-    let written = write_temp(&temp, bytes, sync).and_then(|()| fs::rename(&temp, path));
-    if let Err(error) = written {
-        // A temporary that could not be finished (a full disk) must not hold on to its space.
-        let _ = fs::remove_file(&temp);
-        return Err(error);
-    }
-    if sync {
-        sync_dir(parent_of(path))?;
-    }
-    Ok(())
+    let how = Replace {
+        mode: ModeChoice::CreatedWith(0o666),
+        uid: None,
+        gid: None,
+        durability: if sync {
+            Durability::Full
+        } else {
+            Durability::None
+        },
+        temp_suffix: TEMP_SUFFIX,
+    };
+    let dir = confined::open_dir(parent_of(path)).map_err(io::Error::from)?;
+    confined::replace(&dir, name_of(path), path, bytes, &how)
+        .map_err(confined::ConfinedError::into_io)
 }
 
-fn write_temp(temp: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(temp)?;
-    file.write_all(bytes)?;
-    if sync {
-        // Data and size must be on disk before the rename makes them visible under the real name.
-        file.sync_all()?;
-    }
-    Ok(())
+fn name_of(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or_else(|| OsStr::new(""))
 }
 
 /// Makes the entries of `dir` (files created, renamed or removed in it) durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    confined::sync_dir(dir)
 }
 
 /// Removes `path` if it exists and makes the removal durable. Returns whether it existed.
 pub(super) fn remove_durably(path: &Path, sync: bool) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            if sync {
-                sync_dir(parent_of(path))?;
-            }
-            Ok(true)
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(error),
-    }
+    let dir = match confined::open_dir(parent_of(path)) {
+        Ok(dir) => dir,
+        // No directory, no file.
+        Err(nix::errno::Errno::ENOENT) => return Ok(false),
+        Err(errno) => return Err(errno.into()),
+    };
+    confined::remove_at(&dir, name_of(path), path, sync).map_err(confined::ConfinedError::into_io)
 }
 
 /// Moves a corrupt file aside as `<name>.corrupt-<timestamp>` so that the store starts over
