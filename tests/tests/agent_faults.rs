@@ -301,6 +301,14 @@ async fn a_generation_whose_rename_fails_with_eio_is_retried_until_saved() -> an
     save_fails_with_eio_then_succeeds("rename").await
 }
 
+/// The system calls `syscall` stands for: a rename may be made by any of the three.
+fn syscall_set(syscall: &str) -> &str {
+    match syscall {
+        "rename" => "rename,renameat,renameat2",
+        other => other,
+    }
+}
+
 /// Generation 1 converges; the agent is started again under strace, which makes the first two
 /// `syscall`s on the manifest's temporary file (per thread) fail with `EIO`; generation 2 must
 /// still converge, the failure be logged, and the generation end up saved.
@@ -339,7 +347,11 @@ async fn save_fails_with_eio_then_succeeds(syscall: &str) -> anyhow::Result<()> 
         &[
             "-P".into(),
             temporary.display().to_string(),
-            format!("--inject={syscall}:error=EIO:when=1..2"),
+            // The agent renames relative to the directory's descriptor (`renameat`), naming the
+            // temporary as it is in that directory; strace matches that name as given.
+            "-P".into(),
+            ".manifest.json.tmp".into(),
+            format!("--inject={}:error=EIO:when=1..2", syscall_set(syscall)),
         ],
     )?
     .stdin(Stdio::null())
