@@ -33,7 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const NO_MANIFEST_RETRY: Duration = Duration::from_secs(1);
 /// The wait every manager accepts (older ones and those behind a proxy may cap it lower than
 /// the agent's setting); used after a manager refuses the configured one.
-const SAFE_WATCH_WAIT: Duration = Duration::from_secs(30);
+pub const SAFE_WATCH_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a call to the manager failed.
 #[derive(Debug, thiserror::Error)]

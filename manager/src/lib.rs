@@ -30,7 +30,7 @@ use watch::ManifestWatch;
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often agents' contact (watch polls, heartbeats) is written to the store.
-const CONTACT_WRITE_PERIOD: Duration = Duration::from_secs(1);
+pub const CONTACT_WRITE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why the manager stopped with an error.
 #[derive(Debug, thiserror::Error)]

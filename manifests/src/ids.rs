@@ -342,7 +342,7 @@ impl schemars::JsonSchema for FileMode {
 }
 
 /// A key id is the hex of this many leading bytes of the public key's sha256.
-pub(crate) const KEY_ID_BYTES: usize = 8;
+pub const KEY_ID_BYTES: usize = 8;
 
 /// The `signature` of a manifest: which key signed and the ed25519 signature of the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]

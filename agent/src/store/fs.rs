@@ -88,7 +88,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Caps below this are raised to it: the logs need room for at least a few lines per segment.
 pub const MIN_MAX_BYTES: u64 = 64 * 1024;
 /// The logs keep at least this much, however large the records are.
-const MIN_LOG_BUDGET: u64 = 16 * 1024;
+pub const MIN_LOG_BUDGET: u64 = 16 * 1024;
 /// A resource log segment is never smaller than this, however many resources share the budget.
 const MIN_RESOURCE_SEGMENT_BYTES: u64 = 1024;
 /// Event messages are cut to this many bytes so that one line stays small.
@@ -101,7 +101,7 @@ const MAX_DIAGNOSTICS: usize = 100;
 /// A flush with more files and directories than this to sync uses one `syncfs(2)` of the state
 /// dir's filesystem instead of an fsync each (a first apply of 1,000 resources creates 1,000
 /// resource logs): one journal commit instead of thousands.
-const MAX_SEPARATE_SYNCS: usize = 8;
+pub const MAX_SEPARATE_SYNCS: usize = 8;
 
 const AGENTS_DIR: &str = "agents";
 const RESOURCES_DIR: &str = "resources";

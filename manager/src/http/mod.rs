@@ -29,8 +29,11 @@ use crate::config::RoleTokens;
 use crate::store::Store;
 use crate::token::{TokenHash, hash_token};
 use crate::watch::ManifestWatch;
+pub use agents::MAX_FLEET_LIMIT;
 use error::HttpError;
 pub use limits::LongPolls;
+pub use manifests::MAX_HISTORY_LIMIT;
+pub use status::MAX_EVENTS_LIMIT;
 
 /// No request body may exceed this. A manifest carries at most 4 MiB of decoded file content,
 /// which base64 and JSON inflate by about a third, so 8 MiB leaves room without being unbounded.

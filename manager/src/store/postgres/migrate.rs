@@ -18,9 +18,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// How long a request waits for a database connection before answering 503. Short, so that
 /// `/readyz` answers within two seconds while the database is down.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest any single statement may run.
-const STATEMENT_TIMEOUT_MS: &str = "5000";
+pub const STATEMENT_TIMEOUT_MS: &str = "5000";
 /// How long the start-up waits for the database to accept connections.
 const STARTUP_WAIT: Duration = Duration::from_secs(15);
 

@@ -36,7 +36,7 @@ use agents::{active_generations, agents_for_tokens};
 use reports::report_batch;
 
 pub use manifests::{MANIFEST_CHANNEL, listen_for_manifest_changes};
-pub use migrate::{ConnectError, MIGRATOR};
+pub use migrate::{ACQUIRE_TIMEOUT, ConnectError, MIGRATOR, STATEMENT_TIMEOUT_MS};
 
 /// The PostgreSQL store. Clones share one pool and one set of batch dispatchers.
 #[derive(Clone)]
@@ -58,15 +58,15 @@ struct Batches {
 
 /// A batch of lookups answers at most this many calls: 10,000 agents re-polling together cost
 /// 20 reads, not 10,000.
-const LOOKUP_BATCH: usize = 500;
+pub const LOOKUP_BATCH: usize = 500;
 /// Reports per transaction. Each carries its resources' rows, so batches stay smaller.
-const REPORT_BATCH: usize = 64;
+pub const REPORT_BATCH: usize = 64;
 /// Lookup batches in flight at once. The pool has 16 connections; these and the report
 /// batches leave room for everything else.
-const BATCHES_IN_FLIGHT: usize = 4;
+pub const BATCHES_IN_FLIGHT: usize = 4;
 /// Report transactions in flight at once: fewer, larger transactions cost PostgreSQL less per
 /// report than many small ones, and two keep one committing while the next is built.
-const REPORTS_IN_FLIGHT: usize = 2;
+pub const REPORTS_IN_FLIGHT: usize = 2;
 
 impl Batches {
     fn spawn(pool: &PgPool) -> Self {
