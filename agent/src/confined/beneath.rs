@@ -76,9 +76,10 @@ fn try_openat2(
             NO_OPENAT2.store(true, Ordering::Relaxed);
             None
         }
-        // Some container runtimes' filters answer EPERM for system calls they do not know; the
-        // walk then gives the real answer (a real EPERM included).
-        Err(Errno::EPERM) => None,
+        // Some container runtimes' filters answer EPERM for system calls they do not know, and
+        // the kernel answers EAGAIN when a rename elsewhere raced the lookup: the walk then gives
+        // the real answer (a real EPERM included).
+        Err(Errno::EPERM | Errno::EAGAIN) => None,
         other => Some(other),
     }
 }
@@ -213,7 +214,7 @@ fn classify(
     if matches!(errno, Errno::ELOOP | Errno::ENOTDIR)
         && let Ok(stat) = fstatat(dir, component, AtFlags::AT_SYMLINK_NOFOLLOW)
     {
-        return if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFLNK {
+        return if super::file_type(&stat) == SFlag::S_IFLNK {
             ConfinedError::SymlinkInPath {
                 path: path.display().to_string(),
                 link: walked.display().to_string(),

@@ -28,6 +28,7 @@ mod tests;
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::sys::stat::{FileStat, SFlag};
 
 pub use beneath::{
     Parent, open_beneath, open_dir, open_dir_at, open_file_at, open_parent, open_root,
@@ -36,6 +37,11 @@ pub use replace::{
     DirSyncs, Durability, ModeChoice, Replace, check_replaceable, remove_at, replace, sync_dir,
     temporary_name,
 };
+
+/// The type of the entry `stat` describes (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …).
+pub fn file_type(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
+}
 
 /// Why a confined operation failed. `path` is always the full path, for messages.
 #[derive(Debug, thiserror::Error)]

@@ -150,7 +150,7 @@ pub fn check_replaceable(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<()
         Err(errno) => return Err(ConfinedError::os(shown, "inspect", errno)),
     };
     let path = shown.display().to_string();
-    match SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) {
+    match super::file_type(&stat) {
         SFlag::S_IFREG => Ok(()),
         SFlag::S_IFLNK => Err(ConfinedError::SymlinkInPath {
             link: path.clone(),

@@ -32,7 +32,9 @@ use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
 use super::{Applied, BatchResults, Change, Deleted, ReconcileError};
-use crate::confined::{self, ConfinedError, DirSyncs, Durability, ModeChoice, Parent, Replace};
+use crate::confined::{
+    self, ConfinedError, DirSyncs, Durability, ModeChoice, Parent, Replace, file_type,
+};
 use crate::store::{Owned, OwnedFile};
 
 /// Mode of the directories the reconciler creates on the way to a file.
@@ -483,10 +485,6 @@ impl FileReconciler {
         let create_dirs = create.then_some(CREATED_DIR_MODE);
         Ok(confined::open_parent(root_fd, root, path, create_dirs)?)
     }
-}
-
-fn file_type(stat: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
 }
 
 /// Stats the entry `parent.name` without following it; `None` when it does not exist.

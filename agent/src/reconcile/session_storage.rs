@@ -47,14 +47,14 @@ use fleetlet_manifests::{
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, readlinkat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use super::{Applied, Change, Deleted, FileError};
-use crate::confined::{self, ConfinedError, Durability, ModeChoice, Parent, Replace};
+use crate::confined::{self, ConfinedError, Durability, ModeChoice, Parent, Replace, file_type};
 use crate::store::{Owned, OwnedSession};
 
 /// The ownership marker's file name, beside the data directory.
@@ -1187,10 +1187,6 @@ fn summarize_entry(
             Ok(Step::Done)
         }
     }
-}
-
-fn file_type(stat: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
 }
 
 /// The size read and the hex sha256 of a file's content.

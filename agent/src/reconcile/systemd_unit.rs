@@ -547,11 +547,7 @@ fn remove_unit_file_blocking(
     ) {
         Err(Errno::ENOENT) => Ok(()),
         Err(errno) => Err(ConfinedError::os(path, "inspect", errno)),
-        Ok(stat)
-            if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG =>
-        {
-            Ok(())
-        }
+        Ok(stat) if confined::file_type(&stat) != SFlag::S_IFREG => Ok(()),
         Ok(_) => confined::remove_at(&parent.dir, &parent.name, path, true).map(drop),
     }
 }
@@ -640,20 +636,10 @@ fn read_existing(path: &Path, marker: &str, unit: &str) -> Result<Existing, Syst
         Err(errno) => {
             // Say what is in the way: a link, or something that cannot be opened for reading.
             return match fstatat(&root, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(stat)
-                    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
-                        == SFlag::S_IFLNK =>
-                {
-                    Ok(Existing::Foreign {
-                        why: "it is a symbolic link".into(),
-                    })
-                }
-                Ok(stat)
-                    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits())
-                        != SFlag::S_IFREG =>
-                {
-                    Ok(not_regular())
-                }
+                Ok(stat) if confined::file_type(&stat) == SFlag::S_IFLNK => Ok(Existing::Foreign {
+                    why: "it is a symbolic link".into(),
+                }),
+                Ok(stat) if confined::file_type(&stat) != SFlag::S_IFREG => Ok(not_regular()),
                 _ => Err(io_error("read", errno)),
             };
         }
