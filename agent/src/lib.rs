@@ -42,7 +42,8 @@ use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::status::Connectivity;
 use crate::store::{AgentRecord, Store};
 
-/// How long the last status report may take at shutdown; it must fit in the 5 s drain budget.
+/// How long the last status report may take at shutdown; it must fit in
+/// [`shutdown::DRAIN_TIMEOUT`].
 const FINAL_REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `--once` waits for its one report.
 const ONCE_REPORT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,13 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fleetlet_agent::config::Config;
-use fleetlet_agent::shutdown::{Shutdown, wait_for_termination_signal};
+use fleetlet_agent::shutdown::{DRAIN_TIMEOUT, Shutdown, wait_for_termination_signal};
 use fleetlet_agent::status::is_converged;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// After a termination signal, the agent gets this long to finish in-flight work and flush.
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
 /// Async worker threads. The agent's async work is waiting (long-polls, timers, child
 /// processes); file work runs on tokio's blocking pool. Two workers keep a slow store flush
 /// from stalling the watchdog or the long-poll, and, unlike one per core, keep the thread

@@ -4,7 +4,13 @@
 //! finish, flushes the store and returns. Everything that waits (long-polls, sleeps, backoffs)
 //! also waits on the signal so that nothing holds the process past its drain deadline.
 
+use std::time::Duration;
+
 use tokio::sync::watch;
+
+/// After a termination signal, the agent gets this long to finish in-flight work and flush;
+/// then the binary exits anyway, and the next start converges what was cut short.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(4500);
 
 /// The side that triggers shutdown.
 #[derive(Debug)]

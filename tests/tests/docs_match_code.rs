@@ -1,6 +1,6 @@
 //! The docs say what the code does: every source file opens with a `//!` summary line, and the
-//! numbers README.md, ARCHITECTURE.md and docs/reference.md quote (timeouts, limits, defaults)
-//! are the code's.
+//! numbers README.md, ARCHITECTURE.md, docs/reference.md and the agent's systemd unit quote
+//! (timeouts, limits, defaults) are the code's.
 //!
 //! A quoted number is found by the words around it: a check is a phrase with `{}` where the
 //! number stands (`bodies {} MiB (413)`), matched in the doc with its line breaks folded into
@@ -262,6 +262,16 @@ fn whole_secs(d: Duration) -> String {
     }
 }
 
+/// Seconds with a decimal point when needed: `4.5` for 4500 ms.
+fn decimal_secs(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs.fract() == 0.0 {
+        d.as_secs().to_string()
+    } else {
+        secs.to_string()
+    }
+}
+
 fn whole_millis(d: Duration) -> String {
     if d.subsec_nanos().is_multiple_of(1_000_000) {
         d.as_millis().to_string()
@@ -378,6 +388,7 @@ fn dashboard_refresh() -> Duration {
 const README: &str = "README.md";
 const REFERENCE: &str = "docs/reference.md";
 const ARCHITECTURE: &str = "ARCHITECTURE.md";
+const AGENT_UNIT: &str = "deploy/systemd/fleetlet-agent.service";
 
 /// Every number the docs quote whose value lives in a constant or a declared default.
 fn quotes() -> Vec<Quote> {
@@ -573,6 +584,19 @@ fn quotes() -> Vec<Quote> {
             whole_minutes(Backoff::RESOURCE.max),
             "fleetlet_agent::backoff::Backoff::RESOURCE.max, in minutes",
         ),
+        quote(
+            REFERENCE,
+            "flush the store, exit 0, within {} s",
+            decimal_secs(fleetlet_agent::shutdown::DRAIN_TIMEOUT),
+            "fleetlet_agent::shutdown::DRAIN_TIMEOUT, in seconds",
+        ),
+        // The agent's systemd unit.
+        quote(
+            AGENT_UNIT,
+            "and flushes the store for at most {} s,",
+            decimal_secs(fleetlet_agent::shutdown::DRAIN_TIMEOUT),
+            "fleetlet_agent::shutdown::DRAIN_TIMEOUT, in seconds",
+        ),
         // ARCHITECTURE.md: manifests.
         quote(
             ARCHITECTURE,
@@ -712,6 +736,12 @@ fn quotes() -> Vec<Quote> {
             "fleetlet_manager::store::REPAIR_EVENT_INTERVAL, in minutes",
         ),
         // ARCHITECTURE.md: agent.
+        quote(
+            ARCHITECTURE,
+            "within `DRAIN_TIMEOUT` ({} s;",
+            decimal_secs(fleetlet_agent::shutdown::DRAIN_TIMEOUT),
+            "fleetlet_agent::shutdown::DRAIN_TIMEOUT, in seconds",
+        ),
         quote(
             ARCHITECTURE,
             "when the state part changed, or the pass part alone after {} minutes",
@@ -879,7 +909,7 @@ fn quotes() -> Vec<Quote> {
 
 #[test]
 fn the_numbers_the_docs_quote_are_the_codes() {
-    let docs: Vec<(&str, String)> = [README, REFERENCE, ARCHITECTURE]
+    let docs: Vec<(&str, String)> = [README, REFERENCE, ARCHITECTURE, AGENT_UNIT]
         .into_iter()
         .map(|name| (name, read_doc(name)))
         .collect();
