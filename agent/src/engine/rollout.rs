@@ -3,7 +3,7 @@
 //!
 //! The decisions are pure functions of the rollout state (and the resource states, the clock,
 //! which manifests are trusted) to the next state and the event to record; the engine's methods
-//! at the bottom only read their inputs, save the state and record the event.
+//! below them only read their inputs, save the state and record the event.
 
 use std::collections::BTreeMap;
 
