@@ -659,6 +659,16 @@ fn quotes() -> Vec<Quote> {
         ),
         quote(
             ARCHITECTURE,
+            "written for all agents with one statement a {},",
+            per(
+                fleetlet_manager::CONTACT_WRITE_PERIOD,
+                Duration::from_secs(1),
+                "second",
+            ),
+            "fleetlet_manager::CONTACT_WRITE_PERIOD",
+        ),
+        quote(
+            ARCHITECTURE,
             "the agent's own watch poll — is older than {} × `FLEETLET_REPORT_INTERVAL`",
             stale.to_string(),
             "fleetlet_manager::fleet::STALE_AFTER_INTERVALS",
