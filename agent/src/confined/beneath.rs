@@ -135,7 +135,8 @@ pub fn open_file_at<Fd: AsFd>(dir: Fd, name: &OsStr, extra: OFlag) -> Result<Own
     openat(dir.as_fd(), name, flags, Mode::empty())
 }
 
-fn check_plain(name: &OsStr) -> Result<(), Errno> {
+/// Refuses (`EXDEV`) a name that is not one plain name: no `/`, not `.` or `..`.
+pub(super) fn check_plain(name: &OsStr) -> Result<(), Errno> {
     match plain_names(Path::new(name)).as_deref() {
         Some([_]) => Ok(()),
         _ => Err(Errno::EXDEV),

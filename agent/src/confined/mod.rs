@@ -14,7 +14,8 @@
 //!   owner and mode set on it, content written and (by [`Durability`]) fsynced, renamed over the
 //!   target, and the directory fsynced now, later ([`DirSyncs`], once for many files) or never.
 //!   Whatever the moment of a crash, the name holds the old or the new file in full.
-//! - **Removal** ([`remove_at`]) of one entry, with the directory fsynced when asked.
+//! - **Removal** of one entry ([`remove_at`], with the directory fsynced when asked) or of a
+//!   whole tree ([`remove_tree`], which removes a link and never what it points to).
 //!
 //! Invariant: no other module of the agent replaces a file or opens below a root by itself.
 //! Invariant: below a root, every open carries `O_NOFOLLOW` or goes through `openat2` with
@@ -34,8 +35,8 @@ pub use beneath::{
     Parent, open_beneath, open_dir, open_dir_at, open_file_at, open_parent, open_root,
 };
 pub use replace::{
-    DirSyncs, Durability, ModeChoice, Replace, check_replaceable, remove_at, replace, sync_dir,
-    temporary_name,
+    DirSyncs, Durability, ModeChoice, Replace, check_replaceable, remove_at, remove_tree, replace,
+    sync_dir, temporary_name,
 };
 
 /// The type of the entry `stat` describes (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …).

@@ -13,6 +13,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -184,6 +185,44 @@ pub fn remove_at(
         fsync(dir).map_err(|errno| ConfinedError::os(shown, "sync the directory of", errno))?;
     }
     Ok(true)
+}
+
+/// Removes the entry `name` of `dir` and, if it is a directory, everything below it, without
+/// following a link anywhere (a link is removed, never what it points to). Returns whether
+/// there was something. Entries that vanish meanwhile are fine: a workload may be deleting too.
+pub fn remove_tree(dir: &OwnedFd, name: &OsStr) -> Result<bool, Errno> {
+    super::beneath::check_plain(name)?;
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => return Ok(true),
+        Err(Errno::ENOENT) => return Ok(false),
+        // Linux answers EISDIR for a directory (POSIX allows EPERM).
+        Err(Errno::EISDIR | Errno::EPERM) => {}
+        Err(errno) => return Err(errno),
+    }
+    let below = match super::open_dir_at(dir, name) {
+        Ok(below) => below,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(errno) => return Err(errno),
+    };
+    let mut names = Vec::new();
+    for entry in nix::dir::Dir::from_fd(below.try_clone().map_err(io_errno)?)?.iter() {
+        let entry = entry?;
+        let entry_name = entry.file_name().to_bytes();
+        if entry_name != b"." && entry_name != b".." {
+            names.push(std::ffi::OsString::from_vec(entry_name.to_vec()));
+        }
+    }
+    for entry_name in names {
+        remove_tree(&below, &entry_name)?;
+    }
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
+        Err(errno) => Err(errno),
+    }
+}
+
+fn io_errno(error: std::io::Error) -> Errno {
+    error.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
 
 /// Makes the entries of the directory at `dir` (files created, renamed or removed in it)

@@ -269,3 +269,30 @@ fn created_with_leaves_the_mode_to_the_umask_as_open_does() {
         std::io::ErrorKind::StorageFull
     );
 }
+
+#[test]
+fn remove_tree_removes_links_and_never_what_they_point_to() {
+    let tree = tree();
+    fs::create_dir_all(tree.root.join("a/b/c/d")).expect("mkdir");
+    fs::write(tree.root.join("a/b/c/d/deep"), "x").expect("write");
+    symlink(&tree.outside, tree.root.join("a/b/out")).expect("symlink");
+    let root = open_dir(&tree.root).expect("root");
+
+    assert_eq!(remove_tree(&root, OsStr::new("a")), Ok(true));
+    assert!(!tree.root.join("a").exists());
+    assert_eq!(remove_tree(&root, OsStr::new("a")), Ok(false));
+    // The top itself a link: the link goes, the directory it names stays whole.
+    assert_eq!(remove_tree(&root, OsStr::new("escape")), Ok(true));
+    assert!(tree.root.join("escape").symlink_metadata().is_err());
+    assert_eq!(
+        fs::read(tree.outside.join("secret")).expect("read"),
+        b"outside"
+    );
+    for name in ["..", "escape/secret"] {
+        assert_eq!(
+            remove_tree(&root, OsStr::new(name)),
+            Err(Errno::EXDEV),
+            "only a plain name is removed: {name}"
+        );
+    }
+}

@@ -462,8 +462,9 @@ impl SessionStorageReconciler {
                 continue;
             }
             match self.find(&resource, root, &name, &session) {
-                Ok(Found::Ours(_)) => match std::fs::remove_dir_all(root.join(&name)) {
-                    Ok(()) => removed.push((
+                Ok(Found::Ours(_)) => match remove_beneath(root, Path::new(&name)) {
+                    Ok(false) => {}
+                    Ok(true) => removed.push((
                         resource,
                         format!(
                             "session directory {name} of a removed resource or session was deleted"
@@ -633,17 +634,13 @@ impl SessionStorageReconciler {
         now: OffsetDateTime,
     ) -> Result<SessionStorageError, SessionStorageError> {
         let data = root.join(dir).join(DATA_DIR);
-        match std::fs::remove_dir_all(&data) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                return Err(SessionStorageError::Io {
-                    id: id.clone(),
-                    path: data.display().to_string(),
-                    action: "delete the expired data in",
-                    message: error.to_string(),
-                });
-            }
+        if let Err(errno) = remove_beneath(root, &Path::new(dir).join(DATA_DIR)) {
+            return Err(SessionStorageError::Io {
+                id: id.clone(),
+                path: data.display().to_string(),
+                action: "delete the expired data in",
+                message: errno.desc().to_owned(),
+            });
         }
         marker.evicted_at = Some(now);
         marker.summary = Some(Summary::empty());
@@ -831,16 +828,14 @@ impl SessionStorageReconciler {
                     path.display()
                 ),
             }),
-            Ok(Found::Ours(_)) => match std::fs::remove_dir_all(&path) {
-                Ok(()) => Ok(Deleted::Removed),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    Ok(Deleted::AlreadyGone)
-                }
-                Err(error) => Err(SessionStorageError::Io {
+            Ok(Found::Ours(_)) => match remove_beneath(root, Path::new(dir)) {
+                Ok(true) => Ok(Deleted::Removed),
+                Ok(false) => Ok(Deleted::AlreadyGone),
+                Err(errno) => Err(SessionStorageError::Io {
                     id: id.clone(),
                     path: path.display().to_string(),
                     action: "remove",
-                    message: error.to_string(),
+                    message: errno.desc().to_owned(),
                 }),
             },
             // The root itself is gone: so is everything under it.
@@ -952,6 +947,25 @@ impl SessionStorageReconciler {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Removes `relative` below `root` and everything in it, opened beneath the root and following
+/// no link on the way or inside ([`confined::remove_tree`]). Returns whether there was something.
+fn remove_beneath(root: &Path, relative: &Path) -> Result<bool, Errno> {
+    let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+        return Err(Errno::EXDEV);
+    };
+    let root_fd = confined::open_dir(root)?;
+    let dir = if parent.as_os_str().is_empty() {
+        root_fd
+    } else {
+        match confined::open_beneath(&root_fd, parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(errno) => return Err(errno),
+        }
+    };
+    confined::remove_tree(&dir, name)
 }
 
 /// The directory name of a session: `<resourceId>@<sessionId>`.
