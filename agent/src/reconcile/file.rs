@@ -483,7 +483,14 @@ impl FileReconciler {
         let root = self.root_of(path)?;
         let root_fd = confined::open_root(root, "open the file root")?;
         let create_dirs = create.then_some(CREATED_DIR_MODE);
-        Ok(confined::open_parent(root_fd, root, path, create_dirs)?)
+        confined::open_parent(root_fd, root, path, create_dirs).map_err(|error| match error {
+            // A `.` or `..` in the path, or the root itself: not a path strictly below it.
+            ConfinedError::NotBeneath { path } => FileError::OutsideRoots {
+                path,
+                roots: root.display().to_string(),
+            },
+            other => other.into(),
+        })
     }
 }
 
