@@ -1,14 +1,14 @@
 //! Tests of the filesystem store: round trips (shared with the memory store), the layout,
 //! paging across rotation, crash traces, corruption, the lock and the size bound.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::path::Path;
 
 use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, Kind, ResourceId};
 use serde_json::json;
 
 use super::*;
-use crate::store::{EventKind, MemoryStore, NewEvent, Owned, OwnedFile};
+use crate::store::{EventKind, MAX_EVENTS_PER_READ, MemoryStore, NewEvent, Owned, OwnedFile};
 
 fn agent() -> AgentId {
     AgentId::try_from("pi-kitchen-01").expect("valid agent id")
