@@ -74,18 +74,4 @@ pub async fn wait_for_termination_signal() -> std::io::Result<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn every_listener_sees_the_trigger() {
-        let shutdown = Shutdown::new();
-        let early = shutdown.signal();
-        assert!(!early.is_triggered());
-        shutdown.trigger();
-        let late = shutdown.signal();
-        early.triggered().await;
-        late.triggered().await;
-        assert!(late.is_triggered());
-    }
-}
+mod tests;

@@ -233,43 +233,4 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{Owned, OwnedFile};
-    use fleetlet_manifests::Kind;
-
-    fn record(path: &str) -> OwnershipRecord {
-        OwnershipRecord {
-            kind: Kind::File,
-            spec_hash: "sha256:abc".into(),
-            generation: 1,
-            owned: Owned::File(OwnedFile {
-                path: path.into(),
-                created: true,
-                sha256: "00".into(),
-            }),
-        }
-    }
-
-    #[test]
-    fn a_change_is_one_line_that_reads_back_and_applies_idempotently() {
-        let id = ResourceId::try_from("motd").expect("id");
-        let rec = record("/etc/motd");
-        let line = ChangeRef::Record {
-            id: &id,
-            value: Some(&rec),
-        }
-        .to_line()
-        .expect("serialise");
-        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
-        let change: Change = serde_json::from_slice(&line).expect("parse");
-        let mut table = Table::default();
-        table.apply(change.clone());
-        let once = table.clone();
-        table.apply(change);
-        assert_eq!(table, once);
-        assert_eq!(table.records[&id], rec);
-        assert!(table.tracks(&id));
-        assert_eq!(table.resource_count(), 1);
-    }
-}
+mod tests;
