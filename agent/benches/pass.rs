@@ -92,6 +92,7 @@ impl Reconcile for Converged {
     async fn apply(
         &self,
         resource: &Resource,
+        _spec_hash: &str,
         _previous: Option<&OwnershipRecord>,
     ) -> Result<Applied, ReconcileError> {
         Ok(Applied {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Engine;
-use crate::reconcile::{Applied, BatchResults, Deleted, Reconcile, ReconcileError};
+use crate::reconcile::{Applied, BatchResults, Deleted, Desired, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
 use crate::store::OwnershipRecord;
 
@@ -18,7 +18,7 @@ impl<R: Reconcile> Engine<R> {
     pub(super) async fn run_applies(
         &self,
         kind: Kind,
-        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        batch: Vec<Desired>,
         shutdown: &ShutdownSignal,
     ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
         let timeout = self.settings.apply_timeout;
@@ -30,13 +30,18 @@ impl<R: Reconcile> Engine<R> {
             batch,
             self.settings.concurrency,
             shutdown,
-            |(resource, _)| resource.id.to_string(),
-            |(resource, record)| {
+            |desired| desired.resource.id.to_string(),
+            |desired| {
                 let reconcilers = Arc::clone(&self.reconcilers);
                 async move {
+                    let Desired {
+                        resource,
+                        spec_hash,
+                        previous,
+                    } = desired;
                     let result = tokio::time::timeout(
                         timeout,
-                        reconcilers.apply(&resource, record.as_ref()),
+                        reconcilers.apply(&resource, &spec_hash, previous.as_ref()),
                     )
                     .await
                     .unwrap_or_else(|_| {
@@ -48,9 +53,12 @@ impl<R: Reconcile> Engine<R> {
                     (resource, result)
                 }
             },
-            |(resource, _), message| {
-                let id = resource.id.clone();
-                (resource, Err(ReconcileError::Crashed { id, message }))
+            |desired, message| {
+                let id = desired.resource.id.clone();
+                (
+                    desired.resource,
+                    Err(ReconcileError::Crashed { id, message }),
+                )
             },
         )
         .await
@@ -61,7 +69,7 @@ impl<R: Reconcile> Engine<R> {
     /// bound by fsync) still run side by side as they would one by one.
     async fn run_apply_batches(
         &self,
-        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        batch: Vec<Desired>,
         most: usize,
         shutdown: &ShutdownSignal,
     ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
@@ -80,7 +88,7 @@ impl<R: Reconcile> Engine<R> {
             concurrency,
             shutdown,
             |batch| {
-                let ids: Vec<&str> = batch.iter().map(|(r, _)| r.id.as_str()).collect();
+                let ids: Vec<&str> = batch.iter().map(|d| d.resource.id.as_str()).collect();
                 format!("batch of {}", ids.join(", "))
             },
             |batch| {
@@ -91,11 +99,11 @@ impl<R: Reconcile> Engine<R> {
             |batch, message| {
                 batch
                     .iter()
-                    .map(|(resource, _)| {
-                        let id = resource.id.clone();
+                    .map(|desired| {
+                        let id = desired.resource.id.clone();
                         let message = message.clone();
                         (
-                            resource.clone(),
+                            desired.resource.clone(),
                             Err(ReconcileError::Crashed { id, message }),
                         )
                     })
@@ -150,7 +158,7 @@ impl<R: Reconcile> Engine<R> {
 /// starts, and those not started get no result (as outside a batch).
 async fn apply_batch_timed<R: Reconcile>(
     reconcilers: Arc<R>,
-    batch: Arc<Vec<(Resource, Option<OwnershipRecord>)>>,
+    batch: Arc<Vec<Desired>>,
     timeout: Duration,
     shutdown: ShutdownSignal,
 ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
@@ -166,7 +174,10 @@ async fn apply_batch_timed<R: Reconcile>(
         loop {
             match tokio::time::timeout(timeout, receiver.recv()).await {
                 Ok(Some((resource, result))) => {
-                    if let Some(at) = waiting.iter().position(|&at| batch[at].0.id == resource.id) {
+                    if let Some(at) = waiting
+                        .iter()
+                        .position(|&at| batch[at].resource.id == resource.id)
+                    {
                         waiting.remove(at);
                     }
                     results.push((resource, result));
@@ -184,7 +195,7 @@ async fn apply_batch_timed<R: Reconcile>(
                     if let Some(message) = stopped
                         && let Some(at) = waiting.pop_front()
                     {
-                        let resource = batch[at].0.clone();
+                        let resource = batch[at].resource.clone();
                         tracing::error!(resource = %resource.id, %message, "reconciler task failed");
                         let id = resource.id.clone();
                         results.push((resource, Err(ReconcileError::Crashed { id, message })));
@@ -195,7 +206,7 @@ async fn apply_batch_timed<R: Reconcile>(
                     // Dropping the receiver tells the batch to start nothing more.
                     task.abort();
                     if let Some(at) = waiting.pop_front() {
-                        let resource = batch[at].0.clone();
+                        let resource = batch[at].resource.clone();
                         let id = resource.id.clone();
                         results.push((resource, Err(ReconcileError::TimedOut { id, timeout })));
                     }

@@ -9,7 +9,7 @@ use fleetlet_manifests::{
 use time::OffsetDateTime;
 
 use super::{Engine, EngineError, PassOutcome, PendingEvent};
-use crate::reconcile::{Applied, Change, Deleted, Reconcile, ReconcileError};
+use crate::reconcile::{Applied, Change, Deleted, Desired, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
 use crate::status;
 use crate::store::{EventKind, OwnershipRecord, ResourceState};
@@ -116,15 +116,16 @@ impl<R: Reconcile> Engine<R> {
                 complete = false;
                 break;
             }
-            let batch: Vec<(Resource, Option<OwnershipRecord>)> = manifest
+            let batch: Vec<Desired> = manifest
                 .resources
                 .iter()
                 .zip(spec_hashes.iter())
                 .filter(|(r, _)| r.spec.known_kind() == Some(kind))
                 .filter(|(r, hash)| !backing_off(states.get(&r.id), Some(hash), now))
-                .map(|(r, _)| {
-                    let record = records.get(&r.id).filter(|rec| rec.kind == kind).cloned();
-                    (r.clone(), record)
+                .map(|(r, hash)| Desired {
+                    resource: r.clone(),
+                    spec_hash: hash.clone(),
+                    previous: records.get(&r.id).filter(|rec| rec.kind == kind).cloned(),
                 })
                 .collect();
             let results = self.run_applies(kind, batch, shutdown).await;

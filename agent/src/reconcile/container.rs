@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use sha2::{Digest, Sha256};
 
 use super::session_storage::{SessionVolumes, VolumeState};
-use super::{Applied, Change, Deleted};
+use super::{Applied, Change, Deleted, KindReconciler, Target};
 use crate::backoff::Backoff;
 use crate::runtime::{
     BindMount, CliRuntime, ConfiguredRuntime, ContainerInfo, ContainerRuntime, CreateRequest,
@@ -269,6 +269,38 @@ fn policy_name(policy: RestartPolicy) -> &'static str {
     }
 }
 
+impl<R: ContainerRuntime> KindReconciler for ContainerReconciler<R> {
+    type Spec = ContainerSpec;
+    type Owned = OwnedContainer;
+    type Error = ContainerError;
+
+    fn owned(owned: &Owned) -> Option<&OwnedContainer> {
+        match owned {
+            Owned::Container(owned) => Some(owned),
+            _ => None,
+        }
+    }
+
+    async fn apply(
+        &self,
+        target: Target<'_, ContainerSpec, OwnedContainer>,
+    ) -> Result<Applied, ContainerError> {
+        let previous = target
+            .previous
+            .map(|previous| (previous.spec_hash, previous.owned));
+        self.apply_parts(target.id, target.spec, target.spec_hash, previous)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        id: &ResourceId,
+        owned: &OwnedContainer,
+    ) -> Result<Deleted, ContainerError> {
+        self.delete_parts(id, owned).await
+    }
+}
+
 fn details_of(info: &ContainerInfo, restarts: u32) -> ContainerDetails {
     ContainerDetails {
         container_id: Some(info.id.clone()),
@@ -381,7 +413,7 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
 
     /// Makes the resource's container match `spec`. `previous` is the spec hash and ownership
     /// of the last successful apply.
-    pub async fn apply(
+    async fn apply_parts(
         &self,
         id: &ResourceId,
         spec: &ContainerSpec,
@@ -651,7 +683,7 @@ impl<R: ContainerRuntime> ContainerReconciler<R> {
     }
 
     /// Removes every container labelled as this agent's for `id`, and nothing else.
-    pub async fn delete(
+    async fn delete_parts(
         &self,
         id: &ResourceId,
         _owned: &OwnedContainer,
@@ -738,6 +770,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::reconcile::Previous;
     use crate::runtime::fake::{Call, FakeRuntime};
 
     const IMAGE: &str = "localhost/busybox:test";
@@ -777,13 +810,17 @@ mod tests {
         let ResourceSpec::Container(spec) = &resource.spec else {
             panic!("not a container spec");
         };
+        let spec_hash = resource.spec_hash();
         reconciler
-            .apply(
-                &resource.id,
+            .apply(Target {
+                id: &resource.id,
                 spec,
-                &resource.spec_hash(),
-                previous.map(|(hash, owned)| (hash.as_str(), owned)),
-            )
+                spec_hash: &spec_hash,
+                previous: previous.map(|(hash, owned)| Previous {
+                    spec_hash: hash,
+                    owned,
+                }),
+            })
             .await
     }
 
@@ -1281,7 +1318,12 @@ mod tests {
             panic!("container spec");
         };
         let error = disabled
-            .apply(&resource.id, spec, &resource.spec_hash(), None)
+            .apply(Target {
+                id: &resource.id,
+                spec,
+                spec_hash: &resource.spec_hash(),
+                previous: None,
+            })
             .await
             .expect_err("disabled");
         assert_eq!(error.reason(), ErrorReason::RuntimeUnavailable);

@@ -31,11 +31,13 @@ use nix::sys::stat::{FileStat, SFlag, fstatat};
 use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, BatchResults, Change, Deleted, ReconcileError};
+use super::{
+    Applied, BatchResults, Change, Deleted, Desired, KindReconciler, ReconcileError, Target,
+};
 use crate::confined::{
     self, ConfinedError, DirSyncs, Durability, ModeChoice, Parent, Replace, file_type,
 };
-use crate::store::{Owned, OwnedFile};
+use crate::store::{Owned, OwnedFile, OwnershipRecord};
 
 /// Mode of the directories the reconciler creates on the way to a file.
 const CREATED_DIR_MODE: u32 = 0o755;
@@ -44,11 +46,52 @@ const CREATED_DIR_MODE: u32 = 0o755;
 /// the hand-off to the blocking pool and the walks from the root are paid once for many files.
 pub const BATCH_SIZE: usize = 64;
 
-/// A File resource of a batch, with the spec hash and ownership of its last successful apply.
+/// A File resource of a batch, as the engine handed it over ([`Desired`]) with its spec unpacked.
 #[derive(Debug)]
 pub struct BatchItem {
-    pub resource: Resource,
-    pub previous: Option<(String, OwnedFile)>,
+    pub id: ResourceId,
+    pub spec: FileSpec,
+    pub spec_hash: String,
+    pub previous: Option<OwnershipRecord>,
+}
+
+impl TryFrom<Desired> for BatchItem {
+    /// A resource of another kind, handed back as it was.
+    type Error = Desired;
+
+    fn try_from(desired: Desired) -> Result<Self, Desired> {
+        let Desired {
+            resource: Resource { id, spec },
+            spec_hash,
+            previous,
+        } = desired;
+        match spec {
+            ResourceSpec::File(spec) => Ok(BatchItem {
+                id,
+                spec,
+                spec_hash,
+                previous,
+            }),
+            spec => Err(Desired {
+                resource: Resource { id, spec },
+                spec_hash,
+                previous,
+            }),
+        }
+    }
+}
+
+impl From<BatchItem> for Desired {
+    fn from(item: BatchItem) -> Self {
+        Desired {
+            resource: Resource {
+                id: item.id,
+                spec: ResourceSpec::File(item.spec),
+            },
+            spec_hash: item.spec_hash,
+            previous: item.previous,
+        }
+    }
 }
 
 /// Why a File resource could not be applied or deleted.
@@ -182,43 +225,6 @@ impl FileReconciler {
         }
     }
 
-    /// Applies one File resource. `previous` is the spec hash and ownership of the last
-    /// successful apply. The work is blocking file I/O, so it runs on the blocking pool.
-    pub async fn apply(
-        &self,
-        id: ResourceId,
-        spec: FileSpec,
-        spec_hash: String,
-        previous: Option<(String, OwnedFile)>,
-    ) -> Result<Applied, FileError> {
-        let this = self.clone();
-        let path = spec.path.to_string();
-        tokio::task::spawn_blocking(move || {
-            this.apply_blocking(&id, &spec, &spec_hash, previous.as_ref())
-        })
-        .await
-        .unwrap_or_else(|join| {
-            Err(FileError::WorkerStopped {
-                path,
-                message: join.to_string(),
-            })
-        })
-    }
-
-    /// Deletes a file the agent owns (see [`OwnedFile::created`]).
-    pub async fn delete(&self, id: ResourceId, owned: OwnedFile) -> Result<Deleted, FileError> {
-        let this = self.clone();
-        let path = owned.path.clone();
-        tokio::task::spawn_blocking(move || this.delete_blocking(&id, &owned))
-            .await
-            .unwrap_or_else(|join| {
-                Err(FileError::WorkerStopped {
-                    path,
-                    message: join.to_string(),
-                })
-            })
-    }
-
     /// Applies a batch of File resources in one blocking task, in order, and hands each result
     /// to `results` as soon as it is durable: a written file once its directory is fsynced,
     /// which happens once per directory for the files written together ([`PendingDirSyncs`]).
@@ -238,31 +244,29 @@ impl FileReconciler {
     pub fn apply_batch_blocking(&self, batch: Vec<BatchItem>, results: &BatchResults) {
         let mut seen = BatchMemo::default();
         let mut pending = PendingDirSyncs::default();
-        for BatchItem { resource, previous } in batch {
+        for BatchItem {
+            id,
+            spec,
+            spec_hash,
+            previous,
+        } in batch
+        {
             if !results.may_start() {
                 break;
             }
-            let outcome = match &resource.spec {
-                ResourceSpec::File(spec) => {
-                    match self.confirm_converged(&mut seen, spec, previous.as_ref()) {
-                        Some(applied) => Ok((applied, None)),
-                        None => {
-                            let spec_hash = resource.spec_hash();
-                            self.apply_with(
-                                &resource.id,
-                                spec,
-                                &spec_hash,
-                                previous.as_ref(),
-                                DirSync::Deferred,
-                            )
-                            .map_err(ReconcileError::from)
-                        }
-                    }
-                }
-                other => Err(ReconcileError::Crashed {
-                    id: resource.id.clone(),
-                    message: format!("a {} resource reached the File reconciler", other.kind()),
-                }),
+            let previous = previous.and_then(|record| match record.owned {
+                Owned::File(owned) => Some((record.spec_hash, owned)),
+                _ => None,
+            });
+            let outcome = match self.confirm_converged(&mut seen, &spec, previous.as_ref()) {
+                Some(applied) => Ok((applied, None)),
+                None => self
+                    .apply_with(&id, &spec, &spec_hash, previous.as_ref(), DirSync::Deferred)
+                    .map_err(ReconcileError::from),
+            };
+            let resource = Resource {
+                id,
+                spec: ResourceSpec::File(spec),
             };
             let (result, unsynced) = match outcome {
                 Ok((applied, unsynced)) => (Ok(applied), unsynced),
@@ -732,6 +736,58 @@ impl PendingDirSyncs {
 }
 
 /// Details as found on disk after the apply, so that the status tells what is there.
+impl KindReconciler for FileReconciler {
+    type Spec = FileSpec;
+    type Owned = OwnedFile;
+    type Error = FileError;
+
+    fn owned(owned: &Owned) -> Option<&OwnedFile> {
+        match owned {
+            Owned::File(owned) => Some(owned),
+            _ => None,
+        }
+    }
+
+    /// Applies one File resource. The work is blocking file I/O, so it runs on the blocking pool.
+    async fn apply(&self, target: Target<'_, FileSpec, OwnedFile>) -> Result<Applied, FileError> {
+        let this = self.clone();
+        let (id, spec, spec_hash) = (
+            target.id.clone(),
+            target.spec.clone(),
+            target.spec_hash.to_owned(),
+        );
+        let previous = target
+            .previous
+            .map(|previous| (previous.spec_hash.to_owned(), previous.owned.clone()));
+        let path = spec.path.to_string();
+        tokio::task::spawn_blocking(move || {
+            this.apply_blocking(&id, &spec, &spec_hash, previous.as_ref())
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(FileError::WorkerStopped {
+                path,
+                message: join.to_string(),
+            })
+        })
+    }
+
+    /// Deletes a file the agent owns (see [`OwnedFile::created`]).
+    async fn delete(&self, id: &ResourceId, owned: &OwnedFile) -> Result<Deleted, FileError> {
+        let this = self.clone();
+        let (id, owned) = (id.clone(), owned.clone());
+        let path = owned.path.clone();
+        tokio::task::spawn_blocking(move || this.delete_blocking(&id, &owned))
+            .await
+            .unwrap_or_else(|join| {
+                Err(FileError::WorkerStopped {
+                    path,
+                    message: join.to_string(),
+                })
+            })
+    }
+}
+
 fn details_of(stat: &FileStat, sha256: &str) -> FileDetails {
     FileDetails {
         sha256: sha256.to_owned(),
@@ -887,7 +943,7 @@ fn holds_exactly(dir: &OwnedFd, name: &OsStr, expected: &[u8], buffer: &mut Vec<
 mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
-    use fleetlet_manifests::{Resource, ResourceSpec};
+    use fleetlet_manifests::{Kind, Resource, ResourceSpec};
     use serde_json::json;
 
     use super::*;
@@ -973,12 +1029,18 @@ mod tests {
         ) -> Vec<Result<Applied, ReconcileError>> {
             let batch = resources
                 .iter()
-                .map(|(resource, previous)| BatchItem {
-                    resource: (*resource).clone(),
-                    previous: previous.and_then(|applied| match &applied.owned {
-                        Owned::File(owned) => Some((resource.spec_hash(), owned.clone())),
-                        _ => None,
-                    }),
+                .map(|(resource, previous)| {
+                    BatchItem::try_from(Desired {
+                        resource: (*resource).clone(),
+                        spec_hash: resource.spec_hash(),
+                        previous: previous.map(|applied| OwnershipRecord {
+                            kind: Kind::File,
+                            spec_hash: resource.spec_hash(),
+                            generation: 1,
+                            owned: applied.owned.clone(),
+                        }),
+                    })
+                    .expect("a File resource")
                 })
                 .collect();
             let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();

@@ -13,8 +13,10 @@
 //! - Failures are data: a [`ReconcileError`] maps to a closed [`ErrorReason`]; the retry policy is
 //!   not the reconciler's business (see `backoff.rs`).
 //!
-//! Dispatch is a `match` on the kind ([`Reconcilers`]); kinds not built yet fail with a typed
-//! reason instead of being silently skipped.
+//! Every kind implements one trait, [`KindReconciler`]: it declares its spec, its ownership
+//! record and its error type, `apply` gets one [`Target`] (id, spec, the spec hash the engine
+//! has cached, the previous record of this kind) and `delete` the record it made. The dispatch
+//! from a resource to its kind's reconciler ([`Reconcilers`]) is written once, generically.
 
 pub mod container;
 pub mod file;
@@ -37,11 +39,13 @@ pub use systemd_unit::{SystemdSettings, SystemdUnitError, SystemdUnitReconciler}
 /// The contract the engine drives. [`Reconcilers`] is the real implementation; unit tests of the
 /// engine use a recording fake.
 pub trait Reconcile: Send + Sync + 'static {
-    /// Makes the resource match its spec. `previous` is the ownership record of the last
-    /// successful apply of this resource id, if any.
+    /// Makes the resource match its spec. `spec_hash` is the resource's spec hash as the engine
+    /// computed it; `previous` is the ownership record of the last successful apply of this
+    /// resource id, if any.
     fn apply(
         &self,
         resource: &Resource,
+        spec_hash: &str,
         previous: Option<&OwnershipRecord>,
     ) -> impl Future<Output = Result<Applied, ReconcileError>> + Send;
 
@@ -69,7 +73,7 @@ pub trait Reconcile: Send + Sync + 'static {
     /// [`BatchResults::may_start`] says so. The default applies them in turn.
     fn apply_batch(
         &self,
-        batch: Vec<(Resource, Option<OwnershipRecord>)>,
+        batch: Vec<Desired>,
         results: BatchResults,
     ) -> impl Future<Output = ()> + Send {
         apply_in_turn(self, batch, results)
@@ -84,6 +88,102 @@ pub trait Reconcile: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<(ResourceId, String)>> + Send {
         std::future::ready(Vec::new())
     }
+}
+
+/// A resource to apply as the engine hands it over: with its cached spec hash and the ownership
+/// record of its last successful apply.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub resource: Resource,
+    pub spec_hash: String,
+    pub previous: Option<OwnershipRecord>,
+}
+
+/// One kind's reconciler. The kind declares its spec, the ownership record its applies return
+/// (inside [`Owned`]) and its delete is given back, and its error type.
+pub trait KindReconciler: Send + Sync {
+    type Spec: Sync;
+    type Owned: Sync;
+    type Error: Into<ReconcileError>;
+
+    /// This kind's record inside an ownership record; `None` for another kind's.
+    fn owned(owned: &Owned) -> Option<&Self::Owned>;
+
+    /// Makes the resource match its spec (see the module's guarantees).
+    fn apply(
+        &self,
+        target: Target<'_, Self::Spec, Self::Owned>,
+    ) -> impl Future<Output = Result<Applied, Self::Error>> + Send;
+
+    /// Removes what `owned` says the agent made for resource `id`.
+    fn delete(
+        &self,
+        id: &ResourceId,
+        owned: &Self::Owned,
+    ) -> impl Future<Output = Result<Deleted, Self::Error>> + Send;
+}
+
+/// What one apply of a kind is given.
+#[derive(Debug)]
+pub struct Target<'a, S, O> {
+    pub id: &'a ResourceId,
+    pub spec: &'a S,
+    /// The spec hash of `spec`, as the engine cached it.
+    pub spec_hash: &'a str,
+    /// What the last successful apply of this resource id recorded, if it was of this kind.
+    pub previous: Option<Previous<'a, O>>,
+}
+
+/// The record of the last successful apply of a resource: its spec hash and what it owns.
+#[derive(Debug)]
+pub struct Previous<'a, O> {
+    pub spec_hash: &'a str,
+    pub owned: &'a O,
+}
+
+impl<S, O> Clone for Target<'_, S, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S, O> Copy for Target<'_, S, O> {}
+impl<O> Clone for Previous<'_, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<O> Copy for Previous<'_, O> {}
+
+/// The dispatch of an apply to one kind's reconciler, the same for every kind.
+async fn apply_kind<K: KindReconciler>(
+    reconciler: &K,
+    id: &ResourceId,
+    spec: &K::Spec,
+    spec_hash: &str,
+    previous: Option<&OwnershipRecord>,
+) -> Result<Applied, ReconcileError> {
+    let previous = previous.and_then(|record| {
+        K::owned(&record.owned).map(|owned| Previous {
+            spec_hash: &record.spec_hash,
+            owned,
+        })
+    });
+    let target = Target {
+        id,
+        spec,
+        spec_hash,
+        previous,
+    };
+    reconciler.apply(target).await.map_err(Into::into)
+}
+
+/// The dispatch of a delete to one kind's reconciler, the same for every kind.
+async fn delete_kind<K: KindReconciler>(
+    reconciler: &K,
+    id: &ResourceId,
+    owned: &K::Owned,
+) -> Result<Deleted, ReconcileError> {
+    reconciler.delete(id, owned).await.map_err(Into::into)
 }
 
 /// Where [`Reconcile::apply_batch`] puts its results, one per resource in the order given.
@@ -116,15 +216,21 @@ impl BatchResults {
 /// [`Reconcile::apply_batch`] as one [`Reconcile::apply`] after the other.
 pub async fn apply_in_turn<R: Reconcile + ?Sized>(
     reconciler: &R,
-    batch: Vec<(Resource, Option<OwnershipRecord>)>,
+    batch: Vec<Desired>,
     results: BatchResults,
 ) {
-    for (resource, record) in batch {
+    for desired in batch {
         if !results.may_start() {
             return;
         }
-        let result = reconciler.apply(&resource, record.as_ref()).await;
-        if !results.send(resource, result) {
+        let result = reconciler
+            .apply(
+                &desired.resource,
+                &desired.spec_hash,
+                desired.previous.as_ref(),
+            )
+            .await;
+        if !results.send(desired.resource, result) {
             return;
         }
     }
@@ -176,8 +282,6 @@ pub enum ReconcileError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     SessionStorage(#[from] SessionStorageError),
-    #[error("{kind} resource {id}: {kind} is not implemented in this build")]
-    NotImplemented { id: ResourceId, kind: Kind },
     #[error("resource {id} has kind {kind}, which this agent build does not know")]
     UnknownKind { id: ResourceId, kind: String },
     #[error("reconciling resource {id} took longer than {timeout:?}")]
@@ -194,9 +298,7 @@ impl ReconcileError {
             ReconcileError::SystemdUnit(error) => error.reason(),
             ReconcileError::Container(error) => error.reason(),
             ReconcileError::SessionStorage(error) => error.reason(),
-            ReconcileError::NotImplemented { .. } | ReconcileError::UnknownKind { .. } => {
-                ErrorReason::UnsupportedKind
-            }
+            ReconcileError::UnknownKind { .. } => ErrorReason::UnsupportedKind,
             ReconcileError::TimedOut { .. } | ReconcileError::Crashed { .. } => {
                 ErrorReason::IoError
             }
@@ -282,46 +384,20 @@ impl Reconcile for Reconcilers {
     async fn apply(
         &self,
         resource: &Resource,
+        spec_hash: &str,
         previous: Option<&OwnershipRecord>,
     ) -> Result<Applied, ReconcileError> {
         let id = &resource.id;
         match &resource.spec {
-            ResourceSpec::File(spec) => {
-                let previous = previous.and_then(|record| match &record.owned {
-                    Owned::File(owned) => Some((record.spec_hash.clone(), owned.clone())),
-                    _ => None,
-                });
-                Ok(self
-                    .file
-                    .apply(id.clone(), spec.clone(), resource.spec_hash(), previous)
-                    .await?)
-            }
+            ResourceSpec::File(spec) => apply_kind(&self.file, id, spec, spec_hash, previous).await,
             ResourceSpec::SessionStorage(spec) => {
-                let previous = previous.and_then(|record| match &record.owned {
-                    Owned::SessionStorage(owned) => Some(owned),
-                    _ => None,
-                });
-                Ok(self.session_storage.apply(id, spec, previous).await?)
+                apply_kind(&self.session_storage, id, spec, spec_hash, previous).await
             }
             ResourceSpec::SystemdUnit(spec) => {
-                let previous = previous.and_then(|record| match &record.owned {
-                    Owned::SystemdUnit(owned) => Some((record.spec_hash.clone(), owned.clone())),
-                    _ => None,
-                });
-                Ok(self
-                    .systemd_unit
-                    .apply(id, spec, &resource.spec_hash(), previous)
-                    .await?)
+                apply_kind(&self.systemd_unit, id, spec, spec_hash, previous).await
             }
             ResourceSpec::Container(spec) => {
-                let previous = previous.and_then(|record| match &record.owned {
-                    Owned::Container(owned) => Some((record.spec_hash.as_str(), owned)),
-                    _ => None,
-                });
-                Ok(self
-                    .container
-                    .apply(id, spec, &resource.spec_hash(), previous)
-                    .await?)
+                apply_kind(&self.container, id, spec, spec_hash, previous).await
             }
             ResourceSpec::Unknown { kind, .. } => Err(ReconcileError::UnknownKind {
                 id: id.clone(),
@@ -336,10 +412,10 @@ impl Reconcile for Reconcilers {
         record: &OwnershipRecord,
     ) -> Result<Deleted, ReconcileError> {
         match &record.owned {
-            Owned::File(owned) => Ok(self.file.delete(id.clone(), owned.clone()).await?),
-            Owned::SystemdUnit(owned) => Ok(self.systemd_unit.delete(id, owned).await?),
-            Owned::Container(owned) => Ok(self.container.delete(id, owned).await?),
-            Owned::SessionStorage(owned) => Ok(self.session_storage.delete(id, owned).await?),
+            Owned::File(owned) => delete_kind(&self.file, id, owned).await,
+            Owned::SystemdUnit(owned) => delete_kind(&self.systemd_unit, id, owned).await,
+            Owned::Container(owned) => delete_kind(&self.container, id, owned).await,
+            Owned::SessionStorage(owned) => delete_kind(&self.session_storage, id, owned).await,
         }
     }
 
@@ -350,28 +426,25 @@ impl Reconcile for Reconcilers {
         }
     }
 
-    async fn apply_batch(
-        &self,
-        batch: Vec<(Resource, Option<OwnershipRecord>)>,
-        results: BatchResults,
-    ) {
-        if !batch
-            .iter()
-            .all(|(resource, _)| matches!(resource.spec, ResourceSpec::File(_)))
-        {
-            return apply_in_turn(self, batch, results).await;
+    async fn apply_batch(&self, batch: Vec<Desired>, results: BatchResults) {
+        let mut files = Vec::with_capacity(batch.len());
+        let mut batch = batch.into_iter();
+        while let Some(desired) = batch.next() {
+            match file::BatchItem::try_from(desired) {
+                Ok(item) => files.push(item),
+                Err(other) => {
+                    // Not a batch of files: one after the other, in the order given.
+                    let all = files
+                        .into_iter()
+                        .map(Desired::from)
+                        .chain(std::iter::once(other))
+                        .chain(batch)
+                        .collect();
+                    return apply_in_turn(self, all, results).await;
+                }
+            }
         }
-        let batch = batch
-            .into_iter()
-            .map(|(resource, record)| file::BatchItem {
-                resource,
-                previous: record.and_then(|record| match record.owned {
-                    Owned::File(owned) => Some((record.spec_hash, owned)),
-                    _ => None,
-                }),
-            })
-            .collect();
-        self.file.apply_batch(batch, results).await;
+        self.file.apply_batch(files, results).await;
     }
 
     fn supported_kinds(&self) -> Vec<Kind> {

@@ -53,7 +53,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use super::{Applied, Change, Deleted, FileError};
+use super::{Applied, Change, Deleted, FileError, KindReconciler, Target};
 use crate::confined::{self, ConfinedError, Durability, ModeChoice, Parent, Replace, file_type};
 use crate::store::{Owned, OwnedSession};
 
@@ -275,6 +275,36 @@ enum Found {
     Ours(Marker),
 }
 
+impl KindReconciler for SessionStorageReconciler {
+    type Spec = SessionStorageSpec;
+    type Owned = OwnedSession;
+    type Error = SessionStorageError;
+
+    fn owned(owned: &Owned) -> Option<&OwnedSession> {
+        match owned {
+            Owned::SessionStorage(owned) => Some(owned),
+            _ => None,
+        }
+    }
+
+    /// The spec hashes play no part: what a session directory holds is its own record.
+    async fn apply(
+        &self,
+        target: Target<'_, SessionStorageSpec, OwnedSession>,
+    ) -> Result<Applied, SessionStorageError> {
+        let previous = target.previous.map(|previous| previous.owned);
+        self.apply_parts(target.id, target.spec, previous).await
+    }
+
+    async fn delete(
+        &self,
+        id: &ResourceId,
+        owned: &OwnedSession,
+    ) -> Result<Deleted, SessionStorageError> {
+        self.delete_parts(id, owned).await
+    }
+}
+
 impl SessionStorageReconciler {
     pub fn new(root: Option<PathBuf>, agent_id: &str) -> Self {
         Self {
@@ -291,7 +321,7 @@ impl SessionStorageReconciler {
     }
 
     /// Makes the session directory match `spec` and reports its summary.
-    pub async fn apply(
+    async fn apply_parts(
         &self,
         id: &ResourceId,
         spec: &SessionStorageSpec,
@@ -393,7 +423,7 @@ impl SessionStorageReconciler {
 
     /// Removes the session directory the record names, if it carries this agent's marker for
     /// this resource.
-    pub async fn delete(
+    async fn delete_parts(
         &self,
         id: &ResourceId,
         owned: &OwnedSession,

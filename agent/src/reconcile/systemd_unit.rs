@@ -38,7 +38,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{SFlag, fstatat};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, Change, Deleted, FileError};
+use super::{Applied, Change, Deleted, FileError, KindReconciler, Previous};
 use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace};
 use crate::store::{Owned, OwnedUnit};
 pub use manager::{ManagerScope, SystemdError, SystemdManager, UnitObservation, UnitOperation};
@@ -175,6 +175,35 @@ enum Existing {
     },
 }
 
+impl<M: SystemdManager> KindReconciler for SystemdUnitReconciler<M> {
+    type Spec = SystemdUnitSpec;
+    type Owned = OwnedUnit;
+    type Error = SystemdUnitError;
+
+    fn owned(owned: &Owned) -> Option<&OwnedUnit> {
+        match owned {
+            Owned::SystemdUnit(owned) => Some(owned),
+            _ => None,
+        }
+    }
+
+    async fn apply(
+        &self,
+        target: super::Target<'_, SystemdUnitSpec, OwnedUnit>,
+    ) -> Result<Applied, SystemdUnitError> {
+        self.apply_parts(target.id, target.spec, target.spec_hash, target.previous)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        id: &ResourceId,
+        owned: &OwnedUnit,
+    ) -> Result<Deleted, SystemdUnitError> {
+        self.delete_parts(id, owned).await
+    }
+}
+
 impl SystemdUnitReconciler<Systemctl> {
     /// The real reconciler: `systemctl` on the configured scope, or none at all.
     pub fn new(settings: Option<&SystemdSettings>, agent: &str) -> Self {
@@ -222,12 +251,12 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
 
     /// Applies one SystemdUnit resource. `previous` is the spec hash and ownership of the last
     /// successful apply.
-    pub async fn apply(
+    async fn apply_parts(
         &self,
         id: &ResourceId,
         spec: &SystemdUnitSpec,
         spec_hash: &str,
-        previous: Option<(String, OwnedUnit)>,
+        previous: Option<Previous<'_, OwnedUnit>>,
     ) -> Result<Applied, SystemdUnitError> {
         let unit = check_unit_name(spec.name.as_str())?;
         let target = self.target(unit.as_str())?;
@@ -318,7 +347,7 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
             None => manager.observe(&unit).await?,
         };
 
-        let same_spec = previous.as_ref().is_some_and(|(hash, _)| hash == spec_hash);
+        let same_spec = previous.is_some_and(|previous| previous.spec_hash == spec_hash);
         let change = if existing == Existing::Missing && same_spec {
             Change::Repaired {
                 drift: "the unit file was deleted".into(),
@@ -340,8 +369,10 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
         };
 
         // The resource now names another unit: the old one is ours to remove.
-        if let Some((_, old)) = previous.filter(|(_, old)| old.name != unit.as_str())
-            && let Err(error) = self.delete(id, &old).await
+        if let Some(old) = previous
+            .map(|previous| previous.owned)
+            .filter(|old| old.name != unit.as_str())
+            && let Err(error) = self.delete_parts(id, old).await
         {
             tracing::warn!(resource = %id, unit = %old.name, %error, "could not remove the unit the resource named before");
         }
@@ -359,7 +390,7 @@ impl<M: SystemdManager> SystemdUnitReconciler<M> {
 
     /// Stops, disables and removes a unit the agent wrote, then reloads. A file that is not the
     /// agent's (any more) is left alone, and so is the unit loaded from it.
-    pub async fn delete(
+    async fn delete_parts(
         &self,
         id: &ResourceId,
         owned: &OwnedUnit,

@@ -86,13 +86,15 @@ impl Reconcile for FakeReconciler {
     async fn apply(
         &self,
         resource: &Resource,
+        spec_hash: &str,
         _previous: Option<&OwnershipRecord>,
     ) -> Result<Applied, ReconcileError> {
         let id = resource.id.as_str();
+        assert_eq!(spec_hash, resource.spec_hash(), "the engine's cached hash");
         self.applied_specs
             .lock()
             .expect("lock")
-            .push((id.to_owned(), resource.spec_hash()));
+            .push((id.to_owned(), spec_hash.to_owned()));
         let failing = self.work(Call::Apply(id.to_owned()), id).await;
         assert!(!self.panicking.contains(id), "the fake panics on {id}");
         if let Some((stopper, shutdown)) = &self.stops_the_agent

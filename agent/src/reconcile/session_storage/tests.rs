@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::*;
+use crate::reconcile::Previous;
 
 const AGENT: &str = "pi-1";
 
@@ -72,9 +73,19 @@ async fn apply(
     resource: &Resource,
     previous: Option<&OwnedSession>,
 ) -> Result<Applied, SessionStorageError> {
+    // The engine's record of the previous apply; session storage reads only what it owns.
+    let spec_hash = resource.spec_hash();
     fixture
         .reconciler
-        .apply(&resource.id, spec_of(resource), previous)
+        .apply(Target {
+            id: &resource.id,
+            spec: spec_of(resource),
+            spec_hash: &spec_hash,
+            previous: previous.map(|owned| Previous {
+                spec_hash: &spec_hash,
+                owned,
+            }),
+        })
         .await
 }
 
@@ -293,7 +304,12 @@ async fn expiry_deletes_the_data_and_stays_evicted_until_a_new_session_or_a_late
     // A fresh reconciler (an agent restart) reads the eviction from the marker.
     let restarted = SessionStorageReconciler::new(fixture.reconciler.root.clone(), AGENT);
     let error = restarted
-        .apply(&expired.id, spec_of(&expired), None)
+        .apply(Target {
+            id: &expired.id,
+            spec: spec_of(&expired),
+            spec_hash: &expired.spec_hash(),
+            previous: None,
+        })
         .await
         .expect_err("still evicted after a restart");
     assert_eq!(error_details(&error).evicted_at, Some(evicted_at));
@@ -460,7 +476,12 @@ async fn without_a_session_root_the_storage_is_not_ready() {
     let reconciler = SessionStorageReconciler::new(None, AGENT);
     let resource = resource("scratch", json!({"sessionId": "s", "sizeLimitBytes": 10}));
     let error = reconciler
-        .apply(&resource.id, spec_of(&resource), None)
+        .apply(Target {
+            id: &resource.id,
+            spec: spec_of(&resource),
+            spec_hash: &resource.spec_hash(),
+            previous: None,
+        })
         .await
         .expect_err("no root");
     assert_eq!(error.reason(), ErrorReason::StorageNotReady);

@@ -80,13 +80,16 @@ impl Fixture {
     ) -> Result<Applied, SystemdUnitError> {
         let previous =
             previous.map(|(resource, applied)| (resource.spec_hash(), owned_of(applied)));
+        let spec_hash = resource.spec_hash();
         self.reconciler
-            .apply(
-                &resource.id,
-                spec_of(resource),
-                &resource.spec_hash(),
-                previous,
-            )
+            .apply(crate::reconcile::Target {
+                id: &resource.id,
+                spec: spec_of(resource),
+                spec_hash: &spec_hash,
+                previous: previous
+                    .as_ref()
+                    .map(|(spec_hash, owned)| Previous { spec_hash, owned }),
+            })
             .await
     }
 
@@ -478,7 +481,12 @@ async fn without_systemd_or_with_an_unreachable_manager_units_are_systemd_unavai
         SystemdUnitReconciler::with_manager(None, "pi-1", Duration::ZERO);
     let kiosk = unit_resource("kiosk", "kiosk.service", SLEEPER, true, "Started");
     let error = none
-        .apply(&kiosk.id, spec_of(&kiosk), &kiosk.spec_hash(), None)
+        .apply(crate::reconcile::Target {
+            id: &kiosk.id,
+            spec: spec_of(&kiosk),
+            spec_hash: &kiosk.spec_hash(),
+            previous: None,
+        })
         .await
         .expect_err("no systemd");
     assert_eq!(error.reason(), ErrorReason::SystemdUnavailable);
