@@ -1,11 +1,12 @@
 //! Unit tests of the Container reconciler against the fake runtime: what it creates, restarts,
 //! replaces and refuses, and what it reports.
 
-use fleetlet_manifests::{Resource, ResourceSpec};
+use fleetlet_manifests::{AbsPath, Resource, ResourceSpec};
 use serde_json::json;
 
 use super::*;
 use crate::reconcile::Previous;
+use crate::runtime::ConfiguredRuntime;
 use crate::runtime::fake::{Call, FakeRuntime};
 
 const IMAGE: &str = "localhost/busybox:test";
