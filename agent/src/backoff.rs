@@ -14,7 +14,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The policy for resources (DESIGN §5): 1 s doubling to 5 min.
+    /// The policy for resources (docs/reference.md §5): 1 s doubling to 5 min.
     pub const RESOURCE: Backoff = Backoff {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(300),

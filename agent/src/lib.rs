@@ -104,7 +104,7 @@ fn open_store(config: &Config, agent_id: &AgentId) -> Result<Arc<dyn Store>, Age
     )?)))
 }
 
-/// The filesystem store in the state dir when it is built in (feature `fs-store`, DESIGN §6),
+/// The filesystem store in the state dir when it is built in (feature `fs-store`, docs/reference.md §6),
 /// so the device keeps its desired state, ownership and unsent reports across restarts; it
 /// refuses to start while another agent holds the state dir; its size cap is
 /// FLEETLET_STORE_MAX_BYTES. Otherwise the memory store (and the size cap is not used).

@@ -1,5 +1,5 @@
 //! The agent's configuration: every setting is declared once, in `settings.rs`, as a flag with a
-//! `FLEETLET_*` environment variable (DESIGN §5), a key of an optional TOML file and a default.
+//! `FLEETLET_*` environment variable (docs/reference.md §5), a key of an optional TOML file and a default.
 //!
 //! Precedence is flag or environment, then the file, then the default, so that a unit file can
 //! ship a TOML and an operator can still override one value with an environment variable. The
@@ -32,7 +32,7 @@ use parse::{
     read_trusted_keys,
 };
 
-/// The manager answers a long-poll after at most this long (DESIGN §3).
+/// The manager answers a long-poll after at most this long (docs/reference.md §3).
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(300);
 /// A full status is sent at least this often even when nothing changed.
 pub const FULL_STATUS_INTERVAL: Duration = Duration::from_secs(24 * 3600);

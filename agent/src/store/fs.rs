@@ -1,5 +1,5 @@
 //! The filesystem store (cargo feature `fs-store`): the agent's memory on local disk, so that a
-//! device converges again after a reboot, a power cut or a kill -9 without its manager (DESIGN §6).
+//! device converges again after a reboot, a power cut or a kill -9 without its manager (docs/reference.md §6).
 //!
 //! Layout, scoped by agent id and resource id:
 //!
@@ -16,9 +16,9 @@
 //! <state-dir>/agents/<agentId>/resources/<id>/events.jsonl  that resource's events (plus .1)
 //! ```
 //!
-//! `seq.json` is one file DESIGN §6 does not list: the trait's last `reportSeq` has no other
+//! `seq.json` is one file the first layout did not have: the trait's last `reportSeq` has no other
 //! natural home, and it also keeps a floor for event seqs so they keep increasing even after an
-//! event log was quarantined. DESIGN's `resources/<id>/record.json` and `state.json` became one
+//! event log was quarantined. The first layout's `resources/<id>/record.json` and `state.json` became one
 //! snapshot and one journal for all resources (see [`journal`]): a file pair per resource cost
 //! four fsyncs per resource per change. A store written in that older layout is imported at open
 //! (the snapshot is written, then the old files are removed).

@@ -3,7 +3,7 @@
 //! state, events, the status overview and the outbox of unsent reports.
 //!
 //! One store instance is scoped to one agent id; resource records are scoped by resource id
-//! (DESIGN §6). The trait is synchronous on purpose: every call is a small read or write, the
+//! (docs/reference.md §6). The trait is synchronous on purpose: every call is a small read or write, the
 //! memory store never blocks, and a filesystem store does short, fsync-bounded I/O that is
 //! cheaper to run inline than to hop threads for.
 

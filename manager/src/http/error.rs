@@ -1,6 +1,6 @@
 //! The one error type of the HTTP API and its JSON form.
 //!
-//! Every failure a handler can meet becomes an [`HttpError`] whose body is DESIGN's error JSON.
+//! Every failure a handler can meet becomes an [`HttpError`] whose body is the error JSON of docs/reference.md §3.
 //! Store failures are logged here, with their cause, and answered with a fixed message: the body
 //! never carries SQL, driver messages or connection details.
 
@@ -11,7 +11,7 @@ use fleetlet_manifests::api::{ApiError, ErrorBody, ErrorKind};
 
 use crate::store::StoreError;
 
-/// An error answer: a kind from DESIGN's closed set, a message, and violations for 422.
+/// An error answer: a kind from the contract's closed set, a message, and violations for 422.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpError {
     pub kind: ErrorKind,

@@ -1,4 +1,4 @@
-//! The REST API of DESIGN §3: routes, shared state and the layers every request passes.
+//! The REST API of docs/reference.md §3: routes, shared state and the layers every request passes.
 
 mod agents;
 mod cursor;
@@ -40,7 +40,7 @@ pub use status::MAX_EVENTS_LIMIT;
 pub const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
 
 /// The longest a manifest long-poll may wait; an operator may set a lower bound with
-/// `FLEETLET_MAX_WAIT_SECONDS`, e.g. behind a proxy with a shorter idle timeout. DESIGN §3 said
+/// `FLEETLET_MAX_WAIT_SECONDS`, e.g. behind a proxy with a shorter idle timeout. The first contract said
 /// 60 s; five minutes lets an idle agent on a metered link poll far less often (BENCHMARKS.md,
 /// target 5), and agents fall back to a short wait when a manager refuses theirs.
 pub const MAX_WAIT_SECONDS: u64 = 300;
@@ -105,7 +105,7 @@ pub struct Shared {
 /// tells long-polls from other requests by it.
 pub(crate) const MANIFEST_ROUTE: &str = "/api/v1/agents/{agent_id}/manifest";
 
-/// The path of an API route: every route of DESIGN §3 lives under `/api/v1`.
+/// The path of an API route: every route of docs/reference.md §3 lives under `/api/v1`.
 fn api(path: &str) -> String {
     format!("/api/v1{path}")
 }

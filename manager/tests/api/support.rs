@@ -267,7 +267,7 @@ pub fn status(agent_id: &str, seq: u64, generation: u64, phases: &[(&str, &str)]
     })
 }
 
-/// Asserts the DESIGN error shape and kind, and returns the body.
+/// Asserts the error shape of docs/reference.md §3 and kind, and returns the body.
 pub async fn expect_error(response: Response, status: u16, kind: &str) -> Value {
     assert_eq!(response.status(), status);
     let content_type = response

@@ -66,7 +66,7 @@ impl PgStore {
             .application_name("fleetlet-manager")
             .options([("statement_timeout", STATEMENT_TIMEOUT_MS)])
             // sqlx logs every statement's text at debug level (and slow ones at warn). SQL never
-            // belongs in the manager's logs (DESIGN §1): turning on debug logging to chase a
+            // belongs in the manager's logs (docs/reference.md §1): turning on debug logging to chase a
             // problem must not show an operator the schema's queries and parameters.
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
