@@ -543,6 +543,24 @@ impl ManagerProcess {
             .context("stored manifest without a generation")
     }
 
+    /// Stores a manifest for `agent_id` made of `resources` (see [`manifest`]) and returns its
+    /// generation, as [`Self::put_manifest`] does.
+    pub async fn put_resources(
+        &self,
+        agent_id: &str,
+        resources: Vec<serde_json::Value>,
+    ) -> anyhow::Result<u64> {
+        self.put_manifest(agent_id, &manifest(agent_id, resources))
+            .await
+    }
+
+    /// Registers `agent_id` and returns the options of an agent that reports to this manager
+    /// with the token it got.
+    pub async fn enroll(&self, agent_id: &str) -> anyhow::Result<AgentOptions> {
+        let token = self.register_agent(agent_id).await?;
+        Ok(AgentOptions::with_manager(agent_id, &self.url(), &token))
+    }
+
     /// The manager's view of an agent's status.
     pub async fn status(
         &self,

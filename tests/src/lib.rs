@@ -7,6 +7,7 @@ pub mod containers;
 pub mod manager;
 pub mod postgres;
 pub mod schema;
+pub mod tools;
 
 /// Where cargo put the workspace's binaries: `$CARGO_TARGET_DIR/debug` or `<workspace>/target/debug`.
 ///

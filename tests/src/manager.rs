@@ -237,6 +237,31 @@ impl ManagerProcess {
         let path = format!("/api/v1/agents/{agent_id}/token");
         issued_token(self.admin(client, reqwest::Method::POST, &path)).await
     }
+
+    /// Reports, as agent `agent_id` with its `token`, a status that observed generation 1 (report
+    /// sequence 1) with `resources` (the status' map from resource id to resource status).
+    pub async fn report_generation_one(
+        &self,
+        agent_id: &str,
+        token: &str,
+        resources: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/agents/{agent_id}/status", self.url))
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": agent_id,
+                "reportSeq": 1, "manifestGeneration": 1, "observedGeneration": 1,
+                "observedAt": "2026-11-22T10:00:00Z",
+                "agent": {"version": "0.1.0", "hostname": agent_id, "arch": "aarch64",
+                          "os": "linux", "startedAt": "2026-11-22T09:00:00Z"},
+                "resources": resources,
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
 }
 
 /// Sends a request that issues an agent token (a registration or a rotation) and answers it.

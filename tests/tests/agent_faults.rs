@@ -196,23 +196,14 @@ async fn a_generation_received_while_the_state_dir_is_full_is_applied_reported_a
 -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("full-state");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
     let state = Tmpfs::mount(&dirs.state_dir(), "2m")?;
-    let _agent = AgentProcess::start(
-        &dirs,
-        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
-    )?;
+    let _agent = AgentProcess::start(&dirs, &options)?;
     let first_file = dirs.root().join("first.conf");
     let second_file = dirs.root().join("second.conf");
     let first = manager
-        .put_manifest(
-            &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("first", &first_file, "one\n", "0644")],
-            ),
-        )
+        .put_resources(&agent_id, generation_files(&first_file, None))
         .await?;
     manager.wait_converged(&agent_id, first, WAIT).await?;
 
@@ -232,16 +223,7 @@ async fn a_generation_received_while_the_state_dir_is_full_is_applied_reported_a
     .await?;
     state.fill()?;
     let second = manager
-        .put_manifest(
-            &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("first", &first_file, "one\n", "0644"),
-                    file_resource("second", &second_file, "two\n", "0644"),
-                ],
-            ),
-        )
+        .put_resources(&agent_id, generation_files(&first_file, Some(&second_file)))
         .await?;
     let view = wait_for("the manager to show the full state dir", WAIT, || async {
         let view = manager.status(&agent_id).await.ok()?;
@@ -301,6 +283,13 @@ async fn a_generation_whose_rename_fails_with_eio_is_retried_until_saved() -> an
     save_fails_with_eio_then_succeeds("rename").await
 }
 
+/// The File resources of generation 1 (`first` alone) or of generation 2 (`second` too).
+fn generation_files(first: &Path, second: Option<&Path>) -> Vec<serde_json::Value> {
+    let mut files = vec![file_resource("first", first, "one\n", "0644")];
+    files.extend(second.map(|second| file_resource("second", second, "two\n", "0644")));
+    files
+}
+
 /// The system calls `syscall` stands for: a rename may be made by any of the three.
 fn syscall_set(syscall: &str) -> &str {
     match syscall {
@@ -315,19 +304,12 @@ fn syscall_set(syscall: &str) -> &str {
 async fn save_fails_with_eio_then_succeeds(syscall: &str) -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id(&format!("eio-{syscall}"));
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
-    let options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
     let first_file = dirs.root().join("first.conf");
     let second_file = dirs.root().join("second.conf");
     let first = manager
-        .put_manifest(
-            &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("first", &first_file, "one\n", "0644")],
-            ),
-        )
+        .put_resources(&agent_id, generation_files(&first_file, None))
         .await?;
     {
         let _agent = AgentProcess::start(&dirs, &options)?;
@@ -366,16 +348,7 @@ async fn save_fails_with_eio_then_succeeds(syscall: &str) -> anyhow::Result<()> 
     .await?;
 
     let second = manager
-        .put_manifest(
-            &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("first", &first_file, "one\n", "0644"),
-                    file_resource("second", &second_file, "two\n", "0644"),
-                ],
-            ),
-        )
+        .put_resources(&agent_id, generation_files(&first_file, Some(&second_file)))
         .await?;
     manager
         .wait_converged(&agent_id, second, WAIT)

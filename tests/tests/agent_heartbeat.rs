@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetlet_tests::agent::{
-    AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
-    unique_agent_id, wait_for,
+    AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, unique_agent_id, wait_for,
 };
 
 async fn database() -> anyhow::Result<sqlx::PgPool> {
@@ -21,23 +20,20 @@ async fn an_idle_agent_reports_nothing_new_yet_stays_seen_and_heals_a_lost_repor
     let manager = ManagerProcess::start().await?;
     let pool = database().await?;
     let agent_id = unique_agent_id("idle");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
     // Heartbeats every second and polls of one second: several of each within the test.
     let options = AgentOptions {
         report_interval: "1s",
         watch_wait: "1s",
-        ..AgentOptions::with_manager(&agent_id, &manager.url(), &token)
+        ..options
     };
     let _agent = AgentProcess::start(&dirs, &options)?;
     let path = dirs.root().join("idle.conf");
     let generation = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("idle", &path, "quiet\n", "0644")],
-            ),
+            vec![file_resource("idle", &path, "quiet\n", "0644")],
         )
         .await?;
     let view = manager
@@ -98,21 +94,18 @@ async fn an_agent_whose_watch_wait_a_manager_refuses_falls_back_to_a_shorter_one
     // default 120 s wait with a 400.
     let manager = ManagerProcess::start_with_env(&[("FLEETLET_MAX_WAIT_SECONDS", "40")]).await?;
     let agent_id = unique_agent_id("capped");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
     let options = AgentOptions {
         watch_wait: "120s",
-        ..AgentOptions::with_manager(&agent_id, &manager.url(), &token)
+        ..options
     };
     let agent = AgentProcess::start(&dirs, &options)?;
     let path = dirs.root().join("capped.conf");
     let first = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("capped", &path, "one\n", "0644")],
-            ),
+            vec![file_resource("capped", &path, "one\n", "0644")],
         )
         .await?;
     manager
@@ -123,12 +116,9 @@ async fn an_agent_whose_watch_wait_a_manager_refuses_falls_back_to_a_shorter_one
         .await?;
     // The shorter long-poll still wakes at once on a push.
     let second = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("capped", &path, "two\n", "0644")],
-            ),
+            vec![file_resource("capped", &path, "two\n", "0644")],
         )
         .await?;
     manager

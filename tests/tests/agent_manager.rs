@@ -10,8 +10,7 @@ use anyhow::Context;
 use fleetlet_manifests::api::{Event, EventType};
 use fleetlet_manifests::{ConditionStatus, ConditionType, ErrorReason, Phase};
 use fleetlet_tests::agent::{
-    AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
-    unique_agent_id, wait_for,
+    AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, unique_agent_id, wait_for,
 };
 use serde_json::json;
 
@@ -27,16 +26,11 @@ async fn fifty_files_pushed_through_the_api_are_reported_converged_within_two_se
 -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("fifty");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
-    let _agent = AgentProcess::start(
-        &dirs,
-        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
-    )?;
+    let _agent = AgentProcess::start(&dirs, &options)?;
     // A first, empty generation: the agent is up, watching, and has reported.
-    let first = manager
-        .put_manifest(&agent_id, &manifest(&agent_id, vec![]))
-        .await?;
+    let first = manager.put_resources(&agent_id, vec![]).await?;
     manager
         .wait_converged(&agent_id, first, Duration::from_secs(15))
         .await?;
@@ -69,9 +63,7 @@ async fn fifty_files_pushed_through_the_api_are_reported_converged_within_two_se
                 "mode": mode, "owner": owner, "group": group}})
         })
         .collect();
-    let generation = manager
-        .put_manifest(&agent_id, &manifest(&agent_id, resources))
-        .await?;
+    let generation = manager.put_resources(&agent_id, resources).await?;
     // The wait is only a bound on a failure; the two seconds are measured on the times the
     // manager recorded, from storing the generation to receiving the report that observed it
     // with every file Ready, not on when this test's polls noticed.
@@ -142,23 +134,17 @@ async fn fifty_files_pushed_through_the_api_are_reported_converged_within_two_se
 async fn a_bad_path_and_an_unknown_kind_fail_alone_as_the_manager_sees_it() -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("alone");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
-    let _agent = AgentProcess::start(
-        &dirs,
-        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
-    )?;
+    let _agent = AgentProcess::start(&dirs, &options)?;
     let generation = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("good", &dirs.root().join("good.txt"), "good\n", "0644"),
-                    file_resource("outside", &dirs.outside().join("bad.txt"), "bad\n", "0644"),
-                    json!({"id": "gpu", "kind": "GpuPassthrough", "spec": {"device": "card0"}}),
-                ],
-            ),
+            vec![
+                file_resource("good", &dirs.root().join("good.txt"), "good\n", "0644"),
+                file_resource("outside", &dirs.outside().join("bad.txt"), "bad\n", "0644"),
+                json!({"id": "gpu", "kind": "GpuPassthrough", "spec": {"device": "card0"}}),
+            ],
         )
         .await?;
     let status = manager
@@ -194,24 +180,18 @@ async fn with_the_manager_stopped_the_agent_keeps_repairing_and_its_latest_statu
 -> anyhow::Result<()> {
     let mut manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("offline");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
-    let agent = AgentProcess::start(
-        &dirs,
-        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
-    )?;
+    let agent = AgentProcess::start(&dirs, &options)?;
     let repaired = dirs.root().join("etc/repaired.conf");
     let blocked = dirs.root().join("etc/blocked.conf");
     let generation = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("repaired", &repaired, "keep me\n", "0644"),
-                    file_resource("blocked", &blocked, "me too\n", "0644"),
-                ],
-            ),
+            vec![
+                file_resource("repaired", &repaired, "keep me\n", "0644"),
+                file_resource("blocked", &blocked, "me too\n", "0644"),
+            ],
         )
         .await?;
     let before = manager
@@ -282,17 +262,14 @@ async fn a_restarted_agent_keeps_increasing_report_seq_and_its_reports_are_accep
     let dirs = AgentDirs::new()?;
     let options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
     let generation = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource(
-                    "motd",
-                    &dirs.root().join("motd"),
-                    "hi\n",
-                    "0644",
-                )],
-            ),
+            vec![file_resource(
+                "motd",
+                &dirs.root().join("motd"),
+                "hi\n",
+                "0644",
+            )],
         )
         .await?;
     let mut first = AgentProcess::start(&dirs, &options)?;
@@ -335,20 +312,14 @@ async fn a_file_edited_by_hand_is_repaired_and_the_manager_logs_it_once_per_inte
 -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("drift");
-    let token = manager.register_agent(&agent_id).await?;
+    let options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
-    let agent = AgentProcess::start(
-        &dirs,
-        &AgentOptions::with_manager(&agent_id, &manager.url(), &token),
-    )?;
+    let agent = AgentProcess::start(&dirs, &options)?;
     let drifty = dirs.root().join("etc/drifty.conf");
     let first = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![file_resource("drifty", &drifty, "as managed\n", "0644")],
-            ),
+            vec![file_resource("drifty", &drifty, "as managed\n", "0644")],
         )
         .await?;
     manager
@@ -409,15 +380,12 @@ async fn a_file_edited_by_hand_is_repaired_and_the_manager_logs_it_once_per_inte
     .await?;
     // A count alone waits for the agent's next report: a new generation brings one.
     let second = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("drifty", &drifty, "as managed\n", "0644"),
-                    file_resource("other", &dirs.root().join("etc/other.conf"), "x\n", "0644"),
-                ],
-            ),
+            vec![
+                file_resource("drifty", &drifty, "as managed\n", "0644"),
+                file_resource("other", &dirs.root().join("etc/other.conf"), "x\n", "0644"),
+            ],
         )
         .await?;
     let status = manager

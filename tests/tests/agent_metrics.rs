@@ -10,42 +10,10 @@ use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
     unique_agent_id, wait_for,
 };
+use fleetlet_tests::tools::promtool_check;
 
 /// Bounds a wait for the agent; a passing test never waits it out.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `promtool check metrics` on `text`: it must parse and pass promtool's lint (names, units,
-/// `_total` on counters, HELP on every family) with nothing to say.
-fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    let promtool = std::env::var_os("FLEETLET_PROMTOOL").expect(
-        "FLEETLET_PROMTOOL is not set: eval \"$(deploy/dev/validators.sh)\" first to install promtool",
-    );
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.to_string_lossy()));
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(text.as_bytes())
-        .expect("promtool reads its input");
-    let output = child.wait_with_output().expect("promtool finishes");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}\n{said}\non:\n{text}",
-        output.status
-    );
-}
 
 /// The value of one series, written exactly as in the file (`name{label="v"}`).
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -192,23 +160,19 @@ async fn a_standalone_agent_writes_what_it_converged_to_a_prom_file() -> anyhow:
 async fn an_agent_with_a_manager_reports_delivery_in_its_prom_file() -> anyhow::Result<()> {
     let manager = ManagerProcess::start().await?;
     let agent_id = unique_agent_id("pi-metrics");
-    let token = manager.register_agent(&agent_id).await?;
+    let mut options = manager.enroll(&agent_id).await?;
     let dirs = AgentDirs::new()?;
     let root = dirs.root();
     let path = dirs.base().join("agent.prom");
     let generation = manager
-        .put_manifest(
+        .put_resources(
             &agent_id,
-            &manifest(
-                &agent_id,
-                vec![
-                    file_resource("motd", &root.join("etc/motd"), "hello\n", "0644"),
-                    file_resource("conf", &root.join("etc/app.ini"), "a=1\n", "0600"),
-                ],
-            ),
+            vec![
+                file_resource("motd", &root.join("etc/motd"), "hello\n", "0644"),
+                file_resource("conf", &root.join("etc/app.ini"), "a=1\n", "0600"),
+            ],
         )
         .await?;
-    let mut options = AgentOptions::with_manager(&agent_id, &manager.url(), &token);
     options
         .env
         .push(("FLEETLET_METRICS_FILE".into(), path.display().to_string()));

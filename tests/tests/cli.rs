@@ -14,23 +14,11 @@ use fleetlet_tests::agent::{
 };
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
+use fleetlet_tests::tools::fleetlet_cli;
 use serde_json::Value;
 
 fn cli(manager: &ManagerProcess, token: &str) -> Command {
-    let path = binary("fleetlet");
-    assert!(
-        path.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    command
-        .env_clear()
-        .env("FLEETLET_URL", &manager.url)
-        .env("FLEETLET_TOKEN", token)
-        // No config file from the machine running the tests.
-        .env("XDG_CONFIG_HOME", "/nonexistent");
-    command
+    fleetlet_cli(manager, token)
 }
 
 fn run(manager: &ManagerProcess, args: &[&str]) -> Output {

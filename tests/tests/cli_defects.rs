@@ -10,9 +10,9 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::Context;
 use fleetlet_tests::agent::{file_resource, manifest};
-use fleetlet_tests::binary;
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
+use fleetlet_tests::tools::fleetlet_cli;
 use serde_json::{Value, json};
 
 /// The status a command ends with when its reader went away: 128 + SIGPIPE, as a shell reports a
@@ -20,20 +20,7 @@ use serde_json::{Value, json};
 const BROKEN_PIPE_STATUS: i32 = 141;
 
 fn cli(manager: &ManagerProcess) -> Command {
-    let path = binary("fleetlet");
-    assert!(
-        path.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    command
-        .env_clear()
-        .env("FLEETLET_URL", &manager.url)
-        .env("FLEETLET_TOKEN", &manager.admin_token)
-        // No config file from the machine running the tests.
-        .env("XDG_CONFIG_HOME", "/nonexistent");
-    command
+    fleetlet_cli(manager, &manager.admin_token)
 }
 
 fn run(manager: &ManagerProcess, args: &[&str]) -> Output {
@@ -258,19 +245,9 @@ async fn a_reader_that_goes_away_ends_every_command_quietly() -> anyhow::Result<
             )
         })
         .collect();
-    http.put(format!("{}/api/v1/agents/pi-pipe/status", manager.url))
-        .bearer_auth(&token)
-        .json(&json!({
-            "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": "pi-pipe",
-            "reportSeq": 1, "manifestGeneration": 1, "observedGeneration": 1,
-            "observedAt": "2026-11-22T10:00:00Z",
-            "agent": {"version": "0.1.0", "hostname": "pi-pipe", "arch": "aarch64", "os": "linux",
-                      "startedAt": "2026-11-22T09:00:00Z"},
-            "resources": resources,
-        }))
-        .send()
-        .await?
-        .error_for_status()?;
+    manager
+        .report_generation_one("pi-pipe", &token, json!(resources))
+        .await?;
     write_json(&path, &manifest("pi-pipe", files("two")));
 
     let commands: [&[&str]; 10] = [

@@ -62,20 +62,13 @@ async fn the_cli_registers_applies_waits_and_reads() -> anyhow::Result<()> {
     assert!(String::from_utf8(waited.stderr)?.contains("RESOURCE"));
 
     // Once the agent reports the generation Ready, --wait succeeds.
-    reqwest::Client::new()
-        .put(format!("{}/api/v1/agents/pi-1/status", manager.url))
-        .bearer_auth(&token)
-        .json(&json!({
-            "apiVersion": "fleetlet.dev/v1", "kind": "AgentStatus", "agentId": "pi-1",
-            "reportSeq": 1, "manifestGeneration": 1, "observedGeneration": 1,
-            "observedAt": "2026-11-22T10:00:00Z",
-            "agent": {"version": "0.1.0", "hostname": "pi-1", "arch": "aarch64", "os": "linux",
-                      "startedAt": "2026-11-22T09:00:00Z"},
-            "resources": {"motd": {"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z", "generation": 1}}
-        }))
-        .send()
-        .await?
-        .error_for_status()?;
+    manager
+        .report_generation_one(
+            "pi-1",
+            &token,
+            json!({"motd": {"kind": "File", "phase": "Ready", "since": "2026-11-22T10:00:00Z", "generation": 1}}),
+        )
+        .await?;
     let waited = fleetlet(
         &manager,
         &["apply", "-f", file, "--wait", "--timeout", "10s"],

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
+use fleetlet_tests::tools::promtool_check;
 use reqwest::Method;
 use serde_json::json;
 
@@ -181,39 +182,6 @@ fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .get(&(name.to_owned(), labels))
         .copied()
         .unwrap_or(0.0)
-}
-
-/// `promtool check metrics` on `text`: it must parse and pass promtool's lint (names, units,
-/// `_total` on counters, HELP on every family) with nothing to say.
-fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    let promtool = std::env::var_os("FLEETLET_PROMTOOL").expect(
-        "FLEETLET_PROMTOOL is not set: eval \"$(deploy/dev/validators.sh)\" first to install promtool",
-    );
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.to_string_lossy()));
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(text.as_bytes())
-        .expect("promtool reads its input");
-    let output = child.wait_with_output().expect("promtool finishes");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}\n{said}\non:\n{text}",
-        output.status
-    );
 }
 
 async fn scrape(client: &reqwest::Client, manager: &ManagerProcess) -> anyhow::Result<Samples> {
