@@ -238,6 +238,23 @@ impl ManagerProcess {
         issued_token(self.admin(client, reqwest::Method::POST, &path)).await
     }
 
+    /// The agent's status view as an admin reads it (`GET /api/v1/agents/{agent_id}/status`),
+    /// or `None` when the request or its decoding fails: for polls that wait for a condition.
+    pub async fn status_json(
+        &self,
+        client: &reqwest::Client,
+        agent_id: &str,
+    ) -> Option<serde_json::Value> {
+        let path = format!("/api/v1/agents/{agent_id}/status");
+        self.admin(client, reqwest::Method::GET, &path)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     /// Reports, as agent `agent_id` with its `token`, a status that observed generation 1 (report
     /// sequence 1) with `resources` (the status' map from resource id to resource status).
     pub async fn report_generation_one(

@@ -30,18 +30,7 @@ async fn report_seq(
     client: &reqwest::Client,
     agent: &str,
 ) -> Option<u64> {
-    let view: Value = manager
-        .admin(
-            client,
-            Method::GET,
-            &format!("/api/v1/agents/{agent}/status"),
-        )
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let view = manager.status_json(client, agent).await?;
     view["status"]["reportSeq"].as_u64()
 }
 

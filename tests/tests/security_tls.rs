@@ -136,14 +136,7 @@ async fn over_https_an_agent_trusting_the_ca_converges_and_the_cli_works() -> an
         "the agent to converge over HTTPS",
         Duration::from_secs(30),
         || async {
-            let view: Value = manager
-                .admin(&client, Method::GET, "/api/v1/agents/pi-tls/status")
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let view = manager.status_json(&client, "pi-tls").await?;
             (view["summary"]["converged"] == json!(true)).then_some(())
         },
     )

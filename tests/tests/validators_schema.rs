@@ -310,14 +310,7 @@ async fn the_served_status_schema_accepts_a_real_agents_status() -> anyhow::Resu
         "the agent's status with all three resources",
         Duration::from_secs(30),
         || async {
-            let view: Value = manager
-                .admin(&client, Method::GET, &status_url)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let view = manager.status_json(&client, agent_id).await?;
             let status = view["status"].clone();
             let phase = |id: &str| status["resources"][id]["phase"].as_str().map(str::to_owned);
             (phase("inside").as_deref() == Some("Ready")
