@@ -57,3 +57,18 @@ pub fn promtool_check(text: &str) {
         output.status
     );
 }
+
+/// Registers `agent_id` with `fleetlet agent add` as the admin and returns the token it printed;
+/// a failing command fails the test with its stderr.
+pub fn add_agent(manager: &ManagerProcess, agent_id: &str) -> String {
+    let added = fleetlet_cli(manager, &manager.admin_token)
+        .args(["agent", "add", agent_id])
+        .output()
+        .expect("runs the CLI");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    String::from_utf8_lossy(&added.stdout).trim().to_owned()
+}

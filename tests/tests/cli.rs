@@ -14,7 +14,7 @@ use fleetlet_tests::agent::{
 };
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
-use fleetlet_tests::tools::fleetlet_cli;
+use fleetlet_tests::tools::{add_agent, fleetlet_cli};
 use serde_json::Value;
 
 fn cli(manager: &ManagerProcess, token: &str) -> Command {
@@ -216,9 +216,7 @@ async fn apply_diff_get_history_and_events_drive_the_real_manager() -> anyhow::R
 async fn apply_wait_on_a_failing_manifest_names_the_failing_resource() -> anyhow::Result<()> {
     let database = fresh_database().await?;
     let manager = ManagerProcess::start(&database.url).await?;
-    let added = run(&manager, &["agent", "add", "pi-wait"]);
-    assert!(added.status.success(), "{}", stderr(&added));
-    let token = stdout(&added).trim().to_owned();
+    let token = add_agent(&manager, "pi-wait");
     let dirs = AgentDirs::new()?;
     let _agent = AgentProcess::start(
         &dirs,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use fleetlet_tests::agent::{file_resource, manifest};
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
-use fleetlet_tests::tools::fleetlet_cli;
+use fleetlet_tests::tools::{add_agent, fleetlet_cli};
 use serde_json::{Value, json};
 
 /// The status a command ends with when its reader went away: 128 + SIGPIPE, as a shell reports a
@@ -72,8 +72,7 @@ async fn diff_of_an_agent_that_does_not_exist_fails_as_apply_does() -> anyhow::R
     );
 
     // Registered, then decommissioned: gone for diff as for apply.
-    let added = run(&manager, &["agent", "add", "pi-gone"]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    add_agent(&manager, "pi-gone");
     let file = write_json(
         &dir.path().join("gone.json"),
         &manifest("pi-gone", vec![motd.clone()]),
@@ -101,8 +100,7 @@ async fn diff_of_an_agent_that_does_not_exist_fails_as_apply_does() -> anyhow::R
 async fn diff_shows_each_changed_field_with_its_old_and_new_value() -> anyhow::Result<()> {
     let database = fresh_database().await?;
     let manager = ManagerProcess::start(&database.url).await?;
-    let added = run(&manager, &["agent", "add", "pi-diff"]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    add_agent(&manager, "pi-diff");
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("pi-diff.json");
 
@@ -292,8 +290,7 @@ async fn a_reader_that_goes_away_ends_every_command_quietly() -> anyhow::Result<
 async fn every_violation_is_listed_by_the_cli_and_by_the_manager() -> anyhow::Result<()> {
     let database = fresh_database().await?;
     let manager = ManagerProcess::start(&database.url).await?;
-    let added = run(&manager, &["agent", "add", "pi-bad"]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    add_agent(&manager, "pi-bad");
     let dir = tempfile::tempdir()?;
     // Two resources share the id "a"; the first also has a relative path, and the container
     // has a bad restart policy and names a storage that does not exist.
@@ -363,8 +360,7 @@ async fn every_violation_is_listed_by_the_cli_and_by_the_manager() -> anyhow::Re
 async fn a_kind_this_build_does_not_know_is_sent_with_a_warning() -> anyhow::Result<()> {
     let database = fresh_database().await?;
     let manager = ManagerProcess::start(&database.url).await?;
-    let added = run(&manager, &["agent", "add", "pi-kind"]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    add_agent(&manager, "pi-kind");
     let dir = tempfile::tempdir()?;
     let file = write_json(
         &dir.path().join("typo.json"),
