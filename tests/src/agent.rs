@@ -169,24 +169,29 @@ impl AgentOptions {
 
     /// Runs `fleetlet-agent --once` to completion (bounded by 30 s).
     pub fn run_once(&self, dirs: &AgentDirs) -> anyhow::Result<Output> {
-        let mut child = self
-            .command(dirs)?
-            .arg("--once")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start fleetlet-agent --once")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("fleetlet-agent --once did not finish within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(child.wait_with_output()?)
+        run_once_to_end(self.command(dirs)?)
     }
+}
+
+/// Runs an agent's `command` (as [`AgentOptions::command`] gives it, perhaps wrapped, e.g. in
+/// strace) with `--once` to completion, its output captured; killed and an error after 30 s.
+pub fn run_once_to_end(mut command: Command) -> anyhow::Result<Output> {
+    let mut child = command
+        .arg("--once")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start fleetlet-agent --once")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("fleetlet-agent --once did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// A running agent; killed (SIGKILL) when dropped if still running.

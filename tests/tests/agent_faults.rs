@@ -18,7 +18,7 @@ use fleetlet_manifests::api::FleetState;
 use fleetlet_manifests::{AgentStatus, ConditionStatus, ConditionType, ErrorReason, Phase};
 use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
-    unique_agent_id, wait_for,
+    run_once_to_end, unique_agent_id, wait_for,
 };
 use serde_json::json;
 
@@ -146,17 +146,6 @@ impl Drop for Group {
         }
         let _ = self.child.wait();
     }
-}
-
-fn run_to_end(mut command: Command) -> anyhow::Result<Output> {
-    let child = command
-        .arg("--once")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start the agent")?;
-    Ok(child.wait_with_output()?)
 }
 
 fn condition(status: &AgentStatus, type_: ConditionType) -> (ConditionStatus, String) {
@@ -416,7 +405,7 @@ async fn an_agent_started_on_a_full_state_dir_converges_from_its_store_and_repor
     converge_once(&dirs, agent_id, &path)?;
     state.fill()?;
 
-    let output = run_to_end(offline(agent_id).command(&dirs)?)?;
+    let output = run_once_to_end(offline(agent_id).command(&dirs)?)?;
     assert_eq!(output.status.code(), Some(0), "{}", exit_line(&output));
     assert_eq!(
         std::fs::read_to_string(&path)?,
@@ -434,7 +423,7 @@ async fn an_agent_started_on_a_full_state_dir_converges_from_its_store_and_repor
     // With space again, the next start saves and reports a healthy store.
     state.free()?;
     std::fs::remove_file(&path)?;
-    let output = run_to_end(offline(agent_id).command(&dirs)?)?;
+    let output = run_once_to_end(offline(agent_id).command(&dirs)?)?;
     assert_eq!(output.status.code(), Some(0), "{}", exit_line(&output));
     let status = printed_status(&output)?;
     assert_eq!(
@@ -462,7 +451,7 @@ async fn an_agent_whose_every_fsync_fails_at_start_converges_and_reports_the_sto
             "--inject=fdatasync:error=EIO".into(),
         ],
     )?;
-    let output = run_to_end(command)?;
+    let output = run_once_to_end(command)?;
     // The File resource's own fsync fails as well: the file is written but not Ready.
     assert_ne!(
         output.status.code(),
