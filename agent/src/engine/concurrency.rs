@@ -26,6 +26,8 @@ impl<R: Reconcile> Engine<R> {
         if most > 1 {
             return self.run_apply_batches(batch, most, shutdown).await;
         }
+        // Shared, not copied, with `run_bounded`, which keeps each item for a crash report.
+        let batch: Vec<Arc<Desired>> = batch.into_iter().map(Arc::new).collect();
         run_bounded(
             batch,
             self.settings.concurrency,
@@ -34,29 +36,28 @@ impl<R: Reconcile> Engine<R> {
             |desired| {
                 let reconcilers = Arc::clone(&self.reconcilers);
                 async move {
-                    let Desired {
-                        resource,
-                        spec_hash,
-                        previous,
-                    } = desired;
                     let result = tokio::time::timeout(
                         timeout,
-                        reconcilers.apply(&resource, &spec_hash, previous.as_ref()),
+                        reconcilers.apply(
+                            &desired.resource,
+                            &desired.spec_hash,
+                            desired.previous.as_ref(),
+                        ),
                     )
                     .await
                     .unwrap_or_else(|_| {
                         Err(ReconcileError::TimedOut {
-                            id: resource.id.clone(),
+                            id: desired.resource.id.clone(),
                             timeout,
                         })
                     });
-                    (resource, result)
+                    (desired.resource.clone(), result)
                 }
             },
             |desired, message| {
                 let id = desired.resource.id.clone();
                 (
-                    desired.resource,
+                    desired.resource.clone(),
                     Err(ReconcileError::Crashed { id, message }),
                 )
             },
