@@ -1,6 +1,6 @@
 //! The docs say what the code does: every source file opens with a `//!` summary line, and the
-//! numbers README.md, ARCHITECTURE.md, docs/reference.md and the agent's systemd unit quote
-//! (timeouts, limits, defaults) are the code's.
+//! numbers README.md, ARCHITECTURE.md, docs/*.md and the agent's systemd unit quote (timeouts,
+//! limits, defaults) are the code's.
 //!
 //! A quoted number is found by the words around it: a check is a phrase with `{}` where the
 //! number stands (`bodies {} MiB (413)`), matched in the doc with its line breaks folded into
@@ -388,6 +388,10 @@ fn dashboard_refresh() -> Duration {
 const README: &str = "README.md";
 const REFERENCE: &str = "docs/reference.md";
 const ARCHITECTURE: &str = "ARCHITECTURE.md";
+const AGENT_STORE: &str = "docs/agent-store.md";
+const AGENT_PROTOCOL: &str = "docs/agent-protocol.md";
+const AGENT_RECONCILERS: &str = "docs/agent-reconcilers.md";
+const MANAGER: &str = "docs/manager.md";
 const AGENT_UNIT: &str = "deploy/systemd/fleetlet-agent.service";
 
 /// Every number the docs quote whose value lives in a constant or a declared default.
@@ -597,58 +601,58 @@ fn quotes() -> Vec<Quote> {
             decimal_secs(fleetlet_agent::shutdown::DRAIN_TIMEOUT),
             "fleetlet_agent::shutdown::DRAIN_TIMEOUT, in seconds",
         ),
-        // ARCHITECTURE.md: manifests.
+        // ARCHITECTURE.md and the design documents in docs/: manifests.
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "(`progressDeadlineSeconds` 1..={},",
             m::MAX_PROGRESS_DEADLINE_SECONDS.to_string(),
             "fleetlet_manifests::manifest::MAX_PROGRESS_DEADLINE_SECONDS",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "Key ids are the hex of the first {} bytes",
             fleetlet_manifests::ids::KEY_ID_BYTES.to_string(),
             "fleetlet_manifests::ids::KEY_ID_BYTES",
         ),
-        // ARCHITECTURE.md: manager.
+        // ARCHITECTURE.md and the design documents in docs/: manager.
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "agent tokens are `flt_` + {} hex characters",
             token_digits.to_string(),
             "the length of fleetlet_manager::token::mint_agent_token() after its prefix",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "hex characters ({} random bytes)",
             (token_digits / 2).to_string(),
             "half the hex digits of fleetlet_manager::token::mint_agent_token()",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "goes out as one statement (lookups, up to {})",
             pg::LOOKUP_BATCH.to_string(),
             "fleetlet_manager::store::postgres::LOOKUP_BATCH",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "or one transaction (reports, up to {})",
             pg::REPORT_BATCH.to_string(),
             "fleetlet_manager::store::postgres::REPORT_BATCH",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "at most {} lookup batches",
             word(pg::BATCHES_IN_FLIGHT),
             "fleetlet_manager::store::postgres::BATCHES_IN_FLIGHT",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "lookup batches and {} report transactions at once",
             word(pg::REPORTS_IN_FLIGHT),
             "fleetlet_manager::store::postgres::REPORTS_IN_FLIGHT",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "the newest per agent kept in memory and written every {} with one",
             per(
                 fleetlet_manager::CONTACT_WRITE_PERIOD,
@@ -658,7 +662,7 @@ fn quotes() -> Vec<Quote> {
             "fleetlet_manager::CONTACT_WRITE_PERIOD",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "written for all agents with one statement a {},",
             per(
                 fleetlet_manager::CONTACT_WRITE_PERIOD,
@@ -668,84 +672,84 @@ fn quotes() -> Vec<Quote> {
             "fleetlet_manager::CONTACT_WRITE_PERIOD",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "the agent's own watch poll — is older than {} × `FLEETLET_REPORT_INTERVAL`",
             stale.to_string(),
             "fleetlet_manager::fleet::STALE_AFTER_INTERVALS",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "long-poll slots per caller and agent ({};",
             MAX_LONG_POLLS_PER_CALLER.to_string(),
             "fleetlet_manager::http::limits::MAX_LONG_POLLS_PER_CALLER",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "the {} s request timeout (408)",
             request_timeout.clone(),
             "fleetlet_manager::http::limits::REQUEST_TIMEOUT, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "and the {} KiB header check (431)",
             kib(fleetlet_manager::server::MAX_HEADER_BYTES),
             "fleetlet_manager::server::MAX_HEADER_BYTES, in KiB",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "Limits: request bodies {} MiB (413)",
             mib(BODY_LIMIT_BYTES),
             "fleetlet_manager::http::BODY_LIMIT_BYTES, in MiB",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "`FLEETLET_MAX_WAIT_SECONDS` (default and most {};",
             max_wait.clone(),
             "fleetlet_manager::http::MAX_WAIT_SECONDS, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "`FLEETLET_MAX_WAIT_SECONDS` (default and most {};",
             manager_default("max_wait_seconds"),
             "the default of fleetlet_manager::config::Config's max_wait_seconds",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "pages are clamped (fleet {},",
             MAX_FLEET_LIMIT.to_string(),
             "fleetlet_manager::http::MAX_FLEET_LIMIT",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             ", history {}, events",
             MAX_HISTORY_LIMIT.to_string(),
             "fleetlet_manager::http::MAX_HISTORY_LIMIT",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "events {}); the pool gives up",
             MAX_EVENTS_LIMIT.to_string(),
             "fleetlet_manager::http::MAX_EVENTS_LIMIT",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "the pool gives up acquiring a connection after {} s",
             whole_secs(pg::ACQUIRE_TIMEOUT),
             "fleetlet_manager::store::postgres::ACQUIRE_TIMEOUT, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "and statements after {} s,",
             whole_secs(Duration::from_millis(statement_timeout)),
             "fleetlet_manager::store::postgres::STATEMENT_TIMEOUT_MS, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            MANAGER,
             "what drifted), at most one per resource per {} minutes (`REPAIR_EVENT_INTERVAL`",
             time_minutes(fleetlet_manager::store::REPAIR_EVENT_INTERVAL),
             "fleetlet_manager::store::REPAIR_EVENT_INTERVAL, in minutes",
         ),
-        // ARCHITECTURE.md: agent.
+        // ARCHITECTURE.md and the design documents in docs/: agent.
         quote(
             ARCHITECTURE,
             "within `DRAIN_TIMEOUT` ({} s;",
@@ -759,157 +763,157 @@ fn quotes() -> Vec<Quote> {
             "fleetlet_agent::metrics_file::PASS_REWRITE_INTERVAL, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "timeouts on every call, {} s →",
             whole_secs(Backoff::MANAGER.initial),
             "fleetlet_agent::backoff::Backoff::MANAGER.initial, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "s → {} s backoff while the manager is unreachable",
             whole_secs(Backoff::MANAGER.max),
             "fleetlet_agent::backoff::Backoff::MANAGER.max, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "within a kind at most `FLEETLET_CONCURRENCY` ({}) resources",
             agent_default("FLEETLET_CONCURRENCY"),
             "the agent's declared default of FLEETLET_CONCURRENCY",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "only File does, at most {} at a time",
             fleetlet_agent::reconcile::file::BATCH_SIZE.to_string(),
             "fleetlet_agent::reconcile::file::BATCH_SIZE",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "the retry policy as a pure function, outside the reconcilers: {} s doubling",
             whole_secs(Backoff::RESOURCE.initial),
             "fleetlet_agent::backoff::Backoff::RESOURCE.initial, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "s doubling to {} min, reset on success or when the spec hash changes",
             whole_minutes(Backoff::RESOURCE.max),
             "fleetlet_agent::backoff::Backoff::RESOURCE.max, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "at most every {} minutes (`REPAIR_REPORT_INTERVAL`)",
             time_minutes(fleetlet_agent::status::REPAIR_REPORT_INTERVAL),
             "fleetlet_agent::status::REPAIR_REPORT_INTERVAL, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "A start counts once the unit is still up after {} ms",
             whole_millis(fleetlet_agent::reconcile::systemd_unit::START_SETTLE),
             "fleetlet_agent::reconcile::systemd_unit::START_SETTLE, in ms",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "(1 s, 2 s, 4 s … {} min)",
             whole_minutes(Backoff::RESOURCE.max),
             "fleetlet_agent::backoff::Backoff::RESOURCE.max (the container restart backoff), in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "a run of {} minutes resets the streak",
             whole_minutes(fleetlet_agent::reconcile::container::STABLE_RUN),
             "fleetlet_agent::reconcile::container::STABLE_RUN, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "apply waits at most {} ms",
             whole_millis(fleetlet_agent::reconcile::session_storage::SUMMARY_WAIT),
             "fleetlet_agent::reconcile::session_storage::SUMMARY_WAIT, in ms",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_RECONCILERS,
             "`QuotaExceeded` retries every {} s",
             whole_secs(fleetlet_agent::reconcile::session_storage::QUOTA_RECHECK),
             "fleetlet_agent::reconcile::session_storage::QUOTA_RECHECK, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_STORE,
             "`FLEETLET_STORE_MAX_BYTES`, {} MiB by default",
             whole_units(agent_store_max, 1 << 20, "MiB"),
             "the agent's declared default of FLEETLET_STORE_MAX_BYTES, in MiB",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_STORE,
             "MiB by default, at least {} MiB)",
             whole_units(fleetlet_agent::config::MIN_STORE_MAX_BYTES, 1 << 20, "MiB"),
             "fleetlet_agent::config::MIN_STORE_MAX_BYTES, in MiB",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_STORE,
             "cannot shrink: the logs then keep {} KiB",
             whole_units(fleetlet_agent::store::fs::MIN_LOG_BUDGET, 1 << 10, "KiB"),
             "fleetlet_agent::store::fs::MIN_LOG_BUDGET, in KiB",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_STORE,
             "when more than {} files and directories wait",
             word(fleetlet_agent::store::fs::MAX_SEPARATE_SYNCS),
             "fleetlet_agent::store::fs::MAX_SEPARATE_SYNCS",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_STORE,
             "events in order, at most {})",
             grouped(fleetlet_agent::store::resilient::MAX_PENDING_EVENTS),
             "fleetlet_agent::store::resilient::MAX_PENDING_EVENTS",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "the watch's long-poll ({} s by default)",
             whole_secs(agent_watch_wait),
             "the agent's declared default of FLEETLET_WATCH_WAIT, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "Every `FLEETLET_REPORT_INTERVAL` ({} min) `send_heartbeats`",
             whole_minutes(agent_default_duration("FLEETLET_REPORT_INTERVAL")),
             "the agent's declared default of FLEETLET_REPORT_INTERVAL, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "So: waits ≤ {} s,",
             max_wait.clone(),
             "fleetlet_manager::http::MAX_WAIT_SECONDS, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "So: waits ≤ {} s,",
             whole_secs(fleetlet_agent::config::MAX_WATCH_WAIT),
             "fleetlet_agent::config::MAX_WATCH_WAIT, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "s, watch wait {} s, staleness",
             whole_secs(agent_watch_wait),
             "the agent's declared default of FLEETLET_WATCH_WAIT, in seconds",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "staleness after {} × the manager's `FLEETLET_REPORT_INTERVAL`",
             stale.to_string(),
             "fleetlet_manager::fleet::STALE_AFTER_INTERVALS",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "the manager's `FLEETLET_REPORT_INTERVAL` (default {} min,",
             whole_minutes(report_interval),
             "the default of fleetlet_manager::config::Config's report_interval, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "min, so {} min) of no contact at all",
             whole_minutes(report_interval * stale as u32),
             "STALE_AFTER_INTERVALS × the default report_interval of fleetlet_manager, in minutes",
         ),
         quote(
-            ARCHITECTURE,
+            AGENT_PROTOCOL,
             "a proxy) falls back to {} s instead of failing forever",
             whole_secs(fleetlet_agent::client::SAFE_WATCH_WAIT),
             "fleetlet_agent::client::SAFE_WATCH_WAIT, in seconds",
@@ -919,10 +923,19 @@ fn quotes() -> Vec<Quote> {
 
 #[test]
 fn the_numbers_the_docs_quote_are_the_codes() {
-    let docs: Vec<(&str, String)> = [README, REFERENCE, ARCHITECTURE, AGENT_UNIT]
-        .into_iter()
-        .map(|name| (name, read_doc(name)))
-        .collect();
+    let docs: Vec<(&str, String)> = [
+        README,
+        REFERENCE,
+        ARCHITECTURE,
+        AGENT_STORE,
+        AGENT_PROTOCOL,
+        AGENT_RECONCILERS,
+        MANAGER,
+        AGENT_UNIT,
+    ]
+    .into_iter()
+    .map(|name| (name, read_doc(name)))
+    .collect();
     let problems: Vec<String> = quotes()
         .iter()
         .flat_map(|quote| {

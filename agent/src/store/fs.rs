@@ -34,7 +34,7 @@
 //! the last line of a log or journal, which is skipped when read and cut off before the next
 //! append. Removing an ownership record is the exception: it is made durable at once, so a record
 //! of something already deleted never comes back. What losing a pass means is argued in
-//! ARCHITECTURE.md; in short, a lost record makes the next pass adopt what it created (and so
+//! docs/agent-store.md; in short, a lost record makes the next pass adopt what it created (and so
 //! never delete it), which errs on the side of leaving things in place.
 //!
 //! **Damage never stops the agent.** A missing file is "none". A torn last line is a

@@ -15,7 +15,7 @@
 //! to it from memory, reports the fault as its `Degraded` condition (`DiskFull` or
 //! `StoreUnavailable`), and saves it as soon as the disk allows. What a crash loses while faulted
 //! is what waits here: the agent starts again from what is on disk (the last manifest saved), and
-//! the manager sends the newer generation again. ARCHITECTURE.md argues what that means for
+//! the manager sends the newer generation again. docs/agent-store.md argues what that means for
 //! rollouts and ownership.
 
 use std::collections::{BTreeMap, VecDeque};
