@@ -17,6 +17,7 @@ eval "$(deploy/dev/postgres.sh)"
 eval "$(deploy/dev/systemd-user.sh)"
 eval "$(deploy/dev/chromium.sh)"
 eval "$(deploy/dev/validators.sh)"
+eval "$(deploy/dev/fuse.sh)"
 set +a
 deploy/dev/containers.sh
 deploy/dev/schemathesis.sh >/dev/null
