@@ -214,10 +214,21 @@ pub enum EventType {
     RolledBack,
     /// The agent's `RolledBack` condition turned False or went away (a newer generation arrived).
     RollbackCleared,
+    /// Fleet events (docs/fleets.md): in the fleet's log, and `FleetConflict` / `FleetReleased`
+    /// in the device's log too.
+    FleetRevisionCreated,
+    RolloutBatchStarted,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutCompleted,
+    RolloutAborted,
+    RolloutRolledBack,
+    FleetConflict,
+    FleetReleased,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 19] = [
         EventType::AgentRegistered,
         EventType::AgentDecommissioned,
         EventType::TokenRotated,
@@ -228,6 +239,15 @@ impl EventType {
         EventType::AgentStale,
         EventType::RolledBack,
         EventType::RollbackCleared,
+        EventType::FleetRevisionCreated,
+        EventType::RolloutBatchStarted,
+        EventType::RolloutPaused,
+        EventType::RolloutResumed,
+        EventType::RolloutCompleted,
+        EventType::RolloutAborted,
+        EventType::RolloutRolledBack,
+        EventType::FleetConflict,
+        EventType::FleetReleased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -242,6 +262,15 @@ impl EventType {
             EventType::AgentStale => "AgentStale",
             EventType::RolledBack => "RolledBack",
             EventType::RollbackCleared => "RollbackCleared",
+            EventType::FleetRevisionCreated => "FleetRevisionCreated",
+            EventType::RolloutBatchStarted => "RolloutBatchStarted",
+            EventType::RolloutPaused => "RolloutPaused",
+            EventType::RolloutResumed => "RolloutResumed",
+            EventType::RolloutCompleted => "RolloutCompleted",
+            EventType::RolloutAborted => "RolloutAborted",
+            EventType::RolloutRolledBack => "RolloutRolledBack",
+            EventType::FleetConflict => "FleetConflict",
+            EventType::FleetReleased => "FleetReleased",
         }
     }
 
