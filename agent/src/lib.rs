@@ -14,6 +14,7 @@ pub mod confined;
 pub mod engine;
 pub mod enroll;
 pub mod error;
+pub mod facts;
 pub mod manifest_file;
 pub mod memory;
 pub mod metrics_file;

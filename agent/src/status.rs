@@ -105,6 +105,7 @@ pub fn build_status(inputs: &StatusInputs<'_>) -> AgentStatus {
         agent: inputs.agent.clone(),
         conditions,
         resources,
+        facts: Some(crate::facts::host().clone()),
     }
 }
 

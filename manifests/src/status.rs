@@ -31,6 +31,49 @@ pub struct AgentStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub resources: BTreeMap<ResourceId, ResourceStatus>,
+    /// What the agent found out about its host, for fleet selectors (`matchFacts`). Absent from
+    /// agents older than fleets, which still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
+}
+
+/// Facts an agent reports about the host it runs on, read when it starts. A fleet's
+/// `selector.matchFacts` compares its values, as strings, with [`Facts::to_map`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Facts {
+    /// The CPU architecture the agent was built for, e.g. `aarch64`, `x86_64`.
+    pub arch: String,
+    /// The operating system: the `ID` of os-release (`debian`, `raspbian`, `fedora`), else
+    /// `linux`.
+    pub os: String,
+    pub hostname: String,
+    /// The board model from the device tree (`Raspberry Pi 4 Model B Rev 1.4`); absent where the
+    /// host has no device tree (most PCs and virtual machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The kernel release, e.g. `6.1.0-rpi7-rpi-v8`.
+    pub kernel: String,
+    /// Total memory of the host in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Facts {
+    /// The facts as the string map selectors match against: the camelCase field names as keys,
+    /// `memoryBytes` in decimal, `model` only when known.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::from([
+            ("arch".to_owned(), self.arch.clone()),
+            ("os".to_owned(), self.os.clone()),
+            ("hostname".to_owned(), self.hostname.clone()),
+            ("kernel".to_owned(), self.kernel.clone()),
+            ("memoryBytes".to_owned(), self.memory_bytes.to_string()),
+        ]);
+        if let Some(model) = &self.model {
+            map.insert("model".to_owned(), model.clone());
+        }
+        map
+    }
 }
 
 /// Facts about the agent process and its host.

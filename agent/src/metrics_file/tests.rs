@@ -65,6 +65,7 @@ fn status(phases: &[(&str, &str, Phase)]) -> AgentStatus {
             last_transition_time: at,
         }],
         resources,
+        facts: None,
     }
 }
 

@@ -79,6 +79,7 @@ impl PgStore {
                 agent,
                 conditions: row.try_get::<Json<Vec<Condition>>, _>("conditions")?.0,
                 resources,
+                facts: None,
             }),
             _ => None,
         };
