@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, open, openat, openat2};
-use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, mkdirat};
 use nix::unistd::fsync;
 
-use super::ConfinedError;
+use super::{ConfinedError, fstatat};
 
 /// Set once the kernel has said it has no `openat2` (before Linux 5.6, or a seccomp filter that
 /// answers ENOSYS); from then on only the walk is used.

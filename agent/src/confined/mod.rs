@@ -23,13 +23,14 @@
 
 mod beneath;
 mod replace;
+mod stat;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::stat::{FileStat, SFlag};
+use nix::sys::stat::SFlag;
 
 pub use beneath::{
     Parent, open_beneath, open_dir, open_dir_at, open_file_at, open_parent, open_root,
@@ -38,6 +39,7 @@ pub use replace::{
     DirSyncs, Durability, ModeChoice, Replace, check_replaceable, remove_at, remove_tree, replace,
     sync_dir, temporary_name,
 };
+pub use stat::{FileStat, fstat, fstatat};
 
 /// The type of the entry `stat` describes (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …).
 pub fn file_type(stat: &FileStat) -> SFlag {

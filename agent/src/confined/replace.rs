@@ -19,10 +19,10 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
+use nix::sys::stat::{Mode, SFlag, fchmod};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 
-use super::ConfinedError;
+use super::{ConfinedError, fstatat};
 
 /// How much of a replacement waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

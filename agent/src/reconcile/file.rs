@@ -27,7 +27,7 @@ use fleetlet_manifests::{
 };
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, SFlag, fstatat};
+use nix::sys::stat::SFlag;
 use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
@@ -35,7 +35,8 @@ use super::{
     Applied, BatchResults, Change, Deleted, Desired, KindReconciler, ReconcileError, Target,
 };
 use crate::confined::{
-    self, ConfinedError, DirSyncs, Durability, ModeChoice, Parent, Replace, file_type,
+    self, ConfinedError, DirSyncs, Durability, FileStat, ModeChoice, Parent, Replace, file_type,
+    fstatat,
 };
 use crate::store::{Owned, OwnedFile, OwnershipRecord};
 

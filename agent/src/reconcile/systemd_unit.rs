@@ -36,11 +36,11 @@ use fleetlet_manifests::{
 };
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{SFlag, fstatat};
+use nix::sys::stat::SFlag;
 use sha2::{Digest, Sha256};
 
 use super::{Applied, Change, Deleted, FileError, KindReconciler, Previous};
-use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace};
+use crate::confined::{self, ConfinedError, Durability, ModeChoice, Replace, fstatat};
 use crate::store::{Owned, OwnedUnit};
 pub use manager::{ManagerScope, SystemdError, SystemdManager, UnitObservation, UnitOperation};
 pub use systemctl::Systemctl;

@@ -2,6 +2,8 @@
 //! without following links.
 
 use super::*;
+// 64-bit sizes on 32-bit ARM too (confined/stat.rs); not nix's 32-bit stat.
+use crate::confined::{fstat, fstatat};
 
 /// Why a summary could not be computed.
 #[derive(Debug, thiserror::Error)]
