@@ -5,6 +5,19 @@
 
 use std::time::Duration;
 
+/// While the manager is out of reach, how often the agent checks whether the link to it is back,
+/// and how long one check (a bare TCP connect, no request) may take (`client::ManagerClient::wait_out`).
+pub const LINK_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The pause between two link checks: between half and all of [`LINK_PROBE_INTERVAL`], placed by
+/// `spread` (any number, e.g. a random one), so that a fleet that lost its manager at the same
+/// moment does not come back in lockstep.
+pub fn probe_pause(spread: u64) -> Duration {
+    let half = LINK_PROBE_INTERVAL / 2;
+    let millis = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_millis(spread % (millis + 1))
+}
+
 /// Exponential backoff: `initial` after the first failure, doubling with every further failure,
 /// never more than `max`. Success resets the failure count, and with it the delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

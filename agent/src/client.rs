@@ -6,10 +6,16 @@
 //! the manager holds the agent's latest report. The first two say through one `watch` channel
 //! whether the manager answers, which the engine turns into the `Offline` condition.
 //!
+//! After a failed call the agent waits out its backoff, but not longer than the link is down:
+//! when a bare TCP connect to the manager's address fails and a later one succeeds, the link is
+//! back and the call is retried at once ([`ManagerClient::wait_out`]). A manager that answers
+//! with errors, or hangs, still gets the full backoff.
+//!
 //! An idle agent is cheap on the wire (BENCHMARKS.md, target 5): the long-poll doubles as the
 //! sign of life, a status goes out only when it changed, and the heartbeat carries a number, not
 //! the status.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ManifestError};
 use reqwest::StatusCode;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, LINK_PROBE_INTERVAL, probe_pause};
 use crate::config::Token;
 use crate::engine::DesiredUpdate;
 use crate::shutdown::ShutdownSignal;
@@ -145,6 +151,62 @@ impl ManagerClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             agent_id,
             token,
+        }
+    }
+
+    /// The host and port the manager's URL names (the scheme's port when it names none).
+    fn authority(&self) -> Option<(String, u16)> {
+        let url = reqwest::Url::parse(&self.base_url).ok()?;
+        // An IPv6 literal comes in brackets, which a socket address does not take.
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Some((host.to_owned(), url.port_or_known_default()?))
+    }
+
+    /// Waits out `delay` after a failed call; returns `true` on shutdown. Returns early when the
+    /// link to the manager comes back: a TCP connect to its address that failed and then, on a
+    /// later try (every half to one [`LINK_PROBE_INTERVAL`]), succeeds. When the first connect
+    /// succeeds, the link was not what failed (the manager refused, or is slow) and the whole
+    /// delay is waited out, with no further connects, so a struggling manager is left alone.
+    pub async fn wait_out(&self, delay: Duration, shutdown: &ShutdownSignal) -> bool {
+        tokio::select! {
+            () = shutdown.triggered() => true,
+            () = tokio::time::sleep(delay) => false,
+            () = self.link_back() => false,
+        }
+    }
+
+    /// Completes when a connect to the manager's address fails and a later one succeeds; never
+    /// completes when the first one succeeds or the URL names no address to try.
+    async fn link_back(&self) {
+        let Some((host, port)) = self.authority() else {
+            return std::future::pending().await;
+        };
+        let connects = || async {
+            matches!(
+                tokio::time::timeout(
+                    LINK_PROBE_INTERVAL,
+                    tokio::net::TcpStream::connect((host.as_str(), port))
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        };
+        let spread = std::hash::RandomState::new();
+        let mut tries = 0u64;
+        loop {
+            let started = tokio::time::Instant::now();
+            if connects().await {
+                if tries == 0 {
+                    return std::future::pending().await;
+                }
+                tracing::info!(%host, port, "the manager is reachable again; retrying now");
+                return;
+            }
+            tries += 1;
+            tokio::time::sleep_until(started + probe_pause(spread.hash_one(tries))).await;
         }
     }
 
@@ -380,7 +442,10 @@ pub async fn watch_manifests(
                 let delay = Backoff::MANAGER.delay(failures);
                 tracing::warn!(%error, retry_in = ?delay, "manifest watch failed");
                 note_failure(&connectivity, &error);
-                delay
+                if client.wait_out(delay, &shutdown).await {
+                    return;
+                }
+                Duration::ZERO
             }
         };
         if !delay.is_zero() && sleep_or_shutdown(delay, &shutdown).await {
@@ -434,10 +499,10 @@ pub async fn deliver_reports(
                     continue;
                 }
                 online.mark_unchanged();
-                // Retry after the backoff, or as soon as the watch reaches the manager again.
+                // Retry after the backoff, as soon as the link is back, or as soon as the watch
+                // reaches the manager again.
                 tokio::select! {
-                    () = shutdown.triggered() => return,
-                    () = tokio::time::sleep(delay) => {}
+                    stop = client.wait_out(delay, &shutdown) => if stop { return },
                     _ = online.wait_for(|c| *c == Connectivity::Online) => {}
                 }
             }
@@ -521,3 +586,6 @@ pub async fn deliver_pending_once(client: &ManagerClient, store: &dyn Store, tim
         Err(_) => tracing::warn!("final report not delivered in time"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! Tests of the client's retry wait: it ends early when the link to the manager comes back, and
+//! not when the manager was reachable all along.
+
+use std::time::Instant;
+
+use super::*;
+use crate::shutdown::Shutdown;
+
+fn client_for(address: std::net::SocketAddr) -> ManagerClient {
+    ManagerClient::new(
+        &format!("http://{address}"),
+        AgentId::try_from("probe-test").expect("agent id"),
+        Token::new("t".repeat(40)),
+    )
+    .expect("client")
+}
+
+#[tokio::test]
+async fn the_wait_ends_soon_after_the_link_comes_back() {
+    // A port nobody listens on refuses connects, as a host whose manager is down does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let client = client_for(address);
+    let shutdown = Shutdown::new();
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let signal = shutdown.signal();
+        async move { client.wait_out(Duration::from_secs(60), &signal).await }
+    });
+    tokio::time::sleep(3 * LINK_PROBE_INTERVAL).await;
+    assert!(
+        !waiting.is_finished(),
+        "the wait ended while the link was down"
+    );
+    let _listener = tokio::net::TcpListener::bind(address)
+        .await
+        .expect("rebind");
+    let stopped = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait did not end once the link was back")
+        .expect("join");
+    assert!(!stopped);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn a_reachable_manager_gets_the_whole_backoff() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = client_for(listener.local_addr().expect("address"));
+    let shutdown = Shutdown::new();
+    let delay = 3 * LINK_PROBE_INTERVAL;
+    let started = Instant::now();
+    assert!(!client.wait_out(delay, &shutdown.signal()).await);
+    assert!(started.elapsed() >= delay);
+}
+
+#[tokio::test]
+async fn shutdown_ends_the_wait() {
+    let client = client_for("127.0.0.1:9".parse().expect("address"));
+    let shutdown = Shutdown::new();
+    let signal = shutdown.signal();
+    shutdown.trigger();
+    assert!(client.wait_out(Duration::from_secs(60), &signal).await);
+}
