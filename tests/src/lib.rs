@@ -4,8 +4,12 @@ use std::path::{Path, PathBuf};
 
 pub mod agent;
 pub mod containers;
+pub mod fleets;
 pub mod manager;
+pub mod netns;
 pub mod postgres;
+pub mod proxy;
+pub mod powercut;
 pub mod schema;
 pub mod tools;
 

@@ -1,0 +1,90 @@
+//! The model alone: what survives a reboot.
+
+use std::ffi::OsStr;
+
+use super::model::{Content, Model, ROOT};
+
+fn file(model: &Model, dir: u64, name: &str) -> Option<Vec<u8>> {
+    let ino = model.lookup(dir, OsStr::new(name)).ok()?;
+    match &model.node(ino).ok()?.live {
+        Content::File(data) => Some(data.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn only_synced_data_and_entries_survive_a_reboot() {
+    let mut model = Model::new();
+    let a = model
+        .create(ROOT, OsStr::new("a"), Content::File(vec![]), 0o644, 0, 0)
+        .unwrap();
+    model.write(a, 0, b"synced").unwrap();
+    model.sync(a).unwrap();
+    model.sync(ROOT).unwrap();
+    model.write(a, 6, b" and not").unwrap();
+    let b = model
+        .create(ROOT, OsStr::new("b"), Content::File(vec![]), 0o644, 0, 0)
+        .unwrap();
+    model.write(b, 0, b"never synced").unwrap();
+    model.powered = false;
+    model.reboot();
+    assert_eq!(file(&model, ROOT, "a").unwrap(), b"synced");
+    assert_eq!(file(&model, ROOT, "b"), None);
+}
+
+#[test]
+fn a_rename_made_durable_before_the_data_leaves_an_empty_file() {
+    let mut model = Model::new();
+    let old = model
+        .create(ROOT, OsStr::new("f"), Content::File(vec![]), 0o644, 0, 0)
+        .unwrap();
+    model.write(old, 0, b"old").unwrap();
+    model.sync(old).unwrap();
+    model.sync(ROOT).unwrap();
+    let temp = model
+        .create(
+            ROOT,
+            OsStr::new(".f.tmp"),
+            Content::File(vec![]),
+            0o644,
+            0,
+            0,
+        )
+        .unwrap();
+    model.write(temp, 0, b"new").unwrap();
+    model
+        .rename(ROOT, OsStr::new(".f.tmp"), ROOT, OsStr::new("f"), false)
+        .unwrap();
+    model.sync(ROOT).unwrap();
+    model.reboot();
+    assert_eq!(file(&model, ROOT, "f").unwrap(), b"");
+}
+
+#[test]
+fn an_unsynced_rename_keeps_the_old_file() {
+    let mut model = Model::new();
+    let old = model
+        .create(ROOT, OsStr::new("f"), Content::File(vec![]), 0o644, 0, 0)
+        .unwrap();
+    model.write(old, 0, b"old").unwrap();
+    model.sync(old).unwrap();
+    model.sync(ROOT).unwrap();
+    let temp = model
+        .create(
+            ROOT,
+            OsStr::new(".f.tmp"),
+            Content::File(vec![]),
+            0o644,
+            0,
+            0,
+        )
+        .unwrap();
+    model.write(temp, 0, b"new").unwrap();
+    model.sync(temp).unwrap();
+    model
+        .rename(ROOT, OsStr::new(".f.tmp"), ROOT, OsStr::new("f"), false)
+        .unwrap();
+    model.reboot();
+    assert_eq!(file(&model, ROOT, "f").unwrap(), b"old");
+    assert_eq!(file(&model, ROOT, ".f.tmp"), None);
+}
