@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fleetlet_agent::engine::{DesiredUpdate, Engine, EngineSettings};
 use fleetlet_agent::reconcile::{
-    Applied, Change, Deleted, Reconcile, ReconcileError, ReconcilerSettings, Reconcilers,
+    Applied, Change, Deleted, Outcome, Reconcile, ReconcileError, ReconcilerSettings, Reconcilers,
 };
 use fleetlet_agent::shutdown::Shutdown;
 use fleetlet_agent::store::{MemoryStore, Owned, OwnedFile, OwnershipRecord, Store};
@@ -94,12 +94,13 @@ impl Reconcile for Converged {
         resource: &Resource,
         _spec_hash: &str,
         _previous: Option<&OwnershipRecord>,
-    ) -> Result<Applied, ReconcileError> {
+    ) -> Outcome {
         Ok(Applied {
             change: Change::Unchanged,
             owned: owned_file(resource),
             details: None,
         })
+        .into()
     }
 
     async fn delete(

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Engine;
-use crate::reconcile::{Applied, BatchResults, Deleted, Desired, Reconcile, ReconcileError};
+use crate::reconcile::{BatchResults, Deleted, Desired, Outcome, Reconcile, ReconcileError};
 use crate::shutdown::ShutdownSignal;
 use crate::store::OwnershipRecord;
 
@@ -20,7 +20,7 @@ impl<R: Reconcile> Engine<R> {
         kind: Kind,
         batch: Vec<Desired>,
         shutdown: &ShutdownSignal,
-    ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+    ) -> Vec<(Resource, Outcome)> {
         let timeout = self.settings.apply_timeout;
         let most = self.reconcilers.batch_size(kind);
         if most > 1 {
@@ -50,6 +50,7 @@ impl<R: Reconcile> Engine<R> {
                             id: desired.resource.id.clone(),
                             timeout,
                         })
+                        .into()
                     });
                     (desired.resource.clone(), result)
                 }
@@ -58,7 +59,7 @@ impl<R: Reconcile> Engine<R> {
                 let id = desired.resource.id.clone();
                 (
                     desired.resource.clone(),
-                    Err(ReconcileError::Crashed { id, message }),
+                    Err(ReconcileError::Crashed { id, message }).into(),
                 )
             },
         )
@@ -73,7 +74,7 @@ impl<R: Reconcile> Engine<R> {
         batch: Vec<Desired>,
         most: usize,
         shutdown: &ShutdownSignal,
-    ) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+    ) -> Vec<(Resource, Outcome)> {
         let concurrency = self.settings.concurrency.max(1);
         let size = batch.len().div_ceil(concurrency).clamp(1, most);
         let mut items = batch.into_iter();
@@ -105,7 +106,7 @@ impl<R: Reconcile> Engine<R> {
                         let message = message.clone();
                         (
                             desired.resource.clone(),
-                            Err(ReconcileError::Crashed { id, message }),
+                            Err(ReconcileError::Crashed { id, message }).into(),
                         )
                     })
                     .collect()
@@ -162,7 +163,7 @@ async fn apply_batch_timed<R: Reconcile>(
     batch: Arc<Vec<Desired>>,
     timeout: Duration,
     shutdown: ShutdownSignal,
-) -> Vec<(Resource, Result<Applied, ReconcileError>)> {
+) -> Vec<(Resource, Outcome)> {
     // Positions in `batch` of the resources without a result yet, in order.
     let mut waiting: VecDeque<usize> = (0..batch.len()).collect();
     let mut results = Vec::with_capacity(waiting.len());
@@ -199,7 +200,10 @@ async fn apply_batch_timed<R: Reconcile>(
                         let resource = batch[at].resource.clone();
                         tracing::error!(resource = %resource.id, %message, "reconciler task failed");
                         let id = resource.id.clone();
-                        results.push((resource, Err(ReconcileError::Crashed { id, message })));
+                        results.push((
+                            resource,
+                            Err(ReconcileError::Crashed { id, message }).into(),
+                        ));
                     }
                     break;
                 }
@@ -209,7 +213,10 @@ async fn apply_batch_timed<R: Reconcile>(
                     if let Some(at) = waiting.pop_front() {
                         let resource = batch[at].resource.clone();
                         let id = resource.id.clone();
-                        results.push((resource, Err(ReconcileError::TimedOut { id, timeout })));
+                        results.push((
+                            resource,
+                            Err(ReconcileError::TimedOut { id, timeout }).into(),
+                        ));
                     }
                     break;
                 }

@@ -9,7 +9,7 @@ use fleetlet_manifests::{
 use time::OffsetDateTime;
 
 use super::{Engine, EngineError, PassOutcome, PendingEvent};
-use crate::reconcile::{Applied, Change, Deleted, Desired, Reconcile, ReconcileError};
+use crate::reconcile::{Applied, Change, Deleted, Desired, Reconcile, ReconcileError, Retry};
 use crate::shutdown::ShutdownSignal;
 use crate::status;
 use crate::store::{EventKind, OwnershipRecord, ResourceState};
@@ -92,7 +92,7 @@ impl<R: Reconcile> Engine<R> {
                             Some(record.spec_hash.clone()),
                             record.generation,
                             &error,
-                            self.settings.clock.now(),
+                            Retry::Backoff,
                         );
                         self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
                         self.store.save_resource_state(&id, &state)?;
@@ -129,7 +129,7 @@ impl<R: Reconcile> Engine<R> {
                 })
                 .collect();
             let results = self.run_applies(kind, batch, shutdown).await;
-            for (resource, result) in results {
+            for (resource, outcome) in results {
                 let id = resource.id.clone();
                 let spec_hash = match desired.get(&id) {
                     Some((desired, hash)) if desired.spec == resource.spec => (*hash).to_owned(),
@@ -137,7 +137,7 @@ impl<R: Reconcile> Engine<R> {
                 };
                 // Taken out: the new state goes back in below.
                 let previous = states.remove(&id);
-                let state = match result {
+                let state = match outcome.result {
                     Ok(applied) => {
                         self.store.save_ownership_record(
                             &id,
@@ -188,7 +188,7 @@ impl<R: Reconcile> Engine<R> {
                             Some(spec_hash),
                             generation,
                             &error,
-                            self.settings.clock.now(),
+                            outcome.retry,
                         );
                         self.note_failure(&id, previous.as_ref(), &state, &error, &mut events);
                         state
@@ -266,9 +266,10 @@ impl<R: Reconcile> Engine<R> {
         })
     }
 
-    /// The state of a resource whose apply or delete failed at `failed_at`. The backoff counts
-    /// from the failure, not from the start of its pass: an apply that took a minute to fail
-    /// (a container pull, a unit's start timeout) must not have spent its own delay.
+    /// The state of a resource whose apply or delete failed just now, to be retried as `retry`
+    /// says. The backoff counts from the failure, not from the start of its pass: an apply that
+    /// took a minute to fail (a container pull, a unit's start timeout) must not have spent its
+    /// own delay.
     fn failed_state(
         &self,
         previous: Option<&ResourceState>,
@@ -276,17 +277,19 @@ impl<R: Reconcile> Engine<R> {
         spec_hash: Option<String>,
         generation: u64,
         error: &ReconcileError,
-        failed_at: OffsetDateTime,
+        retry: Retry,
     ) -> ResourceState {
+        let failed_at = self.settings.clock.now();
         // Failures count up only while the spec stays the same: a new spec gets a fresh start.
         let failures = previous
             .filter(|p| p.status.spec_hash == spec_hash)
             .map_or(0, |p| p.consecutive_failures)
             .saturating_add(1);
         // A reconciler may know when a retry makes sense (a container's restart backoff).
-        let delay = error
-            .retry_in()
-            .unwrap_or_else(|| self.settings.backoff.delay(failures));
+        let delay = match retry {
+            Retry::After(delay) => delay,
+            Retry::Backoff => self.settings.backoff.delay(failures),
+        };
         ResourceState {
             status: ResourceStatus {
                 kind: kind.to_owned(),

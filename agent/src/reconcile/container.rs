@@ -13,7 +13,7 @@
 //! the n-th restart in a row waits `Backoff::RESOURCE.delay(n)` (1 s, 2 s, 4 s, … 5 min) after
 //! the exit, and a container that ran for [`STABLE_RUN`] before exiting starts a fresh streak.
 //! While it waits, the apply fails with `CrashLoopBackOff` and tells the engine exactly when to
-//! come back ([`ContainerError::retry_in`]); the restart itself is a successful apply, which is
+//! come back (its [`KindReconciler::error_policy`]); the restart itself is a successful apply, which is
 //! how the new restart count reaches the ownership record (the engine records only successful
 //! applies). Counting in the engine's failure counter instead would not work: a successful
 //! restart resets it, so the delay would never grow.
@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use sha2::{Digest, Sha256};
 
 use super::session_storage::{SessionVolumes, VolumeState};
-use super::{Applied, Change, Deleted, KindReconciler, Target};
+use super::{Applied, Change, Deleted, KindReconciler, Retry, Target};
 use crate::backoff::Backoff;
 use crate::runtime::{
     BindMount, ContainerInfo, ContainerRuntime, CreateRequest, LABEL_AGENT, LABEL_RESOURCE,
@@ -150,15 +150,6 @@ impl ContainerError {
             _ => None,
         }
     }
-
-    /// When the next attempt is due, if the reconciler knows better than the engine's failure
-    /// count (the restart backoff, measured from the container's exit).
-    pub fn retry_in(&self) -> Option<Duration> {
-        match self {
-            ContainerError::CrashLoop { wait, .. } => Some(*wait),
-            _ => None,
-        }
-    }
 }
 
 /// Runs Container resources on one runtime. Cheap to clone.
@@ -224,6 +215,15 @@ impl<R: ContainerRuntime> KindReconciler for ContainerReconciler<R> {
         owned: &OwnedContainer,
     ) -> Result<Deleted, ContainerError> {
         self.delete_parts(id, owned).await
+    }
+
+    /// A container waiting out its restart delay is looked at again when the delay, measured
+    /// from its exit, has passed; every other failure waits out the engine's backoff.
+    fn error_policy(error: &ContainerError) -> Retry {
+        match error {
+            ContainerError::CrashLoop { wait, .. } => Retry::After(*wait),
+            _ => Retry::Backoff,
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 //! - `apply` returns what it owns ([`Owned`]); the engine records it before anything else, and
 //!   `delete` is only ever called with such a record, so the agent deletes only what it made.
 //! - `delete` tolerates an apply that never ran or half ran, and an object that is already gone.
-//! - Failures are data: a [`ReconcileError`] maps to a closed [`ErrorReason`]; the retry policy is
-//!   not the reconciler's business (see `backoff.rs`).
+//! - Failures are data: a [`ReconcileError`] maps to a closed [`ErrorReason`] and says nothing
+//!   about scheduling. When to look again is part of the apply's [`Outcome`] ([`Retry`]): the
+//!   engine's backoff (`backoff.rs`) unless the kind's [`KindReconciler::error_policy`] knows
+//!   better (in the spirit of kube-rs's `error_policy` returning an `Action`).
 //!
 //! Every kind implements one trait, [`KindReconciler`]: it declares its spec, its ownership
 //! record and its error type, `apply` gets one [`Target`] (id, spec, the spec hash the engine
@@ -41,13 +43,13 @@ pub use systemd_unit::{SystemdSettings, SystemdUnitError, SystemdUnitReconciler}
 pub trait Reconcile: Send + Sync + 'static {
     /// Makes the resource match its spec. `spec_hash` is the resource's spec hash as the engine
     /// computed it; `previous` is the ownership record of the last successful apply of this
-    /// resource id, if any.
+    /// resource id, if any. The outcome says when to look again after a failure.
     fn apply(
         &self,
         resource: &Resource,
         spec_hash: &str,
         previous: Option<&OwnershipRecord>,
-    ) -> impl Future<Output = Result<Applied, ReconcileError>> + Send;
+    ) -> impl Future<Output = Outcome> + Send;
 
     /// Removes what `record` says the agent created for resource `id`.
     fn delete(
@@ -121,6 +123,40 @@ pub trait KindReconciler: Send + Sync {
         id: &ResourceId,
         owned: &Self::Owned,
     ) -> impl Future<Output = Result<Deleted, Self::Error>> + Send;
+
+    /// When to try again after a failed apply. The default is the engine's backoff; a kind that
+    /// knows when a retry makes sense (a container's restart delay) says so here.
+    fn error_policy(_error: &Self::Error) -> Retry {
+        Retry::Backoff
+    }
+}
+
+/// When the engine looks at a failed resource again (kube-rs's `Action`, for failures: after a
+/// success the next resync is the only schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// After the engine's backoff for the resource's consecutive failures (`backoff.rs`).
+    Backoff,
+    /// After this long, counted from the failure.
+    After(Duration),
+}
+
+/// What one apply ended with, and when to try again if it failed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<Applied, ReconcileError>,
+    /// Read only when `result` is an error.
+    pub retry: Retry,
+}
+
+impl From<Result<Applied, ReconcileError>> for Outcome {
+    /// An outcome whose failure, if any, waits out the engine's backoff.
+    fn from(result: Result<Applied, ReconcileError>) -> Self {
+        Outcome {
+            result,
+            retry: Retry::Backoff,
+        }
+    }
 }
 
 /// What one apply of a kind is given.
@@ -161,7 +197,7 @@ async fn apply_kind<K: KindReconciler>(
     spec: &K::Spec,
     spec_hash: &str,
     previous: Option<&OwnershipRecord>,
-) -> Result<Applied, ReconcileError> {
+) -> Outcome {
     let previous = previous.and_then(|record| {
         K::owned(&record.owned).map(|owned| Previous {
             spec_hash: &record.spec_hash,
@@ -174,7 +210,13 @@ async fn apply_kind<K: KindReconciler>(
         spec_hash,
         previous,
     };
-    reconciler.apply(target).await.map_err(Into::into)
+    match reconciler.apply(target).await {
+        Ok(applied) => Ok(applied).into(),
+        Err(error) => Outcome {
+            retry: K::error_policy(&error),
+            result: Err(error.into()),
+        },
+    }
 }
 
 /// The dispatch of a delete to one kind's reconciler, the same for every kind.
@@ -189,13 +231,13 @@ async fn delete_kind<K: KindReconciler>(
 /// Where [`Reconcile::apply_batch`] puts its results, one per resource in the order given.
 #[derive(Debug)]
 pub struct BatchResults {
-    sender: mpsc::UnboundedSender<(Resource, Result<Applied, ReconcileError>)>,
+    sender: mpsc::UnboundedSender<(Resource, Outcome)>,
     shutdown: ShutdownSignal,
 }
 
 impl BatchResults {
     pub fn new(
-        sender: mpsc::UnboundedSender<(Resource, Result<Applied, ReconcileError>)>,
+        sender: mpsc::UnboundedSender<(Resource, Outcome)>,
         shutdown: ShutdownSignal,
     ) -> Self {
         Self { sender, shutdown }
@@ -208,8 +250,8 @@ impl BatchResults {
     }
 
     /// Hands over the result of `resource`; false when nobody takes results any more.
-    pub fn send(&self, resource: Resource, result: Result<Applied, ReconcileError>) -> bool {
-        self.sender.send((resource, result)).is_ok()
+    pub fn send(&self, resource: Resource, outcome: Outcome) -> bool {
+        self.sender.send((resource, outcome)).is_ok()
     }
 }
 
@@ -223,14 +265,14 @@ pub async fn apply_in_turn<R: Reconcile + ?Sized>(
         if !results.may_start() {
             return;
         }
-        let result = reconciler
+        let outcome = reconciler
             .apply(
                 &desired.resource,
                 &desired.spec_hash,
                 desired.previous.as_ref(),
             )
             .await;
-        if !results.send(desired.resource, result) {
+        if !results.send(desired.resource, outcome) {
             return;
         }
     }
@@ -314,16 +356,6 @@ impl ReconcileError {
             _ => None,
         }
     }
-
-    /// When the next attempt is due, when the reconciler knows better than the engine's
-    /// failure count (a container's restart backoff, measured from its exit).
-    pub fn retry_in(&self) -> Option<Duration> {
-        match self {
-            ReconcileError::Container(error) => error.retry_in(),
-            ReconcileError::SessionStorage(error) => error.retry_in(),
-            _ => None,
-        }
-    }
 }
 
 /// Settings of the reconcilers, from the agent's configuration.
@@ -386,7 +418,7 @@ impl Reconcile for Reconcilers {
         resource: &Resource,
         spec_hash: &str,
         previous: Option<&OwnershipRecord>,
-    ) -> Result<Applied, ReconcileError> {
+    ) -> Outcome {
         let id = &resource.id;
         match &resource.spec {
             ResourceSpec::File(spec) => apply_kind(&self.file, id, spec, spec_hash, previous).await,
@@ -402,7 +434,8 @@ impl Reconcile for Reconcilers {
             ResourceSpec::Unknown { kind, .. } => Err(ReconcileError::UnknownKind {
                 id: id.clone(),
                 kind: kind.clone(),
-            }),
+            })
+            .into(),
         }
     }
 

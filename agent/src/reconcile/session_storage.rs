@@ -47,13 +47,13 @@ use fleetlet_manifests::{
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, readlinkat};
-use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, mkdirat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use super::{Applied, Change, Deleted, FileError, KindReconciler, Target};
+use super::{Applied, Change, Deleted, FileError, KindReconciler, Retry, Target};
 use crate::confined::{self, ConfinedError, Durability, ModeChoice, Parent, Replace, file_type};
 use crate::store::{Owned, OwnedSession};
 
@@ -162,13 +162,6 @@ impl SessionStorageError {
             _ => None,
         }
     }
-
-    pub fn retry_in(&self) -> Option<Duration> {
-        match self {
-            SessionStorageError::QuotaExceeded { .. } => Some(QUOTA_RECHECK),
-            _ => None,
-        }
-    }
 }
 
 /// What a session's content adds up to.
@@ -267,6 +260,15 @@ impl KindReconciler for SessionStorageReconciler {
         owned: &OwnedSession,
     ) -> Result<Deleted, SessionStorageError> {
         self.delete_parts(id, owned).await
+    }
+
+    /// A session over its quota is looked at again after [`QUOTA_RECHECK`], not the engine's
+    /// growing backoff.
+    fn error_policy(error: &SessionStorageError) -> Retry {
+        match error {
+            SessionStorageError::QuotaExceeded { .. } => Retry::After(QUOTA_RECHECK),
+            _ => Retry::Backoff,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::*;
 use crate::reconcile::{
-    Applied, Change, ContainerError, Deleted, FileError, Reconcile, ReconcileError,
+    Applied, Change, ContainerError, Deleted, FileError, Outcome, Reconcile, ReconcileError,
 };
 use crate::shutdown::Shutdown;
 use crate::status::{self, Connectivity};
@@ -82,12 +82,11 @@ impl FakeReconciler {
     }
 }
 
-impl Reconcile for FakeReconciler {
-    async fn apply(
+impl FakeReconciler {
+    async fn apply_result(
         &self,
         resource: &Resource,
         spec_hash: &str,
-        _previous: Option<&OwnershipRecord>,
     ) -> Result<Applied, ReconcileError> {
         let id = resource.id.as_str();
         assert_eq!(spec_hash, resource.spec_hash(), "the engine's cached hash");
@@ -141,6 +140,17 @@ impl Reconcile for FakeReconciler {
                 group: None,
             })),
         })
+    }
+}
+
+impl Reconcile for FakeReconciler {
+    async fn apply(
+        &self,
+        resource: &Resource,
+        spec_hash: &str,
+        _previous: Option<&OwnershipRecord>,
+    ) -> Outcome {
+        self.apply_result(resource, spec_hash).await.into()
     }
 
     async fn delete(

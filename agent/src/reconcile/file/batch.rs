@@ -102,7 +102,7 @@ impl FileReconciler {
             };
             // Results go out in the batch's order: behind a held one, every result waits.
             let sent = if unsynced.is_none() && pending.is_empty() {
-                results.send(resource, result)
+                results.send(resource, result.into())
             } else {
                 pending.hold(resource, result, unsynced);
                 true
@@ -230,7 +230,7 @@ impl PendingDirSyncs {
                 }
                 (result, _) => result,
             };
-            taken = taken && results.send(resource, result);
+            taken = taken && results.send(resource, result.into());
         }
         taken
     }

@@ -97,9 +97,9 @@ impl Fixture {
         self.reconciler
             .apply_batch_blocking(batch, &BatchResults::new(sender, shutdown.signal()));
         let mut results = Vec::new();
-        while let Ok((resource, result)) = receiver.try_recv() {
+        while let Ok((resource, outcome)) = receiver.try_recv() {
             assert_eq!(resource.id, resources[results.len()].0.id, "in order");
-            results.push(result);
+            results.push(outcome.result);
         }
         assert_eq!(results.len(), resources.len());
         results

@@ -246,7 +246,10 @@ async fn usage_over_the_limit_fails_with_quota_exceeded_and_recovers_when_it_dro
     let outcome = apply_until(&fixture, &resource, Some(&record), Result::is_err).await;
     let error = outcome.expect_err("over quota");
     assert_eq!(error.reason(), ErrorReason::QuotaExceeded);
-    assert_eq!(error.retry_in(), Some(QUOTA_RECHECK));
+    assert_eq!(
+        SessionStorageReconciler::error_policy(&error),
+        Retry::After(QUOTA_RECHECK)
+    );
     let seen = error_details(&error);
     assert_eq!(seen.size_bytes, 101);
     assert!(seen.used_fraction > 1.0);
