@@ -1,0 +1,521 @@
+//! Fixtures for the fleet system tests (issue 20, docs/fleets.md): a lab of real manager
+//! replicas on a fresh PostgreSQL database behind a small TCP balancer, and real agent processes
+//! registered with labels, each writing files under its own root `<lab>/roots/<agentId>` so one
+//! fleet template (`<lab>/roots/{{ agentId }}/…`) fits every device.
+//!
+//! Every fleet test gets its own database: selectors match every agent of a database, so two
+//! tests sharing one would select each other's devices.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fleetlet_manifests::api::{Page, StatusView};
+use fleetlet_manifests::fleet_api::{FleetDeviceView, FleetView};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::agent::{AgentDirs, AgentOptions, AgentProcess, wait_for};
+use crate::manager::{ManagerOptions, ManagerProcess};
+use crate::postgres::{FreshDatabase, fresh_database};
+
+/// The manager's report interval in the lab: an agent is stale after three of these without
+/// contact, so a stopped agent goes stale within seconds while a live one (polling every
+/// [`AGENT_WATCH_WAIT`]) never does.
+pub const MANAGER_REPORT_INTERVAL: &str = "2s";
+/// How long an agent's long-poll waits: well below the stale limit above.
+pub const AGENT_WATCH_WAIT: &str = "2s";
+
+/// A fleet event from the fleet's log (the `fleet_events` table), oldest first.
+#[derive(Debug, Clone)]
+pub struct FleetEvent {
+    pub seq: i64,
+    pub type_: String,
+    pub payload: Value,
+    pub created_at: OffsetDateTime,
+}
+
+/// One manifest generation of a device as stored (the `manifests` table).
+#[derive(Debug, Clone)]
+pub struct StoredGeneration {
+    pub generation: u64,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+}
+
+/// A registered device and, while it runs, its agent process.
+#[derive(Debug)]
+pub struct Device {
+    pub id: String,
+    pub token: String,
+    pub dirs: AgentDirs,
+    pub options: AgentOptions,
+    pub process: Option<AgentProcess>,
+}
+
+impl Device {
+    /// Starts the agent process (again).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.process.is_none() {
+            self.process = Some(AgentProcess::start(&self.dirs, &self.options)?);
+        }
+        Ok(())
+    }
+
+    /// Stops the agent process (SIGTERM, SIGKILL on drop after the timeout).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.terminate(Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    /// What the agent logged so far.
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(AgentProcess::logs)
+            .unwrap_or_default()
+    }
+}
+
+/// Manager replicas on one fresh database, a balancer in front of them for the agents, and the
+/// devices.
+#[derive(Debug)]
+pub struct Lab {
+    pub database: FreshDatabase,
+    pub replicas: Vec<ManagerProcess>,
+    /// Where the agents connect: the balancer, which hands each connection to the first replica
+    /// that accepts it.
+    pub agent_url: String,
+    pub client: reqwest::Client,
+    pub db: sqlx::PgPool,
+    dir: tempfile::TempDir,
+    pub devices: BTreeMap<String, Device>,
+    balancer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.balancer.abort();
+    }
+}
+
+impl Lab {
+    /// A lab with `replicas` managers (at least one) on a fresh database.
+    pub async fn start(replicas: usize) -> anyhow::Result<Self> {
+        let database = fresh_database().await?;
+        let mut options = ManagerOptions::new(Some(&database.url));
+        options.extra_env.insert(
+            "FLEETLET_REPORT_INTERVAL".into(),
+            MANAGER_REPORT_INTERVAL.into(),
+        );
+        let mut started = Vec::new();
+        for _ in 0..replicas.max(1) {
+            // The same tokens for every replica: they are one manager to their users.
+            started.push(ManagerProcess::start_with(options.clone()).await?);
+        }
+        let upstreams: Vec<String> = started
+            .iter()
+            .map(|m| m.url.trim_start_matches("http://").to_owned())
+            .collect();
+        let (agent_url, balancer) = balancer(upstreams).await?;
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database.url)
+            .await
+            .context("connecting the test to its database")?;
+        let dir = tempfile::Builder::new()
+            .prefix("fleetlet-fleet-lab-")
+            .tempdir()?;
+        for sub in ["roots", "outside"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        Ok(Self {
+            database,
+            replicas: started,
+            agent_url,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()?,
+            db,
+            dir,
+            devices: BTreeMap::new(),
+            balancer,
+        })
+    }
+
+    /// The replica the test talks to: the first one still running.
+    pub fn manager(&mut self) -> &ManagerProcess {
+        let index = self
+            .replicas
+            .iter_mut()
+            .position(|m| matches!(m.exited(), Ok(None)))
+            .unwrap_or(0);
+        &self.replicas[index]
+    }
+
+    fn any(&self) -> &ManagerProcess {
+        &self.replicas[self.replicas.len() - 1]
+    }
+
+    /// Every replica's log, for failure messages.
+    pub fn manager_logs(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("--- manager replica {i} ---\n{}", m.logs()))
+            .collect()
+    }
+
+    /// The lab's directory of device roots: the file root of device `id` is `roots/<id>`.
+    pub fn roots(&self) -> PathBuf {
+        self.dir.path().join("roots")
+    }
+
+    /// A directory outside every device's file roots.
+    pub fn outside(&self) -> PathBuf {
+        self.dir.path().join("outside")
+    }
+
+    /// The path of `name` under device `id`'s root.
+    pub fn device_file(&self, id: &str, name: &str) -> PathBuf {
+        self.roots().join(id).join(name)
+    }
+
+    /// Registers device `id` with `labels` and starts its agent with `extra_env` (e.g. trusted
+    /// keys).
+    pub async fn add_device(
+        &mut self,
+        id: &str,
+        labels: Value,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let manager = self.any();
+        let token = manager
+            .register(&self.client, json!({"agentId": id, "labels": labels}))
+            .await
+            .with_context(|| format!("registering {id}"))?;
+        let dirs = AgentDirs::new()?;
+        let root = self.roots().join(id);
+        std::fs::create_dir_all(&root)?;
+        let mut options = AgentOptions::with_manager(id, &self.agent_url, &token);
+        options.report_interval = "1s";
+        options.watch_wait = AGENT_WATCH_WAIT;
+        options
+            .env
+            .push(("FLEETLET_FILE_ROOTS".into(), root.display().to_string()));
+        options
+            .env
+            .extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let mut device = Device {
+            id: id.to_owned(),
+            token,
+            dirs,
+            options,
+            process: None,
+        };
+        device.start()?;
+        self.devices.insert(id.to_owned(), device);
+        Ok(())
+    }
+
+    pub fn device(&mut self, id: &str) -> &mut Device {
+        self.devices
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no device {id} in the lab"))
+    }
+
+    /// An admin request to the first running replica.
+    pub fn admin(&mut self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let client = self.client.clone();
+        self.manager().admin(&client, method, path)
+    }
+
+    /// Sends an admin request and answers its status and JSON body (`Null` when it has none).
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = self.admin(method.clone(), path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+
+    /// `PUT /api/v1/fleets/{name}`, expected to succeed; answers the stored revision.
+    pub async fn put_fleet(&mut self, fleet: &Value) -> anyhow::Result<u64> {
+        let name = fleet["name"].as_str().context("the fleet has a name")?;
+        let (status, body) = self
+            .call(Method::PUT, &format!("/api/v1/fleets/{name}"), Some(fleet))
+            .await?;
+        if !status.is_success() {
+            bail!("PUT fleet {name} answered {status}: {body}");
+        }
+        body["revision"]
+            .as_u64()
+            .with_context(|| format!("PUT fleet {name} answered {body}"))
+    }
+
+    /// `GET /api/v1/fleets/{name}`, decoded.
+    pub async fn fleet(&mut self, name: &str) -> anyhow::Result<FleetView> {
+        let (status, body) = self
+            .call(Method::GET, &format!("/api/v1/fleets/{name}"), None)
+            .await?;
+        if status != StatusCode::OK {
+            bail!("GET fleet {name} answered {status}: {body}");
+        }
+        serde_json::from_value(body.clone()).with_context(|| format!("a FleetView: {body}"))
+    }
+
+    /// Every row of `GET /api/v1/fleets/{name}/devices`, page by page.
+    pub async fn fleet_devices(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<BTreeMap<String, FleetDeviceView>> {
+        let mut rows = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/fleets/{name}/devices?limit=7");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let (status, body) = self.call(Method::GET, &path, None).await?;
+            if status != StatusCode::OK {
+                bail!("GET {path} answered {status}: {body}");
+            }
+            let page: Page<FleetDeviceView> = serde_json::from_value(body.clone())
+                .with_context(|| format!("a page of devices: {body}"))?;
+            for row in page.items {
+                rows.insert(row.agent_id.as_str().to_owned(), row);
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(rows),
+            }
+        }
+    }
+
+    /// `POST /api/v1/fleets/{name}/rollout/{action}`: its status and body.
+    pub async fn action(
+        &mut self,
+        name: &str,
+        action: &str,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/fleets/{name}/rollout/{action}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /api/v1/agents/{id}` with a label merge patch: its status and body.
+    pub async fn patch_labels(
+        &mut self,
+        id: &str,
+        labels: Value,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{id}"),
+            Some(&json!({"labels": labels})),
+        )
+        .await
+    }
+
+    /// The manager's view of a device's status.
+    pub async fn status(&mut self, id: &str) -> anyhow::Result<StatusView> {
+        let (status, body) = self
+            .call(Method::GET, &format!("/api/v1/agents/{id}/status"), None)
+            .await?;
+        if status != StatusCode::OK {
+            bail!("GET status of {id} answered {status}: {body}");
+        }
+        Ok(serde_json::from_value(body)?)
+    }
+
+    /// Polls the fleet until `check` holds, failing after `timeout` with the last view and the
+    /// managers' logs.
+    pub async fn wait_fleet<F>(
+        &mut self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: F,
+    ) -> anyhow::Result<FleetView>
+    where
+        F: Fn(&FleetView) -> bool,
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let view = self.fleet(name).await;
+            if let Ok(view) = &view
+                && check(view)
+            {
+                return Ok(view.clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                let devices = self.fleet_devices(name).await.ok();
+                bail!(
+                    "timed out after {timeout:?} waiting for fleet {name}: {what}\nlast view: \
+                     {view:#?}\ndevices: {devices:#?}\nevents: {:#?}\n{}",
+                    self.events(name).await.ok(),
+                    self.manager_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the manager says each of `ids` converged on its current desired generation,
+    /// which is at least `at_least`.
+    pub async fn wait_converged(
+        &mut self,
+        ids: &[String],
+        at_least: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        for id in ids {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let client = self.client.clone();
+            let manager = self.manager();
+            let what = format!("{id} converged at a generation ≥ {at_least}");
+            let waited = wait_for(&what, left, || async {
+                let view = manager.status_json(&client, id).await?;
+                let summary = &view["summary"];
+                let generation = summary["desiredGeneration"].as_u64()?;
+                (summary["converged"].as_bool()? && generation >= at_least).then_some(())
+            })
+            .await;
+            if let Err(error) = waited {
+                let logs = self.devices.get(id).map(Device::logs).unwrap_or_default();
+                bail!("{error:#}\nagent log:\n{logs}\n{}", self.manager_logs());
+            }
+        }
+        Ok(())
+    }
+
+    /// The fleet's event log, oldest first (read from the database).
+    pub async fn events(&self, name: &str) -> anyhow::Result<Vec<FleetEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, type, payload, created_at FROM fleet_events WHERE fleet = $1 \
+             ORDER BY seq",
+        )
+        .bind(name)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FleetEvent {
+                    seq: row.try_get("seq")?,
+                    type_: row.try_get("type")?,
+                    payload: row.try_get("payload")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The device's stored manifest generations, oldest first.
+    pub async fn generations(&self, id: &str) -> anyhow::Result<Vec<StoredGeneration>> {
+        let rows = sqlx::query(
+            "SELECT generation, created_at, created_by FROM manifests WHERE agent_id = $1 \
+             ORDER BY generation",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredGeneration {
+                    generation: u64::try_from(row.try_get::<i64, _>("generation")?)?,
+                    created_at: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest stored generation of the device (0: none).
+    pub async fn generation(&self, id: &str) -> anyhow::Result<u64> {
+        Ok(self
+            .generations(id)
+            .await?
+            .last()
+            .map_or(0, |g| g.generation))
+    }
+}
+
+/// A fleet body: `name`, selector labels, parameters, the template's resources and the
+/// strategy.
+pub fn fleet(
+    name: &str,
+    match_labels: Value,
+    parameters: Value,
+    resources: Vec<Value>,
+    strategy: Value,
+) -> Value {
+    json!({
+        "apiVersion": "fleetlet.dev/v1",
+        "kind": "Fleet",
+        "name": name,
+        "selector": {"matchLabels": match_labels},
+        "parameters": parameters,
+        "template": {"resources": resources},
+        "rolloutStrategy": strategy,
+    })
+}
+
+/// A File resource of a template: `text` at `path` (placeholders allowed in both).
+pub fn template_file(id: &str, path: &str, text: &str) -> Value {
+    json!({"id": id, "kind": "File",
+           "spec": {"path": path, "content": {"text": text}, "mode": "0644"}})
+}
+
+/// Counts of a fleet view's devices in `state` (0 when absent).
+pub fn count(view: &FleetView, state: fleetlet_manifests::fleet_api::DeviceRolloutState) -> u64 {
+    view.devices.get(&state).copied().unwrap_or(0)
+}
+
+/// A TCP balancer on 127.0.0.1: each connection goes to the first upstream that accepts it, so
+/// when a replica dies its agents reconnect to the next one, as behind any load balancer.
+async fn balancer(upstreams: Vec<String>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let upstreams = Arc::new(upstreams);
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstreams = Arc::clone(&upstreams);
+            tokio::spawn(async move {
+                for upstream in upstreams.iter() {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((url, task))
+}
