@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod redact;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod token;

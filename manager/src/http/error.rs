@@ -75,6 +75,15 @@ impl From<StoreError> for HttpError {
                     "If-Match names generation {expected} but the current generation is {current}"
                 ),
             ),
+            StoreError::OwnedByFleet(fleet) => Self::new(
+                ErrorKind::Conflict,
+                format!("the agent is managed by fleet {fleet}; change the fleet instead"),
+            ),
+            StoreError::FleetNotFound(name) => Self::not_found(format!("fleet {name} not found")),
+            StoreError::FleetsNeedPostgres => Self::new(
+                ErrorKind::Conflict,
+                "fleets need the PostgreSQL store; the --dev memory store has none",
+            ),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(
                     kind = crate::store::postgres::failure_kind(&cause),

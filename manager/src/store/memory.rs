@@ -405,6 +405,24 @@ impl MemoryStore {
         })
     }
 
+    /// Applies a merge patch to the agent's labels. The memory store has no fleets
+    /// (`store::fleets`), so nothing else follows from it.
+    pub fn patch_labels(
+        &self,
+        agent_id: &AgentId,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.with_active(agent_id, |agent| {
+            for (key, value) in patch {
+                match value {
+                    Some(value) => agent.labels.insert(key.clone(), value.clone()),
+                    None => agent.labels.remove(key),
+                };
+            }
+            Ok(agent.labels.clone())
+        })
+    }
+
     pub async fn readiness(&self) -> StoreReadiness {
         StoreReadiness {
             adapter: "memory".to_owned(),

@@ -5,6 +5,7 @@
 //! (generations, idempotent reports, event sequence numbers), which the API tests check.
 
 mod coalesce;
+pub mod fleets;
 pub mod memory;
 pub mod postgres;
 
@@ -32,6 +33,14 @@ pub enum StoreError {
     AgentExists(AgentId),
     #[error("generation {expected} was expected but the current one is {current}")]
     GenerationMismatch { expected: u64, current: u64 },
+    /// The agent is owned by this fleet, which alone writes its manifests.
+    #[error("agent is managed by fleet {0}")]
+    OwnedByFleet(String),
+    #[error("fleet {0} not found")]
+    FleetNotFound(String),
+    /// Fleets live in PostgreSQL; the memory store of `--dev` has none.
+    #[error("fleets need the PostgreSQL store")]
+    FleetsNeedPostgres,
     /// The database cannot be reached or is shutting down; the client may retry.
     #[error("the store is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

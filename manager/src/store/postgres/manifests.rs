@@ -46,6 +46,34 @@ impl PgStore {
         {
             return Err(StoreError::GenerationMismatch { expected, current });
         }
+        // A device a fleet owns takes its manifests from the fleet only (docs/fleets.md).
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT fleet FROM agents WHERE agent_id = $1")
+                .bind(agent_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(fleet) = owner {
+            return Err(StoreError::OwnedByFleet(fleet));
+        }
+        let outcome = Self::store_generation(&mut tx, agent_id, current, manifest, now).await?;
+        tx.commit().await?;
+        if outcome.created {
+            // The NOTIFY reaches this replica too, but waking directly keeps local long-polls
+            // prompt even while the listener is reconnecting.
+            self.watch.wake(agent_id.as_str());
+        }
+        Ok(outcome)
+    }
+
+    /// Stores `manifest` as the generation after `current` unless it is the same as `current`;
+    /// the caller holds the agent's row lock and commits.
+    pub(super) async fn store_generation(
+        tx: &mut Transaction<'_, Postgres>,
+        agent_id: &AgentId,
+        current: u64,
+        manifest: NewManifest,
+        now: OffsetDateTime,
+    ) -> Result<PutManifestOutcome, StoreError> {
         if current > 0 {
             let latest = sqlx::query(
                 "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
@@ -53,7 +81,7 @@ impl PgStore {
             )
             .bind(agent_id.as_str())
             .bind(to_db(current)?)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
             let latest = stored_manifest(&latest)?;
             if latest.is_same_as(&manifest) {
@@ -86,23 +114,19 @@ impl PgStore {
         .bind(stored.rollout.as_ref().map(Json))
         .bind(now)
         .bind(&stored.created_by)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query("UPDATE agents SET desired_generation = $2 WHERE agent_id = $1")
             .bind(agent_id.as_str())
             .bind(to_db(stored.generation)?)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let event = NewEvent::new(
             EventType::ManifestUpdated,
             serde_json::json!({"generation": stored.generation, "contentHash": stored.content_hash}),
         );
-        Self::append_events(&mut tx, agent_id, vec![event], now).await?;
-        Self::notify_manifest_change(&mut tx, agent_id).await?;
-        tx.commit().await?;
-        // The NOTIFY reaches this replica too, but waking directly keeps local long-polls prompt
-        // even while the listener is reconnecting.
-        self.watch.wake(agent_id.as_str());
+        Self::append_events(tx, agent_id, vec![event], now).await?;
+        Self::notify_manifest_change(tx, agent_id).await?;
         Ok(PutManifestOutcome {
             manifest: stored,
             created: true,

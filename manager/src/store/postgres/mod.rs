@@ -12,6 +12,8 @@
 //! `queries.rs` (status view, fleet list, events).
 
 mod agents;
+mod fleet_devices;
+mod fleets;
 mod manifests;
 mod migrate;
 mod queries;

@@ -1,0 +1,415 @@
+//! Fleet devices in PostgreSQL: their rows with the agent's health, a rendered manifest written
+//! with its row in one transaction, state updates, selection passes and label patches.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleetlet_manifests::AgentId;
+use fleetlet_manifests::api::{EventType, PhaseCounts};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+
+use super::fleets::append_fleet_events;
+use super::{PgStore, corrupt, from_db, to_db};
+use crate::store::fleets::{
+    DeviceHealth, DeviceStateUpdate, DeviceWrite, FleetDeviceRow, SelectionAgent,
+};
+use crate::store::{NewEvent, StoreError};
+
+const DEVICE_COLUMNS: &str = "d.agent_id, d.state, d.revision_rendered, d.generation, \
+     d.state_revision, d.batch, d.detail, d.updated_at, a.labels, a.desired_generation, \
+     a.last_seen_at, s.manifest_generation, s.observed_generation, s.phase_counts, \
+     s.manifest_rejected, s.rolled_back";
+
+/// The state a device's row starts in, and takes when its conflict ends.
+const PENDING: &str = "Pending";
+const CONFLICT: &str = "Conflict";
+
+impl PgStore {
+    /// Up to `limit` device rows of the fleet whose agent id sorts after `after`.
+    pub async fn fleet_devices(
+        &self,
+        name: &str,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<FleetDeviceRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM fleet_devices d \
+             JOIN agents a ON a.agent_id = d.agent_id \
+             LEFT JOIN agent_status s ON s.agent_id = d.agent_id \
+             WHERE d.fleet = $1 AND ($2::text IS NULL OR d.agent_id > $2) \
+             ORDER BY d.agent_id LIMIT $3"
+        ))
+        .bind(name)
+        .bind(after.map(AgentId::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    /// Devices of the fleet in each state.
+    pub async fn fleet_device_counts(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n FROM fleet_devices WHERE fleet = $1 GROUP BY state",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("state")?, from_db(row.try_get("n")?)?)))
+            .collect()
+    }
+
+    /// Every fleet that selects each of these agents, in name order.
+    pub async fn fleets_of(
+        &self,
+        agent_ids: &[AgentId],
+    ) -> Result<BTreeMap<AgentId, Vec<String>>, StoreError> {
+        let ids: Vec<&str> = agent_ids.iter().map(AgentId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT agent_id, fleet FROM fleet_devices WHERE agent_id = ANY($1) \
+             ORDER BY agent_id, fleet",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fleets: BTreeMap<AgentId, Vec<String>> = BTreeMap::new();
+        for row in &rows {
+            let id: String = row.try_get("agent_id")?;
+            let id = AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?;
+            fleets.entry(id).or_default().push(row.try_get("fleet")?);
+        }
+        Ok(fleets)
+    }
+
+    /// Stores a manifest rendered for a device of the fleet as the device's next generation and
+    /// marks its row `Updating` for `write.revision`, in one transaction, only while the fleet
+    /// owns the device and the row does not already hold that revision. `None` when the
+    /// condition no longer held: nothing was written.
+    pub async fn write_fleet_device(
+        &self,
+        name: &str,
+        write: DeviceWrite,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let agent_id = write.agent_id.clone();
+        let mut tx = self.pool.begin().await?;
+        let agent = match Self::lock_agent(&mut tx, &agent_id).await {
+            Ok(agent) => agent,
+            Err(StoreError::AgentNotFound(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let current = from_db(agent.try_get("desired_generation")?)?;
+        let holds: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM fleet_devices d JOIN agents a ON a.agent_id = d.agent_id \
+             WHERE d.fleet = $1 AND d.agent_id = $2 AND a.fleet = $1 \
+               AND d.revision_rendered IS DISTINCT FROM $3 FOR UPDATE OF d",
+        )
+        .bind(name)
+        .bind(agent_id.as_str())
+        .bind(to_db(write.revision)?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if holds.is_none() {
+            return Ok(None);
+        }
+        let outcome =
+            Self::store_generation(&mut tx, &agent_id, current, write.manifest, now).await?;
+        let generation = outcome.manifest.generation;
+        sqlx::query(
+            "UPDATE fleet_devices SET revision_rendered = $3, generation = $4, state = 'Updating', \
+               state_revision = $3, batch = $5, detail = NULL, updated_at = $6 \
+             WHERE fleet = $1 AND agent_id = $2",
+        )
+        .bind(name)
+        .bind(agent_id.as_str())
+        .bind(to_db(write.revision)?)
+        .bind(to_db(generation)?)
+        .bind(
+            write
+                .batch
+                .map(i32::try_from)
+                .transpose()
+                .map_err(|e| corrupt("batch", e))?,
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if outcome.created {
+            self.watch.wake(agent_id.as_str());
+        }
+        Ok(Some(generation))
+    }
+
+    /// Active agents with their labels, facts and owner, all of them or one.
+    pub async fn selection_agents(
+        &self,
+        only: Option<&AgentId>,
+    ) -> Result<Vec<SelectionAgent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, labels, facts, fleet FROM agents \
+             WHERE decommissioned_at IS NULL AND ($1::text IS NULL OR agent_id = $1) \
+             ORDER BY agent_id",
+        )
+        .bind(only.map(AgentId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("agent_id")?;
+                Ok(SelectionAgent {
+                    agent_id: AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?,
+                    labels: row
+                        .try_get::<Json<BTreeMap<String, String>>, _>("labels")?
+                        .0,
+                    facts: row
+                        .try_get::<Option<Json<BTreeMap<String, String>>>, _>("facts")?
+                        .map(|json| json.0)
+                        .unwrap_or_default(),
+                    fleet: row.try_get("fleet")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Brings device rows and owners in line with `wanted` (agent → every fleet that selects
+    /// it, for the agents passed), in one transaction serialised with other passes: a new row
+    /// starts `Pending`, a device selected by several fleets is `Conflict` in each and owned by
+    /// none (`FleetConflict`), a device no fleet selects any more loses its row and keeps its
+    /// manifest (`FleetReleased`). `fleets` are the fleets that exist; rows of others are left
+    /// to their deletion. Returns how many devices changed.
+    pub async fn apply_selection(
+        &self,
+        fleets: &BTreeSet<String>,
+        wanted: &BTreeMap<AgentId, BTreeSet<String>>,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('fleet-selection'))")
+            .execute(&mut *tx)
+            .await?;
+        // Rows of decommissioned agents go: they are no device of any fleet.
+        sqlx::query(
+            "DELETE FROM fleet_devices d USING agents a \
+             WHERE a.agent_id = d.agent_id AND a.decommissioned_at IS NOT NULL",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<&str> = wanted.keys().map(AgentId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT d.agent_id, d.fleet, d.state, a.fleet AS owner FROM fleet_devices d \
+             JOIN agents a ON a.agent_id = d.agent_id WHERE d.agent_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut have: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for row in &rows {
+            have.entry(row.try_get("agent_id")?)
+                .or_default()
+                .insert(row.try_get("fleet")?, row.try_get("state")?);
+        }
+        let mut changed = 0;
+        for (agent_id, selecting) in wanted {
+            let selecting: BTreeSet<String> = selecting.intersection(fleets).cloned().collect();
+            let existing = have.remove(agent_id.as_str()).unwrap_or_default();
+            let existing_names: BTreeSet<String> = existing
+                .keys()
+                .filter(|name| fleets.contains(*name))
+                .cloned()
+                .collect();
+            let conflict = selecting.len() > 1;
+            let was_conflict = existing.values().any(|state| state == CONFLICT);
+            if selecting == existing_names && conflict == was_conflict {
+                continue;
+            }
+            changed += 1;
+            let mut agent_events = Vec::new();
+            for released in existing_names.difference(&selecting) {
+                sqlx::query("DELETE FROM fleet_devices WHERE fleet = $1 AND agent_id = $2")
+                    .bind(released)
+                    .bind(agent_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let payload = serde_json::json!({"fleet": released, "agentId": agent_id});
+                append_fleet_events(
+                    &mut tx,
+                    released,
+                    vec![NewEvent::new(EventType::FleetReleased, payload.clone())],
+                    now,
+                )
+                .await?;
+                agent_events.push(NewEvent::new(EventType::FleetReleased, payload));
+            }
+            for added in selecting.difference(&existing_names) {
+                sqlx::query(
+                    "INSERT INTO fleet_devices (fleet, agent_id, state, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(added)
+                .bind(agent_id.as_str())
+                .bind(PENDING)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let owner = (selecting.len() == 1).then(|| selecting.iter().next().cloned());
+            if conflict {
+                sqlx::query(
+                    "UPDATE fleet_devices SET state = $2, updated_at = $3 \
+                     WHERE agent_id = $1 AND fleet = ANY($4)",
+                )
+                .bind(agent_id.as_str())
+                .bind(CONFLICT)
+                .bind(now)
+                .bind(selecting.iter().collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+                if !was_conflict || selecting != existing_names {
+                    let payload = serde_json::json!({
+                        "agentId": agent_id, "fleets": selecting,
+                    });
+                    for fleet in &selecting {
+                        append_fleet_events(
+                            &mut tx,
+                            fleet,
+                            vec![NewEvent::new(EventType::FleetConflict, payload.clone())],
+                            now,
+                        )
+                        .await?;
+                    }
+                    agent_events.push(NewEvent::new(EventType::FleetConflict, payload));
+                }
+            } else if was_conflict {
+                sqlx::query(
+                    "UPDATE fleet_devices SET state = $2, updated_at = $3 \
+                     WHERE agent_id = $1 AND state = $4",
+                )
+                .bind(agent_id.as_str())
+                .bind(PENDING)
+                .bind(now)
+                .bind(CONFLICT)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("UPDATE agents SET fleet = $2 WHERE agent_id = $1")
+                .bind(agent_id.as_str())
+                .bind(owner.flatten())
+                .execute(&mut *tx)
+                .await?;
+            Self::append_events(&mut tx, agent_id, agent_events, now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Applies a merge patch to the agent's labels.
+    pub async fn patch_labels(
+        &self,
+        agent_id: &AgentId,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Self::lock_agent(&mut tx, agent_id).await?;
+        let Json(mut labels): Json<BTreeMap<String, String>> =
+            sqlx::query_scalar("SELECT labels FROM agents WHERE agent_id = $1")
+                .bind(agent_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        for (key, value) in patch {
+            match value {
+                Some(value) => labels.insert(key.clone(), value.clone()),
+                None => labels.remove(key),
+            };
+        }
+        sqlx::query("UPDATE agents SET labels = $2 WHERE agent_id = $1")
+            .bind(agent_id.as_str())
+            .bind(Json(&labels))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(labels)
+    }
+}
+
+/// Sets the state of device rows of the fleet (rows that are gone, or in conflict, are skipped).
+pub(super) async fn update_devices(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    updates: &[DeviceStateUpdate],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = updates
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "agent_id": u.agent_id, "state": u.state,
+                "state_revision": u.state_revision, "batch": u.batch, "detail": u.detail,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE fleet_devices d SET state = u.state, state_revision = u.state_revision, \
+           batch = u.batch, detail = u.detail, updated_at = $3 \
+         FROM jsonb_to_recordset($2) AS u(agent_id text, state text, state_revision bigint, \
+           batch integer, detail text) \
+         WHERE d.fleet = $1 AND d.agent_id = u.agent_id AND d.state <> 'Conflict'",
+    )
+    .bind(name)
+    .bind(Json(rows))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn device_row(row: &PgRow) -> Result<FleetDeviceRow, StoreError> {
+    let id: String = row.try_get("agent_id")?;
+    let optional = |column: &str| -> Result<Option<u64>, StoreError> {
+        row.try_get::<Option<i64>, _>(column)?
+            .map(from_db)
+            .transpose()
+    };
+    Ok(FleetDeviceRow {
+        agent_id: AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?,
+        state: row.try_get("state")?,
+        revision_rendered: optional("revision_rendered")?,
+        generation: optional("generation")?,
+        state_revision: optional("state_revision")?,
+        batch: row
+            .try_get::<Option<i32>, _>("batch")?
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|e| corrupt("batch", e))?,
+        detail: row.try_get("detail")?,
+        updated_at: row.try_get("updated_at")?,
+        labels: row
+            .try_get::<Json<BTreeMap<String, String>>, _>("labels")?
+            .0,
+        health: DeviceHealth {
+            desired_generation: from_db(row.try_get("desired_generation")?)?,
+            last_seen_at: row.try_get("last_seen_at")?,
+            manifest_generation: optional("manifest_generation")?,
+            observed_generation: optional("observed_generation")?,
+            counts: row
+                .try_get::<Option<Json<PhaseCounts>>, _>("phase_counts")?
+                .map(|json| json.0)
+                .unwrap_or_default(),
+            manifest_rejected: row
+                .try_get::<Option<bool>, _>("manifest_rejected")?
+                .unwrap_or(false),
+            rolled_back: row
+                .try_get::<Option<bool>, _>("rolled_back")?
+                .unwrap_or(false),
+        },
+    })
+}
