@@ -132,7 +132,7 @@ fn fill_and_rename(
     }
     file.write_all(content)
         .map_err(|error| ConfinedError::io(shown, "write", error))?;
-    if how.durability != Durability::None {
+    if how.durability != Durability::None && !fault_injection_skips_content_fsync() {
         // Data and size must be on disk before the rename makes them visible under the name.
         file.sync_all()
             .map_err(|error| ConfinedError::io(shown, "sync", error))?;
@@ -140,6 +140,23 @@ fn fill_and_rename(
     drop(file);
     renameat(dir, temporary, dir, name)
         .map_err(|errno| ConfinedError::os(shown, "rename the temporary file onto", errno))
+}
+
+/// FAULT INJECTION, in debug builds only (a release build compiles the constant `false`): with
+/// `FLEETLET_FAULT_INJECTION_SKIP_CONTENT_FSYNC=1` the content fsync before the rename is left
+/// out, the bug a power cut turns into an empty file. It exists so that the power-cut test can
+/// prove it catches a missing fsync (tests/tests/agent_powercut.rs); nothing else sets it.
+#[cfg(debug_assertions)]
+fn fault_injection_skips_content_fsync() -> bool {
+    static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SKIP.get_or_init(|| {
+        std::env::var_os("FLEETLET_FAULT_INJECTION_SKIP_CONTENT_FSYNC").is_some_and(|v| v == "1")
+    })
+}
+
+#[cfg(not(debug_assertions))]
+const fn fault_injection_skips_content_fsync() -> bool {
+    false
 }
 
 /// Checks that the entry `name` of `dir` is missing or a regular file, so that a replacement
