@@ -8,8 +8,8 @@ pub mod fleets;
 pub mod manager;
 pub mod netns;
 pub mod postgres;
-pub mod proxy;
 pub mod powercut;
+pub mod proxy;
 pub mod schema;
 pub mod tools;
 
