@@ -96,8 +96,13 @@ pub struct Lab {
     pub db: sqlx::PgPool,
     dir: tempfile::TempDir,
     pub devices: BTreeMap<String, Device>,
+    /// The replicas' addresses, in the order the balancer tries them.
+    upstreams: Upstreams,
+    options: ManagerOptions,
     balancer: tokio::task::JoinHandle<()>,
 }
+
+type Upstreams = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl Drop for Lab {
     fn drop(&mut self) {
@@ -119,11 +124,13 @@ impl Lab {
             // The same tokens for every replica: they are one manager to their users.
             started.push(ManagerProcess::start_with(options.clone()).await?);
         }
-        let upstreams: Vec<String> = started
-            .iter()
-            .map(|m| m.url.trim_start_matches("http://").to_owned())
-            .collect();
-        let (agent_url, balancer) = balancer(upstreams).await?;
+        let upstreams: Upstreams = Arc::new(std::sync::Mutex::new(
+            started
+                .iter()
+                .map(|m| m.url.trim_start_matches("http://").to_owned())
+                .collect(),
+        ));
+        let (agent_url, balancer) = balancer(Arc::clone(&upstreams)).await?;
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect(&database.url)
@@ -145,8 +152,61 @@ impl Lab {
             db,
             dir,
             devices: BTreeMap::new(),
+            upstreams,
+            options,
             balancer,
         })
+    }
+
+    /// Starts one more replica on the same database, with the same tokens, last in the
+    /// balancer's order.
+    pub async fn add_replica(&mut self) -> anyhow::Result<()> {
+        let replica = ManagerProcess::start_with(self.options.clone()).await?;
+        self.upstreams
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the balancer's list is poisoned"))?
+            .push(replica.url.trim_start_matches("http://").to_owned());
+        self.replicas.push(replica);
+        Ok(())
+    }
+
+    /// Runs the real `fleetlet` CLI as the admin against the first running replica; answers
+    /// its stdout, failing with its stderr on a non-zero exit.
+    pub fn fleetlet(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        let path = crate::binary("fleetlet");
+        if !path.exists() {
+            bail!(
+                "{} does not exist: run `cargo build --workspace --bins` first",
+                path.display()
+            );
+        }
+        let manager = self.manager();
+        let output = std::process::Command::new(path)
+            .env_clear()
+            .env("FLEETLET_URL", &manager.url)
+            .env("FLEETLET_TOKEN", &manager.admin_token)
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "fleetlet {args:?} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// A template's `motd` File: `<roots>/{{ agentId }}/motd` with `text`.
+    pub fn motd(&self, text: &str) -> Value {
+        let path = format!("{}/{{{{ agentId }}}}/motd", self.roots().display());
+        template_file("motd", &path, text)
+    }
+
+    /// A file in the lab's directory (for fleet bodies and keys the CLI reads).
+    pub fn lab_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// The replica the test talks to: the first one still running.
@@ -493,6 +553,17 @@ pub fn template_file(id: &str, path: &str, text: &str) -> Value {
            "spec": {"path": path, "content": {"text": text}, "mode": "0644"}})
 }
 
+/// A rollout strategy with a one-minute batch timeout.
+pub fn strategy(batches: Value, threshold: &str, approval: bool) -> Value {
+    json!({"batches": batches, "successThreshold": threshold, "batchTimeoutSeconds": 60,
+           "requireApproval": approval})
+}
+
+/// Device ids `<prefix>-NN` for the numbers in `range`.
+pub fn ids(prefix: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
 /// Counts of a fleet view's devices in `state` (0 when absent).
 pub fn count(view: &FleetView, state: fleetlet_manifests::fleet_api::DeviceRolloutState) -> u64 {
     view.devices.get(&state).copied().unwrap_or(0)
@@ -500,15 +571,14 @@ pub fn count(view: &FleetView, state: fleetlet_manifests::fleet_api::DeviceRollo
 
 /// A TCP balancer on 127.0.0.1: each connection goes to the first upstream that accepts it, so
 /// when a replica dies its agents reconnect to the next one, as behind any load balancer.
-async fn balancer(upstreams: Vec<String>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+async fn balancer(upstreams: Upstreams) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let upstreams = Arc::new(upstreams);
     let task = tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
-            let upstreams = Arc::clone(&upstreams);
+            let order = upstreams.lock().map(|u| u.clone()).unwrap_or_default();
             tokio::spawn(async move {
-                for upstream in upstreams.iter() {
+                for upstream in &order {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         return;
