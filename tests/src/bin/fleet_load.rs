@@ -21,6 +21,9 @@
 //!   the whole fleet list is walked 100 times in pages of `page` rows (default 500) while the pace
 //!   goes on; then `reporters` tasks (default 64) send status reports as fast as the manager
 //!   takes them for `seconds`, and the list is walked 20 times more; manager RSS at the end.
+//! - `fleet-rollout [devices] [reads]` (issue 20): a fleet of `devices` simulated agents holding
+//!   long-polls (default 10,000); the time to render and store a revision for all of them, then
+//!   the rollout status and pages of 1,000 device rows timed (`fleet_load/fleets.rs`).
 //!
 //! The agent binary is `target/debug/fleetlet-agent` unless `--agent-bin` names another (the
 //! release build for memory figures). Debug builds of the manager are used throughout.
@@ -37,6 +40,9 @@ use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
 use serde_json::{Value, json};
 use sqlx::Connection;
+
+#[path = "fleet_load/fleets.rs"]
+mod fleets;
 
 /// Walks through the whole fleet list in the `fleet` benchmark while the fleet reports at its
 /// pace (100, so that the p99 is not just the slowest walk).
@@ -73,7 +79,8 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     let subcommand = subcommand.context(
-        "usage: fleet_load push|first-apply|rss|cpu|wire|replicas|fleet [numbers] [--agent-bin PATH]",
+        "usage: fleet_load push|first-apply|rss|cpu|wire|replicas|fleet|fleet-rollout [numbers] \
+         [--agent-bin PATH]",
     )?;
     if !agent_bin.exists() {
         bail!(
@@ -107,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         "wire-defaults" => wire_defaults(&args).await?,
         "replicas" => replicas(&args).await?,
         "fleet" => fleet(&args).await?,
+        "fleet-rollout" => fleets::fleet_rollout(&args).await?,
         other => bail!("unknown subcommand {other}"),
     }
     println!("load after: {}", load_average());
