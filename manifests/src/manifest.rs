@@ -16,6 +16,10 @@ use crate::ids::{
 };
 use crate::{API_VERSION, Violation};
 
+pub mod origin;
+
+use origin::FleetOrigin;
+
 pub const MANIFEST_KIND: &str = "AgentManifest";
 
 /// Inline content of one File resource may not exceed this many bytes (decoded).
@@ -43,6 +47,11 @@ pub struct AgentManifest {
     /// [`crate::signature`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<ManifestSignature>,
+    /// Set when the manifest was rendered from a fleet: which fleet, revision and parameter
+    /// values, and for a signed fleet what the operator signed (see [`origin`]). Not part of
+    /// [`Self::content_hash`] nor of the manifest's own signature payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
 }
 
 impl AgentManifest {
@@ -56,6 +65,7 @@ impl AgentManifest {
             resources,
             rollout: None,
             signature: None,
+            fleet: None,
         }
     }
 

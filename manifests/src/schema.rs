@@ -41,6 +41,8 @@ pub fn manifest_schema() -> Schema {
             "spec": {"type": "object"},
         }
     }));
+    // Provenance of a manifest rendered from a fleet (`crate::fleet`).
+    let fleet = generator.subschema_for::<Option<crate::manifest::origin::FleetOrigin>>();
     let mut defs = generator.take_definitions(true);
     defs.insert(
         "ResourceId".into(),
@@ -89,6 +91,7 @@ pub fn manifest_schema() -> Schema {
                     },
                 },
             },
+            "fleet": fleet,
         },
         "$defs": defs,
     })

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::ids::{AgentId, ManifestSignature, ResourceId, parse_key_id, parse_signature_bytes};
+use crate::manifest::origin::FleetOrigin;
 use crate::manifest::{
     AgentManifest, ContainerSpec, FileContent, FileSpec, Kind, MANIFEST_KIND,
     MAX_FILE_CONTENT_BYTES, MAX_MANIFEST_CONTENT_BYTES, MAX_PROGRESS_DEADLINE_SECONDS,
@@ -30,12 +31,12 @@ const MAX_UNIT_TEXT_BYTES: usize = 64 * 1024;
 
 /// Collects violations as a manifest is read.
 #[derive(Debug, Default)]
-struct Report {
-    violations: Vec<Violation>,
+pub(crate) struct Report {
+    pub(crate) violations: Vec<Violation>,
 }
 
 impl Report {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.violations.push(Violation {
             path: path.into(),
             message: message.into(),
@@ -59,7 +60,7 @@ struct Seen {
 /// The path of field `name` below `parent`. A name that is not a plain word (empty, or holding
 /// a dot, bracket, quote or space) is written as `parent["name"]`, so that every violation,
 /// even of an unknown field named "", points somewhere unambiguous.
-fn child_path(parent: &str, name: &str) -> String {
+pub(crate) fn child_path(parent: &str, name: &str) -> String {
     let plain = !name.is_empty()
         && name
             .chars()
@@ -72,7 +73,7 @@ fn child_path(parent: &str, name: &str) -> String {
 }
 
 /// Reads the fields of one JSON object, recording a violation for each bad or unknown field.
-struct Fields<'r> {
+pub(crate) struct Fields<'r> {
     path: String,
     map: Map<String, Value>,
     report: &'r mut Report,
@@ -80,7 +81,7 @@ struct Fields<'r> {
 
 impl<'r> Fields<'r> {
     /// Starts reading `value` as an object at `path`; `None` (with a violation) if it is not one.
-    fn of(value: Value, path: &str, report: &'r mut Report) -> Option<Self> {
+    pub(crate) fn of(value: Value, path: &str, report: &'r mut Report) -> Option<Self> {
         match value {
             Value::Object(map) => Some(Self {
                 path: path.to_owned(),
@@ -102,7 +103,7 @@ impl<'r> Fields<'r> {
     }
 
     /// A field that must be present and valid.
-    fn required<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
+    pub(crate) fn required<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
         let path = self.child(name);
         match self.map.remove(name) {
             None | Some(Value::Null) => {
@@ -114,7 +115,7 @@ impl<'r> Fields<'r> {
     }
 
     /// A field that may be absent or null; present, it must be valid.
-    fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Option<Option<T>> {
+    pub(crate) fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Option<Option<T>> {
         let path = self.child(name);
         match self.map.remove(name) {
             None | Some(Value::Null) => Some(None),
@@ -125,7 +126,7 @@ impl<'r> Fields<'r> {
     /// A field with a default value when absent. An explicit null is refused: the JSON Schema
     /// (and so the OpenAPI document) types these fields without null, and the parser must accept
     /// exactly what the schema describes.
-    fn defaulted<T: DeserializeOwned + Default>(&mut self, name: &str) -> Option<T> {
+    pub(crate) fn defaulted<T: DeserializeOwned + Default>(&mut self, name: &str) -> Option<T> {
         if self.map.get(name).is_some_and(Value::is_null) {
             let path = self.child(name);
             self.map.remove(name);
@@ -156,7 +157,7 @@ impl<'r> Fields<'r> {
     }
 
     /// Ends the reading: every field left over is unknown.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         for name in self.map.keys() {
             let path = child_path(&self.path, name);
             self.report.add(path, "unknown field");
@@ -250,6 +251,9 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
     let raw_resources: Option<Vec<Value>> = fields.defaulted("resources");
     let raw_rollout: Option<Option<Value>> = fields.optional("rollout");
     let raw_signature: Option<Option<Value>> = fields.optional("signature");
+    // Provenance of a manifest rendered from a fleet (`crate::fleet`); its signed template is
+    // checked by the agent's signature verification, which renders it again.
+    let fleet: Option<Option<FleetOrigin>> = fields.optional("fleet");
     fields.finish();
     let signature = match raw_signature {
         Some(Some(value)) => read_signature(value, "signature", report).map(Some),
@@ -304,6 +308,7 @@ fn read_manifest(value: Value, report: &mut Report) -> Option<AgentManifest> {
         resources,
         rollout: rollout?,
         signature: signature?,
+        fleet: fleet?,
     })
 }
 

@@ -161,6 +161,7 @@ fn the_manifest_and_rollout_schemas_require_and_allow_what_the_parser_does() {
     full["generation"] = json!(3);
     full["rollout"] = rollout.clone();
     full["signature"] = signature;
+    full["fleet"] = json!({"name": "kiosks", "revision": 2, "values": {"greeting": "hi"}});
     schema_agrees_with_parser("AgentManifest", &schema, &full, |manifest| {
         AgentManifest::from_value(manifest).is_ok()
     });

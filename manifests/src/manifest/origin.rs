@@ -1,0 +1,226 @@
+//! The fleet types a manifest can carry: a fleet's template and parameter declarations, and the
+//! provenance (`AgentManifest.fleet`) of a manifest rendered from one.
+//!
+//! They live beneath `manifest` because a manifest holds them; the fleet itself (selector,
+//! rollout strategy, validation, rendering) is `crate::fleet`, above the manifest, and
+//! re-exports these.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentId, InvalidValue, ManifestSignature, ResourceId};
+use crate::manifest::{Kind, RolloutPolicy};
+
+/// The placeholder every template may use without declaring it: the device's agent id.
+pub const AGENT_ID_PARAMETER: &str = "agentId";
+/// A parameter name is at most this many characters (a label key's limit).
+pub const MAX_PARAMETER_NAME_CHARS: usize = 128;
+/// A parameter's pattern is at most this many characters.
+pub const MAX_PATTERN_CHARS: usize = 1024;
+
+/// Defines a string newtype checked by `$check`, with a JSON Schema pattern.
+macro_rules! checked_name {
+    ($(#[$meta:meta])* $name:ident, $check:path, $pattern:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: &str) -> Result<Self, Self::Error> {
+                $check(value)?;
+                Ok(Self(value.to_owned()))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                $check(&value)?;
+                Ok(Self(value))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "pattern": $pattern})
+            }
+        }
+    };
+}
+
+/// A fleet name follows the agent id rule.
+fn check_fleet_name(value: &str) -> Result<(), InvalidValue> {
+    AgentId::try_from(value).map(|_| ())
+}
+
+checked_name!(
+    /// The name of a fleet: 1–63 characters of `[a-z0-9-_.]`, starting with a letter or digit
+    /// (the rule of an agent id).
+    FleetName,
+    check_fleet_name,
+    "^[a-z0-9][a-z0-9._-]{0,62}$"
+);
+
+/// A parameter name is a label key that starts with a letter: its value comes from the label of
+/// the same name, and it is written in placeholders as `{{ name }}`.
+fn check_parameter_name(value: &str) -> Result<(), InvalidValue> {
+    let valid = value.len() <= MAX_PARAMETER_NAME_CHARS
+        && value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "must be 1 to {MAX_PARAMETER_NAME_CHARS} characters of [A-Za-z0-9._/-] starting with a letter"
+        )))
+    }
+}
+
+checked_name!(
+    /// The name of a fleet parameter: a label key (1–128 characters of `[A-Za-z0-9._/-]`)
+    /// starting with a letter.
+    ParameterName,
+    check_parameter_name,
+    "^[A-Za-z][A-Za-z0-9._/-]{0,127}$"
+);
+
+/// The declaration of one parameter: the pattern every value must match, and the value used
+/// when the device has no label of the parameter's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParameterSpec {
+    /// A regular expression (Rust `regex` syntax, no look-around or back-references) that the
+    /// whole value must match: it is anchored at both ends whether or not it says `^…$`.
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// Why a pattern does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(pub String);
+
+impl ParameterSpec {
+    /// The pattern compiled and anchored at both ends; bounded in size, and matched in linear
+    /// time (the `regex` crate has no backtracking), so no pattern can stall a manager or an
+    /// agent.
+    pub fn regex(&self) -> Result<regex::Regex, PatternError> {
+        if self.pattern.chars().count() > MAX_PATTERN_CHARS {
+            return Err(PatternError(format!(
+                "must be at most {MAX_PATTERN_CHARS} characters"
+            )));
+        }
+        regex::RegexBuilder::new(&format!("^(?:{})$", self.pattern))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|error| PatternError(format!("is not a valid regular expression: {error}")))
+    }
+
+    /// Whether `value` matches the pattern (false when the pattern does not compile).
+    pub fn matches(&self, value: &str) -> bool {
+        self.regex().is_ok_and(|regex| regex.is_match(value))
+    }
+}
+
+/// What a fleet renders for every device: an optional rollout policy and resources whose specs
+/// may hold `{{ name }}` placeholders in their string values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+    #[serde(default)]
+    pub resources: Vec<TemplateResource>,
+}
+
+/// One resource of a template: its id and kind as in a manifest, and a spec that is a manifest
+/// spec once its placeholders are replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateResource {
+    pub id: ResourceId,
+    pub kind: Kind,
+    pub spec: serde_json::Value,
+}
+
+/// Where a manifest rendered from a fleet came from (`AgentManifest.fleet`): the fleet, its
+/// revision and the parameter values used for this device; for a signed fleet also what the
+/// operator signed, so that an agent with trusted keys can check the manifest itself (see
+/// `crate::signature::verify`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetOrigin {
+    pub name: FleetName,
+    pub revision: u64,
+    /// The value of every declared parameter for this device (`agentId` is the manifest's own).
+    #[serde(default)]
+    pub values: BTreeMap<ParameterName, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedTemplate>,
+}
+
+/// The signed part of a fleet, as the operator signed it: template, parameter declarations and
+/// the signature over them and the fleet's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedTemplate {
+    pub template: FleetTemplate,
+    #[serde(default)]
+    pub parameters: BTreeMap<ParameterName, ParameterSpec>,
+    #[schemars(with = "SignatureSchema")]
+    pub signature: ManifestSignature,
+}
+
+/// The wire shape of a [`ManifestSignature`], for the JSON Schema only.
+#[derive(schemars::JsonSchema)]
+#[schemars(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct SignatureSchema {
+    /// 16 lower-case hex characters.
+    #[schemars(pattern("^[0-9a-f]{16}$"))]
+    key_id: String,
+    /// The standard base64 of the 64-byte ed25519 signature.
+    #[schemars(pattern("^[A-Za-z0-9+/]{85}[AQgw]==$"))]
+    ed25519: String,
+}
