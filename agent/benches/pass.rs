@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use fleetlet_agent::engine::{DesiredUpdate, Engine, EngineSettings};
 use fleetlet_agent::reconcile::{
-    Applied, Change, Deleted, Outcome, Reconcile, ReconcileError, ReconcilerSettings, Reconcilers,
+    Applied, Change, Deleted, Desired, Outcome, Reconcile, ReconcileError, ReconcilerSettings,
+    Reconcilers,
 };
 use fleetlet_agent::shutdown::Shutdown;
 use fleetlet_agent::store::{MemoryStore, Owned, OwnedFile, OwnershipRecord, Store};
@@ -89,15 +90,10 @@ fn owned_file(resource: &Resource) -> Owned {
 struct Converged;
 
 impl Reconcile for Converged {
-    async fn apply(
-        &self,
-        resource: &Resource,
-        _spec_hash: &str,
-        _previous: Option<&OwnershipRecord>,
-    ) -> Outcome {
+    async fn apply(&self, desired: &Desired) -> Outcome {
         Ok(Applied {
             change: Change::Unchanged,
-            owned: owned_file(resource),
+            owned: owned_file(&desired.resource()),
             details: None,
         })
         .into()

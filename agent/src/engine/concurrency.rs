@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetlet_manifests::{Kind, Resource, ResourceId};
+use fleetlet_manifests::{Kind, ResourceId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -20,47 +20,38 @@ impl<R: Reconcile> Engine<R> {
         kind: Kind,
         batch: Vec<Desired>,
         shutdown: &ShutdownSignal,
-    ) -> Vec<(Resource, Outcome)> {
+    ) -> Vec<(Arc<Desired>, Outcome)> {
         let timeout = self.settings.apply_timeout;
+        // Shared, not copied, with `run_bounded`, which keeps each item for a crash report, and
+        // handed back with its outcome.
+        let batch: Vec<Arc<Desired>> = batch.into_iter().map(Arc::new).collect();
         let most = self.reconcilers.batch_size(kind);
         if most > 1 {
             return self.run_apply_batches(batch, most, shutdown).await;
         }
-        // Shared, not copied, with `run_bounded`, which keeps each item for a crash report.
-        let batch: Vec<Arc<Desired>> = batch.into_iter().map(Arc::new).collect();
         run_bounded(
             batch,
             self.settings.concurrency,
             shutdown,
-            |desired| desired.resource.id.to_string(),
+            |desired| desired.id.to_string(),
             |desired| {
                 let reconcilers = Arc::clone(&self.reconcilers);
                 async move {
-                    let result = tokio::time::timeout(
-                        timeout,
-                        reconcilers.apply(
-                            &desired.resource,
-                            &desired.spec_hash,
-                            desired.previous.as_ref(),
-                        ),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ReconcileError::TimedOut {
-                            id: desired.resource.id.clone(),
-                            timeout,
-                        })
-                        .into()
-                    });
-                    (desired.resource.clone(), result)
+                    let outcome = tokio::time::timeout(timeout, reconcilers.apply(&desired))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ReconcileError::TimedOut {
+                                id: desired.id.clone(),
+                                timeout,
+                            })
+                            .into()
+                        });
+                    (desired, outcome)
                 }
             },
             |desired, message| {
-                let id = desired.resource.id.clone();
-                (
-                    desired.resource.clone(),
-                    Err(ReconcileError::Crashed { id, message }).into(),
-                )
+                let id = desired.id.clone();
+                (desired, Err(ReconcileError::Crashed { id, message }).into())
             },
         )
         .await
@@ -71,10 +62,10 @@ impl<R: Reconcile> Engine<R> {
     /// bound by fsync) still run side by side as they would one by one.
     async fn run_apply_batches(
         &self,
-        batch: Vec<Desired>,
+        batch: Vec<Arc<Desired>>,
         most: usize,
         shutdown: &ShutdownSignal,
-    ) -> Vec<(Resource, Outcome)> {
+    ) -> Vec<(Arc<Desired>, Outcome)> {
         let concurrency = self.settings.concurrency.max(1);
         let size = batch.len().div_ceil(concurrency).clamp(1, most);
         let mut items = batch.into_iter();
@@ -90,7 +81,7 @@ impl<R: Reconcile> Engine<R> {
             concurrency,
             shutdown,
             |batch| {
-                let ids: Vec<&str> = batch.iter().map(|d| d.resource.id.as_str()).collect();
+                let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
                 format!("batch of {}", ids.join(", "))
             },
             |batch| {
@@ -102,10 +93,10 @@ impl<R: Reconcile> Engine<R> {
                 batch
                     .iter()
                     .map(|desired| {
-                        let id = desired.resource.id.clone();
+                        let id = desired.id.clone();
                         let message = message.clone();
                         (
-                            desired.resource.clone(),
+                            Arc::clone(desired),
                             Err(ReconcileError::Crashed { id, message }).into(),
                         )
                     })
@@ -160,29 +151,26 @@ impl<R: Reconcile> Engine<R> {
 /// starts, and those not started get no result (as outside a batch).
 async fn apply_batch_timed<R: Reconcile>(
     reconcilers: Arc<R>,
-    batch: Arc<Vec<Desired>>,
+    batch: Arc<Vec<Arc<Desired>>>,
     timeout: Duration,
     shutdown: ShutdownSignal,
-) -> Vec<(Resource, Outcome)> {
+) -> Vec<(Arc<Desired>, Outcome)> {
     // Positions in `batch` of the resources without a result yet, in order.
     let mut waiting: VecDeque<usize> = (0..batch.len()).collect();
     let mut results = Vec::with_capacity(waiting.len());
     while !waiting.is_empty() && !shutdown.is_triggered() {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let sink = BatchResults::new(sender, shutdown.clone());
-        let items: Vec<_> = waiting.iter().map(|&at| batch[at].clone()).collect();
+        let items: Vec<Desired> = waiting.iter().map(|&at| (*batch[at]).clone()).collect();
         let reconcilers = Arc::clone(&reconcilers);
         let task = tokio::spawn(async move { reconcilers.apply_batch(items, sink).await });
         loop {
             match tokio::time::timeout(timeout, receiver.recv()).await {
-                Ok(Some((resource, result))) => {
-                    if let Some(at) = waiting
-                        .iter()
-                        .position(|&at| batch[at].resource.id == resource.id)
-                    {
+                Ok(Some((id, outcome))) => {
+                    if let Some(at) = waiting.iter().position(|&at| batch[at].id == id) {
+                        results.push((Arc::clone(&batch[waiting[at]]), outcome));
                         waiting.remove(at);
                     }
-                    results.push((resource, result));
                 }
                 Ok(None) => {
                     // The batch is over. Left without a result: resources not started because
@@ -197,13 +185,11 @@ async fn apply_batch_timed<R: Reconcile>(
                     if let Some(message) = stopped
                         && let Some(at) = waiting.pop_front()
                     {
-                        let resource = batch[at].resource.clone();
-                        tracing::error!(resource = %resource.id, %message, "reconciler task failed");
-                        let id = resource.id.clone();
-                        results.push((
-                            resource,
-                            Err(ReconcileError::Crashed { id, message }).into(),
-                        ));
+                        let desired = Arc::clone(&batch[at]);
+                        tracing::error!(resource = %desired.id, %message, "reconciler task failed");
+                        let id = desired.id.clone();
+                        results
+                            .push((desired, Err(ReconcileError::Crashed { id, message }).into()));
                     }
                     break;
                 }
@@ -211,10 +197,10 @@ async fn apply_batch_timed<R: Reconcile>(
                     // Dropping the receiver tells the batch to start nothing more.
                     task.abort();
                     if let Some(at) = waiting.pop_front() {
-                        let resource = batch[at].resource.clone();
-                        let id = resource.id.clone();
+                        let desired = Arc::clone(&batch[at]);
+                        let id = desired.id.clone();
                         results.push((
-                            resource,
+                            desired,
                             Err(ReconcileError::TimedOut { id, timeout }).into(),
                         ));
                     }

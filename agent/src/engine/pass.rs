@@ -9,7 +9,9 @@ use fleetlet_manifests::{
 use time::OffsetDateTime;
 
 use super::{Engine, EngineError, PassOutcome, PendingEvent};
-use crate::reconcile::{Applied, Change, Deleted, Desired, Reconcile, ReconcileError, Retry};
+use crate::reconcile::{
+    Applied, Change, Deleted, Desired, KnownSpec, Reconcile, ReconcileError, Retry,
+};
 use crate::shutdown::ShutdownSignal;
 use crate::status;
 use crate::store::{EventKind, OwnershipRecord, ResourceState};
@@ -122,19 +124,20 @@ impl<R: Reconcile> Engine<R> {
                 .zip(spec_hashes.iter())
                 .filter(|(r, _)| r.spec.known_kind() == Some(kind))
                 .filter(|(r, hash)| !backing_off(states.get(&r.id), Some(hash), now))
-                .map(|(r, hash)| Desired {
-                    resource: r.clone(),
-                    spec_hash: hash.clone(),
-                    previous: records.get(&r.id).filter(|rec| rec.kind == kind).cloned(),
+                .filter_map(|(r, hash)| {
+                    Some(Desired {
+                        id: r.id.clone(),
+                        spec: KnownSpec::of(&r.spec)?,
+                        spec_hash: hash.clone(),
+                        previous: records.get(&r.id).filter(|rec| rec.kind == kind).cloned(),
+                    })
                 })
                 .collect();
             let results = self.run_applies(kind, batch, shutdown).await;
-            for (resource, outcome) in results {
-                let id = resource.id.clone();
-                let spec_hash = match desired.get(&id) {
-                    Some((desired, hash)) if desired.spec == resource.spec => (*hash).to_owned(),
-                    _ => resource.spec_hash(),
-                };
+            for (done, outcome) in results {
+                let id = done.id.clone();
+                // The hash the engine cached for the very spec that was applied.
+                let spec_hash = done.spec_hash.clone();
                 // Taken out: the new state goes back in below.
                 let previous = states.remove(&id);
                 let state = match outcome.result {
@@ -153,7 +156,7 @@ impl<R: Reconcile> Engine<R> {
                         }
                         let state = ResourceState {
                             status: ResourceStatus {
-                                kind: resource.kind().to_owned(),
+                                kind: kind.as_str().to_owned(),
                                 phase: Phase::Ready,
                                 since: since(previous.as_ref(), Phase::Ready, now),
                                 generation,
@@ -184,7 +187,7 @@ impl<R: Reconcile> Engine<R> {
                     Err(error) => {
                         let state = self.failed_state(
                             previous.as_ref(),
-                            resource.kind(),
+                            kind.as_str(),
                             Some(spec_hash),
                             generation,
                             &error,

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetlet_manifests::{
-    AccountName, ErrorReason, FileDetails, FileSpec, Resource, ResourceDetails, ResourceId,
-    ResourceSpec,
+    AccountName, ErrorReason, FileDetails, FileSpec, ResourceDetails, ResourceId,
 };
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -32,7 +31,8 @@ use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Applied, BatchResults, Change, Deleted, Desired, KindReconciler, ReconcileError, Target,
+    Applied, BatchResults, Change, Deleted, Desired, KindReconciler, KnownSpec, ReconcileError,
+    Target,
 };
 use crate::confined::{
     self, ConfinedError, DirSyncs, Durability, FileStat, ModeChoice, Parent, Replace, file_type,

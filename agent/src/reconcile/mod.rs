@@ -28,7 +28,10 @@ pub mod systemd_unit;
 use std::future::Future;
 use std::time::Duration;
 
-use fleetlet_manifests::{ErrorReason, Kind, Resource, ResourceDetails, ResourceId, ResourceSpec};
+use fleetlet_manifests::{
+    ContainerSpec, ErrorReason, FileSpec, Kind, Resource, ResourceDetails, ResourceId,
+    ResourceSpec, SessionStorageSpec, SystemdUnitSpec,
+};
 use tokio::sync::mpsc;
 
 use crate::shutdown::ShutdownSignal;
@@ -41,15 +44,9 @@ pub use systemd_unit::{SystemdSettings, SystemdUnitError, SystemdUnitReconciler}
 /// The contract the engine drives. [`Reconcilers`] is the real implementation; unit tests of the
 /// engine use a recording fake.
 pub trait Reconcile: Send + Sync + 'static {
-    /// Makes the resource match its spec. `spec_hash` is the resource's spec hash as the engine
-    /// computed it; `previous` is the ownership record of the last successful apply of this
-    /// resource id, if any. The outcome says when to look again after a failure.
-    fn apply(
-        &self,
-        resource: &Resource,
-        spec_hash: &str,
-        previous: Option<&OwnershipRecord>,
-    ) -> impl Future<Output = Outcome> + Send;
+    /// Makes the resource match its spec (a kind this build knows: see [`Desired`]). The
+    /// outcome says when to look again after a failure.
+    fn apply(&self, desired: &Desired) -> impl Future<Output = Outcome> + Send;
 
     /// Removes what `record` says the agent created for resource `id`.
     fn delete(
@@ -92,13 +89,68 @@ pub trait Reconcile: Send + Sync + 'static {
     }
 }
 
-/// A resource to apply as the engine hands it over: with its cached spec hash and the ownership
-/// record of its last successful apply.
+/// A resource to apply as the engine hands it over: its id, its spec, the spec hash the engine
+/// cached and the ownership record of its last successful apply. The spec is of a kind this build
+/// knows: a resource of an unknown kind cannot be a `Desired` (the engine reports it
+/// `Unsupported` and never hands it to a reconciler).
 #[derive(Debug, Clone)]
 pub struct Desired {
-    pub resource: Resource,
+    pub id: ResourceId,
+    pub spec: KnownSpec,
     pub spec_hash: String,
     pub previous: Option<OwnershipRecord>,
+}
+
+impl Desired {
+    /// The resource as the manifest has it.
+    pub fn resource(&self) -> Resource {
+        Resource {
+            id: self.id.clone(),
+            spec: self.spec.clone().into(),
+        }
+    }
+}
+
+/// The spec of a resource of a kind this build applies: [`ResourceSpec`] without `Unknown`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KnownSpec {
+    SessionStorage(SessionStorageSpec),
+    File(FileSpec),
+    SystemdUnit(SystemdUnitSpec),
+    Container(ContainerSpec),
+}
+
+impl KnownSpec {
+    /// The spec, if its kind is known to this build.
+    pub fn of(spec: &ResourceSpec) -> Option<KnownSpec> {
+        match spec {
+            ResourceSpec::SessionStorage(spec) => Some(KnownSpec::SessionStorage(spec.clone())),
+            ResourceSpec::File(spec) => Some(KnownSpec::File(spec.clone())),
+            ResourceSpec::SystemdUnit(spec) => Some(KnownSpec::SystemdUnit(spec.clone())),
+            ResourceSpec::Container(spec) => Some(KnownSpec::Container(spec.clone())),
+            ResourceSpec::Unknown { .. } => None,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            KnownSpec::SessionStorage(_) => Kind::SessionStorage,
+            KnownSpec::File(_) => Kind::File,
+            KnownSpec::SystemdUnit(_) => Kind::SystemdUnit,
+            KnownSpec::Container(_) => Kind::Container,
+        }
+    }
+}
+
+impl From<KnownSpec> for ResourceSpec {
+    fn from(spec: KnownSpec) -> Self {
+        match spec {
+            KnownSpec::SessionStorage(spec) => ResourceSpec::SessionStorage(spec),
+            KnownSpec::File(spec) => ResourceSpec::File(spec),
+            KnownSpec::SystemdUnit(spec) => ResourceSpec::SystemdUnit(spec),
+            KnownSpec::Container(spec) => ResourceSpec::Container(spec),
+        }
+    }
 }
 
 /// One kind's reconciler. The kind declares its spec, the ownership record its applies return
@@ -231,13 +283,13 @@ async fn delete_kind<K: KindReconciler>(
 /// Where [`Reconcile::apply_batch`] puts its results, one per resource in the order given.
 #[derive(Debug)]
 pub struct BatchResults {
-    sender: mpsc::UnboundedSender<(Resource, Outcome)>,
+    sender: mpsc::UnboundedSender<(ResourceId, Outcome)>,
     shutdown: ShutdownSignal,
 }
 
 impl BatchResults {
     pub fn new(
-        sender: mpsc::UnboundedSender<(Resource, Outcome)>,
+        sender: mpsc::UnboundedSender<(ResourceId, Outcome)>,
         shutdown: ShutdownSignal,
     ) -> Self {
         Self { sender, shutdown }
@@ -249,9 +301,9 @@ impl BatchResults {
         !self.shutdown.is_triggered() && !self.sender.is_closed()
     }
 
-    /// Hands over the result of `resource`; false when nobody takes results any more.
-    pub fn send(&self, resource: Resource, outcome: Outcome) -> bool {
-        self.sender.send((resource, outcome)).is_ok()
+    /// Hands over the result of resource `id`; false when nobody takes results any more.
+    pub fn send(&self, id: ResourceId, outcome: Outcome) -> bool {
+        self.sender.send((id, outcome)).is_ok()
     }
 }
 
@@ -265,14 +317,8 @@ pub async fn apply_in_turn<R: Reconcile + ?Sized>(
         if !results.may_start() {
             return;
         }
-        let outcome = reconciler
-            .apply(
-                &desired.resource,
-                &desired.spec_hash,
-                desired.previous.as_ref(),
-            )
-            .await;
-        if !results.send(desired.resource, outcome) {
+        let outcome = reconciler.apply(&desired).await;
+        if !results.send(desired.id, outcome) {
             return;
         }
     }
@@ -324,8 +370,6 @@ pub enum ReconcileError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     SessionStorage(#[from] SessionStorageError),
-    #[error("resource {id} has kind {kind}, which this agent build does not know")]
-    UnknownKind { id: ResourceId, kind: String },
     #[error("reconciling resource {id} took longer than {timeout:?}")]
     TimedOut { id: ResourceId, timeout: Duration },
     #[error("reconciler of resource {id} stopped unexpectedly: {message}")]
@@ -340,7 +384,6 @@ impl ReconcileError {
             ReconcileError::SystemdUnit(error) => error.reason(),
             ReconcileError::Container(error) => error.reason(),
             ReconcileError::SessionStorage(error) => error.reason(),
-            ReconcileError::UnknownKind { .. } => ErrorReason::UnsupportedKind,
             ReconcileError::TimedOut { .. } | ReconcileError::Crashed { .. } => {
                 ErrorReason::IoError
             }
@@ -413,29 +456,19 @@ impl Reconcilers {
 }
 
 impl Reconcile for Reconcilers {
-    async fn apply(
-        &self,
-        resource: &Resource,
-        spec_hash: &str,
-        previous: Option<&OwnershipRecord>,
-    ) -> Outcome {
-        let id = &resource.id;
-        match &resource.spec {
-            ResourceSpec::File(spec) => apply_kind(&self.file, id, spec, spec_hash, previous).await,
-            ResourceSpec::SessionStorage(spec) => {
-                apply_kind(&self.session_storage, id, spec, spec_hash, previous).await
+    async fn apply(&self, desired: &Desired) -> Outcome {
+        let (id, hash, previous) = (&desired.id, &desired.spec_hash, desired.previous.as_ref());
+        match &desired.spec {
+            KnownSpec::File(spec) => apply_kind(&self.file, id, spec, hash, previous).await,
+            KnownSpec::SessionStorage(spec) => {
+                apply_kind(&self.session_storage, id, spec, hash, previous).await
             }
-            ResourceSpec::SystemdUnit(spec) => {
-                apply_kind(&self.systemd_unit, id, spec, spec_hash, previous).await
+            KnownSpec::SystemdUnit(spec) => {
+                apply_kind(&self.systemd_unit, id, spec, hash, previous).await
             }
-            ResourceSpec::Container(spec) => {
-                apply_kind(&self.container, id, spec, spec_hash, previous).await
+            KnownSpec::Container(spec) => {
+                apply_kind(&self.container, id, spec, hash, previous).await
             }
-            ResourceSpec::Unknown { kind, .. } => Err(ReconcileError::UnknownKind {
-                id: id.clone(),
-                kind: kind.clone(),
-            })
-            .into(),
         }
     }
 

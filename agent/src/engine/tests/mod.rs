@@ -16,7 +16,8 @@ use serde_json::json;
 
 use super::*;
 use crate::reconcile::{
-    Applied, Change, ContainerError, Deleted, FileError, Outcome, Reconcile, ReconcileError,
+    Applied, Change, ContainerError, Deleted, Desired, FileError, Outcome, Reconcile,
+    ReconcileError,
 };
 use crate::shutdown::Shutdown;
 use crate::status::{self, Connectivity};
@@ -144,13 +145,10 @@ impl FakeReconciler {
 }
 
 impl Reconcile for FakeReconciler {
-    async fn apply(
-        &self,
-        resource: &Resource,
-        spec_hash: &str,
-        _previous: Option<&OwnershipRecord>,
-    ) -> Outcome {
-        self.apply_result(resource, spec_hash).await.into()
+    async fn apply(&self, desired: &Desired) -> Outcome {
+        self.apply_result(&desired.resource(), &desired.spec_hash)
+            .await
+            .into()
     }
 
     async fn delete(

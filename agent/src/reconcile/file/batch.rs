@@ -19,19 +19,21 @@ impl TryFrom<Desired> for BatchItem {
 
     fn try_from(desired: Desired) -> Result<Self, Desired> {
         let Desired {
-            resource: Resource { id, spec },
+            id,
+            spec,
             spec_hash,
             previous,
         } = desired;
         match spec {
-            ResourceSpec::File(spec) => Ok(BatchItem {
+            KnownSpec::File(spec) => Ok(BatchItem {
                 id,
                 spec,
                 spec_hash,
                 previous,
             }),
             spec => Err(Desired {
-                resource: Resource { id, spec },
+                id,
+                spec,
                 spec_hash,
                 previous,
             }),
@@ -42,10 +44,8 @@ impl TryFrom<Desired> for BatchItem {
 impl From<BatchItem> for Desired {
     fn from(item: BatchItem) -> Self {
         Desired {
-            resource: Resource {
-                id: item.id,
-                spec: ResourceSpec::File(item.spec),
-            },
+            id: item.id,
+            spec: KnownSpec::File(item.spec),
             spec_hash: item.spec_hash,
             previous: item.previous,
         }
@@ -92,19 +92,15 @@ impl FileReconciler {
                     .apply_with(&id, &spec, &spec_hash, previous.as_ref(), DirSync::Deferred)
                     .map_err(ReconcileError::from),
             };
-            let resource = Resource {
-                id,
-                spec: ResourceSpec::File(spec),
-            };
             let (result, unsynced) = match outcome {
                 Ok((applied, unsynced)) => (Ok(applied), unsynced),
                 Err(error) => (Err(error), None),
             };
             // Results go out in the batch's order: behind a held one, every result waits.
             let sent = if unsynced.is_none() && pending.is_empty() {
-                results.send(resource, result.into())
+                results.send(id, result.into())
             } else {
-                pending.hold(resource, result, unsynced);
+                pending.hold(id, result, unsynced);
                 true
             };
             if !sent || (pending.is_due() && !pending.flush(results)) {
@@ -178,7 +174,7 @@ struct PendingDirSyncs {
     /// Distinct directories, each fsynced once.
     dirs: DirSyncs,
     /// Held results, each with the position in `dirs` of the directory it waits for, if any.
-    held: Vec<(Resource, Result<Applied, ReconcileError>, Option<usize>)>,
+    held: Vec<(ResourceId, Result<Applied, ReconcileError>, Option<usize>)>,
     /// When the oldest held result was held.
     since: Option<std::time::Instant>,
 }
@@ -194,12 +190,12 @@ impl PendingDirSyncs {
 
     fn hold(
         &mut self,
-        resource: Resource,
+        id: ResourceId,
         result: Result<Applied, ReconcileError>,
         unsynced: Option<OwnedFd>,
     ) {
         let at = unsynced.map(|dir| self.dirs.add(dir));
-        self.held.push((resource, result, at));
+        self.held.push((id, result, at));
         self.since.get_or_insert_with(std::time::Instant::now);
     }
 
@@ -215,12 +211,12 @@ impl PendingDirSyncs {
         let synced: Vec<Result<(), Errno>> = self.dirs.sync_all();
         self.since = None;
         let mut taken = true;
-        for (resource, result, at) in self.held.drain(..) {
+        for (id, result, at) in self.held.drain(..) {
             let result = match (result, at.map(|at| synced[at])) {
                 (Ok(applied), Some(Err(errno))) => {
                     let path = match &applied.owned {
                         Owned::File(owned) => owned.path.clone(),
-                        _ => resource.id.to_string(),
+                        _ => id.to_string(),
                     };
                     Err(ReconcileError::from(io_error(
                         Path::new(&path),
@@ -230,7 +226,7 @@ impl PendingDirSyncs {
                 }
                 (result, _) => result,
             };
-            taken = taken && results.send(resource, result.into());
+            taken = taken && results.send(id, result.into());
         }
         taken
     }

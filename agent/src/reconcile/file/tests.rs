@@ -80,7 +80,8 @@ impl Fixture {
             .iter()
             .map(|(resource, previous)| {
                 BatchItem::try_from(Desired {
-                    resource: (*resource).clone(),
+                    id: resource.id.clone(),
+                    spec: KnownSpec::of(&resource.spec).expect("a known kind"),
                     spec_hash: resource.spec_hash(),
                     previous: previous.map(|applied| OwnershipRecord {
                         kind: Kind::File,
@@ -97,8 +98,8 @@ impl Fixture {
         self.reconciler
             .apply_batch_blocking(batch, &BatchResults::new(sender, shutdown.signal()));
         let mut results = Vec::new();
-        while let Ok((resource, outcome)) = receiver.try_recv() {
-            assert_eq!(resource.id, resources[results.len()].0.id, "in order");
+        while let Ok((id, outcome)) = receiver.try_recv() {
+            assert_eq!(id, resources[results.len()].0.id, "in order");
             results.push(outcome.result);
         }
         assert_eq!(results.len(), resources.len());
