@@ -21,6 +21,7 @@ eval "$(deploy/dev/fuse.sh)"
 set +a
 deploy/dev/containers.sh
 deploy/dev/schemathesis.sh >/dev/null
+deploy/dev/netfaults.sh
 log "postgres, systemd (user manager), chromium, podman, docker, schemathesis and the validators ready"
 
 log "cargo fmt --check"
