@@ -9,6 +9,8 @@ const STATES = ["converged", "progressing", "degraded", "rolledBack", "stale", "
 const PAGE = 500;
 const MAX_FAILING_LOOKUPS = 50;
 const RECENT_EVENTS = 50;
+// Rollout phases as the API spells them; the fleets page counts fleets in each.
+const ROLLOUT_PHASES = ["Progressing", "WaitingApproval", "Paused", "Completed", "Aborted", "RolledBack"];
 
 let timer = null;
 
@@ -70,7 +72,7 @@ function badge(text, kind) {
 }
 
 function show(section) {
-  for (const id of ["login", "fleet", "agent", "error"]) $(id).hidden = id !== section;
+  for (const id of ["login", "fleet", "fleets", "agent", "error"]) $(id).hidden = id !== section;
   $("logout").hidden = section === "login";
 }
 
@@ -108,8 +110,47 @@ function rollbackOf(status) {
   return ((status && status.conditions) || []).find((c) => c.type === "RolledBack") || null;
 }
 
+// Every page of a cursor-paged list, bounded like the agents list.
+async function allPages(path) {
+  const items = [];
+  let cursor = null;
+  do {
+    const query = "limit=" + PAGE + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+    const page = await api(path + (path.includes("?") ? "&" : "?") + query);
+    items.push(...page.items);
+    cursor = page.nextCursor;
+  } while (cursor && items.length < 20 * PAGE);
+  return items;
+}
+
+function fleetPath(name) { return "/api/v1/fleets/" + encodeURIComponent(name); }
+
+// The filter's choices: every fleet by name, the chosen one selected. A manager without fleets
+// (or a failed read) leaves only "every agent"; the agents table does not depend on it.
+async function fillFleetFilter(chosen) {
+  let names = [];
+  try { names = (await allPages("/api/v1/fleets")).map((f) => f.name); } catch (_) { /* none */ }
+  if (chosen && !names.includes(chosen)) names.push(chosen);
+  $("fleet-filter").replaceChildren(el("option", { value: "" }, "every agent"),
+    ...names.map((name) => el("option", { value: name }, name)));
+  $("fleet-filter").value = chosen || "";
+}
+
 async function renderFleet() {
-  const rows = await fleetRows();
+  const fleetName = hashParams().get("fleet");
+  let rows = await fleetRows();
+  // Filtered by fleet: only the devices it selects, with the revision rendered for each and its
+  // rollout state.
+  const devices = new Map();
+  if (fleetName) {
+    for (const device of await allPages(fleetPath(fleetName) + "/devices")) {
+      devices.set(device.agentId, device);
+    }
+    rows = rows.filter((row) => devices.has(row.agentId));
+  }
+  await fillFleetFilter(fleetName);
+  $("fleet-title").textContent = fleetName ? "Devices of fleet " + fleetName : "Fleet";
+  for (const th of document.querySelectorAll("th.fleet-column")) th.hidden = !fleetName;
   const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
   for (const row of rows) counts[row.state] = (counts[row.state] || 0) + 1;
   $("counts").replaceChildren(
@@ -143,9 +184,97 @@ async function renderFleet() {
       el("td", {}, (row.counts.Ready || 0) + "/" + total),
       el("td", { class: "failing" }, (failing[row.agentId] || []).join(", ")),
       el("td", { title: row.lastSeenAt || "" }, ago(row.lastSeenAt)),
-      el("td", {}, Object.entries(row.labels || {}).map(([k, v]) => k + "=" + v).join(", ")));
+      el("td", {}, Object.entries(row.labels || {}).map(([k, v]) => k + "=" + v).join(", ")),
+      ...(fleetName ? deviceCells(devices.get(row.agentId)) : []));
   }));
   show("fleet");
+}
+
+// The two fleet columns of a device row: the fleet revision rendered for it and its rollout
+// state, with what it names (the parameter missing or invalid, the failure, the other fleets).
+function deviceCells(device) {
+  const state = device.state || "";
+  const why = [device.detail, (device.conflictingFleets || []).length
+    ? "fleets " + device.conflictingFleets.join(", ") : null].filter(Boolean).join("; ");
+  return [
+    el("td", {}, device.revisionRendered ?? "-"),
+    el("td", { class: "rollout-state", "data-rollout-state": state },
+      badge(state, "rollout"), why ? " " + why : ""),
+  ];
+}
+
+// A batch's limit as the operator wrote it (1, "25%"), or "rest" for {}.
+function batchLimit(fleet, index) {
+  const strategy = (fleet.fleet && fleet.fleet.rolloutStrategy) || {};
+  const batch = (strategy.batches || [])[index] || {};
+  return batch.limit ?? "rest";
+}
+
+function batchState(batch) {
+  if (batch.finished) return "done";
+  return batch.startedAt ? "running" : "waiting";
+}
+
+// One fleet: its phase, revisions, the pause reason, and a row per batch with its counts.
+function fleetCard(fleet) {
+  const phase = fleet.phase || "";
+  const devices = Object.values(fleet.devices || {}).reduce((a, b) => a + b, 0);
+  const byState = Object.entries(fleet.devices || {}).map(([s, n]) => n + " " + s).join(", ");
+  let revision = "revision " + fleet.revision;
+  if (fleet.targetRevision !== fleet.revision) revision += ", rolling out " + fleet.targetRevision;
+  if (fleet.goodRevision != null && fleet.goodRevision !== fleet.targetRevision) {
+    revision += ", last good " + fleet.goodRevision;
+  }
+  const threshold = ((fleet.fleet || {}).rolloutStrategy || {}).successThreshold;
+  const reason = fleet.pauseReason
+    ? el("p", { class: "pause-reason" }, "Paused: " + fleet.pauseReason) : "";
+  const rows = (fleet.batches || []).map((batch) =>
+    el("tr", Object.assign({ "data-batch": batch.index + 1, "data-batch-state": batchState(batch) },
+      batch.index === fleet.currentBatch ? { class: "current" } : {}),
+      el("td", {}, batch.index + 1),
+      el("td", {}, batchLimit(fleet, batch.index)),
+      el("td", {}, batch.devices),
+      el("td", { class: "succeeded" }, batch.succeeded),
+      el("td", { class: "failed" }, batch.failed),
+      el("td", {}, batch.pending),
+      el("td", {}, batch.deferred),
+      el("td", {}, batchState(batch)),
+      el("td", {}, progressBar(batch))));
+  return el("article", { class: "fleet-card", "data-fleet": fleet.name, "data-phase": phase },
+    el("h2", {}, fleet.name + " ", badge(phase, "rollout")),
+    el("p", { class: "muted" }, revision + (threshold ? ", success threshold " + threshold : "")
+      + " \u00b7 ", el("a", { href: "#fleet=" + encodeURIComponent(fleet.name) },
+        devices + " devices"), byState ? " (" + byState + ")" : ""),
+    reason,
+    el("table", { class: "batches" },
+      el("thead", {}, el("tr", {}, ...["Batch", "Limit", "Devices", "Succeeded", "Failed",
+        "Pending", "Deferred", "State", "Progress"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows)));
+}
+
+// A batch's progress as a bar: succeeded green, failed red, out of its devices. Widths are set
+// through the style object: the CSP forbids style attributes.
+function progressBar(batch) {
+  const total = batch.devices || 0;
+  const part = (n, kind) => {
+    const span = el("span", { class: "bar-" + kind });
+    span.style.width = (total ? (100 * (n || 0)) / total : 0) + "%";
+    return span;
+  };
+  return el("span", { class: "bar", title: (batch.succeeded || 0) + "/" + total + " succeeded" },
+    part(batch.succeeded, "succeeded"), part(batch.failed, "failed"));
+}
+
+async function renderFleets() {
+  const fleets = await allPages("/api/v1/fleets");
+  $("fleets-empty").hidden = fleets.length > 0;
+  const phases = Object.fromEntries(ROLLOUT_PHASES.map((p) => [p, 0]));
+  for (const fleet of fleets) phases[fleet.phase] = (phases[fleet.phase] || 0) + 1;
+  $("fleet-counts").replaceChildren(...ROLLOUT_PHASES.map((phase) =>
+    el("div", { class: "count rollout-count rollout-" + phase.toLowerCase(), "data-phase": phase },
+      el("span", { class: "number", id: "fleets-" + phase }, phases[phase]), el("span", {}, phase))));
+  $("fleet-list").replaceChildren(...fleets.map(fleetCard));
+  show("fleets");
 }
 
 // A resource's drift repairs: "3 (content changed, 2m ago)".
@@ -224,9 +353,11 @@ async function renderAgent(agentId) {
 }
 
 async function refresh() {
-  const agentId = hashParams().get("agent");
+  const params = hashParams();
+  const agentId = params.get("agent");
   try {
     if (agentId) await renderAgent(agentId);
+    else if (params.has("fleets")) await renderFleets();
     else await renderFleet();
     $("error").hidden = true;
     // A token works: a refusal of an earlier one is over.
@@ -261,6 +392,10 @@ function start() {
     sessionStorage.removeItem(TOKEN_KEY);
     $("login-error").textContent = "";
     show("login");
+  });
+  $("fleet-filter").addEventListener("change", () => {
+    const name = $("fleet-filter").value;
+    location.hash = name ? "fleet=" + encodeURIComponent(name) : "";
   });
   window.addEventListener("hashchange", () => { takeTokenFromFragment(); refresh(); });
   refresh();

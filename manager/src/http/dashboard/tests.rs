@@ -1,4 +1,5 @@
-//! Tests of the dashboard page: external script and style only, no HTML built from data, every state counted.
+//! Tests of the dashboard page: external script and style only, no HTML built from data, every
+//! fleet state and rollout phase counted.
 
 use super::*;
 
@@ -24,5 +25,15 @@ fn the_script_counts_every_fleet_state() {
         .map(|s| format!("\"{}\"", s.as_str()))
         .collect();
     let line = format!("const STATES = [{}];", states.join(", "));
+    assert!(APP_JS.contains(&line), "app.js should declare {line}");
+}
+
+#[test]
+fn the_script_counts_every_rollout_phase() {
+    let phases: Vec<String> = fleetlet_manifests::fleet_api::RolloutPhase::ALL
+        .iter()
+        .map(|p| format!("\"{}\"", p.as_str()))
+        .collect();
+    let line = format!("const ROLLOUT_PHASES = [{}];", phases.join(", "));
     assert!(APP_JS.contains(&line), "app.js should declare {line}");
 }
