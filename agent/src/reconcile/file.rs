@@ -56,10 +56,11 @@ pub const BATCH_SIZE: usize = 64;
 pub enum FileError {
     #[error("path {path} is outside the configured file roots ({roots})")]
     OutsideRoots { path: String, roots: String },
-    #[error("path {path} goes through the symbolic link {link}, which is not followed")]
-    SymlinkInPath { path: String, link: String },
-    #[error("path {path} is occupied by {found}, not by a regular file the agent can manage")]
-    Occupied { path: String, found: String },
+    /// What the confined filesystem refused or failed at: a link in the way, an entry that is
+    /// not a regular file, an I/O error. Its message is the confined module's, with an entry in
+    /// the way named as one the agent cannot manage.
+    #[error("{}{}", .0, not_manageable(.0))]
+    Confined(#[source] ConfinedError),
     #[error("owner {owner} of {path} does not exist on this device")]
     OwnerNotFound { path: String, owner: String },
     #[error("group {group} of {path} does not exist on this device")]
@@ -68,30 +69,32 @@ pub enum FileError {
     UndecodableContent { id: ResourceId },
     #[error("permission denied to {action} {path}")]
     PermissionDenied { path: String, action: &'static str },
-    #[error("could not {action} {path}: {source}")]
-    Io {
-        path: String,
-        action: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("file worker for {path} stopped: {message}")]
     WorkerStopped { path: String, message: String },
+}
+
+/// What the message of an entry in the way adds: it is not something the agent manages.
+fn not_manageable(error: &ConfinedError) -> &'static str {
+    match error {
+        ConfinedError::Occupied { .. } => ", not by a regular file the agent can manage",
+        _ => "",
+    }
 }
 
 impl FileError {
     pub fn reason(&self) -> ErrorReason {
         match self {
-            FileError::OutsideRoots { .. } | FileError::SymlinkInPath { .. } => {
-                ErrorReason::PathNotAllowed
-            }
-            FileError::Occupied { .. } => ErrorReason::Conflict,
+            FileError::OutsideRoots { .. }
+            | FileError::Confined(
+                ConfinedError::SymlinkInPath { .. } | ConfinedError::NotBeneath { .. },
+            ) => ErrorReason::PathNotAllowed,
+            FileError::Confined(ConfinedError::Occupied { .. }) => ErrorReason::Conflict,
             FileError::OwnerNotFound { .. } | FileError::GroupNotFound { .. } => {
                 ErrorReason::OwnerNotFound
             }
             FileError::UndecodableContent { .. } => ErrorReason::InvalidSpec,
             FileError::PermissionDenied { .. } => ErrorReason::PermissionDenied,
-            FileError::Io { source, .. }
+            FileError::Confined(ConfinedError::Io { source, .. })
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
@@ -99,40 +102,44 @@ impl FileError {
             {
                 ErrorReason::DiskFull
             }
-            FileError::Io { .. } | FileError::WorkerStopped { .. } => ErrorReason::IoError,
+            FileError::Confined(ConfinedError::Os {
+                errno: Errno::ENOSPC | Errno::EDQUOT,
+                ..
+            }) => ErrorReason::DiskFull,
+            FileError::Confined(ConfinedError::Io { .. } | ConfinedError::Os { .. })
+            | FileError::WorkerStopped { .. } => ErrorReason::IoError,
         }
+    }
+
+    /// An I/O error, as the confined filesystem reports one.
+    pub fn io(path: &Path, action: &'static str, source: std::io::Error) -> FileError {
+        FileError::Confined(ConfinedError::io(path, action, source))
     }
 }
 
 /// Turns a failed system call into a [`FileError`], singling out missing permissions.
 fn io_error(path: &Path, action: &'static str, errno: Errno) -> FileError {
-    let path = path.display().to_string();
     match errno {
-        Errno::EACCES | Errno::EPERM => FileError::PermissionDenied { path, action },
-        _ => FileError::Io {
-            path,
+        Errno::EACCES | Errno::EPERM => FileError::PermissionDenied {
+            path: path.display().to_string(),
             action,
-            source: errno.into(),
         },
+        _ => FileError::io(path, action, errno.into()),
     }
 }
 
 fn std_io_error(path: &Path, action: &'static str, error: std::io::Error) -> FileError {
     match error.raw_os_error() {
         Some(raw) => io_error(path, action, Errno::from_raw(raw)),
-        None => FileError::Io {
-            path: path.display().to_string(),
-            action,
-            source: error,
-        },
+        None => FileError::io(path, action, error),
     }
 }
 
 impl From<ConfinedError> for FileError {
+    /// Wrapped as it is, but for a path not beneath its root (said as a File path outside the
+    /// roots) and a failed system call (missing permissions singled out, as [`io_error`] does).
     fn from(error: ConfinedError) -> Self {
         match error {
-            ConfinedError::SymlinkInPath { path, link } => FileError::SymlinkInPath { path, link },
-            ConfinedError::Occupied { path, found } => FileError::Occupied { path, found },
             ConfinedError::NotBeneath { path } => FileError::OutsideRoots {
                 roots: "the root it was opened beneath".into(),
                 path,
@@ -147,6 +154,7 @@ impl From<ConfinedError> for FileError {
                 action,
                 source,
             } => std_io_error(Path::new(&path), action, source),
+            other => FileError::Confined(other),
         }
     }
 }
@@ -206,10 +214,12 @@ impl FileReconciler {
     ) -> Result<(Applied, Option<OwnedFd>), FileError> {
         let path = spec.path.as_path();
         let desired = resolve_desired(id, spec)?;
-        let parent = self.open_parent(path, true)?.ok_or_else(|| FileError::Io {
-            path: path.display().to_string(),
-            action: "open the directory of",
-            source: std::io::ErrorKind::NotFound.into(),
+        let parent = self.open_parent(path, true)?.ok_or_else(|| {
+            FileError::io(
+                path,
+                "open the directory of",
+                std::io::ErrorKind::NotFound.into(),
+            )
         })?;
         let observed = observe(&parent, path, &desired)?;
 
@@ -232,10 +242,12 @@ impl FileReconciler {
         if written_now {
             write_atomically(&parent, path, &desired, dir_sync)?;
         }
-        let written = stat_entry(&parent, path)?.ok_or_else(|| FileError::Io {
-            path: path.display().to_string(),
-            action: "find the file just written at",
-            source: std::io::ErrorKind::NotFound.into(),
+        let written = stat_entry(&parent, path)?.ok_or_else(|| {
+            FileError::io(
+                path,
+                "find the file just written at",
+                std::io::ErrorKind::NotFound.into(),
+            )
         })?;
 
         // A file keeps the "created by the agent" mark it got when it was first written; a path
@@ -283,7 +295,10 @@ impl FileReconciler {
             Ok(None) => return Ok(Deleted::AlreadyGone),
             // The roots changed or a link was put in the way: reaching the file would mean
             // following something we refuse to follow, so we stop managing it instead.
-            Err(error @ (FileError::OutsideRoots { .. } | FileError::SymlinkInPath { .. })) => {
+            Err(
+                error @ (FileError::OutsideRoots { .. }
+                | FileError::Confined(ConfinedError::SymlinkInPath { .. })),
+            ) => {
                 tracing::warn!(resource = %id, %error, "file left in place");
                 return Ok(Deleted::Released {
                     why: error.to_string(),
@@ -418,22 +433,22 @@ fn observe(parent: &Parent, path: &Path, desired: &DesiredFile) -> Result<Observ
     match file_type(&stat) {
         SFlag::S_IFREG => {}
         SFlag::S_IFLNK => {
-            return Err(FileError::SymlinkInPath {
+            return Err(FileError::Confined(ConfinedError::SymlinkInPath {
                 path: path.display().to_string(),
                 link: path.display().to_string(),
-            });
+            }));
         }
         SFlag::S_IFDIR => {
-            return Err(FileError::Occupied {
+            return Err(FileError::Confined(ConfinedError::Occupied {
                 path: path.display().to_string(),
                 found: "a directory".into(),
-            });
+            }));
         }
         _ => {
-            return Err(FileError::Occupied {
+            return Err(FileError::Confined(ConfinedError::Occupied {
                 path: path.display().to_string(),
                 found: "a special file".into(),
-            });
+            }));
         }
     }
     let mut drift = Vec::new();

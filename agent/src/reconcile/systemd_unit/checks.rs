@@ -44,13 +44,8 @@ pub(super) fn read_existing(
         unit: unit.to_owned(),
         source,
     };
-    let io_error = |action: &'static str, errno: Errno| {
-        failed(FileError::Io {
-            path: path.display().to_string(),
-            action,
-            source: errno.into(),
-        })
-    };
+    let io_error =
+        |action: &'static str, errno: Errno| failed(FileError::io(path, action, errno.into()));
     let (Some(unit_dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Ok(Existing::Foreign {
             why: "it is not a file name in a directory".into(),
@@ -81,26 +76,16 @@ pub(super) fn read_existing(
             };
         }
     };
-    let metadata = file.metadata().map_err(|error| {
-        failed(FileError::Io {
-            path: path.display().to_string(),
-            action: "read",
-            source: error,
-        })
-    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| failed(FileError::io(path, "read", error)))?;
     if !metadata.is_file() {
         return Ok(not_regular());
     }
     let mut bytes = Vec::new();
     file.take(MAX_UNIT_FILE_READ)
         .read_to_end(&mut bytes)
-        .map_err(|error| {
-            failed(FileError::Io {
-                path: path.display().to_string(),
-                action: "read",
-                source: error,
-            })
-        })?;
+        .map_err(|error| failed(FileError::io(path, "read", error)))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if text.lines().next() != Some(marker) {
         return Ok(Existing::Foreign {
