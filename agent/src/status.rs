@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use fleetlet_manifests::signature::SignatureError;
 use fleetlet_manifests::status::STATUS_KIND;
 use fleetlet_manifests::{
     API_VERSION, AgentId, AgentInfo, AgentManifest, AgentStatus, Condition, ConditionStatus,
@@ -46,10 +47,12 @@ impl Rejection {
         }
     }
 
-    /// Trusted keys are configured and the manifest is unsigned or its signature does not verify.
-    pub fn signature_invalid(message: String) -> Self {
+    /// Trusted keys are configured and `error` refused the manifest: `SignatureInvalid` for the
+    /// manifest's own signature, a reason of its own for each refusal of a fleet-rendered one
+    /// (`FleetSignatureInvalid`, `FleetValueOutsidePattern`, `FleetTemplateMismatch`).
+    pub fn signature_refused(error: &SignatureError, message: String) -> Self {
         Self {
-            reason: "SignatureInvalid",
+            reason: error.reason(),
             message,
         }
     }

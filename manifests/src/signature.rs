@@ -20,12 +20,31 @@
 //! re-serve an older manifest that was signed for the same device as a new generation (a
 //! rollback to a state the operator once approved), but can never make a device run resources
 //! the operator did not sign for it.
+//!
+//! A fleet (`crate::fleet`) is signed over other bytes, [`fleet_payload`]:
+//!
+//! ```text
+//! fleetlet-fleet-v1\n<fleet name>\n<canonical JSON of the template>\n<canonical JSON of the parameter declarations>
+//! ```
+//!
+//! A manifest rendered from a signed fleet has no signature of its own; it carries the signed
+//! template, the declarations, the signature and the values used (`AgentManifest.fleet`), and
+//! [`verify`] accepts it only when the fleet signature verifies, every value matches its signed
+//! pattern, and rendering the signed template with those values for the manifest's agent id
+//! gives exactly the manifest's resources and rollout policy. The selector and rollout strategy
+//! are not signed: they decide which devices get the template and when, never what a device
+//! runs. The same known limit as above applies: an older signed revision can be re-served.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest, Sha256};
 
+use std::collections::BTreeMap;
+
+use crate::fleet::{
+    Fleet, FleetName, FleetOrigin, FleetTemplate, ParameterName, ParameterSpec, render_template,
+};
 use crate::ids::{AgentId, KEY_ID_BYTES};
 use crate::manifest::{AgentManifest, Resource, RolloutPolicy};
 
@@ -72,6 +91,36 @@ fn canonical_rollout(rollout: &RolloutPolicy) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The first line of every signed fleet payload: a fleet signature can never verify as a
+/// manifest signature, nor the other way round.
+pub const FLEET_PAYLOAD_CONTEXT: &str = "fleetlet-fleet-v1\n";
+
+/// The exact bytes signed for a fleet: its name, template and parameter declarations (see the
+/// module docs), as canonical JSON like a manifest's resources.
+pub fn fleet_payload(
+    name: &FleetName,
+    template: &FleetTemplate,
+    parameters: &BTreeMap<ParameterName, ParameterSpec>,
+) -> Vec<u8> {
+    let canonical = |value: serde_json::Result<serde_json::Value>| {
+        value
+            .and_then(|value| serde_json::to_vec(&value))
+            .unwrap_or_default()
+    };
+    let template = canonical(serde_json::to_value(template));
+    let parameters = canonical(serde_json::to_value(parameters));
+    let mut payload = Vec::with_capacity(
+        FLEET_PAYLOAD_CONTEXT.len() + name.as_str().len() + template.len() + parameters.len() + 2,
+    );
+    payload.extend_from_slice(FLEET_PAYLOAD_CONTEXT.as_bytes());
+    payload.extend_from_slice(name.as_str().as_bytes());
+    payload.push(b'\n');
+    payload.extend_from_slice(&template);
+    payload.push(b'\n');
+    payload.extend_from_slice(&parameters);
+    payload
+}
+
 /// An operator's private signing key. Its `Debug` never shows the key.
 pub struct SecretKey(SigningKey);
 
@@ -102,6 +151,15 @@ impl SecretKey {
 
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `fleet` for its name, template and parameter declarations.
+    pub fn sign_fleet(&self, fleet: &Fleet) -> ManifestSignature {
+        let payload = fleet_payload(&fleet.name, &fleet.template, &fleet.parameters);
+        ManifestSignature {
+            key_id: self.public().key_id(),
+            ed25519: self.0.sign(&payload).to_bytes(),
+        }
     }
 
     /// Signs `manifest` for its agent, resources and rollout policy.
@@ -161,28 +219,112 @@ pub enum SignatureError {
     UnknownKey { key_id: String },
     #[error("the signature by key {key_id} does not match the manifest")]
     Mismatch { key_id: String },
+    /// A fleet-rendered manifest whose fleet signature does not match the carried name,
+    /// template and parameter declarations.
+    #[error("the fleet signature by key {key_id} does not match the signed template")]
+    FleetSignatureMismatch { key_id: String },
+    /// A fleet-rendered manifest with a value missing, undeclared, or outside its signed pattern.
+    #[error(
+        "the value of fleet parameter {name} is missing, undeclared or outside its signed pattern"
+    )]
+    FleetValueOutsidePattern { name: String },
+    /// A fleet-rendered manifest whose resources or rollout policy are not what the signed
+    /// template renders for this agent with the carried values.
+    #[error("the manifest is not what the signed fleet template renders for this agent")]
+    FleetTemplateMismatch,
+}
+
+impl SignatureError {
+    /// The reason of the agent's `ManifestRejected` condition for this refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unsigned | Self::UnknownKey { .. } | Self::Mismatch { .. } => "SignatureInvalid",
+            Self::FleetSignatureMismatch { .. } => "FleetSignatureInvalid",
+            Self::FleetValueOutsidePattern { .. } => "FleetValueOutsidePattern",
+            Self::FleetTemplateMismatch => "FleetTemplateMismatch",
+        }
+    }
 }
 
 /// Checks that `manifest` carries a signature by one of `trusted` over its agent id, resources
 /// and rollout policy. With no trusted keys there is nothing to check against; callers decide whether
 /// that means "accept unsigned" (see the agent's `FLEETLET_TRUSTED_KEYS`).
+///
+/// A manifest without a signature of its own but rendered from a signed fleet is checked as the
+/// module docs say ([`verify_fleet`]).
 pub fn verify(manifest: &AgentManifest, trusted: &[PublicKey]) -> Result<(), SignatureError> {
-    let signature = manifest
-        .signature
-        .as_ref()
-        .ok_or(SignatureError::Unsigned)?;
-    let key = trusted
-        .iter()
-        .find(|key| key.key_id() == signature.key_id)
-        .ok_or_else(|| SignatureError::UnknownKey {
-            key_id: signature.key_id.clone(),
-        })?;
+    let signature = match (&manifest.signature, &manifest.fleet) {
+        (Some(signature), _) => signature,
+        (None, Some(origin)) if origin.signed.is_some() => {
+            return verify_fleet(manifest, origin, trusted);
+        }
+        (None, _) => return Err(SignatureError::Unsigned),
+    };
+    let key = trusted_key(trusted, signature)?;
     let payload = manifest_payload(manifest);
     key.0
         .verify(&payload, &Signature::from_bytes(&signature.ed25519))
         .map_err(|_| SignatureError::Mismatch {
             key_id: signature.key_id.clone(),
         })
+}
+
+fn trusted_key<'k>(
+    trusted: &'k [PublicKey],
+    signature: &ManifestSignature,
+) -> Result<&'k PublicKey, SignatureError> {
+    trusted
+        .iter()
+        .find(|key| key.key_id() == signature.key_id)
+        .ok_or_else(|| SignatureError::UnknownKey {
+            key_id: signature.key_id.clone(),
+        })
+}
+
+/// Checks a manifest rendered from a signed fleet: the fleet signature over the carried name,
+/// template and declarations; every declared parameter has a value matching its signed pattern
+/// and no other value is carried; the signed template rendered with those values for the
+/// manifest's agent id is exactly the manifest's resources and rollout policy.
+pub fn verify_fleet(
+    manifest: &AgentManifest,
+    origin: &FleetOrigin,
+    trusted: &[PublicKey],
+) -> Result<(), SignatureError> {
+    let signed = origin.signed.as_ref().ok_or(SignatureError::Unsigned)?;
+    let key = trusted_key(trusted, &signed.signature)?;
+    let payload = fleet_payload(&origin.name, &signed.template, &signed.parameters);
+    key.0
+        .verify(&payload, &Signature::from_bytes(&signed.signature.ed25519))
+        .map_err(|_| SignatureError::FleetSignatureMismatch {
+            key_id: signed.signature.key_id.clone(),
+        })?;
+    let outside = |name: &ParameterName| SignatureError::FleetValueOutsidePattern {
+        name: name.to_string(),
+    };
+    for (name, spec) in &signed.parameters {
+        match origin.values.get(name) {
+            Some(value) if spec.matches(value) => {}
+            _ => return Err(outside(name)),
+        }
+    }
+    if let Some(name) = origin
+        .values
+        .keys()
+        .find(|name| !signed.parameters.contains_key(*name))
+    {
+        return Err(outside(name));
+    }
+    let values: BTreeMap<String, String> = origin
+        .values
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.clone()))
+        .collect();
+    let rendered = render_template(&signed.template, &values, &manifest.agent_id)
+        .map_err(|_| SignatureError::FleetTemplateMismatch)?;
+    if rendered.resources != manifest.resources || rendered.rollout != manifest.rollout {
+        return Err(SignatureError::FleetTemplateMismatch);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,9 +30,10 @@ impl<R: Reconcile> Engine<R> {
         if let Err(error) = self.check_signature(&candidate.manifest) {
             let generation = candidate.generation;
             tracing::error!(generation, %error, "refusing a manifest whose signature does not verify");
-            return self.reject(Rejection::signature_invalid(format!(
-                "generation {generation}: {error}"
-            )));
+            return self.reject(Rejection::signature_refused(
+                &error,
+                format!("generation {generation}: {error}"),
+            ));
         }
         self.manifest_rejected = None;
         if self.accepted.as_ref() != Some(&candidate) {

@@ -212,3 +212,158 @@ fn wire_fields_are_checked() {
         Err(SignatureFieldError::Ed25519)
     );
 }
+
+/// A signed fleet of two parameters, and its manifest for `pi-1` as the agent receives it
+/// (serialized and parsed again).
+fn fleet_rendered(key: &SecretKey, greeting: &str) -> AgentManifest {
+    let mut fleet = crate::fleet::Fleet::from_value(serde_json::json!({
+        "apiVersion": "fleetlet.dev/v1", "kind": "Fleet", "name": "kiosks",
+        "selector": {"matchLabels": {"role": "kiosk"}},
+        "parameters": {
+            "greeting": {"pattern": "[A-Za-z ]{1,20}"},
+            "tag": {"pattern": "[0-9]+\\.[0-9]+", "default": "1.4"}
+        },
+        "template": {"resources": [
+            {"id": "motd", "kind": "File",
+             "spec": {"path": "/etc/motd", "content": {"text": "{{ greeting }} from {{ agentId }}\n"}}},
+            {"id": "web", "kind": "Container", "spec": {"image": "localhost/kiosk:{{ tag }}"}}
+        ]}
+    }))
+    .expect("valid fleet");
+    fleet.signature = Some(key.sign_fleet(&fleet));
+    let labels = [("greeting".to_owned(), greeting.to_owned())].into();
+    let agent = AgentId::try_from("pi-1").expect("valid id");
+    let manifest = crate::fleet::render(&fleet, 3, &agent, &labels).expect("renders");
+    let wire = serde_json::to_value(&manifest).expect("serializes");
+    AgentManifest::from_value(wire).expect("what the agent parses")
+}
+
+fn origin(manifest: &mut AgentManifest) -> &mut crate::fleet::FleetOrigin {
+    manifest.fleet.as_mut().expect("fleet provenance")
+}
+
+#[test]
+fn a_manifest_rendered_from_a_signed_fleet_verifies_without_its_own_signature() {
+    let key = key(1);
+    let manifest = fleet_rendered(&key, "Hello");
+    assert!(manifest.signature.is_none());
+    assert_eq!(verify(&manifest, &[key.public()]), Ok(()));
+    assert_eq!(
+        verify(&manifest, &[self::key(2).public()]),
+        Err(SignatureError::UnknownKey {
+            key_id: key.public().key_id()
+        })
+    );
+}
+
+#[test]
+fn a_value_outside_its_signed_pattern_is_refused_even_when_the_resources_match_it() {
+    let key = key(1);
+    // What a manager that was broken into would send: resources rendered with a value the
+    // pattern refuses, and that value.
+    let evil = fleet_rendered(&key, "Hello");
+    let mut manifest = evil.clone();
+    let name = crate::fleet::ParameterName::try_from("greeting").expect("valid");
+    origin(&mut manifest)
+        .values
+        .insert(name.clone(), "x; rm -rf /".into());
+    let error = verify(&manifest, &[key.public()]).expect_err("refused");
+    assert_eq!(
+        error,
+        SignatureError::FleetValueOutsidePattern {
+            name: "greeting".into()
+        }
+    );
+    assert_eq!(error.reason(), "FleetValueOutsidePattern");
+    // A value removed, or one the template does not declare, is refused the same way.
+    let mut missing = evil.clone();
+    origin(&mut missing).values.remove(&name);
+    assert!(matches!(
+        verify(&missing, &[key.public()]),
+        Err(SignatureError::FleetValueOutsidePattern { .. })
+    ));
+    let mut extra = evil;
+    origin(&mut extra).values.insert(
+        crate::fleet::ParameterName::try_from("other").expect("valid"),
+        "1".into(),
+    );
+    assert!(matches!(
+        verify(&extra, &[key.public()]),
+        Err(SignatureError::FleetValueOutsidePattern { .. })
+    ));
+}
+
+#[test]
+fn an_altered_template_or_altered_values_or_resources_are_refused() {
+    let key = key(1);
+    let good = fleet_rendered(&key, "Hello");
+
+    // The carried template altered (and the resources rendered from it): the signature breaks.
+    let mut altered = good.clone();
+    let signed = origin(&mut altered).signed.as_mut().expect("signed");
+    signed.template.resources[0].spec["path"] = serde_json::json!("/etc/shadow");
+    let error = verify(&altered, &[key.public()]).expect_err("refused");
+    assert!(matches!(
+        error,
+        SignatureError::FleetSignatureMismatch { .. }
+    ));
+    assert_eq!(error.reason(), "FleetSignatureInvalid");
+
+    // The resources changed under an intact signed template.
+    let mut resources = good.clone();
+    resources.resources = manifest("pi-1", "evil\n").resources;
+    let error = verify(&resources, &[key.public()]).expect_err("refused");
+    assert_eq!(error, SignatureError::FleetTemplateMismatch);
+    assert_eq!(error.reason(), "FleetTemplateMismatch");
+
+    // A value changed within its pattern without re-rendering: the resources no longer match.
+    let mut values = good.clone();
+    origin(&mut values).values.insert(
+        crate::fleet::ParameterName::try_from("greeting").expect("valid"),
+        "Bye".into(),
+    );
+    assert_eq!(
+        verify(&values, &[key.public()]),
+        Err(SignatureError::FleetTemplateMismatch)
+    );
+
+    // A rollout policy the template does not have.
+    let mut rollout = good.clone();
+    rollout.rollout = Some(RolloutPolicy {
+        progress_deadline_seconds: 5,
+        on_failure: OnFailure::Hold,
+    });
+    assert_eq!(
+        verify(&rollout, &[key.public()]),
+        Err(SignatureError::FleetTemplateMismatch)
+    );
+
+    // Without the signed part the manifest is simply unsigned.
+    let mut stripped = good;
+    origin(&mut stripped).signed = None;
+    assert_eq!(
+        verify(&stripped, &[key.public()]),
+        Err(SignatureError::Unsigned)
+    );
+}
+
+#[test]
+fn a_fleet_signature_is_never_a_manifest_signature() {
+    let key = key(1);
+    let rendered = fleet_rendered(&key, "Hello");
+    let mut manifest = rendered.clone();
+    let signed = rendered.fleet.and_then(|f| f.signed).expect("signed");
+    manifest.signature = Some(signed.signature);
+    assert!(matches!(
+        verify(&manifest, &[key.public()]),
+        Err(SignatureError::Mismatch { .. })
+    ));
+    assert!(
+        fleet_payload(
+            &crate::fleet::FleetName::try_from("kiosks").expect("valid"),
+            &signed.template,
+            &signed.parameters
+        )
+        .starts_with(FLEET_PAYLOAD_CONTEXT.as_bytes())
+    );
+}
