@@ -210,32 +210,9 @@ fn read_token(
     Ok(Some(token.to_owned()))
 }
 
-/// Parses a duration such as `30s`, `500ms`, `2m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(value),
-        "s" | "" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    if duration.is_zero() {
-        return Err("the duration must be above zero".to_owned());
-    }
-    Ok(duration)
-}
+/// Parses a duration such as `30s`, `500ms`, `2m` or `1h` (a bare number is seconds; zero is
+/// refused): the wire crate's one duration parser, in the spelling the CLI shares.
+pub use fleetlet_manifests::duration::parse_positive as parse_duration;
 
 #[cfg(test)]
 mod tests;

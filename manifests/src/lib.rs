@@ -5,6 +5,7 @@
 //! these, so a field cannot drift between the sides.
 
 pub mod api;
+pub mod duration;
 pub mod fleet;
 pub mod fleet_api;
 pub mod ids;

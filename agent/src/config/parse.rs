@@ -80,36 +80,9 @@ impl FromToml for u64 {
         }
     }
 }
-/// Parses durations such as `10s`, `500ms`, `2m`, `1h` or `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as 10s, 500ms, 2m or 1h");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+/// Parses durations such as `10s`, `500ms`, `2m`, `1h` or `1m30s`: the wire crate's one
+/// duration parser, in the agent's spelling (parts added up, a unit always).
+pub use fleetlet_manifests::duration::parse_compound as parse_duration;
 
 /// Parses sizes such as `1048576`, `512KiB`, `64MiB` or `1GiB` (binary units).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
