@@ -1,4 +1,5 @@
-//! JSON Schema of the wire types, served by the manager at `/api/v1/schema/{manifest,status}`.
+//! JSON Schema of the wire types, served by the manager at `/api/v1/schema/{manifest,status}`,
+//! and of a fleet body (`manifests/schema/fleet.schema.json`).
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
@@ -124,6 +125,37 @@ pub fn status_schema() -> Schema {
     }
     // Not on `ResourceStatus.generation` as well: that definition is shared with the status view
     // in the OpenAPI document, which keeps one schema per name.
+    schema
+}
+
+/// The schema of a `Fleet` (`PUT /api/v1/fleets/{name}`): the derived schema of the type with the
+/// envelope's constants. Template specs are objects of any shape there: their strings may hold
+/// `{{ name }}` placeholders, so the typed spec rules apply only once a device's values are in
+/// (`crate::fleet::render`); the parser checks the rest.
+pub fn fleet_schema() -> Schema {
+    let mut schema = schemars::schema_for!(crate::fleet::Fleet);
+    if let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        properties.insert(
+            "apiVersion".into(),
+            serde_json::json!({"const": crate::API_VERSION}),
+        );
+        properties.insert(
+            "kind".into(),
+            serde_json::json!({"const": crate::fleet::FLEET_KIND}),
+        );
+        properties.insert(
+            "parameters".into(),
+            serde_json::json!({
+                "type": "object",
+                "maxProperties": crate::fleet::MAX_PARAMETERS,
+                "propertyNames": {"$ref": "#/$defs/ParameterName", "not": {"const": crate::fleet::AGENT_ID_PARAMETER}},
+                "additionalProperties": {"$ref": "#/$defs/ParameterSpec"},
+            }),
+        );
+    }
     schema
 }
 

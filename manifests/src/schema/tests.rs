@@ -39,6 +39,53 @@ fn the_shipped_copy_is_the_manifest_schema() {
     );
 }
 
+/// The fleet schema's shipped copy, beside the manifest's.
+const SHIPPED_FLEET_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/fleet.schema.json");
+
+#[test]
+fn the_shipped_copy_is_the_fleet_schema() {
+    let generated = fleet_schema().to_value();
+    if std::env::var_os("FLEETLET_WRITE_SCHEMA").is_some() {
+        let text = serde_json::to_string_pretty(&generated).expect("serializes") + "\n";
+        std::fs::write(SHIPPED_FLEET_SCHEMA, text).expect("writes the shipped copy");
+    }
+    let shipped: Value = std::fs::read(SHIPPED_FLEET_SCHEMA)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    assert!(
+        shipped == generated,
+        "manifests/schema/fleet.schema.json is not fleet_schema(): rewrite it with \
+         `FLEETLET_WRITE_SCHEMA=1 cargo test -p fleetlet-manifests shipped_copy`"
+    );
+}
+
+#[test]
+fn the_fleet_schema_requires_and_allows_what_the_parser_does() {
+    let schema = fleet_schema().to_value();
+    let full = json!({
+        "apiVersion": "fleetlet.dev/v1", "kind": "Fleet", "name": "kiosks",
+        "selector": {"matchLabels": {"role": "kiosk"}},
+        "parameters": {"tag": {"pattern": "[0-9]+", "default": "1"}},
+        "template": {"resources": [{"id": "web", "kind": "Container",
+            "spec": {"image": "localhost/kiosk:1"}}]},
+        "rolloutStrategy": {"batches": [{"limit": 1}, {"limit": "10%"}, {}]},
+        "signature": {"keyId": "0123456789abcdef", "ed25519": format!("{}==", "A".repeat(86))},
+    });
+    schema_agrees_with_parser("Fleet", &schema, &full, |fleet| {
+        crate::fleet::Fleet::from_value(fleet).is_ok()
+    });
+    let text = schema.to_string();
+    for word in [
+        "matchFacts",
+        "successThreshold",
+        "batchTimeoutSeconds",
+        "requireApproval",
+    ] {
+        assert!(text.contains(word), "{word} missing");
+    }
+}
+
 use serde_json::{Value, json};
 
 use crate::manifest::{AgentManifest, MANIFEST_KIND};
