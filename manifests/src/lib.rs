@@ -14,6 +14,11 @@ pub mod signature;
 pub mod status;
 mod validate;
 
+pub use fleet::{
+    BatchLimit, BatchSpec, Fleet, FleetName, FleetOrigin, FleetTemplate, ParameterName,
+    ParameterSpec, Percent, RenderError, RolloutStrategy, Selector, SignedTemplate,
+    TemplateResource,
+};
 pub use ids::{
     AbsPath, AccountName, AgentId, FileMode, ImageRef, InvalidValue, ResourceId, SessionId,
     UnitName,
@@ -26,8 +31,8 @@ pub use manifest::{
 pub use signature::ManifestSignature;
 pub use status::{
     AgentInfo, AgentStatus, Condition, ConditionStatus, ConditionType, ContainerDetails,
-    ErrorReason, FileDetails, Phase, Repairs, ResourceDetails, ResourceError, ResourceStatus,
-    SessionStorageDetails, SystemdUnitDetails,
+    ErrorReason, Facts, FileDetails, Phase, Repairs, ResourceDetails, ResourceError,
+    ResourceStatus, SessionStorageDetails, SystemdUnitDetails,
 };
 
 use serde::{Deserialize, Serialize};
