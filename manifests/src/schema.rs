@@ -151,7 +151,11 @@ pub fn fleet_schema() -> Schema {
             serde_json::json!({
                 "type": "object",
                 "maxProperties": crate::fleet::MAX_PARAMETERS,
-                "propertyNames": {"$ref": "#/$defs/ParameterName", "not": {"const": crate::fleet::AGENT_ID_PARAMETER}},
+                "propertyNames": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z][A-Za-z0-9._/-]{0,127}$",
+                    "not": {"const": crate::fleet::AGENT_ID_PARAMETER},
+                },
                 "additionalProperties": {"$ref": "#/$defs/ParameterSpec"},
             }),
         );

@@ -581,3 +581,85 @@ fn the_schema_patterns_agree_with_the_parsers() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Issue 20: the shipped fleet schema (`manifests/schema/fleet.schema.json`) is what
+/// check-jsonschema judges fleet bodies by: it accepts the contract's example and refuses
+/// known-bad fleets, each of which the parser refuses too, at the path named here.
+#[tokio::test]
+async fn the_shipped_fleet_schema_agrees_with_the_parser_under_check_jsonschema()
+-> anyhow::Result<()> {
+    let check_jsonschema = tool("FLEETLET_CHECK_JSONSCHEMA")?;
+    let schema_file = workspace().join("manifests/schema/fleet.schema.json");
+    let good = json!({
+        "apiVersion": "fleetlet.dev/v1", "kind": "Fleet", "name": "kiosks",
+        "selector": {"matchLabels": {"role": "kiosk"}, "matchFacts": {"arch": "aarch64"}},
+        "parameters": {
+            "imageTag": {"pattern": "^[0-9]+\\.[0-9]+$", "default": "1.4"},
+            "greeting": {"pattern": "^[A-Za-z !]{1,40}$"}
+        },
+        "template": {
+            "rollout": {"progressDeadlineSeconds": 300, "onFailure": "Rollback"},
+            "resources": [
+                {"id": "motd", "kind": "File", "spec": {"path": "/etc/motd",
+                    "content": {"text": "{{ greeting }} from {{ agentId }}\n"}, "mode": "0644"}},
+                {"id": "web", "kind": "Container",
+                    "spec": {"image": "registry.local/kiosk:{{ imageTag }}"}}
+            ]
+        },
+        "rolloutStrategy": {"batches": [{"limit": 1}, {"limit": "10%"}, {"limit": "50%"}, {}],
+            "successThreshold": "90%", "batchTimeoutSeconds": 1800, "requireApproval": false}
+    });
+    let dir = tempfile::tempdir()?;
+    let file = write_json(dir.path(), "good.json", &good)?;
+    let (passed, output) = run(
+        &check_jsonschema,
+        &[Path::new("--schemafile"), &schema_file, &file],
+    )
+    .await?;
+    assert!(
+        passed,
+        "check-jsonschema refuses the example fleet:\n{output}"
+    );
+    fleetlet_manifests::fleet::Fleet::from_value(good.clone())
+        .map_err(|v| anyhow::anyhow!("the parser refuses the example: {v:?}"))?;
+
+    let bad: [(&str, &str, Value); 5] = [
+        ("unknown-field", "colour", json!("red")),
+        ("kind", "kind", json!("Fleets")),
+        (
+            "zero-limit",
+            "rolloutStrategy",
+            json!({"batches": [{"limit": 0}]}),
+        ),
+        (
+            "threshold",
+            "rolloutStrategy",
+            json!({"successThreshold": "101%"}),
+        ),
+        (
+            "agent-id-declared",
+            "parameters",
+            json!({"agentId": {"pattern": ".*"}}),
+        ),
+    ];
+    for (name, field, value) in bad {
+        let mut fleet = good.clone();
+        fleet[field] = value;
+        let file = write_json(dir.path(), &format!("{name}.json"), &fleet)?;
+        let (passed, output) = run(
+            &check_jsonschema,
+            &[Path::new("--schemafile"), &schema_file, &file],
+        )
+        .await?;
+        assert!(!passed, "check-jsonschema accepts {name}:\n{output}");
+        assert!(
+            output.contains("Schema validation errors"),
+            "{name}: check-jsonschema said:\n{output}"
+        );
+        assert!(
+            fleetlet_manifests::fleet::Fleet::from_value(fleet).is_err(),
+            "the parser accepts {name}"
+        );
+    }
+    Ok(())
+}
