@@ -100,6 +100,13 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    // The rollout controller runs on every replica; leases in PostgreSQL decide who steps which
+    // fleet (docs/fleets.md). The memory store has no fleets and the controller returns at once.
+    tokio::spawn(rollout::controller::run(
+        store.clone(),
+        config.report_interval,
+        stop.clone(),
+    ));
     let contacts = contact::Contacts::default();
     tokio::spawn(contact::write_contacts(
         contacts.clone(),

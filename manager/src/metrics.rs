@@ -27,6 +27,13 @@
 //!   (so every replica reports the whole fleet; take `max` across replicas, not `sum`).
 //!   `fleetlet_store_up` is 0 when the store could not be read for it.
 //!
+//! - `fleetlet_fleet_devices{fleet,state}`: devices per fleet and rollout state, and
+//!   `fleetlet_fleet_rollout_phase{fleet,phase}` (1 for the fleet's phase), read from the store at
+//!   scrape time like `fleetlet_agents`.
+//! - `fleetlet_rollout_events_total{type}`: rollout events (`RolloutBatchStarted`,
+//!   `RolloutPaused`, `RolloutCompleted`, …) counted where the controller or an operator's action
+//!   caused them, on this replica.
+//!
 //! Counters are per replica and start at zero when the process starts, as Prometheus expects.
 
 use std::collections::BTreeMap;
@@ -239,6 +246,82 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Rollout events caused on this replica, by type. Process-wide: the controller runs beside the
+/// HTTP layer, not inside it.
+static FLEET_EVENTS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts a rollout event where it happens (the controller's step, an operator's action).
+pub fn count_fleet_event(type_: fleetlet_manifests::api::EventType) {
+    let mut events = FLEET_EVENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    *events.entry(type_.as_str()).or_default() += 1;
+}
+
+/// What a scrape read of the fleets: (fleet, rollout state, devices) and (fleet, phase).
+pub type FleetGauges = (Vec<(String, String, u64)>, Vec<(String, String)>);
+
+/// The fleet part of the exposition: the rollout event counters, and the gauges when the store
+/// has fleets (`None` for the memory store).
+pub fn render_fleets(gauges: Option<FleetGauges>) -> String {
+    use fleetlet_manifests::fleet_api::{DeviceRolloutState, RolloutPhase};
+    let mut out = String::new();
+    out.push_str(
+        "# HELP fleetlet_rollout_events_total Rollout events caused on this replica, by type.\n",
+    );
+    out.push_str("# TYPE fleetlet_rollout_events_total counter\n");
+    {
+        let events = FLEET_EVENTS.lock().unwrap_or_else(PoisonError::into_inner);
+        for type_ in fleetlet_manifests::api::EventType::ALL {
+            let name = type_.as_str();
+            if name.starts_with("Rollout") {
+                let count = events.get(name).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "fleetlet_rollout_events_total{{type=\"{name}\"}} {count}"
+                );
+            }
+        }
+    }
+    let Some((devices, phases)) = gauges else {
+        return out;
+    };
+    out.push_str(
+        "# HELP fleetlet_fleet_devices Devices selected by each fleet, by rollout state.\n",
+    );
+    out.push_str("# TYPE fleetlet_fleet_devices gauge\n");
+    let mut by_fleet: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for (fleet, _) in &phases {
+        by_fleet.entry(fleet).or_default();
+    }
+    for (fleet, state, count) in &devices {
+        by_fleet.entry(fleet).or_default().insert(state, *count);
+    }
+    for (fleet, counts) in &by_fleet {
+        for state in DeviceRolloutState::ALL {
+            let count = counts.get(state.as_str()).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "fleetlet_fleet_devices{{fleet=\"{}\",state=\"{}\"}} {count}",
+                escape(fleet),
+                state.as_str()
+            );
+        }
+    }
+    out.push_str("# HELP fleetlet_fleet_rollout_phase The phase of each fleet's rollout (1 for the current one).\n");
+    out.push_str("# TYPE fleetlet_fleet_rollout_phase gauge\n");
+    for (fleet, phase) in &phases {
+        for candidate in RolloutPhase::ALL {
+            let _ = writeln!(
+                out,
+                "fleetlet_fleet_rollout_phase{{fleet=\"{}\",phase=\"{}\"}} {}",
+                escape(fleet),
+                candidate.as_str(),
+                u8::from(candidate.as_str() == phase)
+            );
+        }
+    }
+    out
 }
 
 /// A label value with `\`, `"` and newlines escaped as the text format requires.

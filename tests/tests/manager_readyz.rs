@@ -30,7 +30,7 @@ async fn readyz_follows_postgres_down_and_back_up_without_a_restart() -> anyhow:
     assert_eq!(body["store"]["adapter"], "postgres");
     assert_eq!(body["store"]["reachable"], true);
     assert_eq!(body["store"]["migrationReady"], true);
-    assert_eq!(body["store"]["migrationVersion"], 6);
+    assert_eq!(body["store"]["migrationVersion"], 7);
     assert_eq!(body["store"]["failureKind"], Value::Null);
     assert_eq!(
         body["store"]["database"],

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use fleetlet_manifests::api::{AgentSummary, AgentToken, FleetState, Page, RegisterAgent};
+use fleetlet_manifests::fleet_api::{AgentLabels, LabelPatch};
 use fleetlet_manifests::{AgentId, Violation};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -122,6 +123,53 @@ fn label_violations(labels: &BTreeMap<String, String>) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// `PATCH /api/v1/agents/{agentId}`: a JSON merge patch of the agent's labels (`null` removes
+/// one); fleet selection follows at once, so the answer names the fleet that owns it now.
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    AgentPath(agent_id): AgentPath,
+    JsonBody(body): JsonBody,
+) -> Result<Json<AgentLabels>, HttpError> {
+    caller.require_admin()?;
+    let patch: LabelPatch = decode(body, "label patch")?;
+    let set: BTreeMap<String, String> = patch
+        .labels
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone().unwrap_or_default()))
+        .collect();
+    let violations = label_violations(&set);
+    if !violations.is_empty() {
+        return Err(HttpError::invalid("invalid labels", violations));
+    }
+    let labels = state.store.patch_labels(&agent_id, &patch.labels).await?;
+    if labels.len() > MAX_LABELS {
+        // Applied already; the registration limit is checked on the result too, so say so.
+        tracing::warn!(%agent_id, count = labels.len(), "an agent has more labels than registration allows");
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut fleets = Vec::new();
+    if let Ok(store) = state.store.fleets() {
+        crate::rollout::selection::reselect(store, Some(&agent_id), now).await?;
+        fleets = store
+            .fleets_of(std::slice::from_ref(&agent_id))
+            .await?
+            .remove(&agent_id)
+            .unwrap_or_default();
+    }
+    tracing::info!(%agent_id, "agent labels changed");
+    let (fleet, conflicting_fleets) = match fleets.len() {
+        1 => (fleets.pop(), Vec::new()),
+        _ => (None, fleets),
+    };
+    Ok(Json(AgentLabels {
+        agent_id,
+        labels,
+        fleet,
+        conflicting_fleets,
+    }))
 }
 
 /// `POST /api/v1/agents/{agentId}/token`: a new token; the old one stops working.

@@ -5,6 +5,7 @@ mod cursor;
 mod dashboard;
 pub mod error;
 mod extract;
+mod fleets;
 mod health;
 mod heartbeat;
 pub mod limits;
@@ -140,7 +141,22 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(scrape::metrics_handler))
         .route(&api("/enroll"), post(agents::enroll))
         .route(&api("/agents"), post(agents::register).get(agents::list))
-        .route(&api("/agents/{agent_id}"), delete(agents::decommission))
+        .route(
+            &api("/agents/{agent_id}"),
+            delete(agents::decommission).patch(agents::patch),
+        )
+        .route(
+            &api("/fleets/{name}"),
+            get(fleets::get).put(fleets::put).delete(fleets::delete),
+        )
+        .route(&api("/fleets"), get(fleets::list))
+        .route(&api("/fleets/{name}/devices"), get(fleets::devices))
+        .route(&api("/fleets/{name}/revisions"), get(fleets::revisions))
+        .route(&api("/fleets/{name}/events"), get(fleets::events))
+        .route(
+            &api("/fleets/{name}/rollout/{action}"),
+            post(fleets::action),
+        )
         .route(&api("/agents/{agent_id}/token"), post(agents::rotate_token))
         .route(MANIFEST_ROUTE, get(manifests::get).put(manifests::put))
         .route(

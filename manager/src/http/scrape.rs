@@ -49,9 +49,11 @@ pub async fn metrics_handler(
 ) -> Response {
     let long_polls_open = state.long_polls.open();
     let agents = agents_by_state(&state).await;
-    (
-        [(CONTENT_TYPE, EXPOSITION_CONTENT_TYPE)],
-        metrics.render(long_polls_open, agents),
-    )
-        .into_response()
+    let fleets = match state.store.fleets() {
+        Ok(store) => store.fleet_gauges().await.ok(),
+        Err(_) => None,
+    };
+    let mut text = metrics.render(long_polls_open, agents);
+    text.push_str(&crate::metrics::render_fleets(fleets));
+    ([(CONTENT_TYPE, EXPOSITION_CONTENT_TYPE)], text).into_response()
 }

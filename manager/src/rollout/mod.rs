@@ -6,8 +6,11 @@
 //! outcome; every write of a device's manifest is conditional on its row, so no device is
 //! written twice for one revision whichever replica runs the step.
 
+pub mod controller;
+pub mod selection;
 pub mod state;
 pub mod step;
+pub mod view;
 
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,10 @@ pub struct RolloutState {
     pub batch_done: bool,
     #[serde(default)]
     pub pause_reason: Option<String>,
+    /// Paused while waiting for approval: `resume` waits for approval again rather than
+    /// starting the next batch.
+    #[serde(default)]
+    pub paused_awaiting_approval: bool,
 }
 
 /// A started batch.
@@ -76,6 +80,7 @@ impl RolloutState {
             batches: Vec::new(),
             batch_done: false,
             pause_reason: None,
+            paused_awaiting_approval: false,
         }
     }
 
@@ -110,6 +115,7 @@ impl RolloutState {
             (RolloutAction::Pause, RolloutPhase::Progressing | RolloutPhase::WaitingApproval) => {
                 next.phase = RolloutPhase::Paused;
                 next.pause_reason = Some("paused by an operator".to_owned());
+                next.paused_awaiting_approval = self.phase == RolloutPhase::WaitingApproval;
                 NewEvent::new(
                     EventType::RolloutPaused,
                     serde_json::json!({"revision": revision, "reason": "operator",
@@ -117,8 +123,13 @@ impl RolloutState {
                 )
             }
             (RolloutAction::Resume, RolloutPhase::Paused) => {
-                next.phase = RolloutPhase::Progressing;
+                next.phase = if self.paused_awaiting_approval {
+                    RolloutPhase::WaitingApproval
+                } else {
+                    RolloutPhase::Progressing
+                };
                 next.pause_reason = None;
+                next.paused_awaiting_approval = false;
                 NewEvent::new(
                     EventType::RolloutResumed,
                     serde_json::json!({"revision": revision, "batch": self.current_batch()}),
@@ -162,6 +173,7 @@ impl RolloutState {
                     batches: Vec::new(),
                     batch_done: false,
                     pause_reason: None,
+                    paused_awaiting_approval: false,
                 };
                 NewEvent::new(
                     EventType::RolloutRolledBack,

@@ -1,3 +1,5 @@
+//! Unit tests of the rollout state machine: batches, thresholds, approval, timeouts, deferral, rollback.
+
 use fleetlet_manifests::api::EventType;
 use fleetlet_manifests::fleet_api::{DeviceRolloutState as D, RolloutAction, RolloutPhase};
 use fleetlet_manifests::{AgentId, Phase};
@@ -159,12 +161,17 @@ fn approval_holds_the_next_batch() {
     let s = step(&s.state, &plan, &devs, t0());
     assert_eq!(s.state.phase, RolloutPhase::WaitingApproval);
     assert!(s.writes.is_empty());
+    let waiting = s.state.clone();
     apply(&mut devs, &s);
     let (approved, events) = s.state.act(RolloutAction::Approve).expect("as expected");
     assert_eq!(events[0].type_, EventType::RolloutResumed);
     let s = step(&approved, &plan, &devs, t0());
     assert_eq!(s.writes.len(), 2);
     assert!(approved.act(RolloutAction::Approve).is_err());
+    // Paused while waiting, a resume waits for approval again.
+    let (paused, _) = waiting.act(RolloutAction::Pause).expect("as expected");
+    let (resumed, _) = paused.act(RolloutAction::Resume).expect("as expected");
+    assert_eq!(resumed.phase, RolloutPhase::WaitingApproval);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! controller read and write, and the dispatch to PostgreSQL.
 //!
 //! Fleets live in PostgreSQL only. The memory store of `--dev` refuses fleet writes with
-//! [`StoreError::FleetsNeedPostgres`] (a 409, never a 5xx) and has no fleet to read: a rollout
+//! `StoreError::FleetsNeedPostgres` (`Store::fleets`) (a 409, never a 5xx) and has no fleet to read: a rollout
 //! is driven by leases and transactions shared between replicas, which a single in-process map
 //! would have to imitate with a second implementation of every step. Labels can be patched on
 //! both stores.
@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 
 use fleetlet_manifests::AgentId;
-use fleetlet_manifests::api::{Event, PhaseCounts};
+use fleetlet_manifests::api::PhaseCounts;
 use time::OffsetDateTime;
 
-use super::{NewEvent, NewManifest, Store, StoreError};
+use super::{NewEvent, NewManifest};
 
 /// A fleet as stored: its newest revision and its rollout state.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,31 +151,3 @@ pub struct Membership {
     /// Every fleet whose selector matches, in name order.
     pub fleets: Vec<String>,
 }
-
-impl Store {
-    /// The PostgreSQL store, or the typed refusal of the memory store.
-    pub fn fleets(&self) -> Result<&super::PgStore, StoreError> {
-        match self {
-            Store::Postgres(store) => Ok(store),
-            Store::Memory(_) => Err(StoreError::FleetsNeedPostgres),
-        }
-    }
-
-    /// Applies a merge patch to the agent's labels (`None` removes) and returns them.
-    pub async fn patch_labels(
-        &self,
-        agent_id: &AgentId,
-        patch: &BTreeMap<String, Option<String>>,
-    ) -> Result<BTreeMap<String, String>, StoreError> {
-        match self {
-            Store::Postgres(store) => Box::pin(store.patch_labels(agent_id, patch)).await,
-            Store::Memory(store) => store.patch_labels(agent_id, patch),
-        }
-    }
-}
-
-/// Fleet events as the API shows them.
-pub type FleetEvents = Vec<Event>;
-
-/// A fleet event to append.
-pub type NewFleetEvent = NewEvent;

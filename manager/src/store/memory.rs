@@ -237,6 +237,7 @@ impl MemoryStore {
                 content_hash: manifest.content_hash,
                 signature: manifest.signature,
                 rollout: manifest.rollout,
+                fleet: manifest.fleet,
                 created_at: now,
                 created_by: manifest.created_by,
             };

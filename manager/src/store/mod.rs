@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use fleetlet_manifests::api::{Event, EventType, PhaseCounts, StoreReadiness};
 use fleetlet_manifests::manifest::RolloutPolicy;
+use fleetlet_manifests::manifest::origin::FleetOrigin;
 use fleetlet_manifests::{
     AgentId, AgentManifest, AgentStatus, ConditionStatus, ConditionType, ManifestSignature,
     Resource, ResourceId, ResourceStatus,
@@ -72,6 +73,9 @@ pub struct StoredManifest {
     /// The manifest's rollout policy as received (`None`: none), served back as it came because
     /// the agent acts on it and the signature covers it.
     pub rollout: Option<RolloutPolicy>,
+    /// The fleet that rendered this generation, with its revision and values (`None`: an
+    /// operator's own manifest), served as received.
+    pub fleet: Option<FleetOrigin>,
     pub created_at: OffsetDateTime,
     pub created_by: String,
 }
@@ -83,6 +87,7 @@ impl StoredManifest {
         manifest.generation = Some(self.generation);
         manifest.rollout = self.rollout;
         manifest.signature = self.signature;
+        manifest.fleet = self.fleet;
         manifest
     }
 }
@@ -94,6 +99,7 @@ pub struct NewManifest {
     pub content_hash: String,
     pub signature: Option<ManifestSignature>,
     pub rollout: Option<RolloutPolicy>,
+    pub fleet: Option<FleetOrigin>,
     pub created_by: String,
     /// The `If-Match` precondition: the generation the writer based its change on.
     pub if_generation: Option<u64>,
@@ -107,6 +113,7 @@ impl NewManifest {
             resources: manifest.resources,
             signature: manifest.signature,
             rollout: manifest.rollout,
+            fleet: manifest.fleet,
             created_by: created_by.to_owned(),
             if_generation,
         }
@@ -133,6 +140,7 @@ impl StoredManifest {
         self.content_hash == new.content_hash
             && self.signature == new.signature
             && self.rollout == new.rollout
+            && self.fleet == new.fleet
     }
 }
 
@@ -537,6 +545,29 @@ impl Store {
     /// What `/readyz` shows about the store.
     pub async fn readiness(&self) -> StoreReadiness {
         dispatch!(self, s => s.readiness())
+    }
+}
+
+/// Fleets (`fleets.rs`): the PostgreSQL store, or the memory store's typed refusal.
+impl Store {
+    /// The PostgreSQL store, or the typed refusal of the memory store.
+    pub fn fleets(&self) -> Result<&PgStore, StoreError> {
+        match self {
+            Store::Postgres(store) => Ok(store),
+            Store::Memory(_) => Err(StoreError::FleetsNeedPostgres),
+        }
+    }
+
+    /// Applies a merge patch to the agent's labels (`None` removes) and returns them.
+    pub async fn patch_labels(
+        &self,
+        agent_id: &AgentId,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        match self {
+            Store::Postgres(store) => Box::pin(store.patch_labels(agent_id, patch)).await,
+            Store::Memory(store) => store.patch_labels(agent_id, patch),
+        }
     }
 }
 

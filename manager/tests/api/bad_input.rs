@@ -274,7 +274,7 @@ async fn schemas_and_health_need_no_token(store: Backend) {
     if on_postgres {
         assert_eq!(ready["store"]["adapter"], "postgres");
         assert_eq!(ready["store"]["migrationReady"], true);
-        assert_eq!(ready["store"]["migrationVersion"], 6);
+        assert_eq!(ready["store"]["migrationVersion"], 7);
     } else {
         // The memory store is ready, and says loudly that nothing it holds survives.
         assert_eq!(ready["store"]["adapter"], "memory");

@@ -25,6 +25,7 @@ macro_rules! on_both_stores {
 mod auth;
 mod bad_input;
 mod fleet;
+mod fleets;
 mod heartbeat;
 mod manifests;
 mod security;

@@ -41,6 +41,7 @@ fn new_manifest(rollout: Option<RolloutPolicy>) -> NewManifest {
         content_hash: "sha256:same".to_owned(),
         signature: None,
         rollout,
+        fleet: None,
         created_by: "admin".to_owned(),
         if_generation: None,
     }

@@ -10,7 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 
-use super::fleets::append_fleet_events;
+use super::fleets::{append_fleet_events, update_devices};
 use super::{PgStore, corrupt, from_db, to_db};
 use crate::store::fleets::{
     DeviceHealth, DeviceStateUpdate, DeviceWrite, FleetDeviceRow, SelectionAgent,
@@ -62,6 +62,33 @@ impl PgStore {
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("state")?, from_db(row.try_get("n")?)?)))
+            .collect()
+    }
+
+    /// Devices per batch and state among the rows about `revision`: (batch, state, count).
+    pub async fn fleet_batch_counts(
+        &self,
+        name: &str,
+        revision: u64,
+    ) -> Result<Vec<(u32, String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT batch, state, count(*) AS n FROM fleet_devices \
+             WHERE fleet = $1 AND state_revision = $2 AND batch IS NOT NULL \
+             GROUP BY batch, state",
+        )
+        .bind(name)
+        .bind(to_db(revision)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    u32::try_from(row.try_get::<i32, _>("batch")?)
+                        .map_err(|e| corrupt("batch", e))?,
+                    row.try_get("state")?,
+                    from_db(row.try_get("n")?)?,
+                ))
+            })
             .collect()
     }
 
@@ -145,6 +172,23 @@ impl PgStore {
             self.watch.wake(agent_id.as_str());
         }
         Ok(Some(generation))
+    }
+
+    /// Sets the state of device rows of the fleet outside a step (a device whose parameters do
+    /// not render).
+    pub async fn update_fleet_devices(
+        &self,
+        name: &str,
+        updates: &[DeviceStateUpdate],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        update_devices(&mut tx, name, updates, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Active agents with their labels, facts and owner, all of them or one.
@@ -336,40 +380,6 @@ impl PgStore {
         tx.commit().await?;
         Ok(labels)
     }
-}
-
-/// Sets the state of device rows of the fleet (rows that are gone, or in conflict, are skipped).
-pub(super) async fn update_devices(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    name: &str,
-    updates: &[DeviceStateUpdate],
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    if updates.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<serde_json::Value> = updates
-        .iter()
-        .map(|u| {
-            serde_json::json!({
-                "agent_id": u.agent_id, "state": u.state,
-                "state_revision": u.state_revision, "batch": u.batch, "detail": u.detail,
-            })
-        })
-        .collect();
-    sqlx::query(
-        "UPDATE fleet_devices d SET state = u.state, state_revision = u.state_revision, \
-           batch = u.batch, detail = u.detail, updated_at = $3 \
-         FROM jsonb_to_recordset($2) AS u(agent_id text, state text, state_revision bigint, \
-           batch integer, detail text) \
-         WHERE d.fleet = $1 AND d.agent_id = u.agent_id AND d.state <> 'Conflict'",
-    )
-    .bind(name)
-    .bind(Json(rows))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn device_row(row: &PgRow) -> Result<FleetDeviceRow, StoreError> {

@@ -8,10 +8,10 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::fleet_devices::update_devices;
 use super::{PgStore, corrupt, from_db, rfc3339, to_db};
 use crate::store::fleets::{
-    NewFleetRevision, PutFleetOutcome, RolloutWrite, StoredFleet, StoredFleetRevision, Supersede,
+    DeviceStateUpdate, NewFleetRevision, PutFleetOutcome, RolloutWrite, StoredFleet,
+    StoredFleetRevision, Supersede,
 };
 use crate::store::{NewEvent, StoreError};
 
@@ -400,6 +400,40 @@ pub(super) async fn append_fleet_events(
            created_at timestamptz)",
     )
     .bind(Json(rows))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sets the state of device rows of the fleet (rows that are gone, or in conflict, are skipped).
+pub(super) async fn update_devices(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    updates: &[DeviceStateUpdate],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = updates
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "agent_id": u.agent_id, "state": u.state,
+                "state_revision": u.state_revision, "batch": u.batch, "detail": u.detail,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE fleet_devices d SET state = u.state, state_revision = u.state_revision, \
+           batch = u.batch, detail = u.detail, updated_at = $3 \
+         FROM jsonb_to_recordset($2) AS u(agent_id text, state text, state_revision bigint, \
+           batch integer, detail text) \
+         WHERE d.fleet = $1 AND d.agent_id = u.agent_id AND d.state <> 'Conflict'",
+    )
+    .bind(name)
+    .bind(Json(rows))
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())

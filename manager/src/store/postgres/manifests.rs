@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fleetlet_manifests::api::EventType;
 use fleetlet_manifests::manifest::RolloutPolicy;
+use fleetlet_manifests::manifest::origin::FleetOrigin;
 use fleetlet_manifests::{AgentId, ManifestSignature, Resource};
 use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::types::Json;
@@ -76,7 +77,7 @@ impl PgStore {
     ) -> Result<PutManifestOutcome, StoreError> {
         if current > 0 {
             let latest = sqlx::query(
-                "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
+                "SELECT generation, resources, content_hash, signature, rollout, fleet, created_at, created_by FROM manifests \
                  WHERE agent_id = $1 AND generation = $2",
             )
             .bind(agent_id.as_str())
@@ -97,14 +98,15 @@ impl PgStore {
             content_hash: manifest.content_hash,
             signature: manifest.signature,
             rollout: manifest.rollout,
+            fleet: manifest.fleet,
             created_at: now,
             created_by: manifest.created_by,
         };
         sqlx::query(
             "INSERT INTO manifests \
                (agent_id, generation, resources, content_hash, signature, rollout, created_at, \
-                created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                created_by, fleet) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(agent_id.as_str())
         .bind(to_db(stored.generation)?)
@@ -114,6 +116,7 @@ impl PgStore {
         .bind(stored.rollout.as_ref().map(Json))
         .bind(now)
         .bind(&stored.created_by)
+        .bind(stored.fleet.as_ref().map(Json))
         .execute(&mut **tx)
         .await?;
         sqlx::query("UPDATE agents SET desired_generation = $2 WHERE agent_id = $1")
@@ -146,7 +149,7 @@ impl PgStore {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, rollout, fleet, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND generation = $2",
         )
         .bind(agent_id.as_str())
@@ -165,7 +168,7 @@ impl PgStore {
         self.ensure_active(agent_id).await?;
         let before = before.map(to_db).transpose()?;
         let rows = sqlx::query(
-            "SELECT generation, resources, content_hash, signature, rollout, created_at, created_by FROM manifests \
+            "SELECT generation, resources, content_hash, signature, rollout, fleet, created_at, created_by FROM manifests \
              WHERE agent_id = $1 AND ($2::bigint IS NULL OR generation < $2) \
              ORDER BY generation DESC LIMIT $3",
         )
@@ -188,6 +191,9 @@ fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
             .map(|json| json.0),
         rollout: row
             .try_get::<Option<Json<RolloutPolicy>>, _>("rollout")?
+            .map(|json| json.0),
+        fleet: row
+            .try_get::<Option<Json<FleetOrigin>>, _>("fleet")?
             .map(|json| json.0),
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,

@@ -258,9 +258,10 @@ async fn report_round(
     // The agents' rows, and their event seqs moved past this report's events, in one statement.
     let last_event_seqs: HashMap<String, i64> = sqlx::query_as(
         "UPDATE agents AS a SET last_seen_at = u.received_at, last_report_seq = u.report_seq, \
-           agent_info = u.agent_info, last_event_seq = a.last_event_seq + u.events \
-         FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::jsonb[], $5::bigint[]) \
-           AS u(agent_id, received_at, report_seq, agent_info, events) \
+           agent_info = u.agent_info, last_event_seq = a.last_event_seq + u.events, \
+           facts = COALESCE(u.facts, a.facts) \
+         FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::jsonb[], $5::bigint[], \
+           $6::jsonb[]) AS u(agent_id, received_at, report_seq, agent_info, events, facts) \
          WHERE a.agent_id = u.agent_id RETURNING a.agent_id, a.last_event_seq",
     )
     .bind(&rows.agent_ids)
@@ -268,6 +269,7 @@ async fn report_round(
     .bind(&rows.report_seqs)
     .bind(&rows.agent_info)
     .bind(&rows.event_counts)
+    .bind(&rows.facts)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -302,6 +304,9 @@ struct StatusRows<'a> {
     agent_info: Vec<Json<&'a AgentInfo>>,
     event_counts: Vec<i64>,
     phase_counts: Vec<Json<PhaseCounts>>,
+    /// The facts as the string map fleet selectors match (`agents.facts`); `None` keeps the
+    /// stored ones (an agent older than fleets).
+    facts: Vec<Option<Json<BTreeMap<String, String>>>>,
 }
 
 impl<'a> StatusRows<'a> {
@@ -327,6 +332,8 @@ impl<'a> StatusRows<'a> {
         self.event_counts.push(events);
         self.phase_counts
             .push(Json(phase_counts(&status.resources)));
+        self.facts
+            .push(status.facts.as_ref().map(|facts| Json(facts.to_map())));
         Ok(())
     }
 }

@@ -1,0 +1,57 @@
+//! Which fleets select which devices: every fleet's selector over every active agent's labels
+//! and facts, applied to the store's rows and owners in one pass (`PgStore::apply_selection`).
+//!
+//! A pass runs on the controller's schedule under the selection lease (facts arrive with reports),
+//! and at once for one agent when its labels change and for all when a fleet is stored or deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleetlet_manifests::AgentId;
+use fleetlet_manifests::fleet::Fleet;
+use time::OffsetDateTime;
+
+use crate::store::StoreError;
+use crate::store::fleets::{SelectionAgent, StoredFleet};
+use crate::store::postgres::PgStore;
+
+/// The fleets that parse, by name. A stored fleet that no longer parses (a newer manager wrote
+/// it) selects nothing and is logged.
+pub fn parse_fleets(stored: &[StoredFleet]) -> BTreeMap<String, Fleet> {
+    stored
+        .iter()
+        .filter_map(|f| match Fleet::from_value(f.spec.clone()) {
+            Ok(fleet) => Some((f.name.clone(), fleet)),
+            Err(violations) => {
+                tracing::error!(fleet = %f.name, ?violations, "a stored fleet does not parse; it selects nothing");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every fleet whose selector matches the agent, in name order.
+pub fn selecting(fleets: &BTreeMap<String, Fleet>, agent: &SelectionAgent) -> BTreeSet<String> {
+    fleets
+        .iter()
+        .filter(|(_, fleet)| fleet.selector.matches(&agent.labels, &agent.facts))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Evaluates selection for one agent or all of them and applies it; returns how many devices
+/// changed.
+pub async fn reselect(
+    store: &PgStore,
+    only: Option<&AgentId>,
+    now: OffsetDateTime,
+) -> Result<usize, StoreError> {
+    let stored = store.list_fleets(None, usize::MAX).await?;
+    let fleets = parse_fleets(&stored);
+    let names: BTreeSet<String> = stored.iter().map(|f| f.name.clone()).collect();
+    let agents = store.selection_agents(only).await?;
+    let wanted = agents
+        .iter()
+        .map(|agent| (agent.agent_id.clone(), selecting(&fleets, agent)))
+        .collect();
+    store.apply_selection(&names, &wanted, now).await
+}
