@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleetlet_manifests::api::ErrorBody;
+use fleetlet_manifests::api::{ErrorBody, Page};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -12,6 +12,9 @@ use super::CliError;
 
 /// Used when neither a flag, the environment nor the config file names a manager.
 const DEFAULT_URL: &str = "http://127.0.0.1:7800";
+
+/// Items asked for per page when reading a whole list.
+const PAGE_LIMIT: usize = 500;
 
 /// The config file: `url = "https://manager:7800"`, `token = "..."` or `token-file = "..."`, and
 /// optionally `ca-file = "..."` (the CA of the manager's certificate).
@@ -135,6 +138,27 @@ impl Client {
                 ..
             }) => Ok(None),
             Err(error) => Err(error),
+        }
+    }
+
+    /// Every item of a cursor-paged list (`{"items": [...], "nextCursor": ...}`), page by page.
+    pub(super) async fn all_pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>, CliError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut page_query = query.to_vec();
+            page_query.push(("limit", PAGE_LIMIT.to_string()));
+            page_query.extend(cursor.take().map(|c| ("cursor", c)));
+            let page: Page<T> = self.call(Method::GET, path, &page_query, None).await?;
+            items.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
+            }
         }
     }
 

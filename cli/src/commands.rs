@@ -1,4 +1,13 @@
-//! What each CLI command does: one function per command, over the API client.
+//! What each CLI command does: one function per command, over the API client; the fleet,
+//! rollout and label commands in their own files below `commands/`.
+
+mod fleet;
+mod fleet_diff;
+mod fleet_file;
+mod label;
+mod rollout;
+
+pub use label::{LabelChange, parse_label_change};
 
 use fleetlet_manifests::AgentManifest;
 use fleetlet_manifests::api::{
@@ -136,6 +145,9 @@ pub(super) async fn dispatch(client: &Client, command: Command) -> Result<(), Cl
             after_seq,
             output,
         } => events(client, &agent_id, follow, after_seq, output).await?,
+        Command::Label { agent_id, changes } => label::run(client, &agent_id, &changes).await?,
+        Command::Fleet { command } => fleet::run(client, command).await?,
+        Command::Rollout { command } => rollout::run(client, command).await?,
         // Handled before a client exists, since it needs no manager.
         Command::Completions { .. } | Command::Keygen { .. } => {}
     }

@@ -1,12 +1,14 @@
-//! The `fleetlet` command-line client: register agents, apply and diff manifests, read status,
-//! history and events.
+//! The `fleetlet` command-line client: register and label agents, apply and diff manifests and
+//! fleets, read status, history and events, watch and steer fleet rollouts.
 //!
 //! It speaks only the REST API (never the database), with the wire types of
 //! `fleetlet-manifests`. The manager and token come from `--url`/`--token`, `FLEETLET_URL` /
 //! `FLEETLET_TOKEN`, or a TOML config file (see `client.rs`). The commands live in
-//! `commands.rs`, the manifest reading and diffing in `manifest_file.rs`, `apply --wait` in
-//! `wait.rs`, every table in `render.rs`, and every write to stdout or stderr in `output.rs` (a
-//! reader that goes away ends a command quietly, never with a panic).
+//! `commands.rs` (fleets, rollouts and labels in `commands/`), the manifest reading and diffing
+//! in `manifest_file.rs`, `apply --wait` in `wait.rs`, every table in `render.rs` (fleets in
+//! `render/fleets.rs`), the redrawn or plain display of `rollout status --watch` in `screen.rs`,
+//! and every write to stdout or stderr in `output.rs` (a reader that goes away ends a command
+//! quietly, never with a panic).
 //!
 //! Invariant: this crate does not depend on `fleetlet-manager`, so the `fleetlet` binary links
 //! no server, no database driver and not the manager's allocator (checked by this crate's
@@ -17,6 +19,7 @@ mod commands;
 mod manifest_file;
 pub mod output;
 mod render;
+mod screen;
 mod signing;
 mod wait;
 
@@ -119,6 +122,24 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = EventsOutput::Table)]
         output: EventsOutput,
     },
+    /// Change an agent's labels: `key=value` sets one, `key-` removes it; fleet selection follows
+    /// at once.
+    Label {
+        agent_id: String,
+        /// `key=value` or `key-`; at least one.
+        #[arg(required = true, value_parser = commands::parse_label_change)]
+        changes: Vec<commands::LabelChange>,
+    },
+    /// Fleets: one template rendered into the manifest of every device a selector picks.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// A fleet's staged rollout: watch it and act on it.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -168,6 +189,84 @@ pub enum GetCommand {
     Agents(FleetFilter),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Create or change a fleet (YAML or JSON), checked here first with the JSON path of every
+    /// problem; prints the revision it now has.
+    Apply {
+        /// The fleet file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Sign the fleet (name, template, parameter declarations) with this private key (from
+        /// `fleetlet keygen`); agents with trusted keys then check every rendered manifest.
+        #[arg(long, env = "FLEETLET_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
+    },
+    /// One fleet with its rollout.
+    Get {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Every fleet with its rollout phase.
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The devices a fleet selects, with the revision rendered for each and its rollout state.
+    Devices {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// A fleet's revisions, newest first.
+    History {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// What applying a fleet file would do: how many devices it selects, which would get a new
+    /// manifest, which would be released, and which cannot be rendered (and why).
+    Diff {
+        /// The fleet file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Exit with status 1 when some device would change.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Stop managing the fleet; its devices keep the manifests they have.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// The rollout's phase and each batch's devices, succeeded, failed and pending counts.
+    Status {
+        name: String,
+        /// Keep showing progress (redrawn on a terminal, one line per change when piped) until
+        /// the rollout completes (exit 0), pauses (3), is aborted (4), waits for approval (5)
+        /// or is rolled back (6).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch, give up after this long (exit 1), e.g. 10m.
+        #[arg(long, value_parser = parse_duration, requires = "watch")]
+        timeout: Option<Duration>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, conflicts_with = "watch")]
+        output: Output,
+    },
+    /// Stop the rollout where it is: no further device is touched.
+    Pause { name: String },
+    /// Continue a paused rollout from where it stopped.
+    Resume { name: String },
+    /// Let a rollout that waits for approval start its next batch.
+    Approve { name: String },
+    /// End the rollout: devices keep what they have, no further device is touched.
+    Abort { name: String },
+    /// Send the previous revision at once to every device that received the current one.
+    Rollback { name: String },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -202,32 +301,8 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// A duration such as `30s`, `500ms`, `5m` or `1h` (a bare number is seconds); zero is refused.
-/// The same spelling as the manager's `--report-interval`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(value),
-        "s" | "" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    if duration.is_zero() {
-        return Err("the duration must be above zero".to_owned());
-    }
-    Ok(duration)
-}
+/// The same spelling as the manager's `--report-interval`: the wire crate's one duration parser.
+use fleetlet_manifests::duration::parse_positive as parse_duration;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +336,40 @@ pub enum CliError {
     /// `diff --exit-code` found changes; nothing more to say.
     #[error("there are changes")]
     Changes,
+    #[error("{path} is not a valid fleet:\n{details}")]
+    InvalidFleet { path: PathBuf, details: String },
+    /// A command line that clap accepts but that does not make sense (a label changed twice).
+    #[error("{0}")]
+    Usage(String),
+    /// `rollout status --watch` ended because the rollout stopped short of completing.
+    #[error("{message}")]
+    RolloutStopped { end: RolloutEnd, message: String },
+}
+
+/// Why `rollout status --watch` ended before the rollout completed; each has its exit status,
+/// so a script can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutEnd {
+    /// Paused by itself (a batch under its success threshold) or by an operator: status 3.
+    Paused,
+    /// Aborted: status 4.
+    Aborted,
+    /// Waiting for `rollout approve` before its next batch: status 5.
+    WaitingApproval,
+    /// Rolled back to the previous revision: status 6.
+    RolledBack,
+}
+
+impl RolloutEnd {
+    /// The exit status of a watch that ended this way.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RolloutEnd::Paused => 3,
+            RolloutEnd::Aborted => 4,
+            RolloutEnd::WaitingApproval => 5,
+            RolloutEnd::RolledBack => 6,
+        }
+    }
 }
 
 impl CliError {
@@ -268,7 +377,11 @@ impl CliError {
     /// --exit-code` does), except that a usage or config problem is 2 and a closed output 141.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config { .. } | CliError::CaFile { .. } | CliError::NoToken => 2,
+            CliError::Config { .. }
+            | CliError::CaFile { .. }
+            | CliError::NoToken
+            | CliError::Usage(_) => 2,
+            CliError::RolloutStopped { end, .. } => end.exit_code(),
             CliError::OutputClosed => output::OUTPUT_CLOSED_STATUS,
             _ => 1,
         }

@@ -17,38 +17,11 @@ use super::output::note_line;
 /// back with its path (`resources[1].spec.path: must be absolute`). A kind this build does not
 /// know is valid (see [`unknown_kind_warnings`]) and gets a warning on stderr.
 pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
-    let read_error = |source| CliError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-    } else {
-        bytes = std::fs::read(path).map_err(read_error)?;
-    }
     let invalid = |details: String| CliError::InvalidManifest {
         path: path.to_owned(),
         details,
     };
-    let value: Value = match serde_json::from_slice(&bytes) {
-        Ok(value) => value,
-        Err(json_error) => {
-            let looks_like_json = bytes
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| *b == b'{');
-            serde_yaml_ng::from_slice(&bytes).map_err(|yaml_error| {
-                invalid(if looks_like_json {
-                    format!("  not JSON: {json_error}")
-                } else {
-                    format!("  not YAML: {yaml_error}")
-                })
-            })?
-        }
-    };
+    let value = read_document(path, &invalid)?;
     let manifest = AgentManifest::from_value(value).map_err(|violations| {
         invalid(
             violations
@@ -67,6 +40,42 @@ pub(super) fn read_manifest(path: &Path) -> Result<AgentManifest, CliError> {
         note_line(&format!("fleetlet: {name}: {warning}"));
     }
     Ok(manifest)
+}
+
+/// Reads `path` (`-` is stdin) as JSON, else YAML, into a JSON value; a document that is
+/// neither becomes `invalid(details)`. Shared by manifests and fleets.
+pub(super) fn read_document(
+    path: &Path,
+    invalid: &dyn Fn(String) -> CliError,
+) -> Result<Value, CliError> {
+    let read_error = |source| CliError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+    } else {
+        bytes = std::fs::read(path).map_err(read_error)?;
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Ok(value),
+        Err(json_error) => {
+            let looks_like_json = bytes
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b'{');
+            serde_yaml_ng::from_slice(&bytes).map_err(|yaml_error| {
+                invalid(if looks_like_json {
+                    format!("  not JSON: {json_error}")
+                } else {
+                    format!("  not YAML: {yaml_error}")
+                })
+            })
+        }
+    }
 }
 
 /// The body of a manifest PUT: the manifest without `generation`, which the manager assigns.

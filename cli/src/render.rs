@@ -10,6 +10,13 @@ use fleetlet_manifests::{Condition, ConditionType, Phase};
 use super::output::{print, print_line};
 use super::{CliError, Output};
 
+mod fleets;
+
+pub(super) use fleets::{
+    render_fleet_devices, render_fleet_history, render_fleet_view, render_fleets, render_rollout,
+    rollout_lines,
+};
+
 /// Prints `value` as JSON or YAML, or `table` for the table output.
 pub(super) fn print_as<T: Serialize>(
     output: Output,
