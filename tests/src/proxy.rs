@@ -2,12 +2,13 @@
 //! cut a connection in the middle of the server's answer (the link dying mid-response), which
 //! nftables alone cannot aim at. It knows nothing of HTTP: it counts bytes.
 //!
-//! The faults are switched at run time through [`ProxyControl`]; a cut happens on a share of the
-//! connections opened while it is set, after a random number of answer bytes (1 to 200).
+//! The faults are switched at run time through [`ProxyControl`]: a delay, and a number of the next
+//! connections to cut, each after a random number of answer bytes (1 to 200, counted over the
+//! connection's answers, so a cut may fall in a later answer of a kept-alive connection).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -19,8 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct ProxyControl {
     /// Milliseconds to wait before forwarding each chunk, in both directions.
     pub delay_ms: AtomicU64,
-    /// Percentage of new connections whose answer is cut short.
-    pub cut_percent: AtomicU32,
+    /// How many of the next new connections get their answer cut short.
+    pub cut_next: AtomicU64,
     /// Connections accepted so far.
     pub connections: AtomicU64,
     /// Connections cut in the middle of an answer so far.
@@ -46,11 +47,11 @@ impl Proxy {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 shared.connections.fetch_add(1, Ordering::Relaxed);
-                let cut_at = {
-                    let mut random = rand::rng();
-                    (random.random_range(0..100) < shared.cut_percent.load(Ordering::Relaxed))
-                        .then(|| random.random_range(1..=200usize))
-                };
+                let cut = shared
+                    .cut_next
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                let cut_at = cut.then(|| rand::rng().random_range(1..=200usize));
                 connections.spawn(relay(client, upstream, cut_at, Arc::clone(&shared)));
                 // Reap finished relays so the set does not grow for the proxy's whole life.
                 while connections.try_join_next().is_some() {}
@@ -68,8 +69,9 @@ impl Proxy {
         self.control.delay_ms.store(millis, Ordering::Relaxed);
     }
 
-    pub fn set_cut_percent(&self, percent: u32) {
-        self.control.cut_percent.store(percent, Ordering::Relaxed);
+    /// Cuts the answers of the next `connections` new connections.
+    pub fn cut_next(&self, connections: u64) {
+        self.control.cut_next.store(connections, Ordering::Relaxed);
     }
 
     pub fn cuts(&self) -> u64 {

@@ -1,0 +1,342 @@
+//! Bad networks between a real agent and a real manager (issue 22, item 4): the agent runs in its
+//! own network namespace, joined to the manager's by a veth pair (tests/src/netns.rs); nftables
+//! rules in that namespace drop 30 % of the packets or all of them (a partition), and a TCP proxy
+//! of ours (tests/src/proxy.rs) adds delay and cuts connections in the middle of an answer.
+//!
+//! After every fault: the manager's copy of the agent's report never went back (sampled every
+//! 100 ms throughout), the manager ends up holding exactly the agent's last report, no event is
+//! recorded twice, and a generation pushed during a partition converges soon after the heal.
+//! Figures and the command to rerun are in RELIABILITY.md. Needs root, `ip` and `nft`
+//! (deploy/dev/netfaults.sh), PostgreSQL (`DATABASE_URL`) and `cargo build --workspace --bins`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use fleetlet_manifests::api::{Event, EventType};
+use fleetlet_tests::agent::{
+    AgentDirs, AgentOptions, ManagerProcess, file_resource, unique_agent_id, wait_for,
+};
+use fleetlet_tests::netns::{Link, NetNs, NsProcess};
+use fleetlet_tests::proxy::Proxy;
+
+/// How long after a heal the generation pushed during the partition must be reported converged.
+/// The issue's target is 2 s, which the rounds meet with room to spare (RELIABILITY.md has the
+/// figures); the test allows 6 s so that a loaded 2-core CI machine does not fail it, while the
+/// old reconnect backoff (a wait of 8 s, then 16 s, then 30 s) still does.
+const HEAL_BOUND: Duration = Duration::from_secs(6);
+
+/// One agent in a namespace and its manager. Fields drop in order: the agent before the
+/// namespace it runs in.
+struct Rig {
+    agent: Option<NsProcess>,
+    proxy: Option<Proxy>,
+    manager: ManagerProcess,
+    options: AgentOptions,
+    dirs: AgentDirs,
+    agent_id: String,
+    ns: NetNs,
+}
+
+impl Rig {
+    /// The namespace, a manager listening on its near end, an enrolled agent (not started); with
+    /// `proxied`, the agent reaches the manager through a [`Proxy`].
+    async fn new(prefix: &str, proxied: bool) -> anyhow::Result<Self> {
+        let ns = NetNs::create()?;
+        let listen = format!("{}:0", ns.host_address);
+        let manager = ManagerProcess::start_with_env(&[("FLEETLET_LISTEN", &listen)]).await?;
+        let agent_id = unique_agent_id(prefix);
+        let mut options = manager.enroll(&agent_id).await?;
+        let proxy = if proxied {
+            let upstream = manager.url().trim_start_matches("http://").parse()?;
+            let proxy = Proxy::start((ns.host_address, 0).into(), upstream).await?;
+            if let Some((url, _)) = options.manager.as_mut() {
+                *url = format!("http://{}", proxy.address);
+            }
+            Some(proxy)
+        } else {
+            None
+        };
+        Ok(Self {
+            agent: None,
+            proxy,
+            manager,
+            options,
+            dirs: AgentDirs::new()?,
+            agent_id,
+            ns,
+        })
+    }
+
+    fn start_agent(&mut self) -> anyhow::Result<()> {
+        let command = self.ns.wrap(&self.options.command(&self.dirs)?);
+        self.agent = Some(NsProcess::spawn(
+            command,
+            &self.dirs.base().join("agent.log"),
+        )?);
+        Ok(())
+    }
+
+    fn agent_logs(&self) -> String {
+        self.agent.as_ref().map(NsProcess::logs).unwrap_or_default()
+    }
+
+    /// Pushes a manifest of one File resource with `text` and returns its generation.
+    async fn push(&self, text: &str) -> anyhow::Result<u64> {
+        let path = self.dirs.root().join("netfault.txt");
+        self.manager
+            .put_resources(
+                &self.agent_id,
+                vec![file_resource("netfault", &path, text, "0644")],
+            )
+            .await
+    }
+
+    async fn converged(&self, generation: u64, timeout: Duration) -> anyhow::Result<()> {
+        self.manager
+            .wait_converged(&self.agent_id, generation, timeout)
+            .await
+            .with_context(|| format!("agent log:\n{}", self.agent_logs()))?;
+        Ok(())
+    }
+
+    /// Checks what every fault must leave intact: the sampled report seqs never went back; the
+    /// manager ends up with the agent's own last report; no event twice.
+    async fn check_nothing_lost(&self, sampled: &[u64]) -> anyhow::Result<()> {
+        ensure!(
+            sampled.windows(2).all(|pair| pair[0] <= pair[1]),
+            "the manager's report seq went backwards: {sampled:?}"
+        );
+        let agent_id = self.agent_id.clone();
+        let seqs = wait_for(
+            "the manager to hold the agent's last report",
+            Duration::from_secs(30),
+            || async {
+                let agent = self.dirs.stored_status(&agent_id)?;
+                let view = self.manager.status(&agent_id).await.ok()?;
+                let held = view.status?;
+                (held.report_seq == agent.report_seq
+                    && held.observed_generation == agent.observed_generation)
+                    .then_some((held.report_seq, agent.report_seq))
+            },
+        )
+        .await;
+        let (manager_seq, agent_seq) = match seqs {
+            Ok(seqs) => seqs,
+            Err(error) => {
+                let agent = self.dirs.stored_status(&agent_id);
+                let held = self
+                    .manager
+                    .status(&agent_id)
+                    .await
+                    .ok()
+                    .and_then(|v| v.status);
+                bail!(
+                    "{error}: agent has {:?}, manager holds {:?}",
+                    agent.map(|a| (a.report_seq, a.observed_generation)),
+                    held.map(|h| (h.report_seq, h.observed_generation))
+                );
+            }
+        };
+        ensure!(manager_seq == agent_seq);
+        let events = self.manager.events(&self.agent_id).await?;
+        check_no_duplicate_events(&events)
+    }
+}
+
+/// No report's event twice: each `StatusReported` has its own reportSeq and a higher observed
+/// generation than the one before; each resource's phase changes chain (`from` is the previous
+/// `to`) and never repeat the phase it is in.
+fn check_no_duplicate_events(events: &[Event]) -> anyhow::Result<()> {
+    let mut seqs = std::collections::BTreeSet::new();
+    let mut last_observed = None;
+    let mut phases: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for event in events {
+        match event.type_ {
+            EventType::StatusReported => {
+                let seq = event.payload["reportSeq"].as_u64().context("reportSeq")?;
+                ensure!(seqs.insert(seq), "report {seq} recorded twice: {events:#?}");
+                let observed = event.payload["observedGeneration"].as_u64();
+                ensure!(
+                    last_observed < observed,
+                    "observed generation {observed:?} recorded after {last_observed:?}"
+                );
+                last_observed = observed;
+            }
+            EventType::ResourcePhaseChanged => {
+                let id = event
+                    .resource_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let to = event.payload["to"].clone();
+                let before = phases.get(&id).cloned().unwrap_or(serde_json::Value::Null);
+                ensure!(
+                    event.payload["from"] == before && to != before,
+                    "{id}: phase change {} recorded after the resource was already {before}",
+                    event.payload
+                );
+                phases.insert(id, to);
+            }
+            _ => {}
+        }
+    }
+    ensure!(!seqs.is_empty(), "no StatusReported event at all");
+    Ok(())
+}
+
+/// Samples the manager's report seq for the agent every 100 ms until `stop` is set.
+async fn sample_seqs(manager: &ManagerProcess, agent_id: &str, stop: &AtomicBool) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(view) = manager.status(agent_id).await
+            && let Some(status) = view.status
+        {
+            seqs.push(status.report_seq);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seqs
+}
+
+/// Runs `scenario` while sampling the manager's report seq; returns the samples.
+async fn sampled<F>(rig: &Rig, scenario: F) -> anyhow::Result<Vec<u64>>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let stop = AtomicBool::new(false);
+    let (outcome, seqs) = tokio::join!(
+        async {
+            let outcome = scenario.await;
+            stop.store(true, Ordering::Relaxed);
+            outcome
+        },
+        sample_seqs(&rig.manager, &rig.agent_id, &stop)
+    );
+    outcome?;
+    Ok(seqs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_packet_loss_loses_no_report_and_duplicates_no_event() -> anyhow::Result<()>
+{
+    let mut rig = Rig::new("netloss", false).await?;
+    let first = rig.push("generation 1\n").await?;
+    rig.start_agent()?;
+    rig.converged(first, Duration::from_secs(60)).await?;
+    let seqs = sampled(&rig, async {
+        rig.ns.set_link(Link::Loss(30))?;
+        let started = Instant::now();
+        let mut last = first;
+        for round in 2..=5 {
+            last = rig.push(&format!("generation {round}\n")).await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        rig.converged(last, Duration::from_secs(120)).await?;
+        eprintln!(
+            "30 % loss: 4 generations pushed 2 s apart, the last converged {:.1} s after the loss began",
+            started.elapsed().as_secs_f64()
+        );
+        rig.ns.set_link(Link::Up)?;
+        Ok(())
+    })
+    .await?;
+    rig.check_nothing_lost(&seqs).await?;
+    let text = std::fs::read_to_string(rig.dirs.root().join("netfault.txt"))?;
+    assert_eq!(text, "generation 5\n");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_pushed_during_a_partition_converges_soon_after_the_heal() -> anyhow::Result<()>
+{
+    const ROUNDS: usize = 2;
+    const PARTITION: Duration = Duration::from_secs(20);
+    let mut rig = Rig::new("netpart", false).await?;
+    let first = rig.push("before\n").await?;
+    rig.start_agent()?;
+    rig.converged(first, Duration::from_secs(60)).await?;
+    let heals = Mutex::new(Vec::new());
+    let seqs = sampled(&rig, async {
+        for round in 0..ROUNDS {
+            let failures = rig.agent_logs().matches("manifest watch failed").count();
+            rig.ns.set_link(Link::Partitioned)?;
+            let cut_at = Instant::now();
+            // The agent must have noticed (its long-poll timed out) before the partition counts.
+            wait_for(
+                "the agent to notice the partition",
+                Duration::from_secs(30),
+                || async {
+                    (rig.agent_logs().matches("manifest watch failed").count() > failures)
+                        .then_some(())
+                },
+            )
+            .await?;
+            let generation = rig
+                .push(&format!("pushed during partition {round}\n"))
+                .await?;
+            tokio::time::sleep(PARTITION.saturating_sub(cut_at.elapsed())).await;
+            rig.ns.set_link(Link::Up)?;
+            let healed = Instant::now();
+            rig.converged(generation, Duration::from_secs(60)).await?;
+            let took = healed.elapsed();
+            eprintln!(
+                "partition round {round}: {:.1} s partition, converged {:.2} s after the heal",
+                PARTITION.as_secs_f64(),
+                took.as_secs_f64()
+            );
+            heals.lock().expect("heals").push(took);
+        }
+        Ok(())
+    })
+    .await?;
+    rig.check_nothing_lost(&seqs).await?;
+    for took in heals.lock().expect("heals").iter() {
+        assert!(
+            *took <= HEAL_BOUND,
+            "a generation pushed during a partition converged {took:?} after the heal \
+             (bound {HEAL_BOUND:?})\nagent log:\n{}",
+            rig.agent_logs()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_answers_cut_mid_way_lose_no_report_and_duplicate_no_event() -> anyhow::Result<()>
+{
+    const CUTS: u64 = 8;
+    let mut rig = Rig::new("netcut", true).await?;
+    {
+        let proxy = rig.proxy.as_ref().context("proxy")?;
+        proxy.set_delay(Duration::from_millis(200));
+        proxy.cut_next(CUTS);
+    }
+    let first = rig.push("generation 1\n").await?;
+    rig.start_agent()?;
+    let proxy = rig.proxy.as_ref().context("proxy")?;
+    let seqs = sampled(&rig, async {
+        rig.converged(first, Duration::from_secs(90)).await?;
+        for round in 2..=4 {
+            // Every new generation's status goes out over connections that may be cut again.
+            proxy.cut_next(2);
+            let generation = rig.push(&format!("generation {round}\n")).await?;
+            rig.converged(generation, Duration::from_secs(90)).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    let cuts = proxy.cuts();
+    eprintln!(
+        "proxy: 200 ms per chunk, {cuts} answers cut mid-way over {} connections",
+        proxy
+            .control
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(cuts > 0, "no answer was cut");
+    proxy.set_delay(Duration::ZERO);
+    rig.check_nothing_lost(&seqs).await?;
+    Ok(())
+}
