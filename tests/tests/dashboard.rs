@@ -1,7 +1,9 @@
 //! The dashboard in a real headless Chromium (Debian's package, installed by
 //! `deploy/dev/chromium.sh`) against the real manager on a seeded PostgreSQL database: the fleet
 //! page shows the counts and the state of every agent, an agent page lists its typed resources
-//! and events, and screenshots of both land in `target/test-artifacts/`.
+//! and events, the fleets page shows a rollout that paused by itself (real agents, a canary that
+//! fails) with its batches and pause reason, the device table filters by fleet, and screenshots
+//! land in `target/test-artifacts/`.
 //!
 //! The reader token travels in the URL fragment (`#token=...`), which the browser never sends to
 //! the server; the page moves it into sessionStorage.
@@ -11,6 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fleetlet_manifests::fleet_api::RolloutPhase;
+use fleetlet_tests::fleets::{Lab, fleet, template_file};
 use fleetlet_tests::manager::ManagerProcess;
 use fleetlet_tests::postgres::fresh_database;
 use reqwest::Method;
@@ -414,6 +418,113 @@ async fn the_dashboard_shows_drift_repairs_and_keeps_a_refused_tokens_message() 
     assert!(
         dom.contains("the manager refused this token"),
         "the refusal vanished:\n{dom}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_fleets_page_shows_a_paused_rollout_with_its_pause_reason() -> anyhow::Result<()> {
+    chromium();
+    // Real agents: kiosk-1..3 in the fleet, printer-1 outside it.
+    let mut lab = Lab::start(1).await?;
+    for id in ["kiosk-1", "kiosk-2", "kiosk-3"] {
+        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
+    }
+    lab.add_device("printer-1", json!({"role": "printer"}), &[])
+        .await?;
+    // The template writes outside every device's file roots: the canary fails on its device and
+    // the rollout pauses by itself after batch 1.
+    let path = format!("{}/{{{{ agentId }}}}/motd", lab.outside().display());
+    lab.put_fleet(&fleet(
+        "kiosks",
+        json!({"role": "kiosk"}),
+        json!({}),
+        vec![template_file("motd", &path, "hello from {{ agentId }}\n")],
+        json!({"batches": [{"limit": 1}, {}], "successThreshold": "100%",
+               "batchTimeoutSeconds": 60}),
+    ))
+    .await?;
+    let view = lab
+        .wait_fleet(
+            "kiosks",
+            "paused by itself",
+            Duration::from_secs(90),
+            |view| view.phase == RolloutPhase::Paused,
+        )
+        .await?;
+    let reason = view.pause_reason.context("a pause reason")?;
+    let (url, reader) = {
+        let manager = lab.manager();
+        (manager.url.clone(), manager.reader_token.clone())
+    };
+
+    // The fleets page, with the reader token: the phase, the reason, each batch and its counts.
+    let page = format!("{url}/#fleets&token={reader}");
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&page, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-fleet=\"kiosks\" data-phase=\"Paused\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("<p class=\"pause-reason\">Paused: {reason}</p>")),
+        "pause reason {reason:?} missing:\n{dom}"
+    );
+    assert!(reason.contains("1 failed"), "{reason}");
+    assert!(
+        dom.contains("<tr data-batch=\"1\" data-batch-state=\"done\" class=\"current\"><td>1</td><td>1</td><td>1</td><td class=\"succeeded\">0</td><td class=\"failed\">1</td>"),
+        "batch 1 with its counts missing:\n{dom}"
+    );
+    assert!(
+        dom.contains("<tr data-batch=\"2\" data-batch-state=\"waiting\""),
+        "{dom}"
+    );
+    assert!(dom.contains("id=\"fleets-Paused\">1<"), "{dom}");
+
+    // The device table filtered by the fleet: its three devices with their rollout state, not
+    // the printer.
+    let page = format!("{url}/#fleet=kiosks&token={reader}");
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&page, "--dump-dom")).await??;
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load:\n{dom}"
+    );
+    for id in ["kiosk-1", "kiosk-2", "kiosk-3"] {
+        assert!(
+            dom.contains(&format!("data-agent=\"{id}\"")),
+            "{id}:\n{dom}"
+        );
+    }
+    assert!(!dom.contains("data-agent=\"printer-1\""), "{dom}");
+    assert_eq!(
+        dom.matches("data-rollout-state=\"Failed\"").count(),
+        1,
+        "one failed canary:\n{dom}"
+    );
+    assert_eq!(
+        dom.matches("data-rollout-state=\"Pending\"").count(),
+        2,
+        "two devices waiting:\n{dom}"
+    );
+    assert!(
+        dom.contains("<option value=\"kiosks\">kiosks</option>"),
+        "{dom}"
+    );
+
+    let path = artifacts_dir()?.join("dashboard-fleets-paused.png");
+    let _ = std::fs::remove_file(&path);
+    let page = format!("{url}/#fleets&token={reader}");
+    let mode = format!("--screenshot={}", path.display());
+    tokio::task::spawn_blocking(move || run_chromium(&page, &mode)).await??;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("{} was not written", path.display()))?;
+    assert!(
+        bytes.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        path.display()
     );
     Ok(())
 }
