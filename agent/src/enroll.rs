@@ -6,6 +6,10 @@
 //! token there (mode 0600, written atomically) so that a restart reuses it. The bootstrap token
 //! itself is never stored.
 //!
+//! A token that cannot be written (a full or failing state dir) does not stop the agent: the
+//! manager answers it only once, so it is used from memory and written by a background retry
+//! (1 s doubling to 30 s) as soon as the disk allows.
+//!
 //! A manager that is down is waited for (1 s doubling to 30 s) until shutdown; an answer that
 //! cannot change by retrying (401, 404, 409, 422) stops the agent with a message saying what the
 //! operator must do.
@@ -113,7 +117,41 @@ fn keep_token(path: &Path, token: &str) -> std::io::Result<()> {
         .map_err(ConfinedError::into_io)
 }
 
-/// Enrolls `agent_id` with the bootstrap token, keeps the answered token and returns it.
+/// Keeps a token that could not be written when it was answered (a full or failing state dir):
+/// tries again after 1 s, doubling up to 30 s, until it is kept or the agent shuts down. If the
+/// agent stops first, the token is lost with the process and an admin must rotate it.
+async fn keep_token_later(path: PathBuf, token: String, shutdown: ShutdownSignal) {
+    let mut wait = FIRST_RETRY_WAIT;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.triggered() => {
+                tracing::error!(path = %path.display(), "shut down before the agent token could be kept: the next start cannot reuse it; an admin must rotate it and configure it with FLEETLET_TOKEN_FILE");
+                return;
+            }
+        }
+        let written = {
+            let (path, token) = (path.clone(), token.clone());
+            tokio::task::spawn_blocking(move || keep_token(&path, &token)).await
+        };
+        match written {
+            Ok(Ok(())) => {
+                tracing::info!(path = %path.display(), "the agent token is now kept in the state dir");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(path = %path.display(), %error, "the agent token still cannot be kept; retrying");
+            }
+            Err(error) => {
+                tracing::debug!(%error, "keeping the agent token did not finish; retrying")
+            }
+        }
+        wait = (wait * 2).min(MAX_RETRY_WAIT);
+    }
+}
+
+/// Enrolls `agent_id` with the bootstrap token, keeps the answered token and returns it; a
+/// token that cannot be written yet (a full disk) is used from memory and kept later.
 /// Transient failures are retried until `shutdown`.
 pub async fn enroll(
     http: &reqwest::Client,
@@ -144,9 +182,26 @@ pub async fn enroll(
                     }
                 };
                 let path = token_path(state_dir, agent_id);
-                keep_token(&path, &answer.token)
-                    .map_err(|source| EnrollError::WriteToken { path, source })?;
-                tracing::info!(%agent_id, "enrolled with the manager; the agent token is kept in the state dir");
+                match keep_token(&path, &answer.token) {
+                    Ok(()) => {
+                        tracing::info!(%agent_id, "enrolled with the manager; the agent token is kept in the state dir")
+                    }
+                    // The manager answers the token once: stopping here would lose it for
+                    // good (a restart is refused with 409). It is used from memory and kept
+                    // as soon as the disk allows, as the store does with what it cannot save.
+                    Err(source) => {
+                        let error = EnrollError::WriteToken {
+                            path: path.clone(),
+                            source,
+                        };
+                        tracing::warn!(%agent_id, %error, "enrolled with the manager, but the agent token cannot be kept yet; it is used from memory and kept as soon as the disk allows");
+                        tokio::spawn(keep_token_later(
+                            path,
+                            answer.token.clone(),
+                            shutdown.clone(),
+                        ));
+                    }
+                }
                 return Ok(Token::new(answer.token));
             }
             Ok(response) => {

@@ -20,6 +20,7 @@ use fleetlet_tests::agent::{
     AgentDirs, AgentOptions, AgentProcess, ManagerProcess, file_resource, manifest,
     run_once_to_end, unique_agent_id, wait_for,
 };
+use fleetlet_tests::manager::random_token;
 use serde_json::json;
 
 /// Only a bound on a failure; a passing test never waits it out.
@@ -521,5 +522,82 @@ fn a_file_that_does_not_fit_its_root_fails_with_disk_full() -> anyhow::Result<()
         Some(ErrorReason::DiskFull),
         "{status:?}"
     );
+    Ok(())
+}
+
+/// Enrollment on a full state dir: the manager answers the agent's token once, so the agent
+/// must not stop when it cannot write it (a restart would be refused, 409). It uses the token
+/// from memory — it reports and converges — and keeps it once space is back; a restart without
+/// the bootstrap token then reuses it.
+#[tokio::test]
+async fn a_token_enrolled_on_a_full_state_dir_is_used_at_once_and_kept_when_space_is_back()
+-> anyhow::Result<()> {
+    let bootstrap = random_token("bootstrap");
+    let manager =
+        ManagerProcess::start_with_env(&[("FLEETLET_BOOTSTRAP_TOKEN", bootstrap.as_str())]).await?;
+    let agent_id = unique_agent_id("full-enroll");
+    let dirs = AgentDirs::new()?;
+    let state = Tmpfs::mount(&dirs.state_dir(), "1m")?;
+    state.fill()?;
+    let mut options = AgentOptions::standalone(&agent_id);
+    options.standalone = false;
+    options.env = vec![
+        ("FLEETLET_MANAGER_URL".into(), manager.url()),
+        ("FLEETLET_BOOTSTRAP_TOKEN".into(), bootstrap.clone()),
+    ];
+    let agent = AgentProcess::start(&dirs, &options)?;
+    agent
+        .wait_for_log(&["enrolled", "cannot be kept yet"], WAIT)
+        .await?;
+    let file = dirs.root().join("enrolled.conf");
+    let generation = manager
+        .put_resources(
+            &agent_id,
+            vec![file_resource("enrolled", &file, "enrolled\n", "0644")],
+        )
+        .await?;
+    manager.wait_converged(&agent_id, generation, WAIT).await?;
+    let token_file = dirs
+        .state_dir()
+        .join("agents")
+        .join(&agent_id)
+        .join("token");
+    assert!(!token_file.exists(), "a token was kept on a full disk");
+
+    state.free()?;
+    agent
+        .wait_for_log(&["the agent token is now kept"], WAIT)
+        .await?;
+    let token = std::fs::read_to_string(&token_file)?;
+    assert!(
+        token.trim().starts_with("flt_"),
+        "kept token: {} bytes",
+        token.len()
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "the kept token is readable by others");
+    assert!(
+        !agent.logs().contains(token.trim()),
+        "the token appears in the agent's log"
+    );
+
+    // A restart without the bootstrap token reuses the kept one and reports again.
+    let seq_before = manager
+        .status(&agent_id)
+        .await?
+        .status
+        .map_or(0, |s| s.report_seq);
+    drop(agent);
+    options
+        .env
+        .retain(|(key, _)| key != "FLEETLET_BOOTSTRAP_TOKEN");
+    let again = AgentProcess::start(&dirs, &options)?;
+    wait_for("a report from the restarted agent", WAIT, || async {
+        let status = manager.status(&agent_id).await.ok()?.status?;
+        (status.report_seq > seq_before).then_some(())
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", again.logs()))?;
     Ok(())
 }
