@@ -55,6 +55,42 @@ impl<S: Send + Sync> FromRequestParts<S> for FleetPath {
     }
 }
 
+/// Strings (keys too) holding a NUL character, which no fleet needs and the database cannot
+/// store in JSON.
+fn nul_violations(value: &serde_json::Value, path: &str, found: &mut Vec<Violation>) {
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => found.push(Violation {
+            path: path.to_owned(),
+            message: "must not contain a NUL character".into(),
+        }),
+        serde_json::Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                nul_violations(item, &format!("{path}[{index}]"), found);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                if key.contains('\0') {
+                    found.push(Violation {
+                        path: child(&key.replace('\0', "\\0")),
+                        message: "a key must not contain a NUL character".into(),
+                    });
+                } else {
+                    nul_violations(item, &child(key), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn hash<T: Serialize>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
@@ -72,6 +108,11 @@ pub async fn put(
     JsonBody(body): JsonBody,
 ) -> Result<Json<PutFleetResponse>, HttpError> {
     caller.require_admin()?;
+    let mut nul = Vec::new();
+    nul_violations(&body, "", &mut nul);
+    if !nul.is_empty() {
+        return Err(HttpError::invalid("invalid fleet", nul));
+    }
     let fleet = Fleet::from_value(body)
         .map_err(|violations| HttpError::invalid("invalid fleet", violations))?;
     if fleet.name.as_str() != name {

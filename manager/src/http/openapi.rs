@@ -15,6 +15,8 @@ use fleetlet_manifests::api::{
 use fleetlet_manifests::schema::{manifest_schema, status_schema};
 use serde_json::{Map, Value, json};
 
+mod fleet_paths;
+
 use super::agents::MAX_FLEET_LIMIT;
 use super::limits::MAX_LONG_POLLS_PER_CALLER;
 
@@ -193,6 +195,7 @@ pub fn document(max_wait_seconds: u64) -> Value {
     add_schema(&mut schemas, "EventPage", schema_of::<Page<Event>>());
     add_schema(&mut schemas, "Readiness", schema_of::<Readiness>());
     add_schema(&mut schemas, "AgentStatus", status_schema().to_value());
+    fleet_paths::add_schemas(&mut schemas);
     // The resource schema of a manifest, shared by the history's revisions.
     let resource = schemas
         .get("AgentManifest")
@@ -404,6 +407,14 @@ pub fn document(max_wait_seconds: u64) -> Value {
         }
     });
 
+    let mut paths = paths;
+    let (fleet_routes, label_patch) = fleet_paths::paths();
+    if let Value::Object(map) = &mut paths {
+        map.extend(fleet_routes);
+        if let Some(agent) = map.get_mut("/api/v1/agents/{agentId}") {
+            agent["patch"] = label_patch;
+        }
+    }
     let bearer =
         |description: &str| json!({"type": "http", "scheme": "bearer", "description": description});
     json!({

@@ -122,6 +122,12 @@ fn every_route_is_described() {
         "/api/v1/agents/{agentId}/status",
         "/api/v1/agents/{agentId}/events",
         "/api/v1/agents/{agentId}/heartbeat",
+        "/api/v1/fleets",
+        "/api/v1/fleets/{name}",
+        "/api/v1/fleets/{name}/devices",
+        "/api/v1/fleets/{name}/revisions",
+        "/api/v1/fleets/{name}/events",
+        "/api/v1/fleets/{name}/rollout/{action}",
         "/api/v1/schema/manifest",
         "/api/v1/schema/status",
         "/api/v1/openapi.json",
@@ -134,4 +140,10 @@ fn every_route_is_described() {
     {
         assert!(paths.contains_key(path), "{path} is missing");
     }
+    assert!(
+        document
+            .pointer("/paths/~1api~1v1~1agents~1{agentId}/patch")
+            .is_some(),
+        "the label patch is missing"
+    );
 }
