@@ -414,6 +414,34 @@ impl Lab {
         Ok(serde_json::from_value(body)?)
     }
 
+    /// Each device's state and True conditions as the manager shows them, for failure messages.
+    pub async fn agent_conditions(&mut self) -> BTreeMap<String, String> {
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        let mut shown = BTreeMap::new();
+        for id in ids {
+            let line = match self.status(&id).await {
+                Ok(view) => {
+                    let conditions: Vec<String> = view
+                        .status
+                        .iter()
+                        .flat_map(|s| &s.conditions)
+                        .filter(|c| c.status == fleetlet_manifests::ConditionStatus::True)
+                        .map(|c| format!("{:?} {}: {}", c.type_, c.reason, c.message))
+                        .collect();
+                    format!(
+                        "{:?} at generation {} of {}; {conditions:?}",
+                        view.summary.state,
+                        view.summary.observed_generation.unwrap_or(0),
+                        view.summary.desired_generation
+                    )
+                }
+                Err(error) => format!("{error:#}"),
+            };
+            shown.insert(id, line);
+        }
+        shown
+    }
+
     /// Polls the fleet until `check` holds, failing after `timeout` with the last view and the
     /// managers' logs.
     pub async fn wait_fleet<F>(
@@ -436,9 +464,11 @@ impl Lab {
             }
             if std::time::Instant::now() >= deadline {
                 let devices = self.fleet_devices(name).await.ok();
+                let agents = self.agent_conditions().await;
                 bail!(
                     "timed out after {timeout:?} waiting for fleet {name}: {what}\nlast view: \
-                     {view:#?}\ndevices: {devices:#?}\nevents: {:#?}\n{}",
+                     {view:#?}\ndevices: {devices:#?}\nevents: {:#?}\nagents: \
+                     {agents:#?}\n{}",
                     self.events(name).await.ok(),
                     self.manager_logs()
                 );
