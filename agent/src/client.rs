@@ -7,9 +7,10 @@
 //! whether the manager answers, which the engine turns into the `Offline` condition.
 //!
 //! After a failed call the agent waits out its backoff, but not longer than the link is down:
-//! when a bare TCP connect to the manager's address fails and a later one succeeds, the link is
-//! back and the call is retried at once ([`ManagerClient::wait_out`]). A manager that answers
-//! with errors, or hangs, still gets the full backoff.
+//! when the manager could not be reached, a bare TCP connect to its address every half to one
+//! second ends the wait once it succeeds, and a call still in flight on a link that went down
+//! and came back is started anew ([`ManagerClient::wait_out`], [`ManagerClient::link_up`]). A
+//! manager that answers with errors gets the whole backoff.
 //!
 //! An idle agent is cheap on the wire (BENCHMARKS.md, target 5): the long-poll doubles as the
 //! sign of life, a status goes out only when it changed, and the heartbeat carries a number, not
@@ -165,22 +166,28 @@ impl ManagerClient {
         Some((host.to_owned(), url.port_or_known_default()?))
     }
 
-    /// Waits out `delay` after a failed call; returns `true` on shutdown. Returns early when the
-    /// link to the manager comes back: a TCP connect to its address that failed and then, on a
-    /// later try (every half to one [`LINK_PROBE_INTERVAL`]), succeeds. When the first connect
-    /// succeeds, the link was not what failed (the manager refused, or is slow) and the whole
-    /// delay is waited out, with no further connects, so a struggling manager is left alone.
-    pub async fn wait_out(&self, delay: Duration, shutdown: &ShutdownSignal) -> bool {
+    /// Waits out `delay` after `error`; returns `true` on shutdown. When the manager was out of
+    /// reach (no connection, no answer), returns as soon as a TCP connect to its address succeeds
+    /// (tried every half to one [`LINK_PROBE_INTERVAL`]): the link is back, retry now. A manager
+    /// that answered with an error gets the whole delay, and no connects.
+    pub async fn wait_out(
+        &self,
+        delay: Duration,
+        error: &ClientError,
+        shutdown: &ShutdownSignal,
+    ) -> bool {
+        let unreachable = matches!(error, ClientError::Unreachable { .. });
         tokio::select! {
             () = shutdown.triggered() => true,
             () = tokio::time::sleep(delay) => false,
-            () = self.link_back() => false,
+            () = self.link_up(false), if unreachable => false,
         }
     }
 
-    /// Completes when a connect to the manager's address fails and a later one succeeds; never
-    /// completes when the first one succeeds or the URL names no address to try.
-    async fn link_back(&self) {
+    /// Completes when a TCP connect to the manager's address succeeds; with `down_first`, only
+    /// when one failed before (the link went down and came back: a call still in flight on the
+    /// dead link is better abandoned). Never completes when the URL names no address to try.
+    pub async fn link_up(&self, down_first: bool) {
         let Some((host, port)) = self.authority() else {
             return std::future::pending().await;
         };
@@ -195,18 +202,20 @@ impl ManagerClient {
             )
         };
         let spread = std::hash::RandomState::new();
-        let mut tries = 0u64;
+        let mut failed = 0u64;
         loop {
             let started = tokio::time::Instant::now();
             if connects().await {
-                if tries == 0 {
+                if down_first && failed == 0 {
                     return std::future::pending().await;
                 }
-                tracing::info!(%host, port, "the manager is reachable again; retrying now");
+                if failed > 0 {
+                    tracing::info!(%host, port, "the manager is reachable again; retrying now");
+                }
                 return;
             }
-            tries += 1;
-            tokio::time::sleep_until(started + probe_pause(spread.hash_one(tries))).await;
+            failed += 1;
+            tokio::time::sleep_until(started + probe_pause(spread.hash_one(failed))).await;
         }
     }
 
@@ -398,6 +407,8 @@ pub async fn watch_manifests(
         let answer = tokio::select! {
             () = shutdown.triggered() => return,
             answer = client.fetch_manifest(Some(after_generation), wait) => answer,
+            // After a failure, a poll stuck on a link that has just come back is started anew.
+            () = client.link_up(true), if failures > 0 => continue,
         };
         let delay = match answer {
             Ok(answer) => {
@@ -442,7 +453,7 @@ pub async fn watch_manifests(
                 let delay = Backoff::MANAGER.delay(failures);
                 tracing::warn!(%error, retry_in = ?delay, "manifest watch failed");
                 note_failure(&connectivity, &error);
-                if client.wait_out(delay, &shutdown).await {
+                if client.wait_out(delay, &error, &shutdown).await {
                     return;
                 }
                 Duration::ZERO
@@ -480,7 +491,13 @@ pub async fn deliver_reports(
                 () = report_ready.notified() => continue,
             }
         };
-        match deliver(&client, &*store, &report).await {
+        let delivered = tokio::select! {
+            delivered = deliver(&client, &*store, &report) => delivered,
+            // After a failure, a report stuck on a link that has just come back is sent anew
+            // (it is still in the outbox; the manager ignores a seq it already holds).
+            () = client.link_up(true), if failures > 0 => continue,
+        };
+        match delivered {
             Ok(()) => {
                 failures = 0;
                 set_connectivity(&connectivity, Connectivity::Online);
@@ -502,7 +519,7 @@ pub async fn deliver_reports(
                 // Retry after the backoff, as soon as the link is back, or as soon as the watch
                 // reaches the manager again.
                 tokio::select! {
-                    stop = client.wait_out(delay, &shutdown) => if stop { return },
+                    stop = client.wait_out(delay, &error, &shutdown) => if stop { return },
                     _ = online.wait_for(|c| *c == Connectivity::Online) => {}
                 }
             }

@@ -1,5 +1,5 @@
-//! Tests of the client's retry wait: it ends early when the link to the manager comes back, and
-//! not when the manager was reachable all along.
+//! Tests of the client's retry wait: after an unreachable manager it ends as soon as the
+//! manager's address accepts connections again; a manager that answered gets the whole backoff.
 
 use std::time::Instant;
 
@@ -15,6 +15,13 @@ fn client_for(address: std::net::SocketAddr) -> ManagerClient {
     .expect("client")
 }
 
+fn unreachable() -> ClientError {
+    ClientError::Unreachable {
+        url: "http://manager".into(),
+        message: "connection refused".into(),
+    }
+}
+
 #[tokio::test]
 async fn the_wait_ends_soon_after_the_link_comes_back() {
     // A port nobody listens on refuses connects, as a host whose manager is down does.
@@ -26,7 +33,11 @@ async fn the_wait_ends_soon_after_the_link_comes_back() {
     let started = Instant::now();
     let waiting = tokio::spawn({
         let signal = shutdown.signal();
-        async move { client.wait_out(Duration::from_secs(60), &signal).await }
+        async move {
+            client
+                .wait_out(Duration::from_secs(60), &unreachable(), &signal)
+                .await
+        }
     });
     tokio::time::sleep(3 * LINK_PROBE_INTERVAL).await;
     assert!(
@@ -45,16 +56,39 @@ async fn the_wait_ends_soon_after_the_link_comes_back() {
 }
 
 #[tokio::test]
-async fn a_reachable_manager_gets_the_whole_backoff() {
+async fn a_manager_that_answered_with_an_error_gets_the_whole_backoff() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let client = client_for(listener.local_addr().expect("address"));
     let shutdown = Shutdown::new();
+    let refused = ClientError::Status {
+        url: "http://manager".into(),
+        status: 503,
+        message: "database unavailable".into(),
+    };
     let delay = 3 * LINK_PROBE_INTERVAL;
     let started = Instant::now();
-    assert!(!client.wait_out(delay, &shutdown.signal()).await);
+    assert!(!client.wait_out(delay, &refused, &shutdown.signal()).await);
     assert!(started.elapsed() >= delay);
+}
+
+#[tokio::test]
+async fn a_call_in_flight_is_only_abandoned_after_the_link_went_down() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = client_for(listener.local_addr().expect("address"));
+    // The address accepts at once: nothing says the link went down, so nothing is abandoned.
+    let waited = tokio::time::timeout(3 * LINK_PROBE_INTERVAL, client.link_up(true)).await;
+    assert!(
+        waited.is_err(),
+        "link_up(true) completed on a link that never went down"
+    );
+    // Without the condition, the accepting address is the link being up.
+    tokio::time::timeout(3 * LINK_PROBE_INTERVAL, client.link_up(false))
+        .await
+        .expect("link_up(false) on an accepting address");
 }
 
 #[tokio::test]
@@ -63,5 +97,9 @@ async fn shutdown_ends_the_wait() {
     let shutdown = Shutdown::new();
     let signal = shutdown.signal();
     shutdown.trigger();
-    assert!(client.wait_out(Duration::from_secs(60), &signal).await);
+    assert!(
+        client
+            .wait_out(Duration::from_secs(60), &unreachable(), &signal)
+            .await
+    );
 }
