@@ -27,6 +27,9 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// How long a lease lasts without renewal: a killed replica's fleets move on within this and a
 /// tick.
 pub const LEASE_TTL: time::Duration = time::Duration::seconds(5);
+/// Manifest writes of one step in flight at once: each is its own short transaction, and a
+/// batch of thousands should not wait for them one by one (the pool has 16 connections).
+pub const WRITES_IN_FLIGHT: usize = 8;
 /// The lease of the selection pass (no fleet name has a `*`).
 pub const SELECTION_LEASE: &str = "*selection*";
 
@@ -211,6 +214,8 @@ async fn write_devices(
     let labels: BTreeMap<_, _> = rows.iter().map(|r| (&r.agent_id, &r.labels)).collect();
     let mut revisions: BTreeMap<u64, Option<Fleet>> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut first_error = None;
     for write in writes {
         if let std::collections::btree_map::Entry::Vacant(entry) = revisions.entry(write.revision) {
             let fleet = store
@@ -234,10 +239,20 @@ async fn write_devices(
                     manifest,
                     batch: write.batch,
                 };
-                let now = OffsetDateTime::now_utc();
-                if let Some(generation) = store.write_fleet_device(name, device, now).await? {
-                    tracing::info!(fleet = name, agent_id = %write.agent_id, revision = write.revision, generation, "fleet manifest written");
+                if in_flight.len() >= WRITES_IN_FLIGHT
+                    && let Some(done) = in_flight.join_next().await
+                {
+                    note_write(done, &mut first_error);
                 }
+                let (store, name) = (store.clone(), name.to_owned());
+                in_flight.spawn(async move {
+                    let now = OffsetDateTime::now_utc();
+                    let generation = store.write_fleet_device(&name, device, now).await?;
+                    if let Some(generation) = generation {
+                        tracing::info!(fleet = %name, agent_id = %write.agent_id, revision = write.revision, generation, "fleet manifest written");
+                    }
+                    Ok(())
+                });
             }
             Err(error) => {
                 let state = match error {
@@ -254,6 +269,12 @@ async fn write_devices(
             }
         }
     }
+    while let Some(done) = in_flight.join_next().await {
+        note_write(done, &mut first_error);
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
     // Only rows whose reason changed are written again.
     failures.retain(|f| {
         rows.iter()
@@ -266,4 +287,17 @@ async fn write_devices(
     store
         .update_fleet_devices(name, &failures, OffsetDateTime::now_utc())
         .await
+}
+
+/// Keeps the first failure of the step's writes; the others are logged by the next step's retry.
+fn note_write(
+    done: Result<Result<(), StoreError>, tokio::task::JoinError>,
+    first_error: &mut Option<StoreError>,
+) {
+    let error = match done {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error,
+        Err(join) => StoreError::Internal(format!("a manifest write stopped: {join}")),
+    };
+    first_error.get_or_insert(error);
 }

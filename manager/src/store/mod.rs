@@ -135,12 +135,14 @@ impl StoredManifest {
     /// A new signature over the same content is a new generation: the agent must get the signed
     /// form (ed25519 is deterministic, so re-signing with the same key is not). The rollout is
     /// compared on its own too, not only through the content hash, so that a policy change is
-    /// never lost whatever the hash covers.
+    /// never lost whatever the hash covers. Of a fleet's provenance only the signed part counts:
+    /// a new fleet revision that renders the same resources for a device needs no generation
+    /// there, but a new signature does (the agent checks it).
     pub fn is_same_as(&self, new: &NewManifest) -> bool {
         self.content_hash == new.content_hash
             && self.signature == new.signature
             && self.rollout == new.rollout
-            && self.fleet == new.fleet
+            && self.fleet.as_ref().map(|f| &f.signed) == new.fleet.as_ref().map(|f| &f.signed)
     }
 }
 

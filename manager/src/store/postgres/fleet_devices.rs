@@ -260,6 +260,10 @@ impl PgStore {
                 .insert(row.try_get("fleet")?, row.try_get("state")?);
         }
         let mut changed = 0;
+        // The common changes (a device newly selected by one fleet, an owner set) are written
+        // in one statement each after the loop; conflicts and releases, rare, as they come.
+        let mut inserts = Vec::new();
+        let mut owners = Vec::new();
         for (agent_id, selecting) in wanted {
             let selecting: BTreeSet<String> = selecting.intersection(fleets).cloned().collect();
             let existing = have.remove(agent_id.as_str()).unwrap_or_default();
@@ -292,16 +296,11 @@ impl PgStore {
                 agent_events.push(NewEvent::new(EventType::FleetReleased, payload));
             }
             for added in selecting.difference(&existing_names) {
-                sqlx::query(
-                    "INSERT INTO fleet_devices (fleet, agent_id, state, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                )
-                .bind(added)
-                .bind(agent_id.as_str())
-                .bind(PENDING)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                inserts.push(serde_json::json!({"fleet": added, "agent_id": agent_id}));
+            }
+            if conflict {
+                // The rows must exist before they are marked.
+                insert_pending(&mut tx, std::mem::take(&mut inserts), now).await?;
             }
             let owner = (selecting.len() == 1).then(|| selecting.iter().next().cloned());
             if conflict {
@@ -342,12 +341,19 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query("UPDATE agents SET fleet = $2 WHERE agent_id = $1")
-                .bind(agent_id.as_str())
-                .bind(owner.flatten())
-                .execute(&mut *tx)
-                .await?;
+            owners.push(serde_json::json!({"agent_id": agent_id, "fleet": owner.flatten()}));
             Self::append_events(&mut tx, agent_id, agent_events, now).await?;
+        }
+        insert_pending(&mut tx, inserts, now).await?;
+        if !owners.is_empty() {
+            sqlx::query(
+                "UPDATE agents a SET fleet = o.fleet \
+                 FROM jsonb_to_recordset($1) AS o(agent_id text, fleet text) \
+                 WHERE a.agent_id = o.agent_id",
+            )
+            .bind(Json(owners))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(changed)
@@ -380,6 +386,28 @@ impl PgStore {
         tx.commit().await?;
         Ok(labels)
     }
+}
+
+/// New `Pending` rows, one statement for all of them.
+async fn insert_pending(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: Vec<serde_json::Value>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO fleet_devices (fleet, agent_id, state, updated_at) \
+         SELECT r.fleet, r.agent_id, $2, $3 \
+         FROM jsonb_to_recordset($1) AS r(fleet text, agent_id text) ON CONFLICT DO NOTHING",
+    )
+    .bind(Json(rows))
+    .bind(PENDING)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn device_row(row: &PgRow) -> Result<FleetDeviceRow, StoreError> {
