@@ -473,6 +473,80 @@ async fn an_agent_whose_every_fsync_fails_at_start_converges_and_reports_the_sto
     Ok(())
 }
 
+/// B3 with `EIO` from `write` (then from `rename`) at start-up: every write to the store's
+/// journal, event log, lock holder line and record temporaries — or every rename of the status
+/// and seq records' temporaries — fails from the first system call on. The agent still converges from the stored
+/// manifest, says why it cannot save, and does not stop.
+#[test]
+fn an_agent_whose_store_writes_fail_at_start_converges_and_reports_the_store_unavailable()
+-> anyhow::Result<()> {
+    eio_at_start("write", true)
+}
+
+#[test]
+fn an_agent_whose_store_renames_fail_at_start_converges_and_reports_the_store_unavailable()
+-> anyhow::Result<()> {
+    // Only the run's last save fails here (the status, after the status was printed): the
+    // `--once` run ends before a later status could say so, so only the log does.
+    eio_at_start("rename", false)
+}
+
+/// `printed_degraded`: whether the status `--once` prints was made after the first failure.
+fn eio_at_start(syscall: &str, printed_degraded: bool) -> anyhow::Result<()> {
+    let agent_id = format!("pi-eio-{syscall}-at-start");
+    let dirs = AgentDirs::new()?;
+    let path = dirs.root().join("motd");
+    converge_once(&dirs, &agent_id, &path)?;
+    let agent_dir = dirs.state_dir().join("agents").join(&agent_id);
+    let mut args = Vec::new();
+    for file in [
+        agent_dir.join("resources.jsonl"),
+        agent_dir.join("events.jsonl"),
+        dirs.state_dir().join("LOCK"),
+        agent_dir.join(".status.json.tmp"),
+        agent_dir.join(".seq.json.tmp"),
+    ] {
+        args.extend(["-P".to_owned(), file.display().to_string()]);
+    }
+    // Renames name the temporary relative to its directory's descriptor.
+    for name in [".status.json.tmp", ".seq.json.tmp"] {
+        args.extend(["-P".to_owned(), name.to_owned()]);
+    }
+    args.push(format!("--inject={}:error=EIO", syscall_set(syscall)));
+    let output = run_once_to_end(under_strace(&offline(&agent_id).command(&dirs)?, &args)?)?;
+    assert_ne!(
+        output.status.code(),
+        Some(2),
+        "the agent must not stop: {}",
+        exit_line(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("hello\n"),
+        "converged from the stored manifest: {}",
+        exit_line(&output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the local store cannot save") && stderr.contains("Input/output error"),
+        "the injected EIO was met and logged: {}",
+        exit_line(&output)
+    );
+    let status = printed_status(&output)?;
+    if printed_degraded {
+        assert_eq!(
+            condition(&status, ConditionType::Degraded),
+            (ConditionStatus::True, "StoreUnavailable".into()),
+            "{status:?}"
+        );
+    }
+    assert_eq!(
+        status.manifest_generation, 1,
+        "the stored manifest was used: {status:?}"
+    );
+    Ok(())
+}
+
 /// B2: a log that cannot be written is dropped, never a panic (exit 101).
 #[test]
 fn an_agent_whose_stderr_cannot_be_written_still_converges() -> anyhow::Result<()> {
