@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ids::ManifestSignature;
 pub use crate::manifest::origin::{
-    AGENT_ID_PARAMETER, FleetName, FleetOrigin, FleetTemplate, MAX_PARAMETER_NAME_CHARS,
-    MAX_PATTERN_CHARS, ParameterName, ParameterSpec, PatternError, SignedTemplate,
-    TemplateResource,
+    AGENT_ID_PARAMETER, FleetName, FleetOrigin, FleetProvenance, FleetTemplate,
+    MAX_PARAMETER_NAME_CHARS, MAX_PATTERN_CHARS, ParameterName, ParameterSpec, PatternError,
+    SignedTemplate, TemplateResource,
 };
 pub use placeholder::{Placeholder, PlaceholderError, placeholders};
 pub use render::{RenderError, render, render_template, resolve_values};

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::placeholder::{SubstituteError, substitute_value};
 use super::{
-    AGENT_ID_PARAMETER, Fleet, FleetOrigin, FleetTemplate, ParameterName, ParameterSpec,
-    SignedTemplate,
+    AGENT_ID_PARAMETER, Fleet, FleetOrigin, FleetProvenance, FleetTemplate, ParameterName,
+    ParameterSpec, SignedTemplate,
 };
 use crate::Violation;
 use crate::ids::AgentId;
@@ -115,7 +115,7 @@ pub fn render(
         .into_iter()
         .filter_map(|(name, value)| Some((ParameterName::try_from(name).ok()?, value)))
         .collect();
-    manifest.fleet = Some(FleetOrigin {
+    manifest.fleet = Some(FleetOrigin::new(FleetProvenance {
         name: fleet.name.clone(),
         revision,
         values,
@@ -124,6 +124,6 @@ pub fn render(
             parameters: fleet.parameters.clone(),
             signature: signature.clone(),
         }),
-    });
+    }));
     Ok(manifest)
 }

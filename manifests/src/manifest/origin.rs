@@ -188,9 +188,47 @@ pub struct TemplateResource {
 /// revision and the parameter values used for this device; for a signed fleet also what the
 /// operator signed, so that an agent with trusted keys can check the manifest itself (see
 /// `crate::signature::verify`).
+///
+/// On the wire it is exactly a [`FleetProvenance`] object; in memory it is boxed, so that the
+/// manifest (which every agent holds and moves around) grows by one pointer, not by a fleet.
+/// Its fields are read and written through `Deref` as if they were its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct FleetOrigin(Box<FleetProvenance>);
+
+impl FleetOrigin {
+    pub fn new(provenance: FleetProvenance) -> Self {
+        Self(Box::new(provenance))
+    }
+
+    pub fn into_inner(self) -> FleetProvenance {
+        *self.0
+    }
+}
+
+impl From<FleetProvenance> for FleetOrigin {
+    fn from(provenance: FleetProvenance) -> Self {
+        Self::new(provenance)
+    }
+}
+
+impl std::ops::Deref for FleetOrigin {
+    type Target = FleetProvenance;
+    fn deref(&self) -> &FleetProvenance {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FleetOrigin {
+    fn deref_mut(&mut self) -> &mut FleetProvenance {
+        &mut self.0
+    }
+}
+
+/// The fields of a [`FleetOrigin`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FleetOrigin {
+pub struct FleetProvenance {
     pub name: FleetName,
     pub revision: u64,
     /// The value of every declared parameter for this device (`agentId` is the manifest's own).

@@ -352,7 +352,10 @@ fn a_fleet_signature_is_never_a_manifest_signature() {
     let key = key(1);
     let rendered = fleet_rendered(&key, "Hello");
     let mut manifest = rendered.clone();
-    let signed = rendered.fleet.and_then(|f| f.signed).expect("signed");
+    let signed = rendered
+        .fleet
+        .and_then(|f| f.into_inner().signed)
+        .expect("signed");
     manifest.signature = Some(signed.signature);
     assert!(matches!(
         verify(&manifest, &[key.public()]),
