@@ -181,8 +181,8 @@ async fn drive(
         let updates: Vec<DeviceStateUpdate> = outcome.updates.iter().map(update).collect();
         let value = serde_json::to_value(&outcome.state)
             .map_err(|e| StoreError::Internal(format!("rollout state: {e}")))?;
+        let types: Vec<_> = outcome.events.iter().map(|e| e.type_).collect();
         for event in &outcome.events {
-            crate::metrics::count_fleet_event(event.type_);
             tracing::info!(fleet = %stored.name, event = event.type_.as_str(), payload = %event.payload, "rollout");
         }
         let write = RolloutWrite {
@@ -197,6 +197,9 @@ async fn drive(
             // An operator acted or the lease moved: the next tick reads again.
             return Ok(());
         }
+        types
+            .into_iter()
+            .for_each(crate::metrics::count_fleet_event);
     }
     write_devices(store, &stored.name, &rows, outcome.writes).await
 }
