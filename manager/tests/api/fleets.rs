@@ -579,3 +579,50 @@ async fn two_controllers_never_write_a_device_twice_for_one_revision(pool: PgPoo
         .expect("replica b takes over");
     assert_eq!(generations(&lab, &ids).await, [1; 6]);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stale_device_is_deferred_and_gets_the_revision_when_it_returns(pool: PgPool) {
+    let mut lab = Lab::new(pool).await;
+    let ids = kiosks(&mut lab, 3).await;
+    // kiosk-00 last reported two minutes ago: stale for a 30 s report interval.
+    sqlx::query(
+        "UPDATE agents SET last_seen_at = now() - interval '2 minutes' WHERE agent_id = $1",
+    )
+    .bind(&ids[0])
+    .execute(&lab.pool)
+    .await
+    .expect("ages the device");
+    lab.put_fleet(&fleet(
+        "kiosks",
+        json!({"role": "kiosk"}),
+        "v1",
+        json!([{"limit": 1}, {}]),
+        false,
+    ))
+    .await;
+    lab.tick().await;
+    assert_eq!(
+        generations(&lab, &ids).await,
+        [0, 1, 0],
+        "the canary is the first device in contact"
+    );
+    lab.converge(&ids[1]).await;
+    lab.tick().await;
+    lab.converge(&ids[2]).await;
+    lab.tick().await;
+    let view = lab.view("kiosks").await;
+    assert_eq!(
+        view["phase"], "Completed",
+        "the stale device stalls nothing: {view}"
+    );
+    assert_eq!(view["devices"]["Deferred"], 1);
+    assert_eq!(lab.generation(&ids[0]).await, 0);
+    // It reports again: it gets the revision at once.
+    lab.report(&ids[0], 0, &[]).await;
+    lab.tick().await;
+    assert_eq!(lab.generation(&ids[0]).await, 1);
+    // A device selected later gets the fleet's good revision at once.
+    lab.device("kiosk-09", json!({"role": "kiosk"})).await;
+    lab.tick().await;
+    assert_eq!(lab.generation("kiosk-09").await, 1);
+}
