@@ -113,6 +113,30 @@ qemu_for() {
 }
 
 # Sets up the environment of Debian's cargo for the foreign targets.
+# Lets the kernel run ARM programs through qemu (binfmt_misc, as the qemu-user-static package
+# registers them on a booted Debian): the agent's unit tests start child processes of their own
+# test binary, which are ARM programs too.
+register_binfmt() {
+    local misc=/proc/sys/fs/binfmt_misc
+    if [ ! -e "$misc/register" ]; then
+        mount -t binfmt_misc binfmt_misc "$misc" || die "cannot mount binfmt_misc"
+    fi
+    local name
+    for name in qemu-aarch64 qemu-arm; do
+        if [ ! -e "$misc/$name" ]; then
+            /lib/systemd/systemd-binfmt "/usr/lib/binfmt.d/$name.conf" ||
+                die "cannot register $name with binfmt_misc"
+        fi
+    done
+}
+
+# Unit tests that cannot pass under qemu-user, each with the reason; they run natively.
+# - open_beneath_...: asserts the errno openat2(2) gives for a link in the path (ELOOP); qemu-user
+#   7.2 does not pass openat2 through, so the agent takes its component walk, which refuses the
+#   same links with ENOTDIR (the_walk_without_openat2_refuses_the_same_links covers the walk and
+#   runs here). Real Pi kernels (5.6+) have openat2.
+QEMU_SKIPS=(confined::tests::open_beneath_opens_plain_paths_and_refuses_links_and_dot_dot)
+
 cross_env() {
     export PATH=/usr/bin:/bin
     export CARGO_HOME="$CROSS_DIR/cargo-home"
@@ -162,7 +186,9 @@ unit_tests() {
         start=$(now_ms)
         log "agent unit tests for $t under $(qemu_for "$t")"
         # --release: the dependencies are the ones the packaged binary was built with.
-        cargo_cross test --release --target "$t" -p fleetlet-agent --lib ||
+        local skips=() skip
+        for skip in "${QEMU_SKIPS[@]}"; do skips+=(--skip "$skip"); done
+        cargo_cross test --release --target "$t" -p fleetlet-agent --lib -- "${skips[@]}" ||
             die "agent unit tests for $t failed"
         log "agent unit tests for $t passed in $(elapsed_since "$start")"
     done
@@ -195,6 +221,7 @@ build)
     ;;
 unit-tests)
     install_toolchain
+    register_binfmt
     unit_tests
     ;;
 env)

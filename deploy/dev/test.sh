@@ -35,6 +35,16 @@ cargo clippy -p fleetlet-agent --no-default-features --all-targets -- -D warning
 log "building the binaries"
 cargo build --workspace --bins
 
+# Raspberry Pi targets (issue 21): the ARM agents and manager with Debian's cross toolchain, all
+# five Debian packages (lintian errors fail), and the agent's unit tests for aarch64 and armv7
+# under qemu-user. The cross_agent and packages tests read the variables printed here.
+log "cross builds, Debian packages, the agent's unit tests for aarch64 and armv7 under qemu-user"
+set -a
+eval "$(deploy/dev/packages.sh)"
+eval "$(deploy/dev/cross.sh env)"
+set +a
+deploy/dev/cross.sh unit-tests
+
 log "tests: whole workspace, all features"
 cargo test --workspace --all-features --no-fail-fast
 
