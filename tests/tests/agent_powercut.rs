@@ -7,8 +7,9 @@
 //! a generation change and a rollback. After each cut, before the agent runs again: every
 //! managed file holds the complete content it had before or the complete content it was being
 //! given, never an empty, torn or foreign one; whatever the agent had reported (its status
-//! file, as the last read before the cut saw it) is on disk. Then the agent starts again on the
-//! rebooted disk, opens its store and re-converges, within a bound.
+//! file, as the last read before the cut saw it) is on disk; the store opens (as the agent opens
+//! it) and every record kind reads, with typed diagnostics at most. Then the agent starts again
+//! on the rebooted disk and re-converges, within a bound.
 //!
 //! A second test proves the checker can fail: an agent whose content fsync is left out
 //! (`FLEETLET_FAULT_INJECTION_SKIP_CONTENT_FSYNC`, debug builds only) must be caught.
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fleetlet_manifests::{AgentStatus, ConditionStatus, ConditionType, Phase};
+use fleetlet_agent::store::{FsStore, FsStoreOptions, Store};
+use fleetlet_manifests::{AgentId, AgentStatus, ConditionStatus, ConditionType, Phase};
 use fleetlet_tests::agent::{AgentDirs, AgentOptions, AgentProcess, unique_agent_id, wait_for};
 use fleetlet_tests::powercut::PowerCutFs;
 use rand::rngs::StdRng;
@@ -217,6 +219,30 @@ impl Rig {
         Ok(started.elapsed())
     }
 
+    /// Opens the store as the agent does (it must not be running) and reads every record kind:
+    /// it must load, perhaps with typed diagnostics for what it worked around; returns how many.
+    fn load_store(&self) -> anyhow::Result<usize> {
+        let store = FsStore::open(
+            self.fs.path().join("state"),
+            AgentId::try_from(self.agent_id.as_str())?,
+            FsStoreOptions::default(),
+        )
+        .context("the store does not open after the cut")?;
+        store.load_agent_record()?;
+        store.load_manifest()?;
+        store.ownership_records()?;
+        store.resource_states()?;
+        store.load_status()?;
+        store.pending_report()?;
+        let mut after = 0;
+        loop {
+            let page = store.read_events(after, 500)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+        }
+        Ok(store.diagnostics().len())
+    }
+
     fn logs(&self) -> String {
         self.agent
             .as_ref()
@@ -380,7 +406,7 @@ async fn round(
     scenario: Scenario,
     rng: &mut StdRng,
     converged: &mut (u64, Files),
-) -> anyhow::Result<(Duration, Vec<String>, bool)> {
+) -> anyhow::Result<(Duration, Vec<String>, bool, usize)> {
     let (good_generation, before) = converged.clone();
     let repairs_before = rig.reported().map_or(0, |s| repairs(&s));
     let expectation = match scenario {
@@ -438,6 +464,9 @@ async fn round(
         .is_some_and(|status| reported_done(status, &expectation, repairs_needed));
     rig.power_cut()?;
     let found = violations(&expectation, done);
+    let diagnostics = rig
+        .load_store()
+        .with_context(|| format!("loading the store after a cut {delay} ms into {scenario:?}"))?;
     let took = rig
         .restart_and_converge(
             expectation.target_generation,
@@ -447,7 +476,7 @@ async fn round(
         .await
         .with_context(|| format!("re-converging after a cut {delay} ms into {scenario:?}"))?;
     *converged = (expectation.target_generation, expectation.target.clone());
-    Ok((took, found, done))
+    Ok((took, found, done, diagnostics))
 }
 
 /// 0 for a file set with `extra-a`, 1 with `extra-b`.
@@ -481,6 +510,7 @@ async fn every_cut_leaves_whole_files_keeps_what_was_reported_and_reconverges() 
     let mut converged = (0, Files::new());
     let mut counters = Vec::new();
     let mut after_report = 0;
+    let mut store_diagnostics = 0;
     for index in 0..ROUNDS_PER_SCENARIO * Scenario::ALL.len() {
         let scenario = Scenario::ALL[index % Scenario::ALL.len()];
         if scenario == Scenario::FirstApply {
@@ -491,7 +521,7 @@ async fn every_cut_leaves_whole_files_keeps_what_was_reported_and_reconverges() 
             converged = (0, Files::new());
         }
         let rig = rig.as_mut().context("a rig")?;
-        let (took, found, done) = round(rig, scenario, &mut rng, &mut converged)
+        let (took, found, done, diagnostics) = round(rig, scenario, &mut rng, &mut converged)
             .await
             .with_context(|| format!("round {index} ({scenario:?}), seed {seed}"))?;
         for violation in &found {
@@ -499,6 +529,7 @@ async fn every_cut_leaves_whole_files_keeps_what_was_reported_and_reconverges() 
         }
         all_violations.extend(found);
         after_report += usize::from(done);
+        store_diagnostics += diagnostics;
         times.push(took);
     }
     if let Some(old) = rig.take() {
@@ -509,7 +540,7 @@ async fn every_cut_leaves_whole_files_keeps_what_was_reported_and_reconverges() 
     let file_syncs: u64 = counters.iter().map(|c| c.file_syncs).sum();
     let dir_syncs: u64 = counters.iter().map(|c| c.dir_syncs).sum();
     println!(
-        "power cuts: {} cuts ({after_report} after the agent reported the round done), {} violations, re-converged in median {:?} max {:?}; {} writes, {} file fsyncs, {} directory fsyncs seen; {:?} in all (seed {seed})",
+        "power cuts: {} cuts ({after_report} after the agent reported the round done), {} violations, the store loaded after every cut ({store_diagnostics} typed diagnostics), re-converged in median {:?} max {:?}; {} writes, {} file fsyncs, {} directory fsyncs seen; {:?} in all (seed {seed})",
         times.len(),
         all_violations.len(),
         times[times.len() / 2],
