@@ -62,6 +62,33 @@ fn status(agent: &str) -> Value {
     })
 }
 
+/// The operations of fleets (issue 20), which the OpenAPI document must describe.
+const FLEET_OPERATIONS: [(&str, &str); 8] = [
+    ("/api/v1/fleets", "get"),
+    ("/api/v1/fleets/{name}", "get"),
+    ("/api/v1/fleets/{name}", "put"),
+    ("/api/v1/fleets/{name}", "delete"),
+    ("/api/v1/fleets/{name}/devices", "get"),
+    ("/api/v1/fleets/{name}/revisions", "get"),
+    ("/api/v1/fleets/{name}/events", "get"),
+    ("/api/v1/agents/{agentId}", "patch"),
+];
+
+/// The operator actions on a rollout: documented one path each, or as one path with an
+/// `{action}` parameter.
+const ROLLOUT_ACTIONS: [&str; 5] = ["pause", "resume", "approve", "abort", "rollback"];
+
+/// A fleet of the agents labelled `site: lab`, one File in its template.
+fn fleet() -> Value {
+    json!({"apiVersion": "fleetlet.dev/v1", "kind": "Fleet", "name": "kiosks",
+           "selector": {"matchLabels": {"site": "lab"}},
+           "parameters": {"greeting": {"pattern": "^[a-z]+$", "default": "hello"}},
+           "template": {"resources": [{"id": "motd", "kind": "File",
+               "spec": {"path": "/etc/motd", "content": {"text": "{{ greeting }} {{ agentId }}\n"},
+                        "mode": "0644"}}]},
+           "rolloutStrategy": {"batches": [{"limit": 1}, {}], "successThreshold": "100%"}})
+}
+
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any_role()
 -> anyhow::Result<()> {
@@ -108,6 +135,15 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
         .put(format!("{}/api/v1/agents/pi-1/status", manager.url))
         .bearer_auth(&agent_token)
         .json(&status("pi-1"))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    // A fleet selecting pi-1 (issue 20), so the fleet routes have a fleet, devices, revisions
+    // and a rollout to read and act on.
+    manager
+        .admin(&client, reqwest::Method::PUT, "/api/v1/fleets/kiosks")
+        .json(&fleet())
         .send()
         .await?
         .error_for_status()?;
@@ -165,6 +201,33 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
     assert!(
         !logs.contains("panicked"),
         "the manager panicked during the run:\n{logs}"
+    );
+    Ok(())
+}
+
+/// Issue 20, acceptance 8: schemathesis covers the fleet routes only if the OpenAPI document
+/// describes them, for it tests exactly the operations the document holds.
+#[tokio::test]
+#[ignore = "the manager's OpenAPI document does not describe the fleet routes yet (issue 20, \
+            acceptance 8); un-ignore once it does, and the schemathesis run above covers them"]
+async fn the_openapi_document_describes_every_fleet_route() -> anyhow::Result<()> {
+    let manager = ManagerProcess::start_dev().await?;
+    let client = reqwest::Client::new();
+    let schema_url = format!("{}/api/v1/openapi.json", manager.url);
+    let document: Value = client.get(&schema_url).send().await?.json().await?;
+    for (path, method) in FLEET_OPERATIONS {
+        assert!(
+            document["paths"][path][method].is_object(),
+            "the OpenAPI document lacks {method} {path}, so schemathesis would not test it"
+        );
+    }
+    let per_action = ROLLOUT_ACTIONS.iter().all(|action| {
+        document["paths"][format!("/api/v1/fleets/{{name}}/rollout/{action}")]["post"].is_object()
+    });
+    assert!(
+        per_action
+            || document["paths"]["/api/v1/fleets/{name}/rollout/{action}"]["post"].is_object(),
+        "the OpenAPI document lacks the rollout actions, so schemathesis would not test them"
     );
     Ok(())
 }
