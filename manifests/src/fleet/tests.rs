@@ -217,3 +217,78 @@ fn batch_sizes_sum_to_the_selection_and_round_percentages_up() {
         assert!(sizes.iter().all(|size| *size > 0));
     }
 }
+
+#[test]
+fn placeholders_are_found_and_what_is_not_one_stays_text() {
+    let found = placeholders("a {{ x }} b {{y}} {{.Go}} {{ 1 }}").expect("well formed");
+    let names: Vec<&str> = found.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["x", "y"]);
+    assert_eq!(placeholders("ok {{ tag }"), Err(PlaceholderError { at: 3 }));
+    assert!(placeholders("{{ a b }}").is_err());
+}
+
+#[test]
+fn template_rules_name_their_paths() {
+    // A placeholder in a key, a malformed one, an empty selector, a limit-less batch that is not
+    // the last, and a declared default that makes the template an invalid manifest.
+    let mut fleet = kiosks();
+    fleet["selector"] = json!({});
+    fleet["template"]["resources"][1]["spec"]["env"] = json!({"{{ imageTag }}": "v"});
+    fleet["template"]["resources"][0]["spec"]["mode"] = json!("{{ greeting }");
+    fleet["rolloutStrategy"]["batches"] = json!([{}, {"limit": 1}]);
+    fleet["parameters"]["imageTag"] = json!({"pattern": ".*", "default": "has space"});
+    let mut found = paths(fleet);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "rolloutStrategy.batches[0]",
+            "selector",
+            "template.resources[0].spec.mode",
+            "template.resources[1].spec.env[\"{{ imageTag }}\"]",
+        ]
+    );
+    // With the key fixed, the default's invalid image is reported at the template's path.
+    let mut fleet = kiosks();
+    fleet["parameters"]["imageTag"] = json!({"pattern": ".*", "default": "has space"});
+    assert_eq!(paths(fleet), vec!["template.resources[1].spec.image"]);
+    // Without a default, the string is judged per device and the fleet is valid.
+    let mut fleet = kiosks();
+    fleet["parameters"]["imageTag"] = json!({"pattern": ".*"});
+    assert!(Fleet::from_value(fleet).is_ok());
+}
+
+#[test]
+fn selectors_need_every_label_and_fact() {
+    let fleet = Fleet::from_value(kiosks()).expect("valid fleet");
+    let kiosk = labels(&[("role", "kiosk"), ("site", "a")]);
+    let arm = labels(&[("arch", "aarch64")]);
+    assert!(fleet.selector.matches(&kiosk, &arm));
+    assert!(
+        !fleet
+            .selector
+            .matches(&kiosk, &labels(&[("arch", "x86_64")]))
+    );
+    assert!(!fleet.selector.matches(&labels(&[("role", "tv")]), &arm));
+    assert!(!fleet.selector.matches(&labels(&[]), &arm));
+}
+
+#[test]
+fn thresholds_and_percentages_read_as_written() {
+    let strategy = Fleet::from_value(kiosks())
+        .expect("valid fleet")
+        .rollout_strategy;
+    assert!(strategy.threshold_met(9, 10));
+    assert!(!strategy.threshold_met(8, 10));
+    assert!(strategy.threshold_met(0, 0));
+    for bad in ["090%", "1000%", "%", "-1%", "5"] {
+        assert!(
+            serde_json::from_value::<Percent>(json!(bad)).is_err(),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        serde_json::from_value::<BatchLimit>(json!("100%")).expect("valid"),
+        BatchLimit::Percent(100)
+    );
+}
