@@ -21,7 +21,7 @@ use super::{Args, ms, percentile, vm_rss_kib};
 
 const FLEET: &str = "bench";
 /// How long rendering a revision for the whole fleet may take before the run gives up.
-const RENDER_LIMIT: Duration = Duration::from_secs(300);
+const RENDER_LIMIT: Duration = Duration::from_secs(600);
 
 fn fleet_body(text: &str) -> Value {
     json!({
@@ -252,6 +252,16 @@ async fn timed_reads(
     Ok((status, pages))
 }
 
+/// The end of the manager's log, for errors.
+fn manager_tail(manager: &ManagerProcess) -> String {
+    let logs = manager.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    format!(
+        "the manager's last log lines:\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
 pub(super) async fn fleet_rollout(args: &Args) -> anyhow::Result<()> {
     let count = args.number(0, 10_000);
     let reads = args.number(1, 200);
@@ -266,6 +276,11 @@ pub(super) async fn fleet_rollout(args: &Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(usize::MAX)
         .build()?;
 
+    // The operator's requests go on a client of their own, never on a connection the
+    // long-polls were using.
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
     let started = Instant::now();
     let agents = register(&manager, &client, count).await?;
     println!(
@@ -281,8 +296,9 @@ pub(super) async fn fleet_rollout(args: &Args) -> anyhow::Result<()> {
     );
 
     for (what, text) in [("first revision", "one"), ("changed template", "two")] {
-        let (revision, put, all) =
-            render_revision(&manager, &client, &db, &fleet_body(text), count).await?;
+        let (revision, put, all) = render_revision(&manager, &admin, &db, &fleet_body(text), count)
+            .await
+            .with_context(|| manager_tail(&manager))?;
         let (sent, received, failed) = pollers.counts();
         println!(
             "{what} (revision {revision}) for {count} devices: PUT answered in {:.1} ms, every \
@@ -305,7 +321,9 @@ pub(super) async fn fleet_rollout(args: &Args) -> anyhow::Result<()> {
         .execute(&mut *connection)
         .await?;
     drop(connection);
-    let (status, pages) = timed_reads(&manager, &client, reads, count).await?;
+    let (status, pages) = timed_reads(&manager, &admin, reads, count)
+        .await
+        .with_context(|| manager_tail(&manager))?;
     let (sent, received, failed) = pollers.counts();
     println!(
         "with {count} long-polls held: rollout status p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
