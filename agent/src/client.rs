@@ -167,9 +167,12 @@ impl ManagerClient {
     }
 
     /// Waits out `delay` after `error`; returns `true` on shutdown. When the manager was out of
-    /// reach (no connection, no answer), returns as soon as a TCP connect to its address succeeds
-    /// (tried every half to one [`LINK_PROBE_INTERVAL`]): the link is back, retry now. A manager
-    /// that answered with an error gets the whole delay, and no connects.
+    /// reach (no connection, no answer), returns as soon as a TCP connect to its address fails
+    /// and a later one succeeds (tried every half to one [`LINK_PROBE_INTERVAL`]): the link is
+    /// back, retry now. When the first connect succeeds the link is not what failed (a proxy in
+    /// front of a stopped manager, a manager that hangs): the whole delay is waited out, so a
+    /// struggling manager is not hammered. One that answered with an error gets the whole delay,
+    /// and no connects.
     pub async fn wait_out(
         &self,
         delay: Duration,
@@ -180,7 +183,7 @@ impl ManagerClient {
         tokio::select! {
             () = shutdown.triggered() => true,
             () = tokio::time::sleep(delay) => false,
-            () = self.link_up(false), if unreachable => false,
+            () = self.link_up(true), if unreachable => false,
         }
     }
 

@@ -103,3 +103,22 @@ async fn shutdown_ends_the_wait() {
             .await
     );
 }
+
+#[tokio::test]
+async fn an_address_that_accepts_all_along_gets_the_whole_backoff() {
+    // A TCP proxy in front of a stopped manager accepts and closes: the link is fine, so the
+    // agent must not retry in a tight loop.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = client_for(listener.local_addr().expect("address"));
+    let shutdown = Shutdown::new();
+    let delay = 3 * LINK_PROBE_INTERVAL;
+    let started = Instant::now();
+    assert!(
+        !client
+            .wait_out(delay, &unreachable(), &shutdown.signal())
+            .await
+    );
+    assert!(started.elapsed() >= delay);
+}
