@@ -208,8 +208,6 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response_for_any
 /// Issue 20, acceptance 8: schemathesis covers the fleet routes only if the OpenAPI document
 /// describes them, for it tests exactly the operations the document holds.
 #[tokio::test]
-#[ignore = "the manager's OpenAPI document does not describe the fleet routes yet (issue 20, \
-            acceptance 8); un-ignore once it does, and the schemathesis run above covers them"]
 async fn the_openapi_document_describes_every_fleet_route() -> anyhow::Result<()> {
     let manager = ManagerProcess::start_dev().await?;
     let client = reqwest::Client::new();
