@@ -20,6 +20,7 @@ use super::AppState;
 use super::cursor;
 use super::error::HttpError;
 use super::extract::{Caller, JsonBody, QueryParams};
+use super::nul::refuse_nul;
 use crate::rollout::selection::reselect;
 use crate::rollout::state::{RolloutState, supersede};
 use crate::rollout::view::fleet_view;
@@ -55,42 +56,6 @@ impl<S: Send + Sync> FromRequestParts<S> for FleetPath {
     }
 }
 
-/// Strings (keys too) holding a NUL character, which no fleet needs and the database cannot
-/// store in JSON.
-fn nul_violations(value: &serde_json::Value, path: &str, found: &mut Vec<Violation>) {
-    let child = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    match value {
-        serde_json::Value::String(text) if text.contains('\0') => found.push(Violation {
-            path: path.to_owned(),
-            message: "must not contain a NUL character".into(),
-        }),
-        serde_json::Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                nul_violations(item, &format!("{path}[{index}]"), found);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for (key, item) in map {
-                if key.contains('\0') {
-                    found.push(Violation {
-                        path: child(&key.replace('\0', "\\0")),
-                        message: "a key must not contain a NUL character".into(),
-                    });
-                } else {
-                    nul_violations(item, &child(key), found);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 fn hash<T: Serialize>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
@@ -108,11 +73,7 @@ pub async fn put(
     JsonBody(body): JsonBody,
 ) -> Result<Json<PutFleetResponse>, HttpError> {
     caller.require_admin()?;
-    let mut nul = Vec::new();
-    nul_violations(&body, "", &mut nul);
-    if !nul.is_empty() {
-        return Err(HttpError::invalid("invalid fleet", nul));
-    }
+    refuse_nul(&body, "invalid fleet")?;
     let fleet = Fleet::from_value(body)
         .map_err(|violations| HttpError::invalid("invalid fleet", violations))?;
     if fleet.name.as_str() != name {

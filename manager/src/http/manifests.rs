@@ -14,6 +14,7 @@ use super::AppState;
 use super::cursor;
 use super::error::HttpError;
 use super::extract::{AgentPath, Caller, JsonBody, QueryParams};
+use super::nul::refuse_nul;
 use crate::store::{NewManifest, StoredManifest};
 
 const DEFAULT_HISTORY_LIMIT: usize = 20;
@@ -31,6 +32,7 @@ pub async fn put(
 ) -> Result<Response, HttpError> {
     caller.require_admin()?;
     let if_generation = parse_if_match(headers.get(IF_MATCH))?;
+    refuse_nul(&body, "invalid manifest")?;
     let manifest = AgentManifest::from_value(body)
         .map_err(|violations| HttpError::invalid("invalid manifest", violations))?;
     if manifest.agent_id != agent_id {

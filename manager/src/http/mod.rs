@@ -10,6 +10,7 @@ mod health;
 mod heartbeat;
 pub mod limits;
 mod manifests;
+mod nul;
 pub mod openapi;
 mod scrape;
 mod status;

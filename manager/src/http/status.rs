@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::error::HttpError;
 use super::extract::{AgentPath, Caller, JsonBody, QueryParams, decode};
+use super::nul::refuse_nul;
 use crate::fleet::summarize;
 use crate::metrics::{Metrics, ReportOutcome};
 
@@ -26,6 +27,7 @@ pub async fn put(
     JsonBody(body): JsonBody,
 ) -> Result<Json<ReportAck>, HttpError> {
     caller.require_agent(&agent_id)?;
+    refuse_nul(&body, "invalid status")?;
     let status: AgentStatus = decode(body, "status")?;
     let mut violations = status.check();
     if status.agent_id != agent_id {

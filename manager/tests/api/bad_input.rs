@@ -113,6 +113,42 @@ async fn a_manifest_for_another_agent_than_the_path_is_invalid(store: Backend) {
     assert_eq!(body["error"]["violations"][0]["path"], "agentId");
 }
 
+on_both_stores!(a_nul_character_in_a_body_is_invalid_not_a_server_error);
+/// PostgreSQL cannot store a NUL character in `jsonb`: a manifest or status holding one is a 422
+/// naming where it is, and nothing is stored.
+async fn a_nul_character_in_a_body_is_invalid_not_a_server_error(store: Backend) {
+    let server = serve(store).await;
+    let token = server.register("pi-1", json!({})).await;
+    let mut bad = manifest("pi-1", &["a"]);
+    bad["resources"][0]["spec"]["content"] = json!({"text": "before\u{0}after"});
+    let body = expect_error(
+        server.put_manifest("pi-1", &bad).await,
+        422,
+        "invalid-manifest",
+    )
+    .await;
+    assert_eq!(
+        body["error"]["violations"][0]["path"],
+        "resources[0].spec.content.text"
+    );
+    expect_error(
+        server.get("/api/v1/agents/pi-1/manifest", ADMIN).await,
+        404,
+        "not-found",
+    )
+    .await;
+
+    let mut report = status("pi-1", 1, 0, &[]);
+    report["agent"]["hostname"] = json!("pi\u{0}1");
+    let body = expect_error(
+        server.report("pi-1", &token, &report).await,
+        422,
+        "invalid-manifest",
+    )
+    .await;
+    assert_eq!(body["error"]["violations"][0]["path"], "agent.hostname");
+}
+
 on_both_stores!(an_invalid_status_lists_its_violations);
 async fn an_invalid_status_lists_its_violations(store: Backend) {
     let server = serve(store).await;
