@@ -17,18 +17,23 @@ fn only_synced_data_and_entries_survive_a_reboot() {
     let mut model = Model::new();
     let a = model
         .create(ROOT, OsStr::new("a"), Content::File(vec![]), 0o644, 0, 0)
-        .unwrap();
-    model.write(a, 0, b"synced").unwrap();
-    model.sync(a).unwrap();
-    model.sync(ROOT).unwrap();
-    model.write(a, 6, b" and not").unwrap();
+        .expect("the model answers");
+    model.write(a, 0, b"synced").expect("the model answers");
+    model.sync(a).expect("the model answers");
+    model.sync(ROOT).expect("the model answers");
+    model.write(a, 6, b" and not").expect("the model answers");
     let b = model
         .create(ROOT, OsStr::new("b"), Content::File(vec![]), 0o644, 0, 0)
-        .unwrap();
-    model.write(b, 0, b"never synced").unwrap();
+        .expect("the model answers");
+    model
+        .write(b, 0, b"never synced")
+        .expect("the model answers");
     model.powered = false;
     model.reboot();
-    assert_eq!(file(&model, ROOT, "a").unwrap(), b"synced");
+    assert_eq!(
+        file(&model, ROOT, "a").expect("the model answers"),
+        b"synced"
+    );
     assert_eq!(file(&model, ROOT, "b"), None);
 }
 
@@ -37,10 +42,10 @@ fn a_rename_made_durable_before_the_data_leaves_an_empty_file() {
     let mut model = Model::new();
     let old = model
         .create(ROOT, OsStr::new("f"), Content::File(vec![]), 0o644, 0, 0)
-        .unwrap();
-    model.write(old, 0, b"old").unwrap();
-    model.sync(old).unwrap();
-    model.sync(ROOT).unwrap();
+        .expect("the model answers");
+    model.write(old, 0, b"old").expect("the model answers");
+    model.sync(old).expect("the model answers");
+    model.sync(ROOT).expect("the model answers");
     let temp = model
         .create(
             ROOT,
@@ -50,14 +55,14 @@ fn a_rename_made_durable_before_the_data_leaves_an_empty_file() {
             0,
             0,
         )
-        .unwrap();
-    model.write(temp, 0, b"new").unwrap();
+        .expect("the model answers");
+    model.write(temp, 0, b"new").expect("the model answers");
     model
         .rename(ROOT, OsStr::new(".f.tmp"), ROOT, OsStr::new("f"), false)
-        .unwrap();
-    model.sync(ROOT).unwrap();
+        .expect("the model answers");
+    model.sync(ROOT).expect("the model answers");
     model.reboot();
-    assert_eq!(file(&model, ROOT, "f").unwrap(), b"");
+    assert_eq!(file(&model, ROOT, "f").expect("the model answers"), b"");
 }
 
 #[test]
@@ -65,10 +70,10 @@ fn an_unsynced_rename_keeps_the_old_file() {
     let mut model = Model::new();
     let old = model
         .create(ROOT, OsStr::new("f"), Content::File(vec![]), 0o644, 0, 0)
-        .unwrap();
-    model.write(old, 0, b"old").unwrap();
-    model.sync(old).unwrap();
-    model.sync(ROOT).unwrap();
+        .expect("the model answers");
+    model.write(old, 0, b"old").expect("the model answers");
+    model.sync(old).expect("the model answers");
+    model.sync(ROOT).expect("the model answers");
     let temp = model
         .create(
             ROOT,
@@ -78,13 +83,13 @@ fn an_unsynced_rename_keeps_the_old_file() {
             0,
             0,
         )
-        .unwrap();
-    model.write(temp, 0, b"new").unwrap();
-    model.sync(temp).unwrap();
+        .expect("the model answers");
+    model.write(temp, 0, b"new").expect("the model answers");
+    model.sync(temp).expect("the model answers");
     model
         .rename(ROOT, OsStr::new(".f.tmp"), ROOT, OsStr::new("f"), false)
-        .unwrap();
+        .expect("the model answers");
     model.reboot();
-    assert_eq!(file(&model, ROOT, "f").unwrap(), b"old");
+    assert_eq!(file(&model, ROOT, "f").expect("the model answers"), b"old");
     assert_eq!(file(&model, ROOT, ".f.tmp"), None);
 }
