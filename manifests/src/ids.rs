@@ -40,7 +40,7 @@ fn check_identifier(value: &str) -> Result<(), InvalidValue> {
 /// Defines a string newtype whose rule is the function `$check`.
 /// The rule of [`check_identifier`] as a JSON Schema pattern, so that schema-driven clients and
 /// fuzzers (the OpenAPI document) generate the ids the manager accepts.
-const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+pub(crate) const IDENTIFIER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 
 /// Defines a string newtype whose rule is the function `$check`; with a `pattern`, its JSON
 /// Schema states the rule too (otherwise it is only "a string"). A pattern never refuses what
@@ -115,6 +115,8 @@ macro_rules! string_newtype {
         }
     };
 }
+
+pub(crate) use string_newtype;
 
 string_newtype!(
     /// The identity of a device: 1–63 characters of `[a-z0-9-_.]`, starting with a letter or digit.

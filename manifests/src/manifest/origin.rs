@@ -11,7 +11,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, InvalidValue, ManifestSignature, ResourceId};
+use crate::ids::{
+    AgentId, IDENTIFIER_PATTERN, InvalidValue, ManifestSignature, ResourceId, string_newtype,
+};
 use crate::manifest::{Kind, RolloutPolicy};
 
 /// The placeholder every template may use without declaring it: the device's agent id.
@@ -21,82 +23,17 @@ pub const MAX_PARAMETER_NAME_CHARS: usize = 128;
 /// A parameter's pattern is at most this many characters.
 pub const MAX_PATTERN_CHARS: usize = 1024;
 
-/// Defines a string newtype checked by `$check`, with a JSON Schema pattern.
-macro_rules! checked_name {
-    ($(#[$meta:meta])* $name:ident, $check:path, $pattern:expr) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = InvalidValue;
-            fn try_from(value: &str) -> Result<Self, Self::Error> {
-                $check(value)?;
-                Ok(Self(value.to_owned()))
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = InvalidValue;
-            fn try_from(value: String) -> Result<Self, Self::Error> {
-                $check(&value)?;
-                Ok(Self(value))
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl schemars::JsonSchema for $name {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                stringify!($name).into()
-            }
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({"type": "string", "pattern": $pattern})
-            }
-        }
-    };
-}
-
 /// A fleet name follows the agent id rule.
 fn check_fleet_name(value: &str) -> Result<(), InvalidValue> {
     AgentId::try_from(value).map(|_| ())
 }
 
-checked_name!(
+string_newtype!(
     /// The name of a fleet: 1–63 characters of `[a-z0-9-_.]`, starting with a letter or digit
     /// (the rule of an agent id).
     FleetName,
     check_fleet_name,
-    "^[a-z0-9][a-z0-9._-]{0,62}$"
+    pattern = Some(IDENTIFIER_PATTERN)
 );
 
 /// A parameter name is a label key that starts with a letter: its value comes from the label of
@@ -116,12 +53,12 @@ fn check_parameter_name(value: &str) -> Result<(), InvalidValue> {
     }
 }
 
-checked_name!(
+string_newtype!(
     /// The name of a fleet parameter: a label key (1–128 characters of `[A-Za-z0-9._/-]`)
     /// starting with a letter.
     ParameterName,
     check_parameter_name,
-    "^[A-Za-z][A-Za-z0-9._/-]{0,127}$"
+    pattern = Some("^[A-Za-z][A-Za-z0-9._/-]{0,127}$")
 );
 
 /// The declaration of one parameter: the pattern every value must match, and the value used
