@@ -132,7 +132,7 @@ pub struct PgCluster {
 }
 
 /// Runs a command as the postgres OS user: PostgreSQL refuses to run as root.
-fn as_postgres(program: &Path) -> Command {
+pub fn as_postgres(program: &Path) -> Command {
     let mut command = Command::new("runuser");
     command
         .args(["-u", "postgres", "--"])
@@ -142,7 +142,8 @@ fn as_postgres(program: &Path) -> Command {
     command
 }
 
-fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+/// Runs `command` to its end; an error with its output unless it succeeded.
+pub fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let output = command
         .output()
         .with_context(|| format!("running {what}"))?;

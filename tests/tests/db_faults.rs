@@ -14,14 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use fleetlet_tests::manager::{ManagerProcess, wait_for};
-use fleetlet_tests::postgres::{PgCluster, free_port, pg_bindir};
+use fleetlet_tests::postgres::{PgCluster, as_postgres, free_port, pg_bindir, run};
 use sqlx::Connection;
 
 /// What one simulated agent sent and what the manager answered.
@@ -320,31 +320,6 @@ async fn postgres_killed_during_a_report_storm_loses_no_accepted_report() -> any
 struct Standby {
     dir: tempfile::TempDir,
     url: String,
-}
-
-fn as_postgres(program: &Path) -> Command {
-    let mut command = Command::new("runuser");
-    command
-        .args(["-u", "postgres", "--"])
-        .arg(program)
-        .current_dir("/")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }
 
 impl Standby {
