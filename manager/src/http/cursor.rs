@@ -22,5 +22,21 @@ pub fn decode(tag: &str, cursor: &str) -> Result<String, HttpError> {
     Ok(position.to_owned())
 }
 
+/// Cuts `rows`, read with one row more than `limit`, to the page, and returns where the next page
+/// starts: `position` of the page's last row, or `None` when this is the last page.
+pub fn page<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    position: impl FnOnce(&T) -> String,
+) -> Option<String> {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    if more {
+        rows.last().map(position)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -161,11 +161,7 @@ pub async fn list(
         }));
     };
     let mut stored = store.list_fleets(after.as_deref(), limit + 1).await?;
-    let more = stored.len() > limit;
-    stored.truncate(limit);
-    let next_cursor = more
-        .then(|| stored.last().map(|f| cursor::encode("f", &f.name)))
-        .flatten();
+    let next_cursor = cursor::page(&mut stored, limit, |f| cursor::encode("f", &f.name));
     let mut items = Vec::with_capacity(stored.len());
     for fleet in stored {
         items.push(fleet_view(store, fleet).await?);
@@ -214,8 +210,9 @@ pub async fn devices(
     let mut rows = store
         .fleet_devices(&name, after.as_ref(), limit + 1)
         .await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
+    let next_cursor = cursor::page(&mut rows, limit, |r| {
+        cursor::encode("d", r.agent_id.as_str())
+    });
     let conflicted: Vec<AgentId> = rows
         .iter()
         .filter(|r| r.state == DeviceRolloutState::Conflict.as_str())
@@ -226,12 +223,6 @@ pub async fn devices(
     } else {
         store.fleets_of(&conflicted).await?
     };
-    let next_cursor = more
-        .then(|| {
-            rows.last()
-                .map(|r| cursor::encode("d", r.agent_id.as_str()))
-        })
-        .flatten();
     let items = rows
         .into_iter()
         .map(|row| FleetDeviceView {
@@ -272,15 +263,9 @@ pub async fn revisions(
         return Err(not_found(&name));
     }
     let mut stored = store.fleet_revisions(&name, before, limit + 1).await?;
-    let more = stored.len() > limit;
-    stored.truncate(limit);
-    let next_cursor = more
-        .then(|| {
-            stored
-                .last()
-                .map(|r| cursor::encode("r", &r.revision.to_string()))
-        })
-        .flatten();
+    let next_cursor = cursor::page(&mut stored, limit, |r| {
+        cursor::encode("r", &r.revision.to_string())
+    });
     let items = stored
         .into_iter()
         .map(|r| FleetRevisionView {
@@ -320,11 +305,7 @@ pub async fn events(
     }
     let after = params.after_seq.unwrap_or(0).min(i64::MAX as u64);
     let mut items = store.fleet_events(&name, after, limit + 1).await?;
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next_cursor = more
-        .then(|| items.last().map(|e| e.seq.to_string()))
-        .flatten();
+    let next_cursor = cursor::page(&mut items, limit, |e| e.seq.to_string());
     Ok(Json(Page { items, next_cursor }))
 }
 

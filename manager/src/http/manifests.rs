@@ -192,15 +192,9 @@ pub async fn history(
         .store
         .manifest_history(&agent_id, before, limit + 1)
         .await?;
-    let more = stored.len() > limit;
-    stored.truncate(limit);
-    let next_cursor = more
-        .then(|| {
-            stored
-                .last()
-                .map(|m| cursor::encode("g", &m.generation.to_string()))
-        })
-        .flatten();
+    let next_cursor = cursor::page(&mut stored, limit, |m| {
+        cursor::encode("g", &m.generation.to_string())
+    });
     let items = stored
         .into_iter()
         .map(|m| ManifestRevision {

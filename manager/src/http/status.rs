@@ -117,10 +117,6 @@ pub async fn events(
             limit + 1,
         )
         .await?;
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next_cursor = more
-        .then(|| items.last().map(|e| e.seq.to_string()))
-        .flatten();
+    let next_cursor = super::cursor::page(&mut items, limit, |e| e.seq.to_string());
     Ok(Json(Page { items, next_cursor }))
 }
