@@ -281,7 +281,11 @@ impl Lab {
         };
         device.start()?;
         self.devices.insert(id.to_owned(), device);
-        Ok(())
+        // A device that never reported counts as stale, and a rollout defers stale devices: wait
+        // for its first report, so that a fleet applied next judges it in its batch.
+        self.wait_converged(&[id.to_owned()], 0, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{id}'s first report"))
     }
 
     pub fn device(&mut self, id: &str) -> &mut Device {
