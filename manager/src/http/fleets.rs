@@ -99,8 +99,9 @@ pub async fn put(
     if outcome.created {
         crate::metrics::count_fleet_event(fleetlet_manifests::api::EventType::FleetRevisionCreated);
         tracing::info!(fleet = %name, revision = outcome.revision, rollout = outcome.rollout, "fleet revision stored");
-        // Ownership follows at once, so a direct PUT right after is refused.
-        reselect(store, None, now).await?;
+        // Selection and the rollout are the controller's, under its leases: this replica's
+        // controller steps at once rather than at its next tick; the request waits for neither.
+        crate::rollout::controller::nudge();
     }
     Ok(Json(PutFleetResponse {
         name,

@@ -5,12 +5,14 @@
 //! replica dies its leases expire after [`LEASE_TTL`] and the next replica to tick takes them,
 //! so a rollout goes on within seconds. The state lives in PostgreSQL only: a restarted replica
 //! continues where the rows say. A step's state, rows and events are one compare-and-set
-//! transaction that also checks the lease; each manifest write is its own transaction,
-//! conditional on the row (`PgStore::write_fleet_device`).
+//! transaction that also checks the lease; the manifests it calls for are then written in
+//! batches, each one transaction conditional on every row (`PgStore::write_fleet_devices`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fleetlet_manifests::AgentId;
 use fleetlet_manifests::fleet::{Fleet, RenderError, render};
 use fleetlet_manifests::fleet_api::DeviceRolloutState;
 use time::OffsetDateTime;
@@ -18,7 +20,9 @@ use time::OffsetDateTime;
 use super::selection;
 use super::state::RolloutState;
 use super::step::{Device, Plan, Seen, Write, observe, step};
-use crate::store::fleets::{DeviceStateUpdate, DeviceWrite, FleetDeviceRow, RolloutWrite};
+use crate::store::fleets::{
+    DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDeviceRow, RolloutWrite,
+};
 use crate::store::postgres::PgStore;
 use crate::store::{NewManifest, Store, StoreError};
 
@@ -27,11 +31,23 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// How long a lease lasts without renewal: a killed replica's fleets move on within this and a
 /// tick.
 pub const LEASE_TTL: time::Duration = time::Duration::seconds(5);
-/// Manifest writes of one step in flight at once: each is its own short transaction, and a
-/// batch of thousands should not wait for them one by one (the pool has 16 connections).
-pub const WRITES_IN_FLIGHT: usize = 8;
+/// Devices whose manifests are written in one transaction (`PgStore::write_fleet_devices`): a
+/// few statements for the whole batch instead of a transaction per device.
+pub const WRITE_BATCH: usize = 500;
+/// Write transactions of one step in flight at once: one renders while another commits (the
+/// pool has 16 connections).
+pub const BATCHES_IN_FLIGHT: usize = 2;
 /// The lease of the selection pass (no fleet name has a `*`).
 pub const SELECTION_LEASE: &str = "*selection*";
+
+/// Wakes this process's controller for a tick now (`nudge`).
+static NUDGE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Has this process's controller tick at once instead of at its next [`TICK`] (a fleet was
+/// stored); a nudge during a tick makes the next one start right after it.
+pub fn nudge() {
+    NUDGE.notify_one();
+}
 
 /// Runs the controller until `shutdown` fires; the memory store has no fleets, so nothing runs.
 pub async fn run(
@@ -56,6 +72,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             () = tokio::time::sleep(TICK) => {}
+            () = NUDGE.notified() => {}
         }
     }
     // Another replica may take over at once rather than after the TTL.
@@ -204,7 +221,8 @@ async fn drive(
     write_devices(store, &stored.name, &rows, outcome.writes).await
 }
 
-/// Renders and writes each manifest; a device whose parameters do not render gets its reason.
+/// Renders each manifest and writes them [`WRITE_BATCH`] devices to a transaction, at most
+/// [`BATCHES_IN_FLIGHT`] at once; a device whose parameters do not render gets its reason.
 async fn write_devices(
     store: &PgStore,
     name: &str,
@@ -214,49 +232,83 @@ async fn write_devices(
     if writes.is_empty() {
         return Ok(());
     }
-    let labels: BTreeMap<_, _> = rows.iter().map(|r| (&r.agent_id, &r.labels)).collect();
-    let mut revisions: BTreeMap<u64, Option<Fleet>> = BTreeMap::new();
-    let mut failures = Vec::new();
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut first_error = None;
-    for write in writes {
+    let by_id: HashMap<&AgentId, &FleetDeviceRow> = rows.iter().map(|r| (&r.agent_id, r)).collect();
+    let mut revisions: BTreeMap<u64, Option<Arc<Fleet>>> = BTreeMap::new();
+    for write in &writes {
         if let std::collections::btree_map::Entry::Vacant(entry) = revisions.entry(write.revision) {
             let fleet = store
                 .fleet_revision(name, write.revision)
                 .await?
                 .and_then(|r| Fleet::from_value(r.spec).ok());
-            entry.insert(fleet);
+            entry.insert(fleet.map(Arc::new));
         }
-        let Some(Some(fleet)) = revisions.get(&write.revision) else {
+    }
+    let mut failures = Vec::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    for chunk in writes.chunks(WRITE_BATCH) {
+        let work: Vec<(Write, Arc<Fleet>, BTreeMap<String, String>)> = chunk
+            .iter()
+            .filter_map(|write| {
+                let fleet = revisions.get(&write.revision)?.as_ref()?;
+                let row = by_id.get(&write.agent_id)?;
+                Some((write.clone(), Arc::clone(fleet), row.labels.clone()))
+            })
+            .collect();
+        // Rendering is CPU work: off the runtime's threads, so held long-polls keep answering.
+        let owner = format!("fleet:{name}");
+        let (batch, failed) = tokio::task::spawn_blocking(move || render_all(work, &owner))
+            .await
+            .map_err(|e| StoreError::Internal(format!("rendering stopped: {e}")))?;
+        failures.extend(failed);
+        if batch.is_empty() {
             continue;
-        };
-        let Some(device_labels) = labels.get(&write.agent_id) else {
-            continue;
-        };
-        match render(fleet, write.revision, &write.agent_id, device_labels) {
-            Ok(manifest) => {
-                let manifest = NewManifest::new(manifest, &format!("fleet:{name}"), None);
-                let device = DeviceWrite {
-                    agent_id: write.agent_id.clone(),
-                    revision: write.revision,
-                    manifest,
-                    batch: write.batch,
-                };
-                if in_flight.len() >= WRITES_IN_FLIGHT
-                    && let Some(done) = in_flight.join_next().await
-                {
-                    note_write(done, &mut first_error);
-                }
-                let (store, name) = (store.clone(), name.to_owned());
-                in_flight.spawn(async move {
-                    let now = OffsetDateTime::now_utc();
-                    let generation = store.write_fleet_device(&name, device, now).await?;
-                    if let Some(generation) = generation {
-                        tracing::info!(fleet = %name, agent_id = %write.agent_id, revision = write.revision, generation, "fleet manifest written");
-                    }
-                    Ok(())
-                });
-            }
+        }
+        if in_flight.len() >= BATCHES_IN_FLIGHT
+            && let Some(done) = in_flight.join_next().await
+        {
+            note_write(name, done, &mut first_error);
+        }
+        let (store, name) = (store.clone(), name.to_owned());
+        in_flight.spawn(async move {
+            store
+                .write_fleet_devices(&name, batch, OffsetDateTime::now_utc())
+                .await
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        note_write(name, done, &mut first_error);
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    // Only rows whose reason changed are written again.
+    failures.retain(|f| {
+        by_id.get(&f.agent_id).is_none_or(|r| {
+            (r.state.as_str(), r.state_revision, &r.detail)
+                != (f.state.as_str(), f.state_revision, &f.detail)
+        })
+    });
+    store
+        .update_fleet_devices(name, &failures, OffsetDateTime::now_utc())
+        .await
+}
+
+/// Renders each device's manifest: the writes, and the devices whose parameters do not render.
+fn render_all(
+    work: Vec<(Write, Arc<Fleet>, BTreeMap<String, String>)>,
+    owner: &str,
+) -> (Vec<DeviceWrite>, Vec<DeviceStateUpdate>) {
+    let mut batch = Vec::with_capacity(work.len());
+    let mut failures = Vec::new();
+    for (write, fleet, labels) in work {
+        match render(&fleet, write.revision, &write.agent_id, &labels) {
+            Ok(manifest) => batch.push(DeviceWrite {
+                agent_id: write.agent_id,
+                revision: write.revision,
+                manifest: NewManifest::new(manifest, owner, None),
+                batch: write.batch,
+            }),
             Err(error) => {
                 let state = match error {
                     RenderError::ParameterMissing { .. } => DeviceRolloutState::ParameterMissing,
@@ -272,33 +324,25 @@ async fn write_devices(
             }
         }
     }
-    while let Some(done) = in_flight.join_next().await {
-        note_write(done, &mut first_error);
-    }
-    if let Some(error) = first_error {
-        return Err(error);
-    }
-    // Only rows whose reason changed are written again.
-    failures.retain(|f| {
-        rows.iter()
-            .find(|r| r.agent_id == f.agent_id)
-            .is_none_or(|r| {
-                (r.state.as_str(), r.state_revision, &r.detail)
-                    != (f.state.as_str(), f.state_revision, &f.detail)
-            })
-    });
-    store
-        .update_fleet_devices(name, &failures, OffsetDateTime::now_utc())
-        .await
+    (batch, failures)
 }
 
-/// Keeps the first failure of the step's writes; the others are logged by the next step's retry.
+/// Logs a batch of writes, keeping the first failure; the others are logged by the next step's
+/// retry.
 fn note_write(
-    done: Result<Result<(), StoreError>, tokio::task::JoinError>,
+    name: &str,
+    done: Result<Result<Vec<DeviceWritten>, StoreError>, tokio::task::JoinError>,
     first_error: &mut Option<StoreError>,
 ) {
     let error = match done {
-        Ok(Ok(())) => return,
+        Ok(Ok(written)) => {
+            for device in &written {
+                tracing::debug!(fleet = %name, agent_id = %device.agent_id, revision = device.revision, generation = device.generation, created = device.created, "fleet manifest written");
+            }
+            let created = written.iter().filter(|w| w.created).count();
+            tracing::info!(fleet = %name, devices = written.len(), new_generations = created, "fleet manifests written");
+            return;
+        }
         Ok(Err(error)) => error,
         Err(join) => StoreError::Internal(format!("a manifest write stopped: {join}")),
     };

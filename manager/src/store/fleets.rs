@@ -134,6 +134,19 @@ pub struct DeviceWrite {
     pub batch: Option<u32>,
 }
 
+/// What a batch of manifest writes gave one device (`PgStore::write_fleet_devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceWritten {
+    pub agent_id: AgentId,
+    pub revision: u64,
+    pub batch: Option<u32>,
+    /// The generation the row names now.
+    pub generation: u64,
+    pub content_hash: String,
+    /// False when the manifest was the same as the device's current one: no new generation.
+    pub created: bool,
+}
+
 /// An active agent as selection sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectionAgent {

@@ -1,5 +1,6 @@
-//! Fleet devices in PostgreSQL: their rows with the agent's health, a rendered manifest written
-//! with its row in one transaction, state updates, selection passes and label patches.
+//! Fleet devices in PostgreSQL: their rows with the agent's health, a batch of rendered
+//! manifests written with their rows in one transaction, state updates, selection passes and
+//! label patches.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,11 +12,12 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::fleets::{append_fleet_events, update_devices};
-use super::{PgStore, corrupt, from_db, to_db};
+use super::manifests::stored_manifest;
+use super::{MANIFEST_CHANNEL, PgStore, corrupt, event_rows, from_db, insert_events, to_db};
 use crate::store::fleets::{
-    DeviceHealth, DeviceStateUpdate, DeviceWrite, FleetDeviceRow, SelectionAgent,
+    DeviceHealth, DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDeviceRow, SelectionAgent,
 };
-use crate::store::{NewEvent, StoreError};
+use crate::store::{NewEvent, StoreError, StoredManifest};
 
 const DEVICE_COLUMNS: &str = "d.agent_id, d.state, d.revision_rendered, d.generation, \
      d.state_revision, d.batch, d.detail, d.updated_at, a.labels, a.desired_generation, \
@@ -114,64 +116,134 @@ impl PgStore {
         Ok(fleets)
     }
 
-    /// Stores a manifest rendered for a device of the fleet as the device's next generation and
-    /// marks its row `Updating` for `write.revision`, in one transaction, only while the fleet
-    /// owns the device and the row does not already hold that revision. `None` when the
-    /// condition no longer held: nothing was written.
-    pub async fn write_fleet_device(
+    /// Stores the manifests rendered for devices of the fleet, each as its device's next
+    /// generation, and marks their rows `Updating` for the write's revision, all in one
+    /// transaction of a few statements whatever the number of devices. Only devices the fleet
+    /// still owns and whose row does not hold that revision yet are written (their agent and
+    /// device rows are locked, in agent id order, and the condition is checked under the
+    /// lock); the others are skipped, so no device is written twice for one revision. A
+    /// manifest the same as the device's current one (`StoredManifest::is_same_as`) is no new
+    /// generation: the row names the current one. Returns what each written device got.
+    pub async fn write_fleet_devices(
         &self,
         name: &str,
-        write: DeviceWrite,
+        writes: Vec<DeviceWrite>,
         now: OffsetDateTime,
-    ) -> Result<Option<u64>, StoreError> {
-        let agent_id = write.agent_id.clone();
-        let mut tx = self.pool.begin().await?;
-        let agent = match Self::lock_agent(&mut tx, &agent_id).await {
-            Ok(agent) => agent,
-            Err(StoreError::AgentNotFound(_)) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let current = from_db(agent.try_get("desired_generation")?)?;
-        let holds: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM fleet_devices d JOIN agents a ON a.agent_id = d.agent_id \
-             WHERE d.fleet = $1 AND d.agent_id = $2 AND a.fleet = $1 \
-               AND d.revision_rendered IS DISTINCT FROM $3 FOR UPDATE OF d",
-        )
-        .bind(name)
-        .bind(agent_id.as_str())
-        .bind(to_db(write.revision)?)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if holds.is_none() {
-            return Ok(None);
+    ) -> Result<Vec<DeviceWritten>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        let outcome =
-            Self::store_generation(&mut tx, &agent_id, current, write.manifest, now).await?;
-        let generation = outcome.manifest.generation;
-        sqlx::query(
-            "UPDATE fleet_devices SET revision_rendered = $3, generation = $4, state = 'Updating', \
-               state_revision = $3, batch = $5, detail = NULL, updated_at = $6 \
-             WHERE fleet = $1 AND agent_id = $2",
+        let ids: Vec<&str> = writes.iter().map(|w| w.agent_id.as_str()).collect();
+        let revisions = writes
+            .iter()
+            .map(|w| to_db(w.revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query(
+            "SELECT a.agent_id, a.desired_generation \
+             FROM unnest($2::text[], $3::bigint[]) AS w(agent_id, revision) \
+             JOIN agents a ON a.agent_id = w.agent_id \
+             JOIN fleet_devices d ON d.fleet = $1 AND d.agent_id = w.agent_id \
+             WHERE a.decommissioned_at IS NULL AND a.fleet = $1 \
+               AND d.revision_rendered IS DISTINCT FROM w.revision \
+             ORDER BY a.agent_id FOR UPDATE OF a, d",
         )
         .bind(name)
-        .bind(agent_id.as_str())
-        .bind(to_db(write.revision)?)
-        .bind(to_db(generation)?)
-        .bind(
-            write
-                .batch
-                .map(i32::try_from)
-                .transpose()
-                .map_err(|e| corrupt("batch", e))?,
+        .bind(&ids)
+        .bind(&revisions)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current: BTreeMap<String, u64> = BTreeMap::new();
+        for row in &locked {
+            current.insert(
+                row.try_get("agent_id")?,
+                from_db(row.try_get("desired_generation")?)?,
+            );
+        }
+        let (with_manifest, generations): (Vec<&str>, Vec<i64>) = current
+            .iter()
+            .filter(|(_, generation)| **generation > 0)
+            .map(|(id, generation)| Ok((id.as_str(), to_db(*generation)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?
+            .into_iter()
+            .unzip();
+        let latest = sqlx::query(
+            "SELECT m.agent_id, m.generation, m.resources, m.content_hash, m.signature, \
+               m.rollout, m.fleet, m.created_at, m.created_by \
+             FROM unnest($1::text[], $2::bigint[]) AS c(agent_id, generation) \
+             JOIN manifests m ON m.agent_id = c.agent_id AND m.generation = c.generation",
         )
+        .bind(&with_manifest)
+        .bind(&generations)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut latest: BTreeMap<String, StoredManifest> = latest
+            .iter()
+            .map(|row| Ok((row.try_get("agent_id")?, stored_manifest(row)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let mut written = Vec::with_capacity(current.len());
+        let mut manifests = Vec::new();
+        let mut seen = BTreeSet::new();
+        for write in writes {
+            let id = write.agent_id.as_str();
+            let Some(&generation) = current.get(id) else {
+                continue;
+            };
+            if !seen.insert(write.agent_id.clone()) {
+                continue;
+            }
+            let same = latest
+                .remove(id)
+                .is_some_and(|stored| stored.is_same_as(&write.manifest));
+            let generation = if same { generation } else { generation + 1 };
+            let content_hash = write.manifest.content_hash.clone();
+            if !same {
+                let m = write.manifest;
+                manifests.push(serde_json::json!({
+                    "agent_id": id, "generation": generation, "resources": m.resources,
+                    "content_hash": m.content_hash, "signature": m.signature,
+                    "rollout": m.rollout, "fleet": m.fleet, "created_by": m.created_by,
+                }));
+            }
+            written.push(DeviceWritten {
+                agent_id: write.agent_id,
+                revision: write.revision,
+                batch: write.batch,
+                generation,
+                content_hash,
+                created: !same,
+            });
+        }
+        store_generations(&mut tx, manifests, &written, now).await?;
+        let rows = |f: fn(&DeviceWritten) -> Option<i64>| -> Vec<Option<i64>> {
+            written.iter().map(f).collect()
+        };
+        sqlx::query(
+            "UPDATE fleet_devices d SET revision_rendered = w.revision, generation = w.generation, \
+               state = 'Updating', state_revision = w.revision, batch = w.batch::integer, \
+               detail = NULL, updated_at = $2 \
+             FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+               AS w(agent_id, revision, generation, batch) \
+             WHERE d.fleet = $1 AND d.agent_id = w.agent_id",
+        )
+        .bind(name)
         .bind(now)
+        .bind(
+            written
+                .iter()
+                .map(|w| w.agent_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows(|w| i64::try_from(w.revision).ok()))
+        .bind(rows(|w| i64::try_from(w.generation).ok()))
+        .bind(rows(|w| w.batch.map(i64::from)))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if outcome.created {
-            self.watch.wake(agent_id.as_str());
+        for device in written.iter().filter(|w| w.created) {
+            self.watch.wake(device.agent_id.as_str());
         }
-        Ok(Some(generation))
+        Ok(written)
     }
 
     /// Sets the state of device rows of the fleet outside a step (a device whose parameters do
@@ -407,6 +479,74 @@ async fn insert_pending(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Inserts new generations (`manifests`: rows for `jsonb_to_recordset`), moves each agent's
+/// `desired_generation` to it, appends its `ManifestUpdated` event and NOTIFYs every replica,
+/// as `PgStore::store_generation` does for one, in one statement each; the caller holds the
+/// agents' row locks and commits.
+async fn store_generations(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    manifests: Vec<serde_json::Value>,
+    written: &[DeviceWritten],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let created: Vec<&DeviceWritten> = written.iter().filter(|w| w.created).collect();
+    if created.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO manifests (agent_id, generation, resources, content_hash, signature, \
+           rollout, created_at, created_by, fleet) \
+         SELECT m.agent_id, m.generation, m.resources, m.content_hash, m.signature, m.rollout, \
+           $2, m.created_by, m.fleet \
+         FROM jsonb_to_recordset($1) AS m(agent_id text, generation bigint, resources jsonb, \
+           content_hash text, signature jsonb, rollout jsonb, created_by text, fleet jsonb)",
+    )
+    .bind(Json(manifests))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let ids: Vec<&str> = created.iter().map(|w| w.agent_id.as_str()).collect();
+    let generations = created
+        .iter()
+        .map(|w| to_db(w.generation))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seqs = sqlx::query(
+        "UPDATE agents a SET desired_generation = w.generation, \
+           last_event_seq = a.last_event_seq + 1 \
+         FROM unnest($1::text[], $2::bigint[]) AS w(agent_id, generation) \
+         WHERE a.agent_id = w.agent_id RETURNING a.agent_id, a.last_event_seq",
+    )
+    .bind(&ids)
+    .bind(&generations)
+    .fetch_all(&mut **tx)
+    .await?;
+    let seqs: BTreeMap<String, i64> = seqs
+        .iter()
+        .map(|row| Ok((row.try_get("agent_id")?, row.try_get("last_event_seq")?)))
+        .collect::<Result<_, StoreError>>()?;
+    let mut events = Vec::with_capacity(created.len());
+    for device in &created {
+        let seq = *seqs
+            .get(device.agent_id.as_str())
+            .ok_or_else(|| corrupt("event seq", &device.agent_id))?;
+        let event = NewEvent::new(
+            EventType::ManifestUpdated,
+            serde_json::json!({
+                "generation": device.generation,
+                "contentHash": device.content_hash,
+            }),
+        );
+        events.extend(event_rows(&device.agent_id, vec![event], seq, now)?);
+    }
+    insert_events(tx, events).await?;
+    sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+        .bind(MANIFEST_CHANNEL)
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -181,7 +181,7 @@ impl PgStore {
     }
 }
 
-fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
+pub(super) fn stored_manifest(row: &PgRow) -> Result<StoredManifest, StoreError> {
     Ok(StoredManifest {
         generation: from_db(row.try_get("generation")?)?,
         resources: row.try_get::<Json<Vec<Resource>>, _>("resources")?.0,
