@@ -209,7 +209,7 @@ pub async fn devices(
         return Err(not_found(&name));
     }
     let mut rows = store
-        .fleet_devices(&name, after.as_ref(), limit + 1)
+        .fleet_device_page(&name, after.as_ref(), limit + 1)
         .await?;
     let next_cursor = cursor::page(&mut rows, limit, |r| {
         cursor::encode("d", r.agent_id.as_str())

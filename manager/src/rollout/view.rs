@@ -1,5 +1,5 @@
 //! The API's view of a fleet and its rollout, assembled from the stored state and the counts of
-//! its device rows.
+//! its device rows (one scan of them, `PgStore::fleet_counts`).
 
 use std::collections::BTreeMap;
 
@@ -16,14 +16,19 @@ use crate::store::postgres::PgStore;
 pub async fn fleet_view(store: &PgStore, stored: StoredFleet) -> Result<FleetView, StoreError> {
     let state: RolloutState = serde_json::from_value(stored.rollout.clone())
         .map_err(|e| StoreError::Internal(format!("rollout state of {}: {e}", stored.name)))?;
-    let counts = store.fleet_device_counts(&stored.name).await?;
-    let batch_counts = store
-        .fleet_batch_counts(&stored.name, state.target_revision)
+    let counts = store
+        .fleet_counts(&stored.name, state.target_revision)
         .await?;
-    let devices: BTreeMap<DeviceRolloutState, u64> = counts
-        .iter()
-        .filter_map(|(state, n)| Some((DeviceRolloutState::parse(state)?, *n)))
-        .collect();
+    let mut devices: BTreeMap<DeviceRolloutState, u64> = BTreeMap::new();
+    let mut batch_counts = Vec::new();
+    for (device_state, batch, n) in counts {
+        if let Some(parsed) = DeviceRolloutState::parse(&device_state) {
+            *devices.entry(parsed).or_default() += n;
+        }
+        if let Some(batch) = batch {
+            batch_counts.push((batch, device_state, n));
+        }
+    }
     let selected = devices
         .iter()
         .filter(|(state, _)| **state != DeviceRolloutState::Conflict)

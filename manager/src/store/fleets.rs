@@ -87,6 +87,18 @@ pub struct FleetDeviceRow {
     pub health: DeviceHealth,
 }
 
+/// A device's row as the API's page of devices shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetDevicePageRow {
+    pub agent_id: AgentId,
+    pub state: String,
+    pub revision_rendered: Option<u64>,
+    pub generation: Option<u64>,
+    pub batch: Option<u32>,
+    pub detail: Option<String>,
+    pub updated_at: OffsetDateTime,
+}
+
 /// The agent's side of a fleet device: its generations and its last report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceHealth {

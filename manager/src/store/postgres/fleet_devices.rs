@@ -15,7 +15,8 @@ use super::fleets::{append_fleet_events, update_devices};
 use super::manifests::stored_manifest;
 use super::{MANIFEST_CHANNEL, PgStore, corrupt, event_rows, from_db, insert_events, to_db};
 use crate::store::fleets::{
-    DeviceHealth, DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDeviceRow, SelectionAgent,
+    DeviceHealth, DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDevicePageRow,
+    FleetDeviceRow, SelectionAgent,
 };
 use crate::store::{NewEvent, StoreError, StoredManifest};
 
@@ -51,32 +52,56 @@ impl PgStore {
         rows.iter().map(device_row).collect()
     }
 
-    /// Devices of the fleet in each state.
-    pub async fn fleet_device_counts(
+    /// Up to `limit` device rows of the fleet whose agent id sorts after `after`, as the API's
+    /// page shows them: the rows alone, one walk of the primary key, no agent columns.
+    pub async fn fleet_device_page(
         &self,
         name: &str,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<FleetDevicePageRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM fleet_devices WHERE fleet = $1 GROUP BY state",
+            "SELECT agent_id, state, revision_rendered, generation, batch, detail, updated_at \
+             FROM fleet_devices WHERE fleet = $1 AND ($2::text IS NULL OR agent_id > $2) \
+             ORDER BY agent_id LIMIT $3",
         )
         .bind(name)
+        .bind(after.map(AgentId::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("state")?, from_db(row.try_get("n")?)?)))
+            .map(|row| {
+                let id: String = row.try_get("agent_id")?;
+                let optional = |column: &str| -> Result<Option<u64>, StoreError> {
+                    row.try_get::<Option<i64>, _>(column)?
+                        .map(from_db)
+                        .transpose()
+                };
+                Ok(FleetDevicePageRow {
+                    agent_id: AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?,
+                    state: row.try_get("state")?,
+                    revision_rendered: optional("revision_rendered")?,
+                    generation: optional("generation")?,
+                    batch: batch(row)?,
+                    detail: row.try_get("detail")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
             .collect()
     }
 
-    /// Devices per batch and state among the rows about `revision`: (batch, state, count).
-    pub async fn fleet_batch_counts(
+    /// The fleet's devices counted in one scan: (state, batch, count), the batch given only for
+    /// rows about `revision` (the rollout's batches), `None` for the others.
+    pub async fn fleet_counts(
         &self,
         name: &str,
         revision: u64,
-    ) -> Result<Vec<(u32, String, u64)>, StoreError> {
+    ) -> Result<Vec<(String, Option<u32>, u64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT batch, state, count(*) AS n FROM fleet_devices \
-             WHERE fleet = $1 AND state_revision = $2 AND batch IS NOT NULL \
-             GROUP BY batch, state",
+            "SELECT state, CASE WHEN state_revision = $2 THEN batch END AS batch, \
+               count(*) AS n \
+             FROM fleet_devices WHERE fleet = $1 GROUP BY 1, 2",
         )
         .bind(name)
         .bind(to_db(revision)?)
@@ -85,9 +110,8 @@ impl PgStore {
         rows.iter()
             .map(|row| {
                 Ok((
-                    u32::try_from(row.try_get::<i32, _>("batch")?)
-                        .map_err(|e| corrupt("batch", e))?,
                     row.try_get("state")?,
+                    batch(row)?,
                     from_db(row.try_get("n")?)?,
                 ))
             })
@@ -550,6 +574,13 @@ async fn store_generations(
     Ok(())
 }
 
+fn batch(row: &PgRow) -> Result<Option<u32>, StoreError> {
+    row.try_get::<Option<i32>, _>("batch")?
+        .map(u32::try_from)
+        .transpose()
+        .map_err(|e| corrupt("batch", e))
+}
+
 fn device_row(row: &PgRow) -> Result<FleetDeviceRow, StoreError> {
     let id: String = row.try_get("agent_id")?;
     let optional = |column: &str| -> Result<Option<u64>, StoreError> {
@@ -563,11 +594,7 @@ fn device_row(row: &PgRow) -> Result<FleetDeviceRow, StoreError> {
         revision_rendered: optional("revision_rendered")?,
         generation: optional("generation")?,
         state_revision: optional("state_revision")?,
-        batch: row
-            .try_get::<Option<i32>, _>("batch")?
-            .map(u32::try_from)
-            .transpose()
-            .map_err(|e| corrupt("batch", e))?,
+        batch: batch(row)?,
         detail: row.try_get("detail")?,
         updated_at: row.try_get("updated_at")?,
         labels: row
