@@ -1,17 +1,19 @@
 //! Which fleets select which devices: every fleet's selector over every active agent's labels
-//! and facts, applied to the store's rows and owners in one pass (`PgStore::apply_selection`).
+//! and facts, evaluated in one SQL statement that returns only the agents whose selection
+//! changed, applied to the store's rows and owners in one pass (`PgStore::apply_selection`).
 //!
 //! A pass runs on the controller's schedule under the selection lease (facts arrive with reports),
-//! and at once for one agent when its labels change and for all when a fleet is stored or deleted.
+//! at once for one agent when its labels change and for all when a fleet is deleted; a stored
+//! fleet nudges the controller (`controller::nudge`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleetlet_manifests::AgentId;
-use fleetlet_manifests::fleet::Fleet;
+use fleetlet_manifests::fleet::{Fleet, Selector};
 use time::OffsetDateTime;
 
 use crate::store::StoreError;
-use crate::store::fleets::{SelectionAgent, StoredFleet};
+use crate::store::fleets::StoredFleet;
 use crate::store::postgres::PgStore;
 
 /// The fleets that parse, by name. A stored fleet that no longer parses (a newer manager wrote
@@ -29,17 +31,9 @@ pub fn parse_fleets(stored: &[StoredFleet]) -> BTreeMap<String, Fleet> {
         .collect()
 }
 
-/// Every fleet whose selector matches the agent, in name order.
-pub fn selecting(fleets: &BTreeMap<String, Fleet>, agent: &SelectionAgent) -> BTreeSet<String> {
-    fleets
-        .iter()
-        .filter(|(_, fleet)| fleet.selector.matches(&agent.labels, &agent.facts))
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
-/// Evaluates selection for one agent or all of them and applies it; returns how many devices
-/// changed.
+/// Evaluates selection for one agent or all of them and applies what changed (set-based: one
+/// statement finds the agents whose fleets differ from their rows, `PgStore::selection_changes`);
+/// returns how many devices changed.
 pub async fn reselect(
     store: &PgStore,
     only: Option<&AgentId>,
@@ -48,10 +42,10 @@ pub async fn reselect(
     let stored = store.list_fleets(None, usize::MAX).await?;
     let fleets = parse_fleets(&stored);
     let names: BTreeSet<String> = stored.iter().map(|f| f.name.clone()).collect();
-    let agents = store.selection_agents(only).await?;
-    let wanted = agents
+    let selectors: Vec<(&str, &Selector)> = fleets
         .iter()
-        .map(|agent| (agent.agent_id.clone(), selecting(&fleets, agent)))
+        .map(|(name, fleet)| (name.as_str(), &fleet.selector))
         .collect();
+    let wanted = store.selection_changes(&selectors, &names, only).await?;
     store.apply_selection(&names, &wanted, now).await
 }

@@ -159,16 +159,6 @@ pub struct DeviceWritten {
     pub created: bool,
 }
 
-/// An active agent as selection sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SelectionAgent {
-    pub agent_id: AgentId,
-    pub labels: BTreeMap<String, String>,
-    pub facts: BTreeMap<String, String>,
-    /// The owning fleet as stored.
-    pub fleet: Option<String>,
-}
-
 /// The membership of one device after a selection pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Membership {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fleetlet_manifests::AgentId;
 use fleetlet_manifests::api::{EventType, PhaseCounts};
+use fleetlet_manifests::fleet::Selector;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -15,8 +16,7 @@ use super::fleets::{append_fleet_events, update_devices};
 use super::manifests::stored_manifest;
 use super::{MANIFEST_CHANNEL, PgStore, corrupt, event_rows, from_db, insert_events, to_db};
 use crate::store::fleets::{
-    DeviceHealth, DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDevicePageRow,
-    FleetDeviceRow, SelectionAgent,
+    DeviceHealth, DeviceStateUpdate, DeviceWrite, DeviceWritten, FleetDevicePageRow, FleetDeviceRow,
 };
 use crate::store::{NewEvent, StoreError, StoredManifest};
 
@@ -287,33 +287,64 @@ impl PgStore {
         Ok(())
     }
 
-    /// Active agents with their labels, facts and owner, all of them or one.
-    pub async fn selection_agents(
+    /// The active agents (all, or `only`) whose selection changed: every fleet whose selector
+    /// matches each of them now, for those whose rows (among `fleets`, the fleets that exist)
+    /// name other fleets or whose conflict ended or began. Evaluated in one statement:
+    /// `selectors` are `(fleet, matchLabels, matchFacts)`, matched by jsonb containment over
+    /// `agents.labels` and `agents.facts`, which for maps of strings is `Selector::matches`
+    /// (every entry present with exactly that value). An agent whose selection did not change
+    /// costs no row.
+    pub async fn selection_changes(
         &self,
+        selectors: &[(&str, &Selector)],
+        fleets: &BTreeSet<String>,
         only: Option<&AgentId>,
-    ) -> Result<Vec<SelectionAgent>, StoreError> {
+    ) -> Result<BTreeMap<AgentId, BTreeSet<String>>, StoreError> {
+        let selectors: Vec<serde_json::Value> = selectors
+            .iter()
+            .map(|(fleet, selector)| {
+                serde_json::json!({
+                    "fleet": fleet,
+                    "labels": selector.match_labels,
+                    "facts": selector.match_facts,
+                })
+            })
+            .collect();
         let rows = sqlx::query(
-            "SELECT agent_id, labels, facts, fleet FROM agents \
-             WHERE decommissioned_at IS NULL AND ($1::text IS NULL OR agent_id = $1) \
-             ORDER BY agent_id",
+            "WITH s AS (SELECT * FROM jsonb_to_recordset($1) AS s(fleet text, labels jsonb, \
+               facts jsonb)), \
+             wanted AS (SELECT a.agent_id, array_agg(s.fleet COLLATE \"C\" ORDER BY s.fleet \
+                 COLLATE \"C\") AS fleets \
+               FROM agents a JOIN s ON a.labels @> s.labels \
+                 AND coalesce(a.facts, '{}'::jsonb) @> s.facts \
+               WHERE a.decommissioned_at IS NULL AND ($2::text IS NULL OR a.agent_id = $2) \
+               GROUP BY a.agent_id), \
+             have AS (SELECT d.agent_id, array_agg(d.fleet ORDER BY d.fleet) AS fleets, \
+                 bool_or(d.state = 'Conflict') AS conflict \
+               FROM fleet_devices d JOIN agents a ON a.agent_id = d.agent_id \
+               WHERE d.fleet = ANY($3) AND a.decommissioned_at IS NULL \
+                 AND ($2::text IS NULL OR d.agent_id = $2) \
+               GROUP BY d.agent_id) \
+             SELECT coalesce(w.agent_id, h.agent_id) AS agent_id, \
+               coalesce(w.fleets, '{}') AS fleets \
+             FROM wanted w FULL JOIN have h ON h.agent_id = w.agent_id \
+             WHERE coalesce(w.fleets, '{}') IS DISTINCT FROM coalesce(h.fleets, '{}') \
+               OR coalesce(cardinality(w.fleets) > 1, false) \
+                 IS DISTINCT FROM coalesce(h.conflict, false)",
         )
+        .bind(Json(selectors))
         .bind(only.map(AgentId::as_str))
+        .bind(fleets.iter().collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("agent_id")?;
-                Ok(SelectionAgent {
-                    agent_id: AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?,
-                    labels: row
-                        .try_get::<Json<BTreeMap<String, String>>, _>("labels")?
-                        .0,
-                    facts: row
-                        .try_get::<Option<Json<BTreeMap<String, String>>>, _>("facts")?
-                        .map(|json| json.0)
-                        .unwrap_or_default(),
-                    fleet: row.try_get("fleet")?,
-                })
+                let fleets: Vec<String> = row.try_get("fleets")?;
+                Ok((
+                    AgentId::try_from(id.as_str()).map_err(|e| corrupt("agent id", e))?,
+                    fleets.into_iter().collect(),
+                ))
             })
             .collect()
     }
