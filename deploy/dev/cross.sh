@@ -163,6 +163,8 @@ cargo_cross() {
 
 build_all() {
     local start t
+    # The build logs go here, so it must exist before the first redirect (a fresh machine has none).
+    mkdir -p "$CROSS_DIR"
     for t in "${TARGETS[@]}"; do
         start=$(now_ms)
         log "building the release agent for $t (log: $CROSS_DIR/build-$t.log)"
@@ -182,6 +184,7 @@ build_all() {
 
 unit_tests() {
     local start t
+    mkdir -p "$CROSS_DIR"
     for t in "${TARGETS[@]}"; do
         start=$(now_ms)
         log "agent unit tests for $t under $(qemu_for "$t")"
