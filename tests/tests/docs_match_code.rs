@@ -782,9 +782,9 @@ fn quotes() -> Vec<Quote> {
         ),
         quote(
             AGENT_RECONCILERS,
-            "only File does, at most {} at a time",
+            "batches of at most {} files",
             fleetlet_agent::reconcile::file::BATCH_SIZE.to_string(),
-            "fleetlet_agent::reconcile::file::BATCH_SIZE",
+            "fleetlet_agent::reconcile::file::BATCH_SIZE (defined in reconcile/file/schedule.rs)",
         ),
         quote(
             AGENT_RECONCILERS,

@@ -3,11 +3,11 @@
 //!
 //! A pass first deletes what is owned but no longer desired (kinds in reverse order: Container,
 //! SystemdUnit, File, SessionStorage), then applies every desired resource (SessionStorage, File,
-//! SystemdUnit, Container). Within one kind, resources run concurrently up to a bound; a kind
-//! starts when the previous one is done. Every apply is independent: a failure only sets that
-//! resource's state and backoff, and a hung apply is cut off by a timeout. A kind whose reconciler
-//! takes batches (File) is handed its resources a batch at a time, still with a timeout per
-//! resource (see [`concurrency`]).
+//! SystemdUnit, Container). Each kind gets its whole list of resources to apply at once
+//! ([`crate::reconcile::Reconcile::apply_all`]) and schedules it within a concurrency bound (how,
+//! File's batches included, is the kind's business); a kind starts when the previous one is done.
+//! Every apply is independent: a failure only sets that resource's state and backoff, and a hung
+//! apply is cut off by a timeout of its own.
 //!
 //! Rollback: after a complete pass in which every resource is Ready, that manifest is the
 //! known-good one. A new generation with a `rollout` policy gets a wall-clock deadline when it is
@@ -16,8 +16,8 @@
 //! deadline is not tried again until another generation arrives.
 //!
 //! One file per job: [`Engine`] and its public API here; `accept` (taking a manifest: agent id,
-//! signature), `pass` (one pass), `concurrency` (the bounded applies and deletes of one kind,
-//! batches), `rollout` (deadlines, rollback, the known-good manifest), `report` (building and
+//! signature), `pass` (one pass), `concurrency` (the applies and the bounded deletes of one
+//! kind), `rollout` (deadlines, rollback, the known-good manifest), `report` (building and
 //! publishing the status) and `run` (the loop).
 
 use std::collections::HashSet;

@@ -52,7 +52,7 @@ impl<R: Reconcile> Engine<R> {
         // Deletes first, in reverse kind order: what depends on others goes away first, and a
         // path or name freed by one resource can be taken by another in the same pass.
         for kind in Kind::ALL.into_iter().rev() {
-            let batch: Vec<(ResourceId, OwnershipRecord)> = records
+            let to_delete: Vec<(ResourceId, OwnershipRecord)> = records
                 .iter()
                 .filter(|(id, record)| {
                     record.kind == kind
@@ -68,7 +68,7 @@ impl<R: Reconcile> Engine<R> {
                 complete = false;
                 break;
             }
-            let results = self.run_deletes(batch, shutdown).await;
+            let results = self.run_deletes(to_delete, shutdown).await;
             for (id, record, result) in results {
                 let previous = states.remove(&id);
                 match result {
@@ -118,7 +118,7 @@ impl<R: Reconcile> Engine<R> {
                 complete = false;
                 break;
             }
-            let batch: Vec<Desired> = manifest
+            let to_apply: Vec<Desired> = manifest
                 .resources
                 .iter()
                 .zip(spec_hashes.iter())
@@ -133,7 +133,7 @@ impl<R: Reconcile> Engine<R> {
                     })
                 })
                 .collect();
-            let results = self.run_applies(kind, batch, shutdown).await;
+            let results = self.run_applies(to_apply, shutdown).await;
             for (done, outcome) in results {
                 let id = done.id.clone();
                 // The hash the engine cached for the very spec that was applied.

@@ -8,10 +8,11 @@
 //! [`confined::replace`] (temporary file, fsync, rename, directory fsync), so the path always
 //! holds either the old or the new file, never a torn one.
 //!
-//! The engine hands File resources over in batches ([`FileReconciler::apply_batch`]): one
-//! blocking task per batch, and a converged file is confirmed through the directories that batch
-//! has already walked to (stat, then every byte compared). Anything else, drift included, goes
-//! through the full apply of that one file, which walks from the root again.
+//! The engine hands over a pass's File resources all at once ([`FileReconciler::apply_all`]);
+//! the reconciler applies them in batches (`file/schedule.rs`): one blocking task per batch, and
+//! a converged file is confirmed through the directories that batch has already walked to (stat,
+//! then every byte compared). Anything else, drift included, goes through the full apply of that
+//! one file, which walks from the root again.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -30,26 +31,20 @@ use nix::sys::stat::SFlag;
 use nix::unistd::{Gid, Group, Uid, User};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Applied, BatchResults, Change, Deleted, Desired, KindReconciler, KnownSpec, ReconcileError,
-    Target,
-};
+use super::{Applied, Change, Deleted, Desired, KindReconciler, KnownSpec, ReconcileError, Target};
 use crate::confined::{
     self, ConfinedError, DirSyncs, Durability, FileStat, ModeChoice, Parent, Replace, file_type,
     fstatat,
 };
-use crate::store::{Owned, OwnedFile, OwnershipRecord};
+use crate::store::{Owned, OwnedFile};
 
 mod batch;
+mod schedule;
 
-pub use batch::BatchItem;
+pub use schedule::{BATCH_SIZE, BatchResults};
 
 /// Mode of the directories the reconciler creates on the way to a file.
 const CREATED_DIR_MODE: u32 = 0o755;
-
-/// How many File resources the engine hands to one [`FileReconciler::apply_batch`]: enough that
-/// the hand-off to the blocking pool and the walks from the root are paid once for many files.
-pub const BATCH_SIZE: usize = 64;
 
 /// Why a File resource could not be applied or deleted.
 #[derive(Debug, thiserror::Error)]

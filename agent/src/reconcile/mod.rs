@@ -19,20 +19,25 @@
 //! record and its error type, `apply` gets one [`Target`] (id, spec, the spec hash the engine
 //! has cached, the previous record of this kind) and `delete` the record it made. The dispatch
 //! from a resource to its kind's reconciler ([`Reconcilers`]) is written once, generically.
+//!
+//! The engine hands each kind its whole list of resources to apply ([`Reconcile::apply_all`])
+//! and knows nothing of how a kind schedules them: by default one apply per resource under a
+//! concurrency bound ([`bounded`]); the File reconciler takes them in batches (`file/schedule.rs`).
 
+pub mod bounded;
 pub mod container;
 pub mod file;
 pub mod session_storage;
 pub mod systemd_unit;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetlet_manifests::{
     ContainerSpec, ErrorReason, FileSpec, Kind, Resource, ResourceDetails, ResourceId,
     ResourceSpec, SessionStorageSpec, SystemdUnitSpec,
 };
-use tokio::sync::mpsc;
 
 use crate::shutdown::ShutdownSignal;
 use crate::store::{Owned, OwnershipRecord};
@@ -58,24 +63,24 @@ pub trait Reconcile: Send + Sync + 'static {
     /// The kinds this build can apply (reported in `agent.supportedKinds`).
     fn supported_kinds(&self) -> Vec<Kind>;
 
-    /// How many resources of `kind` the engine may hand to one [`Reconcile::apply_batch`]. With
-    /// 1, the default, every resource is its own [`Reconcile::apply`].
-    fn batch_size(&self, _kind: Kind) -> usize {
-        1
-    }
-
-    /// Applies several resources of one kind, one after the other, with the same guarantees as
-    /// [`Reconcile::apply`] for each, and hands every result to `results` in the order given.
-    /// This is for kinds whose converged resources are cheap to confirm but costly to dispatch
-    /// one by one (File: one blocking task for the whole batch instead of one per file). The
-    /// engine times out every result on its own; an implementation stops starting resources when
-    /// [`BatchResults::may_start`] says so. The default applies them in turn.
-    fn apply_batch(
-        &self,
-        batch: Vec<Desired>,
-        results: BatchResults,
-    ) -> impl Future<Output = ()> + Send {
-        apply_in_turn(self, batch, results)
+    /// Applies every resource of one kind that this pass applies: the engine hands each kind its
+    /// whole list, kind after kind, and takes back every resource with its outcome, in the order
+    /// they finished. However a kind schedules them, each resource keeps the guarantees of
+    /// [`Reconcile::apply`] and gets an outcome of its own: one that takes longer than
+    /// `limits.timeout` fails with `TimedOut`, one whose apply panics with `Crashed`, and
+    /// neither holds up the others; no more than `limits.concurrency` applies run at once.
+    /// After shutdown nothing new starts, and a resource not started gets no outcome.
+    ///
+    /// The default is [`bounded::apply_each`]: every resource its own [`Reconcile::apply`]. A
+    /// kind that is cheaper to apply together does so behind this call (File: batches in one
+    /// blocking task each, see [`FileReconciler::apply_all`]).
+    fn apply_all(
+        self: Arc<Self>,
+        items: Vec<Arc<Desired>>,
+        limits: ApplyLimits,
+        shutdown: ShutdownSignal,
+    ) -> impl Future<Output = Vec<(Arc<Desired>, Outcome)>> + Send {
+        bounded::apply_each(self, items, limits, shutdown)
     }
 
     /// Removes what the agent made for resources that are neither desired nor recorded (a
@@ -109,6 +114,14 @@ impl Desired {
             spec: self.spec.clone().into(),
         }
     }
+}
+
+/// What the engine allows the applies of one kind: how many run at once, and how long each may
+/// take (`FLEETLET_CONCURRENCY`, `FLEETLET_APPLY_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyLimits {
+    pub concurrency: usize,
+    pub timeout: Duration,
 }
 
 /// The spec of a resource of a kind this build applies: [`ResourceSpec`] without `Unknown`.
@@ -280,50 +293,6 @@ async fn delete_kind<K: KindReconciler>(
     reconciler.delete(id, owned).await.map_err(Into::into)
 }
 
-/// Where [`Reconcile::apply_batch`] puts its results, one per resource in the order given.
-#[derive(Debug)]
-pub struct BatchResults {
-    sender: mpsc::UnboundedSender<(ResourceId, Outcome)>,
-    shutdown: ShutdownSignal,
-}
-
-impl BatchResults {
-    pub fn new(
-        sender: mpsc::UnboundedSender<(ResourceId, Outcome)>,
-        shutdown: ShutdownSignal,
-    ) -> Self {
-        Self { sender, shutdown }
-    }
-
-    /// Whether the next resource may be started: not once the agent shuts down (the applies
-    /// already running finish, as outside a batch) or the engine stopped waiting for results.
-    pub fn may_start(&self) -> bool {
-        !self.shutdown.is_triggered() && !self.sender.is_closed()
-    }
-
-    /// Hands over the result of resource `id`; false when nobody takes results any more.
-    pub fn send(&self, id: ResourceId, outcome: Outcome) -> bool {
-        self.sender.send((id, outcome)).is_ok()
-    }
-}
-
-/// [`Reconcile::apply_batch`] as one [`Reconcile::apply`] after the other.
-pub async fn apply_in_turn<R: Reconcile + ?Sized>(
-    reconciler: &R,
-    batch: Vec<Desired>,
-    results: BatchResults,
-) {
-    for desired in batch {
-        if !results.may_start() {
-            return;
-        }
-        let outcome = reconciler.apply(&desired).await;
-        if !results.send(desired.id, outcome) {
-            return;
-        }
-    }
-}
-
 /// What a successful apply found and did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
@@ -485,32 +454,24 @@ impl Reconcile for Reconcilers {
         }
     }
 
-    fn batch_size(&self, kind: Kind) -> usize {
-        match kind {
-            Kind::File => file::BATCH_SIZE,
-            _ => 1,
+    async fn apply_all(
+        self: Arc<Self>,
+        items: Vec<Arc<Desired>>,
+        limits: ApplyLimits,
+        shutdown: ShutdownSignal,
+    ) -> Vec<(Arc<Desired>, Outcome)> {
+        // File resources are scheduled by the File reconciler; every other kind one by one.
+        let (files, others): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|desired| matches!(desired.spec, KnownSpec::File(_)));
+        let mut done = Vec::with_capacity(files.len() + others.len());
+        if !files.is_empty() {
+            done.extend(self.file.apply_all(files, limits, &shutdown).await);
         }
-    }
-
-    async fn apply_batch(&self, batch: Vec<Desired>, results: BatchResults) {
-        let mut files = Vec::with_capacity(batch.len());
-        let mut batch = batch.into_iter();
-        while let Some(desired) = batch.next() {
-            match file::BatchItem::try_from(desired) {
-                Ok(item) => files.push(item),
-                Err(other) => {
-                    // Not a batch of files: one after the other, in the order given.
-                    let all = files
-                        .into_iter()
-                        .map(Desired::from)
-                        .chain(std::iter::once(other))
-                        .chain(batch)
-                        .collect();
-                    return apply_in_turn(self, all, results).await;
-                }
-            }
+        if !others.is_empty() {
+            done.extend(bounded::apply_each(self, others, limits, shutdown).await);
         }
-        self.file.apply_batch(files, results).await;
+        done
     }
 
     fn supported_kinds(&self) -> Vec<Kind> {

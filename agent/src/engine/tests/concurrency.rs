@@ -1,5 +1,5 @@
-//! The concurrency bound, one resource at a time and in batches, with a timeout of its own for
-//! every resource of a batch.
+//! The hand-over of a kind's resources, the concurrency bound, and a timeout and failure of its
+//! own for every resource.
 
 use super::*;
 
@@ -14,39 +14,17 @@ async fn no_more_than_the_concurrency_bound_run_at_once_within_a_kind() {
         ..EngineSettings::default()
     };
     let (mut engine, fake) = engine(fake, settings);
-    let ids: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
-    let resources: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "File")).collect();
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
-        .expect("accept");
-    engine.pass(&Shutdown::new().signal()).await.expect("pass");
-    assert_eq!(fake.calls().len(), 12);
-    assert_eq!(fake.most_running.load(Ordering::SeqCst), 3);
-}
-
-#[tokio::test]
-async fn batches_keep_the_order_and_the_concurrency_bound() {
-    let fake = FakeReconciler {
-        work_time: Duration::from_millis(20),
-        batch: 64,
-        ..FakeReconciler::default()
-    };
-    let settings = EngineSettings {
-        concurrency: 3,
-        ..EngineSettings::default()
-    };
-    let (mut engine, fake) = engine(fake, settings);
     let ids = files(12);
     let resources: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "File")).collect();
     engine
         .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
         .expect("accept");
     engine.pass(&Shutdown::new().signal()).await.expect("pass");
-    // 12 resources, 3 at a time: batches of 4, all three running side by side.
     assert_eq!(fake.calls().len(), 12);
     assert_eq!(fake.most_running.load(Ordering::SeqCst), 3);
+    // Started in the manifest's order.
     let calls = fake.calls();
-    for pair in [("f0", "f1"), ("f4", "f5"), ("f8", "f11")] {
+    for pair in [("f0", "f3"), ("f4", "f8"), ("f8", "f11")] {
         assert!(
             position(&calls, &Call::Apply(pair.0.into()))
                 < position(&calls, &Call::Apply(pair.1.into()))
@@ -58,11 +36,46 @@ async fn batches_keep_the_order_and_the_concurrency_bound() {
 }
 
 #[tokio::test]
-async fn within_a_batch_each_resource_has_its_own_timeout_and_failure() {
+async fn each_kind_gets_its_whole_list_at_once_kind_after_kind() {
+    let (mut engine, fake) = engine(FakeReconciler::default(), EngineSettings::default());
+    let resources = [
+        ("web", "Container"),
+        ("f0", "File"),
+        ("cache", "SessionStorage"),
+        ("f1", "File"),
+        ("db", "Container"),
+        ("f2", "File"),
+    ];
+    engine
+        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
+        .expect("accept");
+    engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    let handed: Vec<Vec<String>> = fake
+        .handed
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|list| !list.is_empty())
+        .cloned()
+        .collect();
+    let expected: Vec<Vec<String>> = [vec!["cache"], vec!["f0", "f1", "f2"], vec!["web", "db"]]
+        .into_iter()
+        .map(|ids| ids.into_iter().map(String::from).collect())
+        .collect();
+    assert_eq!(
+        handed, expected,
+        "in kind order, each kind in the manifest's order"
+    );
+    for (id, _) in resources {
+        assert_eq!(phase(&engine, id), Phase::Ready, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn each_resource_has_its_own_timeout_and_failure() {
     let fake = FakeReconciler {
         hanging: HashSet::from(["stuck".to_owned()]),
         panicking: HashSet::from(["buggy".to_owned()]),
-        batch: 64,
         ..FakeReconciler::default()
     };
     fake.fail("broken");
@@ -72,7 +85,7 @@ async fn within_a_batch_each_resource_has_its_own_timeout_and_failure() {
         ..EngineSettings::default()
     };
     let (mut engine, fake) = engine(fake, settings);
-    // One batch: the resources after the hung and the panicking one still get applied.
+    // One at a time: the resources after the hung and the panicking one still get applied.
     let resources = [
         ("first", "File"),
         ("broken", "File"),
@@ -105,14 +118,19 @@ async fn within_a_batch_each_resource_has_its_own_timeout_and_failure() {
             .is_some_and(|error| error.message.contains("took longer than"))
     );
     assert_eq!(reason("buggy"), Some(ErrorReason::IoError));
+    assert!(
+        status.resources["buggy"]
+            .error
+            .as_ref()
+            .is_some_and(|error| error.message.contains("stopped unexpectedly"))
+    );
     assert_eq!(fake.calls().len(), resources.len());
 }
 
 #[tokio::test]
-async fn after_shutdown_a_batch_finishes_the_apply_under_way_and_starts_no_other() {
+async fn after_shutdown_the_apply_under_way_finishes_and_no_other_starts() {
     let shutdown = Arc::new(Shutdown::new());
     let fake = FakeReconciler {
-        batch: 64,
         stops_the_agent: Some(("second".to_owned(), Arc::clone(&shutdown))),
         ..FakeReconciler::default()
     };

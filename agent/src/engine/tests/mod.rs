@@ -16,10 +16,10 @@ use serde_json::json;
 
 use super::*;
 use crate::reconcile::{
-    Applied, Change, ContainerError, Deleted, Desired, FileError, Outcome, Reconcile,
-    ReconcileError,
+    Applied, ApplyLimits, Change, ContainerError, Deleted, Desired, FileError, Outcome, Reconcile,
+    ReconcileError, bounded,
 };
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::status::{self, Connectivity};
 use crate::store::{MemoryStore, Owned, OwnedFile, OwnershipRecord};
 
@@ -47,8 +47,8 @@ struct FakeReconciler {
     most_running: AtomicUsize,
     /// Every apply as (resource id, spec hash), to tell which spec of a resource was applied.
     applied_specs: Mutex<Vec<(String, String)>>,
-    /// Resources handed over per batch (0 or 1: one by one), through the default `apply_batch`.
-    batch: usize,
+    /// The ids of every list the engine handed over (`apply_all`), in order.
+    handed: Mutex<Vec<Vec<String>>>,
     /// Applies of these ids panic.
     panicking: HashSet<String>,
     /// Applying this id triggers shutdown (once the apply is done).
@@ -164,8 +164,16 @@ impl Reconcile for FakeReconciler {
         Kind::ALL.to_vec()
     }
 
-    fn batch_size(&self, _kind: Kind) -> usize {
-        self.batch.max(1)
+    /// Records the list, then applies it as every kind does by default.
+    async fn apply_all(
+        self: Arc<Self>,
+        items: Vec<Arc<Desired>>,
+        limits: ApplyLimits,
+        shutdown: ShutdownSignal,
+    ) -> Vec<(Arc<Desired>, Outcome)> {
+        let ids = items.iter().map(|desired| desired.id.to_string()).collect();
+        self.handed.lock().expect("lock").push(ids);
+        bounded::apply_each(self, items, limits, shutdown).await
     }
 }
 

@@ -1,115 +1,71 @@
-//! File batches: the engine hands File resources over a batch at a time, applied in one
-//! blocking task; a converged file is confirmed through the directories the batch has already
-//! walked to, and the directories of the files it wrote are fsynced once per directory.
+//! One File batch, applied in one blocking task (`schedule.rs` cuts and times the batches): a
+//! converged file is confirmed through the directories the batch has already walked to, and the
+//! directories of the files it wrote are fsynced once per directory.
 
 use super::*;
 
-/// A File resource of a batch, as the engine handed it over ([`Desired`]) with its spec unpacked.
-#[derive(Debug)]
-pub struct BatchItem {
-    pub id: ResourceId,
-    pub spec: FileSpec,
-    pub spec_hash: String,
-    pub previous: Option<OwnershipRecord>,
-}
-
-impl TryFrom<Desired> for BatchItem {
-    /// A resource of another kind, handed back as it was.
-    type Error = Desired;
-
-    fn try_from(desired: Desired) -> Result<Self, Desired> {
-        let Desired {
-            id,
-            spec,
-            spec_hash,
-            previous,
-        } = desired;
-        match spec {
-            KnownSpec::File(spec) => Ok(BatchItem {
-                id,
-                spec,
-                spec_hash,
-                previous,
-            }),
-            spec => Err(Desired {
-                id,
-                spec,
-                spec_hash,
-                previous,
-            }),
-        }
-    }
-}
-
-impl From<BatchItem> for Desired {
-    fn from(item: BatchItem) -> Self {
-        Desired {
-            id: item.id,
-            spec: KnownSpec::File(item.spec),
-            spec_hash: item.spec_hash,
-            previous: item.previous,
-        }
-    }
-}
-
 impl FileReconciler {
-    /// Applies a batch of File resources in one blocking task, in order, and hands each result
-    /// to `results` as soon as it is durable: a written file once its directory is fsynced,
-    /// which happens once per directory for the files written together ([`PendingDirSyncs`]).
-    /// It stops starting files when `results` says so.
-    pub async fn apply_batch(&self, batch: Vec<BatchItem>, results: BatchResults) {
-        let this = self.clone();
-        let worker =
-            tokio::task::spawn_blocking(move || this.apply_batch_blocking(batch, &results));
-        if let Err(join) = worker.await
-            && join.is_panic()
-        {
-            // The engine reports the files of the batch that got no result as crashed.
-            std::panic::resume_unwind(join.into_panic());
-        }
-    }
-
-    pub fn apply_batch_blocking(&self, batch: Vec<BatchItem>, results: &BatchResults) {
+    /// Applies a batch of File resources, in order, and hands each result to `results` as soon
+    /// as it is durable: a written file once its directory is fsynced, which happens once per
+    /// directory for the files written together ([`PendingDirSyncs`]). It stops starting files
+    /// when `results` says so. Blocking: [`FileReconciler::apply_all`] runs it on the blocking
+    /// pool, one task per batch.
+    pub fn apply_batch_blocking(&self, batch: &[Arc<Desired>], results: &BatchResults) {
         let mut seen = BatchMemo::default();
         let mut pending = PendingDirSyncs::default();
-        for BatchItem {
-            id,
-            spec,
-            spec_hash,
-            previous,
-        } in batch
-        {
+        for desired in batch {
             if !results.may_start() {
                 break;
             }
-            let previous = previous.and_then(|record| match record.owned {
-                Owned::File(owned) => Some((record.spec_hash, owned)),
-                _ => None,
-            });
-            let outcome = match self.confirm_converged(&mut seen, &spec, previous.as_ref()) {
-                Some(applied) => Ok((applied, None)),
-                None => self
-                    .apply_with(&id, &spec, &spec_hash, previous.as_ref(), DirSync::Deferred)
-                    .map_err(ReconcileError::from),
+            let (result, unsynced) = match &desired.spec {
+                KnownSpec::File(spec) => self.apply_in_batch(&mut seen, desired, spec),
+                // The dispatch hands this reconciler File resources only.
+                _ => (
+                    Err(ReconcileError::Crashed {
+                        id: desired.id.clone(),
+                        message: "not a File resource, handed to the File reconciler".into(),
+                    }),
+                    None,
+                ),
             };
-            let (result, unsynced) = match outcome {
-                Ok((applied, unsynced)) => (Ok(applied), unsynced),
-                Err(error) => (Err(error), None),
-            };
-            // Results go out in the batch's order: behind a held one, every result waits.
-            let sent = if unsynced.is_none() && pending.is_empty() {
-                results.send(id, result.into())
-            } else {
-                pending.hold(id, result, unsynced);
-                true
-            };
-            if !sent || (pending.is_due() && !pending.flush(results)) {
+            if !pending.report(desired.id.clone(), result, unsynced, results) {
                 break;
             }
         }
         // Also when the batch stops early: what was renamed into place is made durable before
         // anything (the next pass's fast path included) can take it as applied.
         pending.flush(results);
+    }
+
+    /// One file of a batch: confirmed through the batch's walked directories when it is exactly
+    /// converged, else the full apply with its directory fsync deferred (the directory to sync
+    /// comes back with the result).
+    fn apply_in_batch(
+        &self,
+        seen: &mut BatchMemo,
+        desired: &Desired,
+        spec: &FileSpec,
+    ) -> (Result<Applied, ReconcileError>, Option<OwnedFd>) {
+        let previous = desired
+            .previous
+            .as_ref()
+            .and_then(|record| match &record.owned {
+                Owned::File(owned) => Some((record.spec_hash.clone(), owned.clone())),
+                _ => None,
+            });
+        if let Some(applied) = self.confirm_converged(seen, spec, previous.as_ref()) {
+            return (Ok(applied), None);
+        }
+        match self.apply_with(
+            &desired.id,
+            spec,
+            &desired.spec_hash,
+            previous.as_ref(),
+            DirSync::Deferred,
+        ) {
+            Ok((applied, unsynced)) => (Ok(applied), unsynced),
+            Err(error) => (Err(error.into()), None),
+        }
     }
 
     /// The fast path of a converged file: through directories this batch has already walked to,
@@ -197,6 +153,25 @@ impl PendingDirSyncs {
         let at = unsynced.map(|dir| self.dirs.add(dir));
         self.held.push((id, result, at));
         self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Reports `result` at once when nothing is held and nothing waits for a directory fsync,
+    /// else holds it, so that results go out in the batch's order; flushes once the oldest held
+    /// result is due. False when nobody takes results any more.
+    fn report(
+        &mut self,
+        id: ResourceId,
+        result: Result<Applied, ReconcileError>,
+        unsynced: Option<OwnedFd>,
+        results: &BatchResults,
+    ) -> bool {
+        let sent = if unsynced.is_none() && self.is_empty() {
+            results.send(id, result.into())
+        } else {
+            self.hold(id, result, unsynced);
+            true
+        };
+        sent && (!self.is_due() || self.flush(results))
     }
 
     fn is_due(&self) -> bool {

@@ -7,6 +7,7 @@ use fleetlet_manifests::{Kind, Resource, ResourceSpec};
 use serde_json::json;
 
 use super::*;
+use crate::store::OwnershipRecord;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -76,10 +77,10 @@ impl Fixture {
         &self,
         resources: &[(&Resource, Option<&Applied>)],
     ) -> Vec<Result<Applied, ReconcileError>> {
-        let batch = resources
+        let batch: Vec<Arc<Desired>> = resources
             .iter()
             .map(|(resource, previous)| {
-                BatchItem::try_from(Desired {
+                Arc::new(Desired {
                     id: resource.id.clone(),
                     spec: KnownSpec::of(&resource.spec).expect("a known kind"),
                     spec_hash: resource.spec_hash(),
@@ -90,13 +91,12 @@ impl Fixture {
                         owned: applied.owned.clone(),
                     }),
                 })
-                .expect("a File resource")
             })
             .collect();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let shutdown = crate::shutdown::Shutdown::new();
         self.reconciler
-            .apply_batch_blocking(batch, &BatchResults::new(sender, shutdown.signal()));
+            .apply_batch_blocking(&batch, &BatchResults::new(sender, shutdown.signal()));
         let mut results = Vec::new();
         while let Ok((id, outcome)) = receiver.try_recv() {
             assert_eq!(id, resources[results.len()].0.id, "in order");
