@@ -13,15 +13,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetlet_manifests::api::{Page, StatusView};
-use fleetlet_manifests::fleet_api::{FleetDeviceView, FleetView};
+use fleetlet_manifests::fleet_api::{DeviceRolloutState, FleetDeviceView, FleetView, RolloutPhase};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::agent::{AgentDirs, AgentOptions, AgentProcess, wait_for};
+use crate::agent::{AgentDirs, AgentOptions, AgentProcess};
 use crate::manager::{ManagerOptions, ManagerProcess};
 use crate::postgres::{FreshDatabase, fresh_database};
+
+mod bodies;
+pub use bodies::{count, fleet, ids, kiosk, numbered, strategy, template_file};
 
 /// The manager's report interval in the lab: an agent is stale after three of these without
 /// contact, so a stopped agent goes stale within seconds while a live one (polling every
@@ -29,6 +32,8 @@ use crate::postgres::{FreshDatabase, fresh_database};
 pub const MANAGER_REPORT_INTERVAL: &str = "2s";
 /// How long an agent's long-poll waits: well below the stale limit above.
 pub const AGENT_WATCH_WAIT: &str = "2s";
+/// How long new agents may take to report, all together; generous for a loaded two-core machine.
+const FIRST_REPORT: Duration = Duration::from_secs(60);
 
 /// A fleet event from the fleet's log (the `fleet_events` table), oldest first.
 #[derive(Debug, Clone)]
@@ -158,6 +163,31 @@ impl Lab {
         })
     }
 
+    /// A lab of one manager and the devices `(id, labels)`, their agents running and reported
+    /// (see [`Self::add_devices`]).
+    pub async fn with_devices<I, S>(devices: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = (S, Value)>,
+        S: Into<String>,
+    {
+        let mut lab = Self::start(1).await?;
+        lab.add_devices(devices, &[]).await?;
+        Ok(lab)
+    }
+
+    /// A lab of one manager, `kiosks` devices labelled [`kiosk`] and `printers` labelled
+    /// `role=printer` (which no kiosks fleet selects), named by [`numbered`]: `kiosk-1`…,
+    /// `printer-1`…; their agents running and reported.
+    pub async fn with_kiosks(kiosks: u32, printers: u32) -> anyhow::Result<Self> {
+        let kiosks = numbered("kiosk", kiosks)
+            .into_iter()
+            .map(|id| (id, kiosk()));
+        let printers = numbered("printer", printers)
+            .into_iter()
+            .map(|id| (id, json!({"role": "printer"})));
+        Self::with_devices(kiosks.chain(printers)).await
+    }
+
     /// Starts one more replica on the same database, with the same tokens, last in the
     /// balancer's order.
     pub async fn add_replica(&mut self) -> anyhow::Result<()> {
@@ -204,6 +234,18 @@ impl Lab {
         template_file("motd", &path, text)
     }
 
+    /// The `kiosks` fleet: every [`kiosk`] gets the template's `motd` saying `text`
+    /// (placeholders allowed), with no parameters, rolled out by `strategy`.
+    pub fn kiosks_fleet(&self, text: &str, strategy: Value) -> Value {
+        fleet(
+            "kiosks",
+            kiosk(),
+            json!({}),
+            vec![self.motd(text)],
+            strategy,
+        )
+    }
+
     /// A file in the lab's directory (for fleet bodies and keys the CLI reads).
     pub fn lab_file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -248,8 +290,43 @@ impl Lab {
     }
 
     /// Registers device `id` with `labels` and starts its agent with `extra_env` (e.g. trusted
-    /// keys).
+    /// keys); answers once it reported (see [`Self::add_devices`]).
     pub async fn add_device(
+        &mut self,
+        id: &str,
+        labels: Value,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        self.add_devices([(id, labels)], extra_env).await
+    }
+
+    /// Registers each device `(id, labels)` and starts its agent with `extra_env`, all at once;
+    /// then waits, against one deadline, until every one of them has reported.
+    ///
+    /// The wait matters: a device that never reported counts as stale, and a rollout defers
+    /// stale devices, so a fleet applied before the first reports could complete with none of
+    /// them judged in its batches.
+    pub async fn add_devices<I, S>(
+        &mut self,
+        devices: I,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<()>
+    where
+        I: IntoIterator<Item = (S, Value)>,
+        S: Into<String>,
+    {
+        let mut started = Vec::new();
+        for (id, labels) in devices {
+            let id = id.into();
+            self.start_device(&id, labels, extra_env).await?;
+            started.push(id);
+        }
+        self.wait_converged(&started, 0, FIRST_REPORT)
+            .await
+            .context("the new devices' first reports")
+    }
+
+    async fn start_device(
         &mut self,
         id: &str,
         labels: Value,
@@ -281,11 +358,12 @@ impl Lab {
         };
         device.start()?;
         self.devices.insert(id.to_owned(), device);
-        // A device that never reported counts as stale, and a rollout defers stale devices: wait
-        // for its first report, so that a fleet applied next judges it in its batch.
-        self.wait_converged(&[id.to_owned()], 0, Duration::from_secs(60))
-            .await
-            .with_context(|| format!("{id}'s first report"))
+        Ok(())
+    }
+
+    /// The ids of the lab's devices, in order.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.devices.keys().cloned().collect()
     }
 
     pub fn device(&mut self, id: &str) -> &mut Device {
@@ -342,13 +420,16 @@ impl Lab {
 
     /// `GET /api/v1/fleets/{name}`, decoded.
     pub async fn fleet(&mut self, name: &str) -> anyhow::Result<FleetView> {
-        let (status, body) = self
-            .call(Method::GET, &format!("/api/v1/fleets/{name}"), None)
-            .await?;
+        self.get(&format!("/api/v1/fleets/{name}")).await
+    }
+
+    /// An admin `GET path`, expected to answer 200 with a body that decodes as a `T`.
+    async fn get<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
+        let (status, body) = self.call(Method::GET, path, None).await?;
         if status != StatusCode::OK {
-            bail!("GET fleet {name} answered {status}: {body}");
+            bail!("GET {path} answered {status}: {body}");
         }
-        serde_json::from_value(body.clone()).with_context(|| format!("a FleetView: {body}"))
+        serde_json::from_value(body.clone()).with_context(|| format!("GET {path} answered {body}"))
     }
 
     /// Every row of `GET /api/v1/fleets/{name}/devices`, page by page.
@@ -363,12 +444,7 @@ impl Lab {
             if let Some(cursor) = &cursor {
                 path.push_str(&format!("&cursor={cursor}"));
             }
-            let (status, body) = self.call(Method::GET, &path, None).await?;
-            if status != StatusCode::OK {
-                bail!("GET {path} answered {status}: {body}");
-            }
-            let page: Page<FleetDeviceView> = serde_json::from_value(body.clone())
-                .with_context(|| format!("a page of devices: {body}"))?;
+            let page: Page<FleetDeviceView> = self.get(&path).await?;
             for row in page.items {
                 rows.insert(row.agent_id.as_str().to_owned(), row);
             }
@@ -409,13 +485,7 @@ impl Lab {
 
     /// The manager's view of a device's status.
     pub async fn status(&mut self, id: &str) -> anyhow::Result<StatusView> {
-        let (status, body) = self
-            .call(Method::GET, &format!("/api/v1/agents/{id}/status"), None)
-            .await?;
-        if status != StatusCode::OK {
-            bail!("GET status of {id} answered {status}: {body}");
-        }
-        Ok(serde_json::from_value(body)?)
+        self.get(&format!("/api/v1/agents/{id}/status")).await
     }
 
     /// Each device's state and True conditions as the manager shows them, for failure messages.
@@ -481,8 +551,29 @@ impl Lab {
         }
     }
 
+    /// Waits until fleet `name`'s rollout completed with each of `devices` Succeeded, then until
+    /// each of them converged on its desired generation (at least 1: what the fleet wrote).
+    pub async fn wait_completed(
+        &mut self,
+        name: &str,
+        devices: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<FleetView> {
+        let succeeded = u64::try_from(devices.len())?;
+        let what = format!("completed with {succeeded} devices succeeded");
+        let view = self
+            .wait_fleet(name, &what, timeout, |v| {
+                v.phase == RolloutPhase::Completed
+                    && count(v, DeviceRolloutState::Succeeded) == succeeded
+            })
+            .await?;
+        self.wait_converged(devices, 1, timeout).await?;
+        Ok(view)
+    }
+
     /// Waits until the manager says each of `ids` converged on its current desired generation,
-    /// which is at least `at_least`.
+    /// which is at least `at_least`. Every round asks about each device still waited for, so
+    /// they are all waited for at once, against one deadline.
     pub async fn wait_converged(
         &mut self,
         ids: &[String],
@@ -490,65 +581,81 @@ impl Lab {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + timeout;
-        for id in ids {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let client = self.client.clone();
+        let client = self.client.clone();
+        // Each device still waited for, with the summary the manager last showed for it.
+        let mut waiting: Vec<(&String, Value)> = ids.iter().map(|id| (id, Value::Null)).collect();
+        loop {
             let manager = self.manager();
-            let what = format!("{id} converged at a generation ≥ {at_least}");
-            let waited = wait_for(&what, left, || async {
-                let view = manager.status_json(&client, id).await?;
-                let summary = &view["summary"];
-                let generation = summary["desiredGeneration"].as_u64()?;
-                (summary["converged"].as_bool()? && generation >= at_least).then_some(())
-            })
-            .await;
-            if let Err(error) = waited {
-                let logs = self.devices.get(id).map(Device::logs).unwrap_or_default();
-                bail!("{error:#}\nagent log:\n{logs}\n{}", self.manager_logs());
+            for (id, summary) in &mut waiting {
+                let view = manager.status_json(&client, id).await;
+                *summary = view.map_or(Value::Null, |view| view["summary"].clone());
             }
+            waiting.retain(|(_, summary)| {
+                let generation = summary["desiredGeneration"].as_u64();
+                !(summary["converged"] == true && generation.is_some_and(|g| g >= at_least))
+            });
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+        let shown: String = waiting
+            .iter()
+            .map(|(id, summary)| {
+                let logs = self.devices.get(*id).map(Device::logs).unwrap_or_default();
+                format!("--- {id}, last summary {summary}; its agent's log:\n{logs}\n")
+            })
+            .collect();
+        bail!(
+            "timed out after {timeout:?} waiting for {} of {} devices to converge at a \
+             generation ≥ {at_least}\n{shown}{}",
+            waiting.len(),
+            ids.len(),
+            self.manager_logs()
+        )
     }
 
     /// The fleet's event log, oldest first (read from the database).
     pub async fn events(&self, name: &str) -> anyhow::Result<Vec<FleetEvent>> {
-        let rows = sqlx::query(
-            "SELECT seq, type, payload, created_at FROM fleet_events WHERE fleet = $1 \
-             ORDER BY seq",
-        )
-        .bind(name)
-        .fetch_all(&self.db)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FleetEvent {
-                    seq: row.try_get("seq")?,
-                    type_: row.try_get("type")?,
-                    payload: row.try_get("payload")?,
-                    created_at: row.try_get("created_at")?,
-                })
+        let sql = "SELECT seq, type, payload, created_at FROM fleet_events WHERE fleet = $1 \
+                   ORDER BY seq";
+        self.rows(sql, name, |row| {
+            Ok(FleetEvent {
+                seq: row.try_get("seq")?,
+                type_: row.try_get("type")?,
+                payload: row.try_get("payload")?,
+                created_at: row.try_get("created_at")?,
             })
-            .collect()
+        })
+        .await
     }
 
     /// The device's stored manifest generations, oldest first.
     pub async fn generations(&self, id: &str) -> anyhow::Result<Vec<StoredGeneration>> {
-        let rows = sqlx::query(
-            "SELECT generation, created_at, created_by FROM manifests WHERE agent_id = $1 \
-             ORDER BY generation",
-        )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredGeneration {
-                    generation: u64::try_from(row.try_get::<i64, _>("generation")?)?,
-                    created_at: row.try_get("created_at")?,
-                    created_by: row.try_get("created_by")?,
-                })
+        let sql = "SELECT generation, created_at, created_by FROM manifests WHERE agent_id = $1 \
+                   ORDER BY generation";
+        self.rows(sql, id, |row| {
+            Ok(StoredGeneration {
+                generation: u64::try_from(row.try_get::<i64, _>("generation")?)?,
+                created_at: row.try_get("created_at")?,
+                created_by: row.try_get("created_by")?,
             })
-            .collect()
+        })
+        .await
+    }
+
+    /// Each row `sql` selects with `key` as `$1`, read by `read`.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        read: impl Fn(&sqlx::postgres::PgRow) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        let rows = sqlx::query(sql).bind(key).fetch_all(&self.db).await?;
+        rows.iter().map(read).collect()
     }
 
     /// The newest stored generation of the device (0: none).
@@ -559,48 +666,6 @@ impl Lab {
             .last()
             .map_or(0, |g| g.generation))
     }
-}
-
-/// A fleet body: `name`, selector labels, parameters, the template's resources and the
-/// strategy.
-pub fn fleet(
-    name: &str,
-    match_labels: Value,
-    parameters: Value,
-    resources: Vec<Value>,
-    strategy: Value,
-) -> Value {
-    json!({
-        "apiVersion": "fleetlet.dev/v1",
-        "kind": "Fleet",
-        "name": name,
-        "selector": {"matchLabels": match_labels},
-        "parameters": parameters,
-        "template": {"resources": resources},
-        "rolloutStrategy": strategy,
-    })
-}
-
-/// A File resource of a template: `text` at `path` (placeholders allowed in both).
-pub fn template_file(id: &str, path: &str, text: &str) -> Value {
-    json!({"id": id, "kind": "File",
-           "spec": {"path": path, "content": {"text": text}, "mode": "0644"}})
-}
-
-/// A rollout strategy with a one-minute batch timeout.
-pub fn strategy(batches: Value, threshold: &str, approval: bool) -> Value {
-    json!({"batches": batches, "successThreshold": threshold, "batchTimeoutSeconds": 60,
-           "requireApproval": approval})
-}
-
-/// Device ids `<prefix>-NN` for the numbers in `range`.
-pub fn ids(prefix: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
-    range.map(|i| format!("{prefix}-{i:02}")).collect()
-}
-
-/// Counts of a fleet view's devices in `state` (0 when absent).
-pub fn count(view: &FleetView, state: fleetlet_manifests::fleet_api::DeviceRolloutState) -> u64 {
-    view.devices.get(&state).copied().unwrap_or(0)
 }
 
 /// A TCP balancer on 127.0.0.1: each connection goes to the first upstream that accepts it, so

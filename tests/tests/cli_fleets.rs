@@ -44,15 +44,19 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Asserts that the command succeeded and returns its stdout.
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
+/// The command's exit status and both its outputs, for failure messages.
+fn shown(output: &Output) -> String {
+    format!(
         "{}\nstdout:\n{}\nstderr:\n{}",
         output.status,
         stdout(output),
         stderr(output)
-    );
+    )
+}
+
+/// Asserts that the command succeeded and returns its stdout.
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "{}", shown(output));
     stdout(output)
 }
 
@@ -93,17 +97,6 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<String> {
     Ok(path.to_str().context("utf-8 path")?.to_owned())
 }
 
-/// The lab with kiosk-1..3 (role=kiosk) and printer-1 (role=printer), agents running.
-async fn lab_with_kiosks() -> anyhow::Result<Lab> {
-    let mut lab = Lab::start(1).await?;
-    for id in ["kiosk-1", "kiosk-2", "kiosk-3"] {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
-    lab.add_device("printer-1", json!({"role": "printer"}), &[])
-        .await?;
-    Ok(lab)
-}
-
 /// Waits until device `id`'s motd says `text`.
 async fn wait_for_motd(lab: &Lab, id: &str, text: &str) -> anyhow::Result<()> {
     let path = lab.device_file(id, "motd");
@@ -118,6 +111,17 @@ async fn wait_for_motd(lab: &Lab, id: &str, text: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// `rollout status kiosks --watch`, piped.
+async fn watch(lab: &mut Lab) -> anyhow::Result<Output> {
+    fleetlet(lab, &["rollout", "status", "kiosks", "--watch"]).await
+}
+
+/// `fleet apply -f <file>`, which must succeed, then [`watch`].
+async fn apply_and_watch(lab: &mut Lab, file: &str) -> anyhow::Result<Output> {
+    ok(&fleetlet(lab, &["fleet", "apply", "-f", file]).await?);
+    watch(lab).await
+}
+
 /// `fleet devices kiosks -o json`, as JSON rows.
 async fn devices_json(lab: &mut Lab) -> anyhow::Result<Vec<Value>> {
     let out = ok(&fleetlet(lab, &["fleet", "devices", "kiosks", "-o", "json"]).await?);
@@ -126,7 +130,8 @@ async fn devices_json(lab: &mut Lab) -> anyhow::Result<Vec<Value>> {
 
 #[tokio::test]
 async fn fleet_apply_and_a_piped_watch_follow_the_rollout_batch_by_batch() -> anyhow::Result<()> {
-    let mut lab = lab_with_kiosks().await?;
+    // kiosk-1..3 (role=kiosk) and printer-1 (role=printer), their agents running.
+    let mut lab = Lab::with_kiosks(3, 1).await?;
     let dir = tempfile::tempdir()?;
     let roots = lab.roots();
 
@@ -285,26 +290,19 @@ async fn fleet_apply_and_a_piped_watch_follow_the_rollout_batch_by_batch() -> an
 #[tokio::test]
 async fn operator_actions_steer_a_rollout_and_the_watch_exit_status_says_how_it_stopped()
 -> anyhow::Result<()> {
-    let mut lab = lab_with_kiosks().await?;
+    // kiosk-1..3 (role=kiosk) and printer-1 (role=printer), their agents running.
+    let mut lab = Lab::with_kiosks(3, 1).await?;
     let dir = tempfile::tempdir()?;
     let roots = lab.roots();
     let one = write(dir.path(), "one.yaml", &kiosks_yaml(&roots, "one", false))?;
-    ok(&fleetlet(&mut lab, &["fleet", "apply", "-f", &one]).await?);
-    ok(&fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?);
+    ok(&apply_and_watch(&mut lab, &one).await?);
 
     // Revision 2 writes outside the devices' file roots: the canary fails, the rollout pauses
     // by itself after batch 1, and the watch ends with status 3 and the counts.
     let outside = lab.outside();
     let broken = write(dir.path(), "two.yaml", &kiosks_yaml(&outside, "two", false))?;
-    ok(&fleetlet(&mut lab, &["fleet", "apply", "-f", &broken]).await?);
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
-    assert_eq!(
-        watched.status.code(),
-        Some(3),
-        "{}\n{}",
-        stdout(&watched),
-        stderr(&watched)
-    );
+    let watched = apply_and_watch(&mut lab, &broken).await?;
+    assert_eq!(watched.status.code(), Some(3), "{}", shown(&watched));
     let reason = "batch 1 of 2: 0 of 1 devices succeeded, 1 failed";
     assert!(
         stdout(&watched).contains(&format!("kiosks: paused: {reason}")),
@@ -335,7 +333,7 @@ async fn operator_actions_steer_a_rollout_and_the_watch_exit_status_says_how_it_
         rolled,
         "kiosks: rollback done; the rollout of revision 1 is RolledBack\n"
     );
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
+    let watched = watch(&mut lab).await?;
     assert_eq!(watched.status.code(), Some(6), "{}", stderr(&watched));
     let deadline = std::time::Instant::now() + CONVERGE;
     loop {
@@ -356,15 +354,8 @@ async fn operator_actions_steer_a_rollout_and_the_watch_exit_status_says_how_it_
         "three.yaml",
         &kiosks_yaml(&roots, "three", true),
     )?;
-    ok(&fleetlet(&mut lab, &["fleet", "apply", "-f", &three]).await?);
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
-    assert_eq!(
-        watched.status.code(),
-        Some(5),
-        "{}\n{}",
-        stdout(&watched),
-        stderr(&watched)
-    );
+    let watched = apply_and_watch(&mut lab, &three).await?;
+    assert_eq!(watched.status.code(), Some(5), "{}", shown(&watched));
     assert!(
         stderr(&watched)
             .contains("waits for approval before batch 2/2 (fleetlet rollout approve kiosks)"),
@@ -382,11 +373,11 @@ async fn operator_actions_steer_a_rollout_and_the_watch_exit_status_says_how_it_
     // completes.
     let resumed = ok(&fleetlet(&mut lab, &["rollout", "resume", "kiosks"]).await?);
     assert!(resumed.starts_with("kiosks: resume done"), "{resumed}");
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
+    let watched = watch(&mut lab).await?;
     assert_eq!(watched.status.code(), Some(5), "{}", stderr(&watched));
     let approved = ok(&fleetlet(&mut lab, &["rollout", "approve", "kiosks"]).await?);
     assert!(approved.starts_with("kiosks: approve done"), "{approved}");
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
+    let watched = watch(&mut lab).await?;
     assert!(
         ok(&watched).ends_with("kiosks: revision 3 rolled out\n"),
         "{}",
@@ -406,11 +397,10 @@ async fn operator_actions_steer_a_rollout_and_the_watch_exit_status_says_how_it_
 
     // Revision 4 is aborted while it waits for approval: status 4; abort again is a 409.
     let four = write(dir.path(), "four.yaml", &kiosks_yaml(&roots, "four", true))?;
-    ok(&fleetlet(&mut lab, &["fleet", "apply", "-f", &four]).await?);
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
+    let watched = apply_and_watch(&mut lab, &four).await?;
     assert_eq!(watched.status.code(), Some(5), "{}", stderr(&watched));
     ok(&fleetlet(&mut lab, &["rollout", "abort", "kiosks"]).await?);
-    let watched = fleetlet(&mut lab, &["rollout", "status", "kiosks", "--watch"]).await?;
+    let watched = watch(&mut lab).await?;
     assert_eq!(watched.status.code(), Some(4), "{}", stderr(&watched));
     assert!(
         stderr(&watched).contains("was aborted"),

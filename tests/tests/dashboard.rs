@@ -426,12 +426,7 @@ async fn the_dashboard_shows_drift_repairs_and_keeps_a_refused_tokens_message() 
 async fn the_fleets_page_shows_a_paused_rollout_with_its_pause_reason() -> anyhow::Result<()> {
     chromium();
     // Real agents: kiosk-1..3 in the fleet, printer-1 outside it.
-    let mut lab = Lab::start(1).await?;
-    for id in ["kiosk-1", "kiosk-2", "kiosk-3"] {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
-    lab.add_device("printer-1", json!({"role": "printer"}), &[])
-        .await?;
+    let mut lab = Lab::with_kiosks(3, 1).await?;
     // The template writes outside every device's file roots: the canary fails on its device and
     // the rollout pauses by itself after batch 1.
     let path = format!("{}/{{{{ agentId }}}}/motd", lab.outside().display());

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetlet_manifests::fleet::{Fleet, ParameterName, render, render_template};
 use fleetlet_manifests::signature::SecretKey;
-use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ConditionStatus, ConditionType};
+use fleetlet_manifests::{
+    AgentId, AgentManifest, AgentStatus, Condition, ConditionStatus, ConditionType,
+};
 use fleetlet_tests::agent::{AgentDirs, AgentOptions, AgentProcess, unique_agent_id, wait_for};
 use serde_json::json;
 
@@ -40,30 +42,31 @@ fn deliver(dirs: &AgentDirs, manifest: &AgentManifest, generation: u64) -> anyho
     dirs.write_manifest(&serde_json::to_value(&manifest)?)
 }
 
-/// The `ManifestRejected` reason the agent's stored status shows, once it is true.
-fn rejected_reason(status: &AgentStatus) -> Option<String> {
+/// The `ManifestRejected` condition of the agent's stored status, while it is true.
+fn rejection(status: &AgentStatus) -> Option<&Condition> {
     status
         .conditions
         .iter()
         .find(|c| c.type_ == ConditionType::ManifestRejected && c.status == ConditionStatus::True)
-        .map(|c| c.reason.clone())
 }
 
-/// Waits until the agent reports `reason` for generation `generation`'s refusal.
-async fn wait_rejected(
+/// Delivers `manifest` as generation `generation`, waits until its agent reports the refusal
+/// with `reason`, and checks that the accepted generation's `motd` still says `kept`.
+async fn assert_refused(
     dirs: &AgentDirs,
-    agent_id: &str,
+    manifest: &AgentManifest,
     generation: u64,
     reason: &str,
+    kept: &str,
 ) -> anyhow::Result<()> {
+    deliver(dirs, manifest, generation)?;
+    let agent_id = manifest.agent_id.as_str();
     wait_for(
         &format!("ManifestRejected/{reason} for generation {generation}"),
         CONVERGE,
         || async {
             let status = dirs.stored_status(agent_id)?;
-            let condition = status.conditions.iter().find(|c| {
-                c.type_ == ConditionType::ManifestRejected && c.status == ConditionStatus::True
-            })?;
+            let condition = rejection(&status)?;
             (condition.reason == reason
                 && condition
                     .message
@@ -71,7 +74,13 @@ async fn wait_rejected(
             .then_some(())
         },
     )
-    .await
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(dirs.root().join("motd"))?,
+        kept,
+        "previous file kept"
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -104,7 +113,7 @@ async fn a_signed_fleet_manifest_converges_and_tampered_ones_are_refused_with_ty
     .await?;
     wait_for("a status without a rejection", CONVERGE, || async {
         let status = dirs.stored_status(&agent_id)?;
-        (status.observed_generation == 1 && rejected_reason(&status).is_none()).then_some(())
+        (status.observed_generation == 1 && rejection(&status).is_none()).then_some(())
     })
     .await?;
 
@@ -122,36 +131,18 @@ async fn a_signed_fleet_manifest_converges_and_tampered_ones_are_refused_with_ty
         .context("provenance")?
         .values
         .insert(ParameterName::try_from("greeting")?, evil_value.to_owned());
-    deliver(&dirs, &outside, 2)?;
-    wait_rejected(&dirs, &agent_id, 2, "FleetValueOutsidePattern").await?;
-    assert_eq!(
-        std::fs::read_to_string(&motd)?,
-        expected,
-        "previous file kept"
-    );
+    assert_refused(&dirs, &outside, 2, "FleetValueOutsidePattern", &expected).await?;
 
     // The template altered where the manager keeps it (the file moved outside the signed path),
     // and the manifest rendered from the altered template.
     let mut altered_fleet = fleet.clone();
     altered_fleet.template.resources[0].spec["content"]["text"] = json!("altered {{ greeting }}\n");
     let altered = render(&altered_fleet, 2, &agent, &labels).context("render altered")?;
-    deliver(&dirs, &altered, 3)?;
-    wait_rejected(&dirs, &agent_id, 3, "FleetSignatureInvalid").await?;
-    assert_eq!(
-        std::fs::read_to_string(&motd)?,
-        expected,
-        "previous file kept"
-    );
+    assert_refused(&dirs, &altered, 3, "FleetSignatureInvalid", &expected).await?;
 
     // The signed template intact, but the resources not what it renders.
     let mut mismatched = good.clone();
     mismatched.resources = altered.resources.clone();
-    deliver(&dirs, &mismatched, 4)?;
-    wait_rejected(&dirs, &agent_id, 4, "FleetTemplateMismatch").await?;
-    assert_eq!(
-        std::fs::read_to_string(&motd)?,
-        expected,
-        "previous file kept"
-    );
+    assert_refused(&dirs, &mismatched, 4, "FleetTemplateMismatch", &expected).await?;
     Ok(())
 }

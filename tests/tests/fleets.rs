@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleetlet_manifests::fleet_api::{DeviceRolloutState as State, RolloutPhase};
 use fleetlet_tests::agent::{file_resource, manifest};
-use fleetlet_tests::fleets::{Lab, count, fleet, ids, strategy, template_file};
+use fleetlet_tests::fleets::{Lab, count, fleet, ids, kiosk, strategy, template_file};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -16,31 +16,44 @@ use serde_json::{Value, json};
 const CONVERGE: Duration = Duration::from_secs(60);
 const ROLLOUT: Duration = Duration::from_secs(90);
 
+/// PUTs, as the admin, a manifest of device `id`'s own (no fleet's), checked against the JSON
+/// Schema first: one File `name` under its root saying `text`. Answers the status and body.
+async fn put_own_file(
+    lab: &mut Lab,
+    id: &str,
+    name: &str,
+    text: &str,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let file = file_resource(name, &lab.device_file(id, name), text, "0644");
+    let own = manifest(id, vec![file]);
+    fleetlet_tests::schema::check_manifest(&own)?;
+    let path = format!("/api/v1/agents/{id}/manifest");
+    lab.call(Method::PUT, &path, Some(&own)).await
+}
+
 #[tokio::test]
 async fn a_fleet_renders_each_selected_device_with_its_own_values_and_leaves_the_rest_alone()
 -> anyhow::Result<()> {
-    let mut lab = Lab::start(1).await?;
     let kiosks = ids("kiosk", 1..=12);
     let others = ids("other", 1..=8);
-    for (i, id) in kiosks.iter().enumerate() {
+    let greeted = kiosks.iter().enumerate().map(|(i, id)| {
         let mut labels = json!({"role": "kiosk", "greeting": format!("hello-{i}")});
         if i == 2 {
             labels["site"] = json!("north");
         }
-        lab.add_device(id, labels, &[]).await?;
-    }
-    for id in &others {
-        lab.add_device(id, json!({"role": "printer"}), &[]).await?;
-    }
+        (id.clone(), labels)
+    });
+    let printers = others
+        .iter()
+        .map(|id| (id.clone(), json!({"role": "printer"})));
+    let mut lab = Lab::with_devices(greeted.chain(printers)).await?;
     // The eight others run a manifest of their own, which the fleet must not touch.
-    let client = lab.client.clone();
     for id in &others {
-        let path = lab.device_file(id, "own");
-        let own = manifest(id, vec![file_resource("own", &path, "mine\n", "0644")]);
-        lab.manager()
-            .put_manifest(&client, id, &own)
-            .await?
-            .error_for_status()?;
+        let (status, answer) = put_own_file(&mut lab, id, "own", "mine\n").await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "{id}'s own manifest: {status}: {answer}"
+        );
     }
     lab.wait_converged(&others, 1, CONVERGE).await?;
 
@@ -145,25 +158,12 @@ async fn a_fleet_renders_each_selected_device_with_its_own_values_and_leaves_the
 #[tokio::test]
 async fn a_failing_canary_pauses_the_rollout_rollback_restores_it_and_a_fix_goes_out_batch_by_batch()
 -> anyhow::Result<()> {
-    let mut lab = Lab::start(1).await?;
-    let devices = ids("pi", 1..=8);
-    for id in &devices {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
+    let mut lab = Lab::with_kiosks(8, 0).await?;
+    let devices = lab.device_ids();
     let staged = strategy(json!([{"limit": 1}, {"limit": "25%"}, {}]), "100%", false);
-    let mut body = fleet(
-        "kiosks",
-        json!({"role": "kiosk"}),
-        json!({}),
-        vec![lab.motd("v1 {{ agentId }}\n")],
-        staged.clone(),
-    );
+    let mut body = lab.kiosks_fleet("v1 {{ agentId }}\n", staged);
     lab.put_fleet(&body).await?;
-    lab.wait_fleet("kiosks", "revision 1 completed", ROLLOUT, |v| {
-        v.phase == RolloutPhase::Completed && count(v, State::Succeeded) == 8
-    })
-    .await?;
-    lab.wait_converged(&devices, 1, CONVERGE).await?;
+    lab.wait_completed("kiosks", &devices, ROLLOUT).await?;
     let mut before = std::collections::BTreeMap::new();
     for id in &devices {
         before.insert(id.clone(), lab.generation(id).await?);
@@ -328,16 +328,10 @@ async fn a_failing_canary_pauses_the_rollout_rollback_restores_it_and_a_fix_goes
 #[tokio::test]
 async fn approval_holds_each_batch_and_operator_actions_answer_409_where_they_do_not_apply()
 -> anyhow::Result<()> {
-    let mut lab = Lab::start(1).await?;
-    let devices = ids("pi", 1..=4);
-    for id in &devices {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
-    let mut body = fleet(
-        "kiosks",
-        json!({"role": "kiosk"}),
-        json!({}),
-        vec![lab.motd("v1 {{ agentId }}\n")],
+    let mut lab = Lab::with_kiosks(4, 0).await?;
+    let devices = lab.device_ids();
+    let mut body = lab.kiosks_fleet(
+        "v1 {{ agentId }}\n",
         strategy(json!([{"limit": 1}, {}]), "100%", true),
     );
     let (status, _) = lab.action("nothing-here", "pause").await?;
@@ -364,11 +358,7 @@ async fn approval_holds_each_batch_and_operator_actions_answer_409_where_they_do
     }
     let (status, answer) = lab.action("kiosks", "approve").await?;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    lab.wait_fleet("kiosks", "completed", ROLLOUT, |v| {
-        v.phase == RolloutPhase::Completed && count(v, State::Succeeded) == 4
-    })
-    .await?;
-    lab.wait_converged(&devices, 1, CONVERGE).await?;
+    lab.wait_completed("kiosks", &devices, ROLLOUT).await?;
     for action in ["pause", "resume", "approve", "abort"] {
         let (status, answer) = lab.action("kiosks", action).await?;
         assert_eq!(
@@ -451,41 +441,22 @@ async fn approval_holds_each_batch_and_operator_actions_answer_409_where_they_do
 #[tokio::test]
 async fn an_owned_device_refuses_direct_writes_two_fleets_conflict_and_relabelling_releases()
 -> anyhow::Result<()> {
-    let mut lab = Lab::start(1).await?;
-    lab.add_device("pi-1", json!({"role": "kiosk"}), &[])
-        .await?;
-    lab.add_device("pi-2", json!({"role": "kiosk", "tier": "a"}), &[])
-        .await?;
-    lab.add_device("pi-3", json!({"role": "kiosk"}), &[])
-        .await?;
-    let all: Vec<String> = ["pi-1", "pi-2", "pi-3"].map(str::to_owned).to_vec();
-    let mut kiosks = fleet(
-        "kiosks",
-        json!({"role": "kiosk"}),
-        json!({}),
-        vec![lab.motd("kiosk {{ agentId }}\n")],
+    let mut lab = Lab::with_devices([
+        ("pi-1", kiosk()),
+        ("pi-2", json!({"role": "kiosk", "tier": "a"})),
+        ("pi-3", kiosk()),
+    ])
+    .await?;
+    let all = lab.device_ids();
+    let mut kiosks = lab.kiosks_fleet(
+        "kiosk {{ agentId }}\n",
         strategy(json!([{}]), "100%", false),
     );
     lab.put_fleet(&kiosks).await?;
-    lab.wait_fleet("kiosks", "completed", ROLLOUT, |v| {
-        v.phase == RolloutPhase::Completed && count(v, State::Succeeded) == 3
-    })
-    .await?;
-    lab.wait_converged(&all, 1, CONVERGE).await?;
+    lab.wait_completed("kiosks", &all, ROLLOUT).await?;
 
     // A direct write to an owned device: 409 naming the fleet.
-    let direct = manifest(
-        "pi-1",
-        vec![file_resource(
-            "motd",
-            &lab.device_file("pi-1", "motd"),
-            "direct\n",
-            "0644",
-        )],
-    );
-    let (status, answer) = lab
-        .call(Method::PUT, "/api/v1/agents/pi-1/manifest", Some(&direct))
-        .await?;
+    let (status, answer) = put_own_file(&mut lab, "pi-1", "motd", "direct\n").await?;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert!(
         answer.to_string().contains("kiosks"),
@@ -563,18 +534,7 @@ async fn an_owned_device_refuses_direct_writes_two_fleets_conflict_and_relabelli
         "kiosk v2 pi-3\n",
         "the files are kept"
     );
-    let own = manifest(
-        "pi-3",
-        vec![file_resource(
-            "motd",
-            &lab.device_file("pi-3", "motd"),
-            "mine now\n",
-            "0644",
-        )],
-    );
-    let (status, answer) = lab
-        .call(Method::PUT, "/api/v1/agents/pi-3/manifest", Some(&own))
-        .await?;
+    let (status, answer) = put_own_file(&mut lab, "pi-3", "motd", "mine now\n").await?;
     assert!(status.is_success(), "{status}: {answer}");
     Ok(())
 }
@@ -582,24 +542,14 @@ async fn an_owned_device_refuses_direct_writes_two_fleets_conflict_and_relabelli
 #[tokio::test]
 async fn a_stale_device_does_not_stall_the_rollout_and_gets_the_revision_when_it_returns()
 -> anyhow::Result<()> {
-    let mut lab = Lab::start(1).await?;
-    let devices = ids("pi", 1..=4);
-    for id in &devices {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
-    let mut body = fleet(
-        "kiosks",
-        json!({"role": "kiosk"}),
-        json!({}),
-        vec![lab.motd("v1 {{ agentId }}\n")],
+    let mut lab = Lab::with_kiosks(4, 0).await?;
+    let devices = lab.device_ids();
+    let mut body = lab.kiosks_fleet(
+        "v1 {{ agentId }}\n",
         strategy(json!([{"limit": 1}, {}]), "100%", false),
     );
     lab.put_fleet(&body).await?;
-    lab.wait_fleet("kiosks", "revision 1 completed", ROLLOUT, |v| {
-        v.phase == RolloutPhase::Completed && count(v, State::Succeeded) == 4
-    })
-    .await?;
-    lab.wait_converged(&devices, 1, CONVERGE).await?;
+    lab.wait_completed("kiosks", &devices, ROLLOUT).await?;
 
     // The last device goes away and turns stale.
     let away = devices[3].as_str();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fleetlet_manifests::fleet_api::{DeviceRolloutState as State, RolloutPhase};
-use fleetlet_tests::fleets::{Lab, count, fleet, ids, strategy};
+use fleetlet_tests::fleets::{Lab, strategy};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -21,16 +21,10 @@ const TAKEOVER: Duration = Duration::from_secs(10);
 async fn a_replica_killed_mid_rollout_is_replaced_within_seconds_and_no_device_is_written_twice()
 -> anyhow::Result<()> {
     // Replica 0 alone at first, so the fleet's lease is certainly its own.
-    let mut lab = Lab::start(1).await?;
-    let devices = ids("pi", 1..=8);
-    for id in &devices {
-        lab.add_device(id, json!({"role": "kiosk"}), &[]).await?;
-    }
-    let mut body = fleet(
-        "kiosks",
-        json!({"role": "kiosk"}),
-        json!({}),
-        vec![lab.motd("v1 {{ agentId }}\n")],
+    let mut lab = Lab::with_kiosks(8, 0).await?;
+    let devices = lab.device_ids();
+    let mut body = lab.kiosks_fleet(
+        "v1 {{ agentId }}\n",
         strategy(json!([{"limit": 1}, {"limit": 3}, {}]), "100%", true),
     );
     lab.put_fleet(&body).await?;
@@ -42,11 +36,7 @@ async fn a_replica_killed_mid_rollout_is_replaced_within_seconds_and_no_device_i
         let (status, answer) = lab.action("kiosks", "approve").await?;
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
-    lab.wait_fleet("kiosks", "revision 1 completed", ROLLOUT, |v| {
-        v.phase == RolloutPhase::Completed && count(v, State::Succeeded) == 8
-    })
-    .await?;
-    lab.wait_converged(&devices, 1, CONVERGE).await?;
+    lab.wait_completed("kiosks", &devices, ROLLOUT).await?;
     let mut before = BTreeMap::new();
     for id in &devices {
         before.insert(id.clone(), lab.generation(id).await?);
