@@ -69,13 +69,14 @@ impl PowerCutFuse {
         }
     }
 
-    fn entry_reply(&self, reply: ReplyEntry, result: Result<(u64, FileAttr), i32>) {
-        match result {
-            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+    /// Every request's prologue: runs `op` on the model while the power is on (else `EIO`,
+    /// counted), the model's error numbers made FUSE's.
+    fn with_model<T>(&self, op: impl FnOnce(&mut Model) -> Result<T, i32>) -> Result<T, Errno> {
+        let mut model = self.powered()?;
+        op(&mut model).map_err(errno)
     }
 
+    /// Creates `name` in `parent` with `content`, owned by the caller: its attributes.
     fn make(
         &self,
         req: &Request,
@@ -83,14 +84,49 @@ impl PowerCutFuse {
         name: &OsStr,
         content: Content,
         perm: u32,
-    ) -> Result<(u64, FileAttr), Errno> {
-        let mut model = self.powered()?;
-        let perm = u16::try_from(perm & 0o7777).unwrap_or(0o600);
-        let ino = model
-            .create(parent.0, name, content, perm, req.uid(), req.gid())
-            .map_err(errno)?;
-        let node = model.node(ino).map_err(errno)?;
-        Ok((ino, attr(ino, node)))
+    ) -> Result<FileAttr, Errno> {
+        self.with_model(|model| {
+            let perm = u16::try_from(perm & 0o7777).unwrap_or(0o600);
+            let ino = model.create(parent.0, name, content, perm, req.uid(), req.gid())?;
+            Ok(attr(ino, model.node(ino)?))
+        })
+    }
+
+    /// `fsync` and `fsyncdir`: what `ino` holds now becomes durable.
+    fn sync(&self, ino: INodeNo, reply: ReplyEmpty) {
+        empty(reply, self.with_model(|model| model.sync(ino.0)));
+    }
+}
+
+/// Answers `ok`, or the error.
+fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers the entry's attributes, or the error.
+fn entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers the attributes, or the error.
+fn attributes(reply: ReplyAttr, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers the bytes, or the error.
+fn bytes(reply: ReplyData, result: Result<Vec<u8>, Errno>) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -103,24 +139,18 @@ fn time_of(time: TimeOrNow) -> SystemTime {
 
 impl Filesystem for PowerCutFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = self.powered().and_then(|model| {
-            let ino = model.lookup(parent.0, name).map_err(errno)?;
-            Ok((ino, attr(ino, model.node(ino).map_err(errno)?)))
+        let result = self.with_model(|model| {
+            let ino = model.lookup(parent.0, name)?;
+            Ok(attr(ino, model.node(ino)?))
         });
-        match result {
-            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(reply, result);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self
-            .powered()
-            .and_then(|model| Ok(attr(ino.0, model.node(ino.0).map_err(errno)?)))
-        {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        attributes(
+            reply,
+            self.with_model(|model| Ok(attr(ino.0, model.node(ino.0)?))),
+        );
     }
 
     fn setattr(
@@ -141,11 +171,11 @@ impl Filesystem for PowerCutFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result = self.powered().and_then(|mut model| {
+        let result = self.with_model(|model| {
             if let Some(size) = size {
-                model.truncate(ino.0, size).map_err(errno)?;
+                model.truncate(ino.0, size)?;
             }
-            let node = model.node_mut(ino.0).map_err(errno)?;
+            let node = model.node_mut(ino.0)?;
             if let Some(mode) = mode {
                 node.meta.perm = u16::try_from(mode & 0o7777).unwrap_or(0);
             }
@@ -161,23 +191,15 @@ impl Filesystem for PowerCutFuse {
             node.meta.ctime = SystemTime::now();
             Ok(attr(ino.0, node))
         });
-        match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        attributes(reply, result);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let result =
-            self.powered()
-                .and_then(|model| match &model.node(ino.0).map_err(errno)?.live {
-                    Content::Symlink(target) => Ok(target.as_os_str().as_encoded_bytes().to_vec()),
-                    _ => Err(Errno::EINVAL),
-                });
-        match result {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
+        let result = self.with_model(|model| match &model.node(ino.0)?.live {
+            Content::Symlink(target) => Ok(target.as_os_str().as_encoded_bytes().to_vec()),
+            _ => Err(libc::EINVAL),
+        });
+        bytes(reply, result);
     }
 
     fn mkdir(
@@ -189,17 +211,8 @@ impl Filesystem for PowerCutFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let made = self.make(
-            req,
-            parent,
-            name,
-            Content::Dir(Default::default()),
-            mode & !umask,
-        );
-        match made {
-            Ok(made) => self.entry_reply(reply, Ok(made)),
-            Err(e) => reply.error(e),
-        }
+        let dir = Content::Dir(Default::default());
+        entry(reply, self.make(req, parent, name, dir, mode & !umask));
     }
 
     fn symlink(
@@ -210,37 +223,22 @@ impl Filesystem for PowerCutFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let made = self.make(
-            req,
-            parent,
-            link_name,
-            Content::Symlink(target.to_path_buf()),
-            0o777,
-        );
-        match made {
-            Ok(made) => self.entry_reply(reply, Ok(made)),
-            Err(e) => reply.error(e),
-        }
+        let link = Content::Symlink(target.to_path_buf());
+        entry(reply, self.make(req, parent, link_name, link, 0o777));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .powered()
-            .and_then(|mut model| model.remove(parent.0, name, false).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.with_model(|model| model.remove(parent.0, name, false)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .powered()
-            .and_then(|mut model| model.remove(parent.0, name, true).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.with_model(|model| model.remove(parent.0, name, true)),
+        );
     }
 
     fn rename(
@@ -258,22 +256,17 @@ impl Filesystem for PowerCutFuse {
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.powered().and_then(|mut model| {
-            model
-                .rename(parent.0, name, newparent.0, newname, no_replace)
-                .map_err(errno)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result =
+            self.with_model(|model| model.rename(parent.0, name, newparent.0, newname, no_replace));
+        empty(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let result = self.powered().and_then(|mut model| {
+        let result = self.with_model(|model| {
             if flags.0 & libc::O_TRUNC != 0 {
-                model.truncate(ino.0, 0).map_err(errno)?;
+                model.truncate(ino.0, 0)?;
             }
-            model.node(ino.0).map_err(errno).map(|_| ())
+            model.node(ino.0).map(|_| ())
         });
         match result {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
@@ -292,7 +285,7 @@ impl Filesystem for PowerCutFuse {
         reply: ReplyCreate,
     ) {
         match self.make(req, parent, name, Content::File(Vec::new()), mode & !umask) {
-            Ok((_, attr)) => reply.created(
+            Ok(attr) => reply.created(
                 &TTL,
                 &attr,
                 Generation(0),
@@ -314,22 +307,17 @@ impl Filesystem for PowerCutFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let result =
-            self.powered()
-                .and_then(|model| match &model.node(ino.0).map_err(errno)?.live {
-                    Content::File(data) => {
-                        let start = usize::try_from(offset)
-                            .unwrap_or(usize::MAX)
-                            .min(data.len());
-                        let end = start.saturating_add(size as usize).min(data.len());
-                        Ok(data[start..end].to_vec())
-                    }
-                    _ => Err(Errno::EISDIR),
-                });
-        match result {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        let result = self.with_model(|model| match &model.node(ino.0)?.live {
+            Content::File(data) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let end = start.saturating_add(size as usize).min(data.len());
+                Ok(data[start..end].to_vec())
+            }
+            _ => Err(libc::EISDIR),
+        });
+        bytes(reply, result);
     }
 
     fn write(
@@ -344,10 +332,7 @@ impl Filesystem for PowerCutFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self
-            .powered()
-            .and_then(|mut model| model.write(ino.0, offset, data).map_err(errno))
-        {
+        match self.with_model(|model| model.write(ino.0, offset, data)) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
         }
@@ -373,13 +358,7 @@ impl Filesystem for PowerCutFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self
-            .powered()
-            .and_then(|mut model| model.sync(ino.0).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.sync(ino, reply);
     }
 
     fn readdir(
@@ -390,12 +369,12 @@ impl Filesystem for PowerCutFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listed = self.powered().and_then(|model| {
+        let listed = self.with_model(|model| {
             let mut all = vec![
                 (ino.0, FileType::Directory, ".".into()),
                 (ino.0, FileType::Directory, "..".into()),
             ];
-            for (name, child) in model.list(ino.0).map_err(errno)? {
+            for (name, child) in model.list(ino.0)? {
                 let kind = match model.node(child).map(|n| &n.live) {
                     Ok(Content::Dir(_)) => FileType::Directory,
                     Ok(Content::Symlink(_)) => FileType::Symlink,
@@ -430,13 +409,7 @@ impl Filesystem for PowerCutFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self
-            .powered()
-            .and_then(|mut model| model.sync(ino.0).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.sync(ino, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
