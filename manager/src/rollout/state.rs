@@ -35,6 +35,10 @@ pub struct RolloutState {
     /// starting the next batch.
     #[serde(default)]
     pub paused_awaiting_approval: bool,
+    /// Paused because no device of the running batch could be reached within its timeout:
+    /// `resume` starts that batch again rather than going on with the next.
+    #[serde(default)]
+    pub paused_unreached: bool,
 }
 
 /// A started batch.
@@ -81,6 +85,7 @@ impl RolloutState {
             batch_done: false,
             pause_reason: None,
             paused_awaiting_approval: false,
+            paused_unreached: false,
         }
     }
 
@@ -130,6 +135,13 @@ impl RolloutState {
                 };
                 next.pause_reason = None;
                 next.paused_awaiting_approval = false;
+                if self.paused_unreached {
+                    // Nobody of the batch was reached: it starts again, with its devices
+                    // and a new timeout, and takes the devices in contact by then.
+                    next.batches.pop();
+                    next.batch_done = !next.batches.is_empty();
+                    next.paused_unreached = false;
+                }
                 NewEvent::new(
                     EventType::RolloutResumed,
                     serde_json::json!({"revision": revision, "batch": self.current_batch()}),
@@ -149,6 +161,7 @@ impl RolloutState {
             ) => {
                 next.phase = RolloutPhase::Aborted;
                 next.pause_reason = None;
+                next.paused_unreached = false;
                 NewEvent::new(
                     EventType::RolloutAborted,
                     serde_json::json!({"revision": revision, "batch": self.current_batch()}),
@@ -174,6 +187,7 @@ impl RolloutState {
                     batch_done: false,
                     pause_reason: None,
                     paused_awaiting_approval: false,
+                    paused_unreached: false,
                 };
                 NewEvent::new(
                     EventType::RolloutRolledBack,

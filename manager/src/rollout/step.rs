@@ -143,6 +143,18 @@ pub fn step(state: &RolloutState, plan: &Plan, devices: &[Device], now: OffsetDa
             }
         }
     }
+    if matches!(
+        st.phase,
+        RolloutPhase::Progressing | RolloutPhase::WaitingApproval
+    ) {
+        mark_waiting(&mut devs, target);
+    }
+    if st.phase == RolloutPhase::Progressing
+        && !st.batch_done
+        && let Some(k) = st.current_batch()
+    {
+        reach(&mut st, &mut devs, k, now);
+    }
     // A running batch's devices that did not converge in time failed.
     if st.phase == RolloutPhase::Progressing
         && !st.batch_done
@@ -185,6 +197,93 @@ fn in_batch(d: &Device, k: usize, target: u64) -> bool {
     d.state_revision == Some(target) && d.batch.is_some_and(|b| b as usize == k)
 }
 
+/// Not yet in a batch of the target, and not on it: the next batch may take it.
+fn waiting(d: &Device, target: u64) -> bool {
+    d.batch.is_none()
+        && d.revision_rendered != Some(target)
+        && (matches!(d.state, D::Pending | D::Deferred) || parameter_error(d.state))
+}
+
+/// While the rollout runs, a device waiting for a batch shows whether a batch can take it:
+/// `Deferred` while stale, `Pending` once in contact.
+fn mark_waiting(devs: &mut [Device], target: u64) {
+    for d in devs.iter_mut() {
+        if waiting(d, target)
+            && d.state_revision == Some(target)
+            && matches!(d.state, D::Pending | D::Deferred)
+        {
+            d.state = if d.stale { D::Deferred } else { D::Pending };
+        }
+    }
+}
+
+/// Whether some device has converged on the target: a batch of this rollout counted a success,
+/// or a device's row says so now.
+fn converged_somewhere(st: &RolloutState, devs: &[Device]) -> bool {
+    let target = st.target_revision;
+    st.batches
+        .iter()
+        .any(|b| b.outcome.is_some_and(|o| o.succeeded > 0))
+        || devs
+            .iter()
+            .any(|d| d.state_revision == Some(target) && d.state == D::Succeeded)
+}
+
+/// A running batch none of whose devices has been written (every one was stale, or none was in
+/// contact when it started) takes the devices that come into contact: its stale devices that
+/// are back, and waiting devices in contact, up to its size (any number in the last batch).
+/// When one is written this way the batch's timer starts again, so that it has the whole
+/// `batchTimeoutSeconds` to converge.
+fn reach(st: &mut RolloutState, devs: &mut [Device], k: usize, now: OffsetDateTime) {
+    let target = st.target_revision;
+    let Some(planned) = st.planned.clone() else {
+        return;
+    };
+    let reached = devs.iter().any(|d| {
+        in_batch(d, k, target)
+            && matches!(d.state, D::Pending | D::Updating | D::Succeeded | D::Failed)
+    });
+    if reached {
+        return;
+    }
+    let mut written = devs
+        .iter()
+        .any(|d| in_batch(d, k, target) && d.state == D::Deferred && !d.stale);
+    let mut room = if k + 1 >= planned.len() {
+        usize::MAX
+    } else {
+        planned.get(k).copied().unwrap_or(0)
+    };
+    for d in devs.iter_mut() {
+        if room == 0 {
+            break;
+        }
+        if waiting(d, target) && !parameter_error(d.state) && !d.stale {
+            d.batch = Some(k as u32);
+            d.state = D::Pending;
+            d.state_revision = Some(target);
+            d.detail = None;
+            room -= 1;
+            written = true;
+        }
+    }
+    if written && let Some(batch) = st.batches.get_mut(k) {
+        batch.started_at = now;
+    }
+}
+
+/// Devices that could still be reached for batch `k`: its stale devices, and stale devices
+/// waiting for a batch.
+fn unreached(devs: &[Device], k: usize, target: u64) -> u32 {
+    let n = devs
+        .iter()
+        .filter(|d| {
+            d.stale && d.state == D::Deferred && (in_batch(d, k, target) || waiting(d, target))
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Starts and ends batches while the rollout progresses.
 fn advance(
     st: &mut RolloutState,
@@ -205,8 +304,9 @@ fn advance(
             let last = k + 1 == planned.len();
             let (mut taken, mut deferred) = (0u32, 0u32);
             for d in devs.iter_mut() {
-                let waiting = matches!(d.state, D::Pending) || parameter_error(d.state);
-                if !waiting || d.batch.is_some() || d.revision_rendered == Some(target) {
+                // Before the last batch, a stale device waits for a later one: it takes no
+                // slot that a device in contact could use.
+                if !waiting(d, target) || d.stale && !last {
                     continue;
                 }
                 if !last && taken as usize >= planned[k] {
@@ -239,6 +339,15 @@ fn advance(
         let k = st.batches.len() - 1;
         let outcome = count(devs, k, target);
         let counted = outcome.succeeded + outcome.failed + outcome.pending;
+        // Nobody of the batch ran the revision, and nobody anywhere converged on it: the batch
+        // waits for its stale devices rather than passing unjudged, and pauses at its timeout.
+        let stale = unreached(devs, k, target);
+        if counted == 0 && stale > 0 && !converged_somewhere(st, devs) {
+            if now - st.batches[k].started_at >= plan.batch_timeout {
+                pause_unreached(st, plan, outcome, stale, events);
+            }
+            return;
+        }
         let percent = |n: u32| {
             if counted == 0 {
                 100.0
@@ -286,6 +395,38 @@ fn advance(
             return;
         }
     }
+}
+
+/// No device of batch `k` could be reached in its timeout: the rollout pauses, and `resume`
+/// starts the batch again (`RolloutState::act`).
+fn pause_unreached(
+    st: &mut RolloutState,
+    plan: &Plan,
+    outcome: BatchOutcome,
+    stale: u32,
+    events: &mut Vec<NewEvent>,
+) {
+    let target = st.target_revision;
+    let k = st.batches.len().saturating_sub(1);
+    let batches = st.planned.as_ref().map_or(0, Vec::len);
+    let reason = format!(
+        "batch {} of {}: no device of the batch was reachable within {} s ({} stale devices \
+         waiting, and no device has converged on revision {} yet); resume starts the batch again",
+        k + 1,
+        batches,
+        plan.batch_timeout.whole_seconds(),
+        stale,
+        target
+    );
+    st.phase = RolloutPhase::Paused;
+    st.pause_reason = Some(reason.clone());
+    st.paused_unreached = true;
+    events.push(NewEvent::new(
+        EventType::RolloutPaused,
+        serde_json::json!({"revision": target, "reason": "unreachable", "batch": k,
+            "devices": outcome.devices, "succeeded": 0, "failed": 0, "pending": 0,
+            "deferred": outcome.deferred, "stale": stale, "message": reason}),
+    ));
 }
 
 fn count(devs: &[Device], k: usize, target: u64) -> BatchOutcome {

@@ -1,4 +1,5 @@
-//! Unit tests of the rollout state machine: batches, thresholds, approval, timeouts, deferral, rollback.
+//! Unit tests of the rollout state machine: batches, thresholds, approval, timeouts, deferral,
+//! batches nobody could be reached in, rollback.
 
 use fleetlet_manifests::api::EventType;
 use fleetlet_manifests::fleet_api::{DeviceRolloutState as D, RolloutAction, RolloutPhase};
@@ -339,4 +340,183 @@ fn a_new_revision_supersedes_a_paused_rollout() {
     assert_eq!(next.phase, RolloutPhase::Progressing);
     assert_eq!(next.target_revision, 2);
     assert!(next.batches.is_empty() && next.pause_reason.is_none());
+}
+
+fn written(s: &super::step::Step) -> Vec<&str> {
+    s.writes.iter().map(|w| w.agent_id.as_str()).collect()
+}
+
+fn row<'a>(devs: &'a [Device], id: &str) -> &'a Device {
+    devs.iter()
+        .find(|d| d.agent_id.as_str() == id)
+        .expect("a known device")
+}
+
+#[test]
+fn a_canary_of_stale_devices_neither_passes_nor_completes_the_rollout() {
+    let plan = plan(&[1, 5], 100.0, false);
+    let mut devs = devices(3);
+    for d in &mut devs {
+        d.stale = true;
+    }
+    let s = step(&RolloutState::first(1), &plan, &devs, t0());
+    assert_eq!(types(&s), [EventType::RolloutBatchStarted]);
+    assert!(s.writes.is_empty(), "{:?}", s.writes);
+    apply(&mut devs, &s);
+    let mut st = s.state;
+    // Steps go by inside the batch timeout: the canary waits, nothing is written, nothing ends.
+    for seconds in [1, 10, 30, 59] {
+        let s = step(&st, &plan, &devs, t0() + time::Duration::seconds(seconds));
+        assert!(s.writes.is_empty(), "{:?}", s.writes);
+        assert!(s.events.is_empty(), "{:?}", types(&s));
+        assert_eq!(s.state.phase, RolloutPhase::Progressing);
+        assert_eq!(s.state.batches.len(), 1, "still the canary");
+        assert_eq!(s.state.batches[0].outcome, None);
+        apply(&mut devs, &s);
+        st = s.state;
+    }
+    assert!(
+        devs.iter()
+            .all(|d| d.state == D::Deferred && d.batch.is_none())
+    );
+    // One device comes back at 50 s: the canary takes it, and gives it a whole timeout.
+    devs[2].stale = false;
+    let back = t0() + time::Duration::seconds(50);
+    let s = step(&st, &plan, &devs, back);
+    assert_eq!(written(&s), ["dev-02"]);
+    assert_eq!(s.writes[0].batch, Some(0));
+    apply(&mut devs, &s);
+    let s = step(&s.state, &plan, &devs, back + time::Duration::seconds(59));
+    assert_eq!(s.state.phase, RolloutPhase::Progressing);
+    assert!(s.updates.is_empty(), "not failed: {:?}", s.updates);
+    st = s.state;
+    devs[2].seen = Seen::Converged;
+    let s = step(&st, &plan, &devs, back + time::Duration::seconds(59));
+    // It converged: the rest, stale, stalls nothing and gets the revision when back.
+    assert_eq!(types(&s), [EventType::RolloutBatchStarted]);
+    assert_eq!(s.events[0].payload["deferred"], 2);
+    assert!(s.writes.is_empty());
+    apply(&mut devs, &s);
+    let s = step(&s.state, &plan, &devs, back + time::Duration::seconds(60));
+    assert_eq!(types(&s), [EventType::RolloutCompleted]);
+    assert!(s.writes.is_empty());
+}
+
+#[test]
+fn stale_devices_are_left_for_a_later_batch_while_devices_in_contact_wait() {
+    let plan = plan(&[1, 1, 5], 100.0, false);
+    let mut devs = devices(4);
+    devs[0].stale = true;
+    devs[1].stale = true;
+    let s = step(&RolloutState::first(1), &plan, &devs, t0());
+    assert_eq!(written(&s), ["dev-02"]);
+    assert_eq!(s.events[0].payload["devices"], 1);
+    apply(&mut devs, &s);
+    for id in ["dev-00", "dev-01"] {
+        let d = row(&devs, id);
+        assert_eq!(
+            (d.state, d.batch),
+            (D::Deferred, None),
+            "{id} is in no batch"
+        );
+    }
+    devs[2].seen = Seen::Converged;
+    let s = step(&s.state, &plan, &devs, t0());
+    assert_eq!(
+        written(&s),
+        ["dev-03"],
+        "the second batch takes the device in contact"
+    );
+    apply(&mut devs, &s);
+    devs[3].seen = Seen::Converged;
+    let s = step(&s.state, &plan, &devs, t0());
+    // The last batch takes the stale devices; they are written when they come back.
+    assert_eq!(types(&s), [EventType::RolloutBatchStarted]);
+    assert_eq!(s.events[0].payload["deferred"], 2);
+    assert!(s.writes.is_empty());
+    apply(&mut devs, &s);
+    assert_eq!(row(&devs, "dev-00").batch, Some(2));
+    let s = step(&s.state, &plan, &devs, t0());
+    assert_eq!(types(&s), [EventType::RolloutCompleted]);
+    apply(&mut devs, &s);
+    devs[1].stale = false;
+    let s = step(&s.state, &plan, &devs, t0());
+    assert_eq!(written(&s), ["dev-01"]);
+}
+
+#[test]
+fn a_batch_nobody_reached_pauses_at_its_timeout_and_resume_starts_it_again() {
+    let plan = plan(&[1, 5], 100.0, false);
+    let mut devs = devices(2);
+    for d in &mut devs {
+        d.stale = true;
+    }
+    let s = step(&RolloutState::first(1), &plan, &devs, t0());
+    apply(&mut devs, &s);
+    let s = step(&s.state, &plan, &devs, t0() + time::Duration::seconds(60));
+    assert_eq!(s.state.phase, RolloutPhase::Paused);
+    assert!(s.writes.is_empty());
+    assert_eq!(types(&s), [EventType::RolloutPaused]);
+    let payload = &s.events[0].payload;
+    assert_eq!(payload["reason"], "unreachable", "{payload}");
+    assert_eq!(payload["batch"], 0, "{payload}");
+    assert_eq!(payload["stale"], 2, "{payload}");
+    let reason = s.state.pause_reason.clone().expect("a reason");
+    assert!(
+        reason.contains("batch 1 of 2: no device of the batch was reachable within 60 s"),
+        "{reason}"
+    );
+    apply(&mut devs, &s);
+    // Back while paused: nothing is written.
+    for d in &mut devs {
+        d.stale = false;
+    }
+    let paused = step(&s.state, &plan, &devs, t0() + time::Duration::seconds(90));
+    assert!(paused.writes.is_empty());
+    // Resumed, the canary starts again with a device in contact, not the next batch.
+    let (resumed, _) = s.state.act(RolloutAction::Resume).expect("resumable");
+    let later = t0() + time::Duration::seconds(120);
+    let s = step(&resumed, &plan, &devs, later);
+    assert_eq!(types(&s), [EventType::RolloutBatchStarted]);
+    assert_eq!(s.events[0].payload["batch"], 0);
+    assert_eq!(written(&s), ["dev-00"]);
+    assert_eq!(s.state.batches.len(), 1);
+    assert_eq!(s.state.batches[0].started_at, later);
+    apply(&mut devs, &s);
+    devs[0].seen = Seen::Converged;
+    let s = step(&s.state, &plan, &devs, later);
+    assert_eq!(written(&s), ["dev-01"]);
+}
+
+#[test]
+fn once_a_device_converged_batches_of_stale_devices_pass() {
+    let plan = plan(&[1, 1, 5], 100.0, false);
+    let mut devs = devices(3);
+    devs[1].stale = true;
+    devs[2].stale = true;
+    let s = step(&RolloutState::first(1), &plan, &devs, t0());
+    assert_eq!(written(&s), ["dev-00"]);
+    apply(&mut devs, &s);
+    devs[0].seen = Seen::Converged;
+    let mut st = s.state;
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        let s = step(&st, &plan, &devs, t0());
+        assert!(s.writes.is_empty(), "{:?}", s.writes);
+        events.extend(types(&s));
+        apply(&mut devs, &s);
+        st = s.state;
+    }
+    assert_eq!(st.phase, RolloutPhase::Completed, "{events:?}");
+    assert_eq!(
+        events,
+        [
+            EventType::RolloutBatchStarted,
+            EventType::RolloutBatchStarted,
+            EventType::RolloutCompleted
+        ]
+    );
+    devs[2].stale = false;
+    let s = step(&st, &plan, &devs, t0());
+    assert_eq!(written(&s), ["dev-02"]);
 }
