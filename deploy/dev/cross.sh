@@ -52,6 +52,9 @@ PACKAGES=(
     rustc-web cargo-web
     libstd-rust-web-dev:arm64 libstd-rust-web-dev:armhf
     gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf
+    # The target's C headers and start files, for ring's C and assembly. Only a Recommends of the
+    # cross gcc, which --no-install-recommends leaves out.
+    libc6-dev-arm64-cross libc6-dev-armhf-cross
     libc6:arm64 libc6:armhf
     qemu-user-static
 )
