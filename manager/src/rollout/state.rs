@@ -35,10 +35,11 @@ pub struct RolloutState {
     /// starting the next batch.
     #[serde(default)]
     pub paused_awaiting_approval: bool,
-    /// Paused because no device of the running batch could be reached within its timeout:
+    /// Paused because the running batch wrote the revision to no device (none could be reached
+    /// within its timeout, or every one it could take failed to render its parameters):
     /// `resume` starts that batch again rather than going on with the next.
-    #[serde(default)]
-    pub paused_unreached: bool,
+    #[serde(default, alias = "pausedUnreached")]
+    pub paused_unwritten: bool,
 }
 
 /// A started batch.
@@ -85,7 +86,7 @@ impl RolloutState {
             batch_done: false,
             pause_reason: None,
             paused_awaiting_approval: false,
-            paused_unreached: false,
+            paused_unwritten: false,
         }
     }
 
@@ -135,12 +136,12 @@ impl RolloutState {
                 };
                 next.pause_reason = None;
                 next.paused_awaiting_approval = false;
-                if self.paused_unreached {
-                    // Nobody of the batch was reached: it starts again, with its devices
-                    // and a new timeout, and takes the devices in contact by then.
+                if self.paused_unwritten {
+                    // The batch was written to nobody: it starts again, with a new timeout,
+                    // tries its devices again and takes the devices in contact by then.
                     next.batches.pop();
                     next.batch_done = !next.batches.is_empty();
-                    next.paused_unreached = false;
+                    next.paused_unwritten = false;
                 }
                 NewEvent::new(
                     EventType::RolloutResumed,
@@ -161,7 +162,7 @@ impl RolloutState {
             ) => {
                 next.phase = RolloutPhase::Aborted;
                 next.pause_reason = None;
-                next.paused_unreached = false;
+                next.paused_unwritten = false;
                 NewEvent::new(
                     EventType::RolloutAborted,
                     serde_json::json!({"revision": revision, "batch": self.current_batch()}),
@@ -187,7 +188,7 @@ impl RolloutState {
                     batch_done: false,
                     pause_reason: None,
                     paused_awaiting_approval: false,
-                    paused_unreached: false,
+                    paused_unwritten: false,
                 };
                 NewEvent::new(
                     EventType::RolloutRolledBack,

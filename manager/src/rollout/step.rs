@@ -197,11 +197,23 @@ fn in_batch(d: &Device, k: usize, target: u64) -> bool {
     d.state_revision == Some(target) && d.batch.is_some_and(|b| b as usize == k)
 }
 
-/// Not yet in a batch of the target, and not on it: the next batch may take it.
+/// Not yet in a batch of the target, and not on it: the next batch may take it. A device whose
+/// parameters did not render for an earlier revision waits too (its batch was that revision's):
+/// it is tried again for this one.
 fn waiting(d: &Device, target: u64) -> bool {
-    d.batch.is_none()
+    let in_a_batch = d.batch.is_some() && d.state_revision == Some(target);
+    !in_a_batch
         && d.revision_rendered != Some(target)
         && (matches!(d.state, D::Pending | D::Deferred) || parameter_error(d.state))
+}
+
+/// The devices of batch `k` whose parameters did not render for the target.
+fn unrendered(devs: &[Device], k: usize, target: u64) -> u32 {
+    let n = devs
+        .iter()
+        .filter(|d| in_batch(d, k, target) && parameter_error(d.state))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// While the rollout runs, a device waiting for a batch shows whether a batch can take it:
@@ -229,11 +241,12 @@ fn converged_somewhere(st: &RolloutState, devs: &[Device]) -> bool {
             .any(|d| d.state_revision == Some(target) && d.state == D::Succeeded)
 }
 
-/// A running batch none of whose devices has been written (every one was stale, or none was in
-/// contact when it started) takes the devices that come into contact: its stale devices that
-/// are back, and waiting devices in contact, up to its size (any number in the last batch).
-/// When one is written this way the batch's timer starts again, so that it has the whole
-/// `batchTimeoutSeconds` to converge.
+/// A running batch none of whose devices has been written (every one was stale, none was in
+/// contact when it started, or their parameters did not render) takes the devices that come
+/// into contact: its stale devices that are back, and waiting devices in contact (those whose
+/// parameters did not render for an earlier revision too), up to its size (any number in the
+/// last batch). When one is written this way the batch's timer starts again, so that it has
+/// the whole `batchTimeoutSeconds` to converge.
 fn reach(st: &mut RolloutState, devs: &mut [Device], k: usize, now: OffsetDateTime) {
     let target = st.target_revision;
     let Some(planned) = st.planned.clone() else {
@@ -258,7 +271,7 @@ fn reach(st: &mut RolloutState, devs: &mut [Device], k: usize, now: OffsetDateTi
         if room == 0 {
             break;
         }
-        if waiting(d, target) && !parameter_error(d.state) && !d.stale {
+        if waiting(d, target) && !d.stale {
             d.batch = Some(k as u32);
             d.state = D::Pending;
             d.state_revision = Some(target);
@@ -302,6 +315,18 @@ fn advance(
                 return;
             }
             let last = k + 1 == planned.len();
+            // A batch started again (resumed after it was written to no device): its devices
+            // that were not written wait for it like the others, and are tried again.
+            for d in devs.iter_mut() {
+                if in_batch(d, k, target)
+                    && d.revision_rendered != Some(target)
+                    && (matches!(d.state, D::Pending | D::Deferred) || parameter_error(d.state))
+                {
+                    d.batch = None;
+                    d.state = if d.stale { D::Deferred } else { D::Pending };
+                    d.detail = None;
+                }
+            }
             let (mut taken, mut deferred) = (0u32, 0u32);
             for d in devs.iter_mut() {
                 // Before the last batch, a stale device waits for a later one: it takes no
@@ -339,12 +364,20 @@ fn advance(
         let k = st.batches.len() - 1;
         let outcome = count(devs, k, target);
         let counted = outcome.succeeded + outcome.failed + outcome.pending;
-        // Nobody of the batch ran the revision, and nobody anywhere converged on it: the batch
-        // waits for its stale devices rather than passing unjudged, and pauses at its timeout.
-        let stale = unreached(devs, k, target);
-        if counted == 0 && stale > 0 && !converged_somewhere(st, devs) {
-            if now - st.batches[k].started_at >= plan.batch_timeout {
-                pause_unreached(st, plan, outcome, stale, events);
+        // The batch wrote the revision to no device, and nobody anywhere converged on it: it
+        // does not pass unjudged. It waits for stale devices (or any device to take) and
+        // pauses at its timeout; when every device it could take failed to render its
+        // parameters and none waits, nothing can change by waiting, and it pauses now.
+        if counted == 0 && !converged_somewhere(st, devs) {
+            let unwritten = Unwritten {
+                outcome,
+                stale: unreached(devs, k, target),
+                unrendered: unrendered(devs, k, target),
+            };
+            if unwritten.stale == 0 && unwritten.unrendered > 0
+                || now - st.batches[k].started_at >= plan.batch_timeout
+            {
+                pause_unwritten(st, plan, unwritten, events);
             }
             return;
         }
@@ -397,35 +430,74 @@ fn advance(
     }
 }
 
-/// No device of batch `k` could be reached in its timeout: the rollout pauses, and `resume`
-/// starts the batch again (`RolloutState::act`).
-fn pause_unreached(
-    st: &mut RolloutState,
-    plan: &Plan,
+/// A batch that wrote the revision to no device: its counts, the stale devices that could
+/// still be reached for it, and its devices whose parameters did not render.
+struct Unwritten {
     outcome: BatchOutcome,
     stale: u32,
-    events: &mut Vec<NewEvent>,
-) {
+    unrendered: u32,
+}
+
+fn devices_text(n: u32) -> String {
+    if n == 1 {
+        "1 device".to_owned()
+    } else {
+        format!("{n} devices")
+    }
+}
+
+/// The running batch wrote the revision to no device: the rollout pauses, and `resume` starts
+/// the batch again (`RolloutState::act`). Reason `unreachable` when stale devices could still
+/// be reached (or none was there to take) but none was within the batch timeout; reason
+/// `parameters` when every device the batch could take failed to render its parameters.
+fn pause_unwritten(st: &mut RolloutState, plan: &Plan, u: Unwritten, events: &mut Vec<NewEvent>) {
     let target = st.target_revision;
     let k = st.batches.len().saturating_sub(1);
     let batches = st.planned.as_ref().map_or(0, Vec::len);
-    let reason = format!(
-        "batch {} of {}: no device of the batch was reachable within {} s ({} stale devices \
-         waiting, and no device has converged on revision {} yet); resume starts the batch again",
-        k + 1,
-        batches,
-        plan.batch_timeout.whole_seconds(),
-        stale,
-        target
-    );
+    let failed_to_render = |n: u32| {
+        let whose = if n == 1 { "its" } else { "their" };
+        format!("{} failed to render {whose} parameters", devices_text(n))
+    };
+    let (code, reason) = if u.stale == 0 && u.unrendered > 0 {
+        let reason = format!(
+            "batch {} of {}: the revision was written to no device of the batch: {} \
+             (ParameterMissing or ParameterInvalid), no other device is waiting, and no device \
+             has converged on revision {} yet; fix the devices' labels or the fleet's \
+             parameters, then resume to start the batch again",
+            k + 1,
+            batches,
+            failed_to_render(u.unrendered),
+            target
+        );
+        ("parameters", reason)
+    } else {
+        let also = if u.unrendered > 0 {
+            format!(", {}", failed_to_render(u.unrendered))
+        } else {
+            String::new()
+        };
+        let reason = format!(
+            "batch {} of {}: no device of the batch was reachable within {} s ({} stale devices \
+             waiting{}, and no device has converged on revision {} yet); resume starts the \
+             batch again",
+            k + 1,
+            batches,
+            plan.batch_timeout.whole_seconds(),
+            u.stale,
+            also,
+            target
+        );
+        ("unreachable", reason)
+    };
     st.phase = RolloutPhase::Paused;
     st.pause_reason = Some(reason.clone());
-    st.paused_unreached = true;
+    st.paused_unwritten = true;
     events.push(NewEvent::new(
         EventType::RolloutPaused,
-        serde_json::json!({"revision": target, "reason": "unreachable", "batch": k,
-            "devices": outcome.devices, "succeeded": 0, "failed": 0, "pending": 0,
-            "deferred": outcome.deferred, "stale": stale, "message": reason}),
+        serde_json::json!({"revision": target, "reason": code, "batch": k,
+            "devices": u.outcome.devices, "succeeded": 0, "failed": 0, "pending": 0,
+            "deferred": u.outcome.deferred, "stale": u.stale,
+            "parameterErrors": u.unrendered, "message": reason}),
     ));
 }
 

@@ -1,5 +1,6 @@
 //! Unit tests of the rollout state machine: batches, thresholds, approval, timeouts, deferral,
-//! batches nobody could be reached in, rollback.
+//! batches nobody could be reached in, rollback. Batches written to no device (parameters that
+//! do not render, stale devices coming back) are in `tests/unwritten.rs`.
 
 use fleetlet_manifests::api::EventType;
 use fleetlet_manifests::fleet_api::{DeviceRolloutState as D, RolloutAction, RolloutPhase};
@@ -9,6 +10,8 @@ use time::OffsetDateTime;
 use super::state::RolloutState;
 use super::step::{Device, Plan, Seen, observe, step};
 use crate::store::fleets::DeviceHealth;
+
+mod unwritten;
 
 fn t0() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("a valid time")
