@@ -5,15 +5,27 @@
 
 use std::time::Duration;
 
-/// While the manager is out of reach, how often the agent checks whether the link to it is back,
-/// and how long one check (a bare TCP connect, no request) may take (`client::ManagerClient::wait_out`).
-pub const LINK_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While the manager is out of reach, how often the agent checks whether the link to it is back
+/// (a bare TCP connect, no request; `client::ManagerClient::link_back`): every half to all of this
+/// interval during the first [`LINK_PROBE_SLOWDOWN_AFTER`] of an outage, every one to two times it
+/// after that.
+pub const LINK_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The pause between two link checks: between half and all of [`LINK_PROBE_INTERVAL`], placed by
+/// After the link has been down this long, link checks go half as often: a long outage costs
+/// fewer packets, and a short one is still noticed within half a second of its end.
+pub const LINK_PROBE_SLOWDOWN_AFTER: Duration = Duration::from_secs(60);
+
+/// The pause between the starts of two link checks, `down_for` into an outage: between half and
+/// all of [`LINK_PROBE_INTERVAL`] (twice that after [`LINK_PROBE_SLOWDOWN_AFTER`]), placed by
 /// `spread` (any number, e.g. a random one), so that a fleet that lost its manager at the same
 /// moment does not come back in lockstep.
-pub fn probe_pause(spread: u64) -> Duration {
-    let half = LINK_PROBE_INTERVAL / 2;
+pub fn probe_pause(spread: u64, down_for: Duration) -> Duration {
+    let interval = if down_for < LINK_PROBE_SLOWDOWN_AFTER {
+        LINK_PROBE_INTERVAL
+    } else {
+        2 * LINK_PROBE_INTERVAL
+    };
+    let half = interval / 2;
     let millis = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
     half + Duration::from_millis(spread % (millis + 1))
 }

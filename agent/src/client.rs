@@ -7,16 +7,16 @@
 //! whether the manager answers, which the engine turns into the `Offline` condition.
 //!
 //! After a failed call the agent waits out its backoff, but not longer than the link is down:
-//! when the manager could not be reached, a bare TCP connect to its address every half to one
-//! second ends the wait once it succeeds, and a call still in flight on a link that went down
-//! and came back is started anew ([`ManagerClient::wait_out`], [`ManagerClient::link_up`]). A
-//! manager that answers with errors gets the whole backoff.
+//! when the manager could not be reached, fresh TCP connects to its address every quarter to half
+//! second end the wait once one succeeds after one failed, and a call still in flight on a link
+//! that went down and came back is started anew ([`ManagerClient::wait_out`],
+//! [`ManagerClient::link_back`], `link.rs`). A manager that answers with errors, or whose address
+//! accepts connections all along, gets the whole backoff.
 //!
 //! An idle agent is cheap on the wire (BENCHMARKS.md, target 5): the long-poll doubles as the
 //! sign of life, a status goes out only when it changed, and the heartbeat carries a number, not
 //! the status.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,17 +25,25 @@ use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ManifestError};
 use reqwest::StatusCode;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::backoff::{Backoff, LINK_PROBE_INTERVAL, probe_pause};
+use crate::backoff::Backoff;
 use crate::config::Token;
 use crate::engine::DesiredUpdate;
 use crate::shutdown::ShutdownSignal;
 use crate::status::Connectivity;
 use crate::store::Store;
 
+mod link;
+pub use link::{LinkSeen, PROBE_PATIENCE};
+
 /// How long a request other than a long-poll may take, end to end.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the manager may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a kept-alive connection may sit unused in the pool before a request is sent on it:
+/// less than the manager's 10 s (`HEADER_READ_TIMEOUT`, after which it closes an idle
+/// connection), so that the agent never sends on a connection the manager closed while a
+/// partition dropped its FIN; such a request would fail after the link is back.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait before asking again when the manager has no manifest for this agent yet.
 const NO_MANIFEST_RETRY: Duration = Duration::from_secs(1);
 /// The wait every manager accepts (older ones and those behind a proxy may cap it lower than
@@ -101,6 +109,7 @@ pub enum ManifestAnswer {
 pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .user_agent(concat!("fleetlet-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| {
@@ -119,6 +128,16 @@ pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client,
     builder
         .build()
         .map_err(|e| ClientError::Setup(e.to_string()))
+}
+
+/// How [`ManagerClient::wait_out`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    Shutdown,
+    /// The whole delay passed.
+    BackoffOver,
+    /// The link to the manager went down and came back: retry now, the backoff started over.
+    LinkBack,
 }
 
 /// A client for one agent's endpoints.
@@ -166,59 +185,22 @@ impl ManagerClient {
         Some((host.to_owned(), url.port_or_known_default()?))
     }
 
-    /// Waits out `delay` after `error`; returns `true` on shutdown. When the manager was out of
-    /// reach (no connection, no answer), returns as soon as a TCP connect to its address fails
-    /// and a later one succeeds (tried every half to one [`LINK_PROBE_INTERVAL`]): the link is
-    /// back, retry now. When the first connect succeeds the link is not what failed (a proxy in
-    /// front of a stopped manager, a manager that hangs): the whole delay is waited out, so a
-    /// struggling manager is not hammered. One that answered with an error gets the whole delay,
-    /// and no connects.
+    /// Waits out `delay` after `error`, or less: when the manager was out of reach (no
+    /// connection, no answer), the wait ends as soon as the link is back ([`Self::link_back`]:
+    /// a connect to its address succeeds after one failed, during this wait or the failed call
+    /// before it). A manager that answered with an error gets the whole delay, and no connects.
     pub async fn wait_out(
         &self,
         delay: Duration,
         error: &ClientError,
+        seen: &LinkSeen,
         shutdown: &ShutdownSignal,
-    ) -> bool {
+    ) -> WaitEnd {
         let unreachable = matches!(error, ClientError::Unreachable { .. });
         tokio::select! {
-            () = shutdown.triggered() => true,
-            () = tokio::time::sleep(delay) => false,
-            () = self.link_up(true), if unreachable => false,
-        }
-    }
-
-    /// Completes when a TCP connect to the manager's address succeeds; with `down_first`, only
-    /// when one failed before (the link went down and came back: a call still in flight on the
-    /// dead link is better abandoned). Never completes when the URL names no address to try.
-    pub async fn link_up(&self, down_first: bool) {
-        let Some((host, port)) = self.authority() else {
-            return std::future::pending().await;
-        };
-        let connects = || async {
-            matches!(
-                tokio::time::timeout(
-                    LINK_PROBE_INTERVAL,
-                    tokio::net::TcpStream::connect((host.as_str(), port))
-                )
-                .await,
-                Ok(Ok(_))
-            )
-        };
-        let spread = std::hash::RandomState::new();
-        let mut failed = 0u64;
-        loop {
-            let started = tokio::time::Instant::now();
-            if connects().await {
-                if down_first && failed == 0 {
-                    return std::future::pending().await;
-                }
-                if failed > 0 {
-                    tracing::info!(%host, port, "the manager is reachable again; retrying now");
-                }
-                return;
-            }
-            failed += 1;
-            tokio::time::sleep_until(started + probe_pause(spread.hash_one(failed))).await;
+            () = shutdown.triggered() => WaitEnd::Shutdown,
+            () = tokio::time::sleep(delay) => WaitEnd::BackoffOver,
+            () = self.link_back(seen), if unreachable => WaitEnd::LinkBack,
         }
     }
 
@@ -406,13 +388,20 @@ pub async fn watch_manifests(
     shutdown: ShutdownSignal,
 ) {
     let mut failures = 0u32;
+    let seen = LinkSeen::new();
     loop {
         let answer = tokio::select! {
             () = shutdown.triggered() => return,
             answer = client.fetch_manifest(Some(after_generation), wait) => answer,
             // After a failure, a poll stuck on a link that has just come back is started anew.
-            () = client.link_up(true), if failures > 0 => continue,
+            () = client.link_back(&seen), if failures > 0 => {
+                failures = 0;
+                continue;
+            }
         };
+        if !matches!(answer, Err(ClientError::Unreachable { .. })) {
+            seen.answered();
+        }
         let delay = match answer {
             Ok(answer) => {
                 failures = 0;
@@ -456,8 +445,10 @@ pub async fn watch_manifests(
                 let delay = Backoff::MANAGER.delay(failures);
                 tracing::warn!(%error, retry_in = ?delay, "manifest watch failed");
                 note_failure(&connectivity, &error);
-                if client.wait_out(delay, &error, &shutdown).await {
-                    return;
+                match client.wait_out(delay, &error, &seen, &shutdown).await {
+                    WaitEnd::Shutdown => return,
+                    WaitEnd::LinkBack => failures = 0,
+                    WaitEnd::BackoffOver => {}
                 }
                 Duration::ZERO
             }
@@ -479,6 +470,7 @@ pub async fn deliver_reports(
     shutdown: ShutdownSignal,
 ) {
     let mut failures = 0u32;
+    let seen = LinkSeen::new();
     let mut online = connectivity.subscribe();
     loop {
         let pending = match store.pending_report() {
@@ -494,12 +486,26 @@ pub async fn deliver_reports(
                 () = report_ready.notified() => continue,
             }
         };
+        // A report sent while the watch finds the manager out of reach may sit on a dead
+        // connection (its bytes resent only when the kernel's backed-off timer fires, or sent to
+        // a peer that has closed it): once the watch gets through again, it is sent anew.
+        let offline = matches!(*online.borrow_and_update(), Connectivity::Offline { .. });
         let delivered = tokio::select! {
             delivered = deliver(&client, &*store, &report) => delivered,
             // After a failure, a report stuck on a link that has just come back is sent anew
             // (it is still in the outbox; the manager ignores a seq it already holds).
-            () = client.link_up(true), if failures > 0 => continue,
+            () = client.link_back(&seen), if failures > 0 => {
+                failures = 0;
+                continue;
+            }
+            _ = online.wait_for(|c| *c == Connectivity::Online), if offline => {
+                failures = 0;
+                continue;
+            }
         };
+        if !matches!(delivered, Err(ClientError::Unreachable { .. })) {
+            seen.answered();
+        }
         match delivered {
             Ok(()) => {
                 failures = 0;
@@ -522,7 +528,11 @@ pub async fn deliver_reports(
                 // Retry after the backoff, as soon as the link is back, or as soon as the watch
                 // reaches the manager again.
                 tokio::select! {
-                    stop = client.wait_out(delay, &error, &shutdown) => if stop { return },
+                    end = client.wait_out(delay, &error, &seen, &shutdown) => match end {
+                        WaitEnd::Shutdown => return,
+                        WaitEnd::LinkBack => failures = 0,
+                        WaitEnd::BackoffOver => {}
+                    },
                     _ = online.wait_for(|c| *c == Connectivity::Online) => {}
                 }
             }

@@ -20,11 +20,16 @@ fn backoff_never_overflows_after_many_failures() {
 }
 
 #[test]
-fn link_probes_pause_between_half_and_all_of_the_interval() {
-    for spread in [0, 1, 499, 500, 501, 12_345, u64::MAX] {
-        let pause = probe_pause(spread);
-        assert!(pause >= LINK_PROBE_INTERVAL / 2, "{spread}: {pause:?}");
-        assert!(pause <= LINK_PROBE_INTERVAL, "{spread}: {pause:?}");
+fn link_checks_pause_a_quarter_to_half_a_second_then_twice_that_after_a_minute() {
+    let early = Duration::from_secs(5);
+    let late = LINK_PROBE_SLOWDOWN_AFTER;
+    for spread in [0, 1, 249, 250, 251, 499, 500, 501, 12_345, u64::MAX] {
+        let pause = probe_pause(spread, early);
+        assert!(pause >= Duration::from_millis(250), "{spread}: {pause:?}");
+        assert!(pause <= Duration::from_millis(500), "{spread}: {pause:?}");
+        let pause = probe_pause(spread, late);
+        assert!(pause >= Duration::from_millis(500), "{spread}: {pause:?}");
+        assert!(pause <= Duration::from_secs(1), "{spread}: {pause:?}");
     }
-    assert_ne!(probe_pause(0), probe_pause(250));
+    assert_ne!(probe_pause(0, early), probe_pause(125, early));
 }
