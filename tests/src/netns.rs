@@ -163,6 +163,24 @@ impl NetNs {
         )
     }
 
+    /// The namespace's TCP sockets as `ss -tnoi` lists them (state, queues, timers such as a
+    /// SYN's retransmission, RTO), for a test to print what the agent holds at a given moment.
+    pub fn tcp_sockets(&self) -> anyhow::Result<String> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-tnoi", "state", "all"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running ss in the namespace")?;
+        if !output.status.success() {
+            bail!(
+                "ss failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// `command` (e.g. [`crate::agent::AgentOptions::command`]) run inside the namespace through
     /// `ip netns exec`, with the same environment, arguments and working directory.
     pub fn wrap(&self, command: &Command) -> Command {
