@@ -101,7 +101,15 @@ pub async fn tick(
         .try_lease(SELECTION_LEASE, holder, LEASE_TTL, now)
         .await?
     {
-        selection::reselect(store, None, now).await?;
+        let started = std::time::Instant::now();
+        let changed = selection::reselect(store, None, now).await?;
+        if changed > 0 {
+            tracing::info!(
+                changed,
+                ms = started.elapsed().as_millis(),
+                "selection pass"
+            );
+        }
     }
     let fleets = store.list_fleets(None, usize::MAX).await?;
     let parsed = selection::parse_fleets(&fleets);
@@ -181,6 +189,7 @@ async fn drive(
     holder: &str,
     report_interval: Duration,
 ) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let now = OffsetDateTime::now_utc();
     let state: RolloutState = serde_json::from_value(stored.rollout.clone())
         .map_err(|e| StoreError::Internal(format!("rollout state of {}: {e}", stored.name)))?;
@@ -217,6 +226,9 @@ async fn drive(
         types
             .into_iter()
             .for_each(crate::metrics::count_fleet_event);
+    }
+    if !outcome.writes.is_empty() {
+        tracing::info!(fleet = %stored.name, devices = rows.len(), writes = outcome.writes.len(), ms = started.elapsed().as_millis(), "rollout step committed; writing manifests");
     }
     write_devices(store, &stored.name, &rows, outcome.writes).await
 }
@@ -271,9 +283,11 @@ async fn write_devices(
         }
         let (store, name) = (store.clone(), name.to_owned());
         in_flight.spawn(async move {
-            store
+            let started = std::time::Instant::now();
+            let written = store
                 .write_fleet_devices(&name, batch, OffsetDateTime::now_utc())
-                .await
+                .await?;
+            Ok((written, started.elapsed()))
         });
     }
     while let Some(done) = in_flight.join_next().await {
@@ -331,16 +345,16 @@ fn render_all(
 /// retry.
 fn note_write(
     name: &str,
-    done: Result<Result<Vec<DeviceWritten>, StoreError>, tokio::task::JoinError>,
+    done: Result<Result<(Vec<DeviceWritten>, Duration), StoreError>, tokio::task::JoinError>,
     first_error: &mut Option<StoreError>,
 ) {
     let error = match done {
-        Ok(Ok(written)) => {
+        Ok(Ok((written, took))) => {
             for device in &written {
                 tracing::debug!(fleet = %name, agent_id = %device.agent_id, revision = device.revision, generation = device.generation, created = device.created, "fleet manifest written");
             }
             let created = written.iter().filter(|w| w.created).count();
-            tracing::info!(fleet = %name, devices = written.len(), new_generations = created, "fleet manifests written");
+            tracing::info!(fleet = %name, devices = written.len(), new_generations = created, ms = took.as_millis(), "fleet manifests written");
             return;
         }
         Ok(Err(error)) => error,

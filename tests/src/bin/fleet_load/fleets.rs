@@ -252,6 +252,31 @@ async fn timed_reads(
     Ok((status, pages))
 }
 
+/// What the manager's controller logged so far (selection passes, steps, batches of writes,
+/// failures, with their timestamps and durations), to see where a revision's time went.
+fn print_controller_log(manager: &ManagerProcess) {
+    const WANTED: [&str; 6] = [
+        "fleet revision stored",
+        "selection pass",
+        "rollout step committed",
+        "fleet manifests written",
+        "retrying",
+        "failed",
+    ];
+    let logs = manager.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| WANTED.iter().any(|w| line.contains(w)))
+        .collect();
+    println!(
+        "the manager's controller log ({} lines, the last 60):",
+        lines.len()
+    );
+    for line in &lines[lines.len().saturating_sub(60)..] {
+        println!("  {line}");
+    }
+}
+
 /// The end of the manager's log, for errors.
 fn manager_tail(manager: &ManagerProcess) -> String {
     let logs = manager.logs();
@@ -307,6 +332,7 @@ pub(super) async fn fleet_rollout(args: &Args) -> anyhow::Result<()> {
             ms(put),
             all.as_secs_f64()
         );
+        print_controller_log(&manager);
         // Let the woken long-polls deliver and settle back into waiting.
         super::wait_for("the manifests delivered", RENDER_LIMIT, || async {
             (pollers.counts().1 >= received.max(revision * count)).then_some(())
