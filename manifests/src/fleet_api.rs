@@ -35,8 +35,12 @@ pub enum RolloutPhase {
     Progressing,
     /// A batch met its threshold and `requireApproval` holds the next one until `approve`.
     WaitingApproval,
-    /// Stopped by an operator or by a batch below `successThreshold` (see `pauseReason`); no
-    /// device is written until `resume`.
+    /// Stopped (see `pauseReason`; the `RolloutPaused` event's reason): by an operator
+    /// (`operator`), by a batch below `successThreshold` (`threshold`), or by a batch that wrote
+    /// the revision to no device while none has converged on it, because no device was reachable
+    /// within `batchTimeoutSeconds` (`unreachable`) or every device it could take failed to
+    /// render its parameters (`parameters`). The target revision goes to no further device until
+    /// `resume`.
     Paused,
     /// Every selected device was given the target revision.
     Completed,
