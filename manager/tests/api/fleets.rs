@@ -13,6 +13,8 @@ use sqlx::PgPool;
 
 use crate::support::{ADMIN, Backend, READER, TestServer, expect_error, serve, status};
 
+mod unwritten;
+
 const INTERVAL: Duration = Duration::from_secs(30);
 
 /// A manager, its database and the controller's own store handle.
