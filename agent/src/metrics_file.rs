@@ -107,6 +107,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family of one sample without labels.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The state families, in the text exposition format.
 pub fn render_state(facts: &StateFacts<'_>) -> String {
     let mut out = String::new();
@@ -123,40 +129,28 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
         escape(std::env::consts::ARCH),
         escape(std::env::consts::OS)
     );
-    family(
+    single(
         &mut out,
         "fleetlet_agent_start_time_seconds",
         "gauge",
         "When the agent process started, in seconds since the Unix epoch.",
-    );
-    let _ = writeln!(
-        out,
-        "fleetlet_agent_start_time_seconds {}",
-        facts.started_at
+        facts.started_at,
     );
 
     let status = facts.status;
-    family(
+    single(
         &mut out,
         "fleetlet_agent_manifest_generation",
         "gauge",
         "The newest manifest generation the agent has received (0: none yet).",
+        status.map_or(0, |s| s.manifest_generation),
     );
-    let _ = writeln!(
-        out,
-        "fleetlet_agent_manifest_generation {}",
-        status.map_or(0, |s| s.manifest_generation)
-    );
-    family(
+    single(
         &mut out,
         "fleetlet_agent_observed_generation",
         "gauge",
         "The manifest generation the agent's last complete pass applied (0: none yet).",
-    );
-    let _ = writeln!(
-        out,
-        "fleetlet_agent_observed_generation {}",
-        status.map_or(0, |s| s.observed_generation)
+        status.map_or(0, |s| s.observed_generation),
     );
 
     // Every kind this build supports (and any other the manifest names) with every phase, so
@@ -240,16 +234,12 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
     }
 
     if let Some(reporting) = facts.reporting {
-        family(
+        single(
             &mut out,
             "fleetlet_agent_report_pending",
             "gauge",
             "1 while a status report waits in the outbox for the manager.",
-        );
-        let _ = writeln!(
-            out,
-            "fleetlet_agent_report_pending {}",
-            u8::from(reporting.pending)
+            u8::from(reporting.pending),
         );
         family(
             &mut out,
@@ -265,16 +255,12 @@ pub fn render_state(facts: &StateFacts<'_>) -> String {
             );
         }
     }
-    family(
+    single(
         &mut out,
         "fleetlet_agent_store_errors_total",
         "counter",
         "Passes stopped by an error of the local store, or ended while it cannot save (a write or flush that failed).",
-    );
-    let _ = writeln!(
-        out,
-        "fleetlet_agent_store_errors_total {}",
-        facts.store_errors
+        facts.store_errors,
     );
     out
 }
