@@ -59,6 +59,44 @@ fn condition(status: &AgentStatus, type_: ConditionType) -> &Condition {
         .expect("condition present")
 }
 
+/// The agent the inputs speak of; `inputs` borrows from it.
+struct Fixture {
+    agent_id: AgentId,
+    agent: AgentInfo,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            agent_id: AgentId::try_from("pi").expect("id"),
+            agent: agent(),
+        }
+    }
+
+    /// Generation 2 received and applied, online, at 10:01, with no history; a test overrides
+    /// the fields it is about.
+    fn inputs<'a>(
+        &'a self,
+        manifest: Option<&'a AgentManifest>,
+        states: &'a BTreeMap<ResourceId, ResourceState>,
+    ) -> StatusInputs<'a> {
+        StatusInputs {
+            agent_id: &self.agent_id,
+            agent: &self.agent,
+            manifest,
+            missed_deadline: None,
+            spec_hashes: None,
+            manifest_generation: 2,
+            observed_generation: 2,
+            states,
+            connectivity: &Connectivity::Online,
+            manifest_rejected: None,
+            previous: None,
+            now: datetime!(2026-11-22 10:01 UTC),
+        }
+    }
+}
+
 #[test]
 fn report_seq_increases_and_is_floored_by_the_clock() {
     let now = datetime!(2026-11-22 10:00 UTC);
@@ -75,22 +113,8 @@ fn converged_when_every_resource_is_ready_at_the_received_generation() {
         state(&manifest, "a", Phase::Ready),
         state(&manifest, "b", Phase::Ready),
     ]);
-    let agent_id = AgentId::try_from("pi").expect("id");
-    let agent = agent();
-    let inputs = StatusInputs {
-        agent_id: &agent_id,
-        agent: &agent,
-        manifest: Some(&manifest),
-        missed_deadline: None,
-        spec_hashes: None,
-        manifest_generation: 2,
-        observed_generation: 2,
-        states: &states,
-        connectivity: &Connectivity::Online,
-        manifest_rejected: None,
-        previous: None,
-        now: datetime!(2026-11-22 10:01 UTC),
-    };
+    let fixture = Fixture::new();
+    let inputs = fixture.inputs(Some(&manifest), &states);
     let status = build_status(&inputs);
     assert!(is_converged(&status));
     assert_eq!(
@@ -111,25 +135,14 @@ fn a_failed_resource_degrades_and_transition_times_are_kept() {
         state(&manifest, "a", Phase::Ready),
         state(&manifest, "b", Phase::Failed),
     ]);
-    let agent_id = AgentId::try_from("pi").expect("id");
-    let agent = agent();
+    let fixture = Fixture::new();
     let offline = Connectivity::Offline {
         reason: "ManagerUnreachable".into(),
         message: "connection refused".into(),
     };
     let mut inputs = StatusInputs {
-        agent_id: &agent_id,
-        agent: &agent,
-        manifest: Some(&manifest),
-        missed_deadline: None,
-        spec_hashes: None,
-        manifest_generation: 2,
-        observed_generation: 2,
-        states: &states,
         connectivity: &offline,
-        manifest_rejected: None,
-        previous: None,
-        now: datetime!(2026-11-22 10:01 UTC),
+        ..fixture.inputs(Some(&manifest), &states)
     };
     let first = build_status(&inputs);
     assert!(!is_converged(&first));
@@ -160,21 +173,12 @@ fn resources_with_a_newer_spec_than_their_state_are_pending() {
     let states = BTreeMap::from([(id, stale)]);
     // As the engine passes them, computed once per manifest.
     let hashes: Vec<String> = manifest.resources.iter().map(|r| r.spec_hash()).collect();
-    let agent_id = AgentId::try_from("pi").expect("id");
-    let agent = agent();
+    let fixture = Fixture::new();
     let status = build_status(&StatusInputs {
-        agent_id: &agent_id,
-        agent: &agent,
-        manifest: Some(&manifest),
-        missed_deadline: None,
         spec_hashes: Some(&hashes),
-        manifest_generation: 2,
         observed_generation: 1,
-        states: &states,
         connectivity: &Connectivity::Standalone,
-        manifest_rejected: None,
-        previous: None,
-        now: datetime!(2026-11-22 10:01 UTC),
+        ..fixture.inputs(Some(&manifest), &states)
     });
     assert!(status.resources.values().all(|r| r.phase == Phase::Pending));
     assert_eq!(
@@ -234,22 +238,8 @@ fn a_repair_counts_one_more_and_names_the_drift_while_other_changes_keep_the_cou
 fn a_status_that_differs_only_in_repairs_is_the_same_content_but_not_the_same_repairs() {
     let manifest = manifest();
     let states = BTreeMap::from([state(&manifest, "a", Phase::Ready)]);
-    let agent_id = AgentId::try_from("pi").expect("id");
-    let agent = agent();
-    let mut inputs = StatusInputs {
-        agent_id: &agent_id,
-        agent: &agent,
-        manifest: None,
-        missed_deadline: None,
-        spec_hashes: None,
-        manifest_generation: 2,
-        observed_generation: 2,
-        states: &states,
-        connectivity: &Connectivity::Online,
-        manifest_rejected: None,
-        previous: None,
-        now: datetime!(2026-11-22 10:01 UTC),
-    };
+    let fixture = Fixture::new();
+    let mut inputs = fixture.inputs(None, &states);
     let before = build_status(&inputs);
     let mut repaired_states = states.clone();
     for state in repaired_states.values_mut() {
@@ -293,21 +283,10 @@ fn a_resource_pending_for_a_new_spec_keeps_its_repairs() {
         last_drift: "content changed".into(),
     });
     let states = BTreeMap::from([(id, old)]);
-    let agent_id = AgentId::try_from("pi").expect("id");
-    let agent = agent();
+    let fixture = Fixture::new();
     let status = build_status(&StatusInputs {
-        agent_id: &agent_id,
-        agent: &agent,
-        manifest: Some(&manifest),
-        missed_deadline: None,
-        spec_hashes: None,
-        manifest_generation: 2,
         observed_generation: 1,
-        states: &states,
-        connectivity: &Connectivity::Online,
-        manifest_rejected: None,
-        previous: None,
-        now: datetime!(2026-11-22 10:01 UTC),
+        ..fixture.inputs(Some(&manifest), &states)
     });
     let a = &status.resources["a"];
     assert_eq!(a.phase, Phase::Pending);
