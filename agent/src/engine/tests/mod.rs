@@ -215,6 +215,24 @@ fn manifest(generation: u64, resources: &[(&str, &str)]) -> AgentManifest {
     .expect("valid manifest")
 }
 
+/// Generation 2 of `manifest(1, &[("a", "File")])` with a changed spec for `a`.
+fn a_changed() -> AgentManifest {
+    AgentManifest::from_value(json!({
+        "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi", "generation": 2,
+        "resources": [{"id": "a", "kind": "File", "spec": {"path": "/fake/a", "content": {"text": "new"}, "mode": "0600"}}]
+    }))
+    .expect("valid")
+}
+
+/// The `report_seq` of the report waiting in the store's outbox, if one is.
+fn outbox_seq(engine: &Engine<FakeReconciler>) -> Option<u64> {
+    engine
+        .store()
+        .pending_report()
+        .expect("outbox")
+        .map(|s| s.report_seq)
+}
+
 fn engine(
     fake: FakeReconciler,
     settings: EngineSettings,
@@ -385,6 +403,15 @@ impl Rollout {
     fn past_the_deadline(&self) {
         self.clock
             .advance(Duration::from_secs(u64::from(DEADLINE) + 1));
+    }
+
+    /// Generation 4 (`good`) converged, then generation 5 (`bad`, with the given policy) was
+    /// still not ready at its deadline, and a pass ran after it.
+    async fn bad_missed_its_deadline(&mut self, on_failure: OnFailure) {
+        self.apply(good()).await;
+        self.apply(bad(on_failure)).await;
+        self.past_the_deadline();
+        self.pass().await;
     }
 
     fn status(&self) -> AgentStatus {

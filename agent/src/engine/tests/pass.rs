@@ -166,13 +166,8 @@ async fn a_changed_spec_is_retried_at_once_despite_backoff() {
         .accept(DesiredUpdate::Manifest(manifest(1, &[("a", "File")])))
         .expect("accept");
     engine.pass(&shutdown.signal()).await.expect("pass");
-    let changed = AgentManifest::from_value(json!({
-        "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi", "generation": 2,
-        "resources": [{"id": "a", "kind": "File", "spec": {"path": "/fake/a", "content": {"text": "new"}, "mode": "0600"}}]
-    }))
-    .expect("valid");
     engine
-        .accept(DesiredUpdate::Manifest(changed))
+        .accept(DesiredUpdate::Manifest(a_changed()))
         .expect("accept");
     engine.pass(&shutdown.signal()).await.expect("pass");
     assert_eq!(
@@ -275,14 +270,7 @@ async fn a_generation_the_store_cannot_save_is_applied_reported_and_saved_when_i
         (ConditionStatus::True, "DiskFull".into())
     );
     // The report waits for the manager in memory; the disk still holds generation 1.
-    assert_eq!(
-        engine
-            .store()
-            .pending_report()
-            .expect("outbox")
-            .map(|s| s.report_seq),
-        Some(status.report_seq)
-    );
+    assert_eq!(outbox_seq(&engine), Some(status.report_seq));
     let on_disk = |disk: &FailingStore| {
         disk.load_manifest()
             .expect("load")

@@ -21,14 +21,7 @@ async fn report_seq_increases_with_every_published_status() {
         .expect("publish")
         .expect("heartbeat");
     assert!(heartbeat.report_seq > first.report_seq);
-    assert_eq!(
-        engine
-            .store()
-            .pending_report()
-            .expect("outbox")
-            .map(|s| s.report_seq),
-        Some(heartbeat.report_seq)
-    );
+    assert_eq!(outbox_seq(&engine), Some(heartbeat.report_seq));
 }
 
 #[tokio::test]

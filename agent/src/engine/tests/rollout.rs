@@ -73,10 +73,7 @@ async fn a_generation_not_ready_by_its_deadline_rolls_back_to_the_known_good_one
 #[tokio::test]
 async fn the_rolled_back_generation_is_not_retried_when_it_arrives_again_or_after_a_restart() {
     let mut t = Rollout::new();
-    t.apply(good()).await;
-    t.apply(bad(OnFailure::Rollback)).await;
-    t.past_the_deadline();
-    t.pass().await;
+    t.bad_missed_its_deadline(OnFailure::Rollback).await;
 
     // The same generation again, as a re-poll of the manager would bring it.
     t.apply(bad(OnFailure::Rollback)).await;
@@ -118,10 +115,7 @@ async fn a_deadline_survives_a_restart() {
 #[tokio::test]
 async fn a_newer_generation_ends_the_rollback_and_is_applied() {
     let mut t = Rollout::new();
-    t.apply(good()).await;
-    t.apply(bad(OnFailure::Rollback)).await;
-    t.past_the_deadline();
-    t.pass().await;
+    t.bad_missed_its_deadline(OnFailure::Rollback).await;
 
     let fixed = rollout_manifest(
         6,
@@ -151,10 +145,7 @@ async fn a_newer_generation_ends_the_rollback_and_is_applied() {
 #[tokio::test]
 async fn with_hold_the_generation_stays_failed_and_says_so() {
     let mut t = Rollout::new();
-    t.apply(good()).await;
-    t.apply(bad(OnFailure::Hold)).await;
-    t.past_the_deadline();
-    t.pass().await;
+    t.bad_missed_its_deadline(OnFailure::Hold).await;
     t.clock.advance(Duration::from_secs(600));
     t.pass().await;
 
@@ -239,13 +230,8 @@ async fn a_resource_that_failed_to_apply_is_deleted_at_once_when_it_leaves_the_m
         .expect("accept");
     engine.pass(&shutdown.signal()).await.expect("pass");
     fake.fail("a");
-    let changed = AgentManifest::from_value(json!({
-        "apiVersion": "fleetlet.dev/v1", "kind": "AgentManifest", "agentId": "pi", "generation": 2,
-        "resources": [{"id": "a", "kind": "File", "spec": {"path": "/fake/a", "content": {"text": "new"}, "mode": "0600"}}]
-    }))
-    .expect("valid");
     engine
-        .accept(DesiredUpdate::Manifest(changed))
+        .accept(DesiredUpdate::Manifest(a_changed()))
         .expect("accept");
     engine.pass(&shutdown.signal()).await.expect("pass");
     assert_eq!(phase(&engine, "a"), Phase::Failed);
@@ -272,10 +258,7 @@ async fn a_rollback_survives_a_restart_over_the_filesystem_store() {
         )
     };
     let mut t = Rollout::over(open());
-    t.apply(good()).await;
-    t.apply(bad(OnFailure::Rollback)).await;
-    t.past_the_deadline();
-    t.pass().await;
+    t.bad_missed_its_deadline(OnFailure::Rollback).await;
     assert!(dir.path().join("agents/pi/rollout.json").is_file());
 
     // Power cut and reboot: the engine and the store (and its lock) are gone, then reopened.
