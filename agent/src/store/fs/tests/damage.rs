@@ -8,12 +8,8 @@ fn a_corrupt_record_is_a_typed_error_naming_file_and_line_and_is_quarantined() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     store.save_manifest(&manifest(2, "x")).expect("save");
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
-    store
-        .save_ownership_record(&rid("issue"), &record("/etc/issue"))
-        .expect("save");
+    save_record(&store, "motd", "/etc/motd");
+    save_record(&store, "issue", "/etc/issue");
     for _ in 0..5 {
         store
             .append_event(event(EventKind::ResourceRepaired, None, "drift"))
@@ -89,9 +85,7 @@ fn a_corrupt_record_is_a_typed_error_naming_file_and_line_and_is_quarantined() {
     assert_eq!(quarantined.len(), 1, "kept for the operator");
 
     // The agent re-records the resource and carries on; a restart finds no damage left.
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
+    save_record(&store, "motd", "/etc/motd");
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.ownership_records().expect("load").len(), 2);

@@ -73,9 +73,7 @@ fn bounded_reads_page_by_seq_across_rotation() {
 fn a_torn_last_line_is_reported_skipped_and_cut_before_the_next_append() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-        .expect("save");
+    save_state(&store, "motd", "Ready", 0);
     for _ in 0..3 {
         store
             .append_event(event(EventKind::ResourceRepaired, Some("motd"), "drift"))

@@ -93,6 +93,20 @@ fn record(path: &str) -> OwnershipRecord {
     }
 }
 
+/// Saves `record(path)` as the ownership record of `id`.
+fn save_record(store: &dyn Store, id: &str, path: &str) {
+    store
+        .save_ownership_record(&rid(id), &record(path))
+        .expect("save");
+}
+
+/// Saves `resource_state(phase, failures)` as the state of `id`.
+fn save_state(store: &dyn Store, id: &str, phase: &str, failures: u32) {
+    store
+        .save_resource_state(&rid(id), &resource_state(phase, failures))
+        .expect("save");
+}
+
 fn agent_record() -> AgentRecord {
     AgentRecord {
         agent_id: agent(),
@@ -139,18 +153,10 @@ fn round_trip_every_record_kind(store: &dyn Store) {
         Some(manifest(4, "bye\n"))
     );
 
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
-    store
-        .save_ownership_record(&rid("issue"), &record("/etc/issue"))
-        .expect("save");
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Failed", 2))
-        .expect("save");
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-        .expect("save");
+    save_record(store, "motd", "/etc/motd");
+    save_record(store, "issue", "/etc/issue");
+    save_state(store, "motd", "Failed", 2);
+    save_state(store, "motd", "Ready", 0);
     let records = store.ownership_records().expect("load");
     assert_eq!(records.len(), 2);
     assert_eq!(records[&rid("issue")], record("/etc/issue"));
@@ -282,12 +288,8 @@ fn the_files_are_laid_out_as_design_section_6_says() {
     store.save_status(&status(1)).expect("save");
     store.save_last_report_seq(1).expect("save");
     store.enqueue_report(&status(1)).expect("save");
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-        .expect("save");
+    save_record(&store, "motd", "/etc/motd");
+    save_state(&store, "motd", "Ready", 0);
     store
         .append_event(event(EventKind::ResourceCreated, Some("motd"), "created"))
         .expect("append");

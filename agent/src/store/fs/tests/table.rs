@@ -13,15 +13,9 @@ fn journal_len(dir: &Path) -> u64 {
 fn records_and_states_come_back_from_the_journal_without_a_flush_and_a_torn_tail_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-        .expect("save");
-    store
-        .save_resource_state(&rid("issue"), &resource_state("Failed", 2))
-        .expect("save");
+    save_record(&store, "motd", "/etc/motd");
+    save_state(&store, "motd", "Ready", 0);
+    save_state(&store, "issue", "Failed", 2);
     store.remove_resource_state(&rid("issue")).expect("remove");
     // A kill -9: no flush, no drop-time work beyond releasing the lock.
     drop(store);
@@ -48,9 +42,7 @@ fn records_and_states_come_back_from_the_journal_without_a_flush_and_a_torn_tail
     assert_eq!(states.keys().collect::<Vec<_>>(), [&rid("motd")]);
     assert_eq!(states[&rid("motd")], resource_state("Ready", 0));
 
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Failed", 1))
-        .expect("save");
+    save_state(&store, "motd", "Failed", 1);
     store.flush().expect("flush");
     let text = fs::read_to_string(&journal).expect("read");
     assert!(text.starts_with(std::str::from_utf8(&whole).expect("utf-8")));
@@ -70,22 +62,14 @@ fn records_and_states_come_back_from_the_journal_without_a_flush_and_a_torn_tail
 fn saving_an_unchanged_record_or_state_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store
-        .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-        .expect("save");
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-        .expect("save");
+    save_record(&store, "motd", "/etc/motd");
+    save_state(&store, "motd", "Ready", 0);
     store.flush().expect("flush");
     let written = journal_len(dir.path());
     assert!(written > 0);
     for _ in 0..100 {
-        store
-            .save_ownership_record(&rid("motd"), &record("/etc/motd"))
-            .expect("save");
-        store
-            .save_resource_state(&rid("motd"), &resource_state("Ready", 0))
-            .expect("save");
+        save_record(&store, "motd", "/etc/motd");
+        save_state(&store, "motd", "Ready", 0);
         store.remove_resource_state(&rid("gone")).expect("remove");
         store.remove_ownership_record(&rid("gone")).expect("remove");
         store.flush().expect("flush");
@@ -95,9 +79,7 @@ fn saving_an_unchanged_record_or_state_writes_nothing() {
         written,
         "a resync pass writes nothing"
     );
-    store
-        .save_resource_state(&rid("motd"), &resource_state("Ready", 1))
-        .expect("save");
+    save_state(&store, "motd", "Ready", 1);
     assert!(journal_len(dir.path()) > written, "a change is written");
 }
 
