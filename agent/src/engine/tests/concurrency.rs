@@ -16,10 +16,7 @@ async fn no_more_than_the_concurrency_bound_run_at_once_within_a_kind() {
     let (mut engine, fake) = engine(fake, settings);
     let ids = files(12);
     let resources: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "File")).collect();
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
-        .expect("accept");
-    engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &resources)).await;
     assert_eq!(fake.calls().len(), 12);
     assert_eq!(fake.most_running.load(Ordering::SeqCst), 3);
     // Started in the manifest's order.
@@ -46,10 +43,7 @@ async fn each_kind_gets_its_whole_list_at_once_kind_after_kind() {
         ("db", "Container"),
         ("f2", "File"),
     ];
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
-        .expect("accept");
-    engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &resources)).await;
     let handed: Vec<Vec<String>> = fake
         .handed
         .lock()
@@ -79,12 +73,7 @@ async fn each_resource_has_its_own_timeout_and_failure() {
         ..FakeReconciler::default()
     };
     fake.fail("broken");
-    let settings = EngineSettings {
-        concurrency: 1,
-        apply_timeout: Duration::from_millis(100),
-        ..EngineSettings::default()
-    };
-    let (mut engine, fake) = engine(fake, settings);
+    let (mut engine, fake) = serial_engine(fake);
     // One at a time: the resources after the hung and the panicking one still get applied.
     let resources = [
         ("first", "File"),
@@ -94,10 +83,7 @@ async fn each_resource_has_its_own_timeout_and_failure() {
         ("buggy", "File"),
         ("last", "File"),
     ];
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
-        .expect("accept");
-    let outcome = engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    let outcome = accept_and_pass(&mut engine, manifest(1, &resources)).await;
     assert!(outcome.complete);
     let status = engine.build_status(&Connectivity::Online).expect("status");
     let reason = |id: &str| {

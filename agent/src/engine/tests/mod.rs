@@ -224,6 +224,17 @@ fn a_changed() -> AgentManifest {
     .expect("valid")
 }
 
+/// Accepts `manifest` and runs one pass that no shutdown stops.
+async fn accept_and_pass(
+    engine: &mut Engine<FakeReconciler>,
+    manifest: AgentManifest,
+) -> PassOutcome {
+    engine
+        .accept(DesiredUpdate::Manifest(manifest))
+        .expect("accept");
+    engine.pass(&Shutdown::new().signal()).await.expect("pass")
+}
+
 /// The `report_seq` of the report waiting in the store's outbox, if one is.
 fn outbox_seq(engine: &Engine<FakeReconciler>) -> Option<u64> {
     engine
@@ -241,6 +252,16 @@ fn engine(
     let fake = Arc::new(fake);
     let engine = Engine::new(store, Arc::clone(&fake), settings, agent_info()).expect("engine");
     (engine, fake)
+}
+
+/// An engine over `fake` that applies one resource at a time and gives each 100 ms.
+fn serial_engine(fake: FakeReconciler) -> (Engine<FakeReconciler>, Arc<FakeReconciler>) {
+    let settings = EngineSettings {
+        concurrency: 1,
+        apply_timeout: Duration::from_millis(100),
+        ..EngineSettings::default()
+    };
+    engine(fake, settings)
 }
 
 fn phase(engine: &Engine<FakeReconciler>, id: &str) -> Phase {
@@ -418,6 +439,21 @@ impl Rollout {
         self.engine
             .build_status(&Connectivity::Online)
             .expect("status")
+    }
+
+    /// The generation of the manifest the engine would roll back to.
+    fn known_good_generation(&self) -> Option<u64> {
+        self.engine
+            .rollout()
+            .known_good
+            .as_ref()
+            .and_then(|m| m.generation)
+    }
+
+    /// The status's (received, applied) generations.
+    fn generations(&self) -> (u64, u64) {
+        let status = self.status();
+        (status.manifest_generation, status.observed_generation)
     }
 
     fn rolled_back_condition(&self) -> Option<fleetlet_manifests::Condition> {

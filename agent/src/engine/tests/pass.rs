@@ -6,7 +6,6 @@ use super::*;
 #[tokio::test]
 async fn applies_go_session_storage_file_systemd_unit_container_and_deletes_go_in_reverse() {
     let (mut engine, fake) = engine(FakeReconciler::default(), EngineSettings::default());
-    let shutdown = Shutdown::new();
     // Listed in the worst order on purpose.
     let kinds = [
         ("web", "Container"),
@@ -14,20 +13,14 @@ async fn applies_go_session_storage_file_systemd_unit_container_and_deletes_go_i
         ("motd", "File"),
         ("scratch", "SessionStorage"),
     ];
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &kinds)))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &kinds)).await;
     let applies: Vec<Call> = fake.calls();
     assert_eq!(
         applies,
         ["scratch", "motd", "kiosk", "web"].map(|id| Call::Apply(id.into()))
     );
 
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(2, &[])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(2, &[])).await;
     let deletes: Vec<Call> = fake.calls()[4..].to_vec();
     assert_eq!(
         deletes,
@@ -40,15 +33,8 @@ async fn applies_go_session_storage_file_systemd_unit_container_and_deletes_go_i
 #[tokio::test]
 async fn deletes_run_before_applies_so_a_freed_object_can_be_taken_over() {
     let (mut engine, fake) = engine(FakeReconciler::default(), EngineSettings::default());
-    let shutdown = Shutdown::new();
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &[("old", "File")])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(2, &[("new", "File")])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &[("old", "File")])).await;
+    accept_and_pass(&mut engine, manifest(2, &[("new", "File")])).await;
     let calls = fake.calls();
     assert!(
         position(&calls, &Call::Delete("old".into()))
@@ -63,22 +49,14 @@ async fn one_failing_resource_never_blocks_the_others() {
         ..FakeReconciler::default()
     };
     fake.fail("broken");
-    let settings = EngineSettings {
-        concurrency: 1,
-        apply_timeout: Duration::from_millis(100),
-        ..EngineSettings::default()
-    };
-    let (mut engine, _fake) = engine(fake, settings);
+    let (mut engine, _fake) = serial_engine(fake);
     let resources = [
         ("broken", "File"),
         ("stuck", "File"),
         ("fine", "File"),
         ("unit", "SystemdUnit"),
     ];
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &resources)))
-        .expect("accept");
-    let outcome = engine.pass(&Shutdown::new().signal()).await.expect("pass");
+    let outcome = accept_and_pass(&mut engine, manifest(1, &resources)).await;
     assert!(outcome.complete);
     assert_eq!(phase(&engine, "fine"), Phase::Ready);
     assert_eq!(phase(&engine, "unit"), Phase::Ready);
@@ -161,15 +139,8 @@ async fn a_changed_spec_is_retried_at_once_despite_backoff() {
     let fake = FakeReconciler::default();
     fake.fail("a");
     let (mut engine, fake) = engine(fake, EngineSettings::default());
-    let shutdown = Shutdown::new();
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &[("a", "File")])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
-    engine
-        .accept(DesiredUpdate::Manifest(a_changed()))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &[("a", "File")])).await;
+    accept_and_pass(&mut engine, a_changed()).await;
     assert_eq!(
         fake.calls(),
         [Call::Apply("a".into()), Call::Apply("a".into())]

@@ -16,14 +16,7 @@ use crate::store::{DeadlineOutcome, MissedDeadline, ResourceState, RolloutState,
 async fn a_generation_not_ready_by_its_deadline_rolls_back_to_the_known_good_one() {
     let mut t = Rollout::new();
     t.apply(good()).await;
-    assert_eq!(
-        t.engine
-            .rollout()
-            .known_good
-            .as_ref()
-            .and_then(|m| m.generation),
-        Some(4)
-    );
+    assert_eq!(t.known_good_generation(), Some(4));
     t.apply(bad(OnFailure::Rollback)).await;
     assert_eq!(phase(&t.engine, "web"), Phase::Failed);
     assert_eq!(phase(&t.engine, "banner"), Phase::Ready);
@@ -84,11 +77,7 @@ async fn the_rolled_back_generation_is_not_retried_when_it_arrives_again_or_afte
 
     assert_eq!(t.applies_of(&bad(OnFailure::Rollback), "web"), 1);
     assert_eq!(t.applies_of(&bad(OnFailure::Rollback), "banner"), 1);
-    let status = t.status();
-    assert_eq!(
-        (status.manifest_generation, status.observed_generation),
-        (5, 4)
-    );
+    assert_eq!(t.generations(), (5, 4));
     assert_eq!(
         t.rolled_back_condition().map(|c| c.status),
         Some(ConditionStatus::True)
@@ -132,14 +121,7 @@ async fn a_newer_generation_ends_the_rollback_and_is_applied() {
     assert!(crate::status::is_converged(&status));
     assert_eq!(t.rolled_back_condition(), None);
     assert_eq!(t.engine.rollout().missed, None);
-    assert_eq!(
-        t.engine
-            .rollout()
-            .known_good
-            .as_ref()
-            .and_then(|m| m.generation),
-        Some(6)
-    );
+    assert_eq!(t.known_good_generation(), Some(6));
 }
 
 #[tokio::test]
@@ -152,11 +134,7 @@ async fn with_hold_the_generation_stays_failed_and_says_so() {
     assert_eq!(phase(&t.engine, "web"), Phase::Failed);
     assert_eq!(phase(&t.engine, "banner"), Phase::Ready);
     assert_eq!(t.applies_of(&good(), "web"), 1, "never rolled back");
-    let status = t.status();
-    assert_eq!(
-        (status.manifest_generation, status.observed_generation),
-        (5, 5)
-    );
+    assert_eq!(t.generations(), (5, 5));
     let condition = t.rolled_back_condition().expect("RolledBack condition");
     assert_eq!(condition.status, ConditionStatus::False);
     assert_eq!(condition.reason, "HoldPolicy");
@@ -224,21 +202,11 @@ async fn a_generation_ready_in_time_becomes_known_good_and_never_rolls_back() {
 async fn a_resource_that_failed_to_apply_is_deleted_at_once_when_it_leaves_the_manifest() {
     let fake = FakeReconciler::default();
     let (mut engine, fake) = engine(fake, EngineSettings::default());
-    let shutdown = Shutdown::new();
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(1, &[("a", "File")])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(1, &[("a", "File")])).await;
     fake.fail("a");
-    engine
-        .accept(DesiredUpdate::Manifest(a_changed()))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, a_changed()).await;
     assert_eq!(phase(&engine, "a"), Phase::Failed);
-    engine
-        .accept(DesiredUpdate::Manifest(manifest(3, &[])))
-        .expect("accept");
-    engine.pass(&shutdown.signal()).await.expect("pass");
+    accept_and_pass(&mut engine, manifest(3, &[])).await;
     assert_eq!(fake.calls().last(), Some(&Call::Delete("a".into())));
 }
 
@@ -275,11 +243,7 @@ async fn a_rollback_survives_a_restart_over_the_filesystem_store() {
     };
     t.apply(bad(OnFailure::Rollback)).await;
     assert_eq!(t.applies_of(&bad(OnFailure::Rollback), "web"), 1);
-    let status = t.status();
-    assert_eq!(
-        (status.manifest_generation, status.observed_generation),
-        (5, 4)
-    );
+    assert_eq!(t.generations(), (5, 4));
     assert_eq!(
         t.rolled_back_condition().map(|c| c.reason),
         Some("ProgressDeadlineExceeded".to_owned())
