@@ -251,6 +251,21 @@ pub struct OwnershipRecord {
     pub owned: Owned,
 }
 
+/// A File ownership record for `path`, the one the store tests save, read back and remove.
+#[cfg(test)]
+pub(crate) fn file_record(path: &str) -> OwnershipRecord {
+    OwnershipRecord {
+        kind: Kind::File,
+        spec_hash: "sha256:abc".into(),
+        generation: 3,
+        owned: Owned::File(OwnedFile {
+            path: path.into(),
+            created: true,
+            sha256: "00ff".into(),
+        }),
+    }
+}
+
 /// The kind-specific part of an ownership record. Later kinds add a variant each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "PascalCase")]

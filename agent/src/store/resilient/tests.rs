@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use fleetlet_manifests::{AgentId, AgentManifest, Kind, ResourceId};
+use fleetlet_manifests::{AgentId, AgentManifest, ResourceId};
 use serde_json::json;
 
 use super::*;
+use crate::store::EventKind;
 use crate::store::failing::FailingStore;
-use crate::store::{EventKind, Owned, OwnedFile};
+use crate::store::file_record as record;
 
 fn manifest(generation: u64) -> AgentManifest {
     AgentManifest::from_value(json!({
@@ -15,19 +16,6 @@ fn manifest(generation: u64) -> AgentManifest {
         "generation": generation, "resources": [],
     }))
     .expect("valid manifest")
-}
-
-fn record(path: &str) -> OwnershipRecord {
-    OwnershipRecord {
-        kind: Kind::File,
-        spec_hash: "h".into(),
-        generation: 1,
-        owned: Owned::File(OwnedFile {
-            path: path.into(),
-            created: true,
-            sha256: String::new(),
-        }),
-    }
 }
 
 fn stores() -> (Arc<FailingStore>, ResilientStore) {

@@ -1,21 +1,7 @@
 //! Tests of the resource table's journal: a change is one line that reads back and applies idempotently.
 
 use super::*;
-use crate::store::{Owned, OwnedFile};
-use fleetlet_manifests::Kind;
-
-fn record(path: &str) -> OwnershipRecord {
-    OwnershipRecord {
-        kind: Kind::File,
-        spec_hash: "sha256:abc".into(),
-        generation: 1,
-        owned: Owned::File(OwnedFile {
-            path: path.into(),
-            created: true,
-            sha256: "00".into(),
-        }),
-    }
-}
+use crate::store::file_record as record;
 
 #[test]
 fn a_change_is_one_line_that_reads_back_and_applies_idempotently() {

@@ -4,11 +4,12 @@
 use std::fs::{self, OpenOptions};
 use std::path::Path;
 
-use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, Kind, ResourceId};
+use fleetlet_manifests::{AgentId, AgentManifest, AgentStatus, ResourceId};
 use serde_json::json;
 
 use super::*;
-use crate::store::{EventKind, MAX_EVENTS_PER_READ, MemoryStore, NewEvent, Owned, OwnedFile};
+use crate::store::file_record as record;
+use crate::store::{EventKind, MAX_EVENTS_PER_READ, MemoryStore, NewEvent};
 
 mod budget;
 mod damage;
@@ -78,19 +79,6 @@ fn status(report_seq: u64) -> AgentStatus {
                                "generation": 3, "specHash": "sha256:abc"}}
     }))
     .expect("valid status")
-}
-
-fn record(path: &str) -> OwnershipRecord {
-    OwnershipRecord {
-        kind: Kind::File,
-        spec_hash: "sha256:abc".into(),
-        generation: 3,
-        owned: Owned::File(OwnedFile {
-            path: path.into(),
-            created: true,
-            sha256: "00ff".into(),
-        }),
-    }
 }
 
 /// Saves `record(path)` as the ownership record of `id`.
