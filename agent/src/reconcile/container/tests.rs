@@ -74,6 +74,29 @@ fn container_details(applied: &Applied) -> ContainerDetails {
     }
 }
 
+/// A `web` container created and started by a first apply: the reconciler, the resource, the
+/// container's id and the record of that apply (what the engine passes to the next one).
+async fn created(
+    extra: serde_json::Value,
+) -> (
+    ContainerReconciler<FakeRuntime>,
+    Resource,
+    String,
+    (String, OwnedContainer),
+) {
+    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
+    let resource = web(extra);
+    let applied = apply(&reconciler, &resource, None).await.expect("apply");
+    let id = container_details(&applied).container_id.expect("id");
+    let previous = record(&resource, &applied);
+    (reconciler, resource, id, previous)
+}
+
+/// Takes the runtime's calls since the last take and says whether one of them is `which`.
+fn took_a_call(reconciler: &ContainerReconciler<FakeRuntime>, which: fn(&Call) -> bool) -> bool {
+    reconciler.runtime().take_calls().iter().any(which)
+}
+
 fn ago(seconds: i64) -> OffsetDateTime {
     OffsetDateTime::now_utc() - time::Duration::seconds(seconds)
 }
@@ -155,11 +178,8 @@ async fn a_spec_change_removes_the_old_container_and_creates_a_new_one() {
 
 #[tokio::test]
 async fn an_exited_container_under_always_is_restarted_with_growing_delays() {
-    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
-    let resource = web(json!({"restartPolicy": "Always"}));
-    let applied = apply(&reconciler, &resource, None).await.expect("apply");
-    let id = container_details(&applied).container_id.expect("id");
-    let mut previous = record(&resource, &applied);
+    let (reconciler, resource, id, mut previous) =
+        created(json!({"restartPolicy": "Always"})).await;
 
     // First exit, long enough ago: restarted at once and counted.
     reconciler.runtime().exit(&id, 137, ago(5));
@@ -196,13 +216,7 @@ async fn an_exited_container_under_always_is_restarted_with_growing_delays() {
         panic!("details of the exited container");
     };
     assert_eq!((details.exit_code, details.restarts), (Some(137), 1));
-    assert!(
-        !reconciler
-            .runtime()
-            .take_calls()
-            .iter()
-            .any(|c| matches!(c, Call::Start(_)))
-    );
+    assert!(!took_a_call(&reconciler, |c| matches!(c, Call::Start(_))));
 
     // Once the delay has passed it is restarted; the next delay doubles.
     reconciler.runtime().exit(&id, 137, ago(3));
@@ -224,11 +238,7 @@ async fn an_exited_container_under_always_is_restarted_with_growing_delays() {
 
 #[tokio::test]
 async fn a_container_that_ran_long_before_exiting_starts_a_fresh_streak() {
-    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
-    let resource = web(json!({}));
-    let applied = apply(&reconciler, &resource, None).await.expect("apply");
-    let id = container_details(&applied).container_id.expect("id");
-    let (hash, mut owned) = record(&resource, &applied);
+    let (reconciler, resource, id, (hash, mut owned)) = created(json!({})).await;
     owned.crash_streak = 8;
     owned.restarts = 8;
     let previous = (hash, owned);
@@ -251,13 +261,10 @@ async fn a_container_that_ran_long_before_exiting_starts_a_fresh_streak() {
 
 #[tokio::test]
 async fn under_never_an_exited_container_stays_down_and_reports_its_exit_code() {
-    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
-    let resource = web(json!({"restartPolicy": "Never"}));
-    let applied = apply(&reconciler, &resource, None).await.expect("apply");
-    let id = container_details(&applied).container_id.expect("id");
+    let (reconciler, resource, id, previous) = created(json!({"restartPolicy": "Never"})).await;
     reconciler.runtime().exit(&id, 137, ago(60));
     reconciler.runtime().take_calls();
-    let error = apply(&reconciler, &resource, Some(&record(&resource, &applied)))
+    let error = apply(&reconciler, &resource, Some(&previous))
         .await
         .expect_err("exited");
     assert_eq!(error.reason(), ErrorReason::ContainerExited);
@@ -496,13 +503,7 @@ async fn images_follow_the_pull_policy() {
     let never = resource(json!({"image": "localhost/nope:1", "pullPolicy": "Never"}));
     let error = apply(&reconciler, &never, None).await.expect_err("missing");
     assert_eq!(error.reason(), ErrorReason::ImageNotFound);
-    assert!(
-        !reconciler
-            .runtime()
-            .take_calls()
-            .iter()
-            .any(|c| matches!(c, Call::Pull(_)))
-    );
+    assert!(!took_a_call(&reconciler, |c| matches!(c, Call::Pull(_))));
 
     let if_missing = resource(json!({"image": "localhost/nope:1", "pullPolicy": "IfNotPresent"}));
     let error = apply(&reconciler, &if_missing, None)
@@ -525,13 +526,7 @@ async fn images_follow_the_pull_policy() {
     )
     .await
     .expect("present");
-    assert!(
-        !reconciler
-            .runtime()
-            .take_calls()
-            .iter()
-            .any(|c| matches!(c, Call::Pull(_)))
-    );
+    assert!(!took_a_call(&reconciler, |c| matches!(c, Call::Pull(_))));
 }
 
 #[tokio::test]
@@ -577,16 +572,22 @@ fn scratch() -> ResourceId {
     ResourceId::try_from("scratch").expect("resource id")
 }
 
-#[tokio::test]
-async fn a_ready_volume_is_bound_and_a_new_session_directory_replaces_the_container() {
+/// Session storage `scratch` is ready, its data directory at `path`.
+fn scratch_ready_at(volumes: &SessionVolumes, path: &str) {
+    volumes.set(&scratch(), VolumeState::Ready { path: path.into() });
+}
+
+/// A reconciler whose session storage `scratch` is ready at `path`, and the volumes it reads.
+fn with_scratch_at(path: &str) -> (SessionVolumes, ContainerReconciler<FakeRuntime>) {
     let volumes = SessionVolumes::default();
     let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE])).with_volumes(volumes.clone());
-    volumes.set(
-        &scratch(),
-        VolumeState::Ready {
-            path: "/sessions/scratch@s1/data".into(),
-        },
-    );
+    scratch_ready_at(&volumes, path);
+    (volumes, reconciler)
+}
+
+#[tokio::test]
+async fn a_ready_volume_is_bound_and_a_new_session_directory_replaces_the_container() {
+    let (volumes, reconciler) = with_scratch_at("/sessions/scratch@s1/data");
     let resource = web(json!({"volumes": [
         {"sessionStorage": "scratch", "mountPath": "/data", "readOnly": true}]}));
     let first = apply(&reconciler, &resource, None).await.expect("apply");
@@ -607,12 +608,7 @@ async fn a_ready_volume_is_bound_and_a_new_session_directory_replaces_the_contai
         .expect("apply");
     assert_eq!(unchanged.change, Change::Unchanged);
 
-    volumes.set(
-        &scratch(),
-        VolumeState::Ready {
-            path: "/sessions/scratch@s2/data".into(),
-        },
-    );
+    scratch_ready_at(&volumes, "/sessions/scratch@s2/data");
     let moved = apply(&reconciler, &resource, Some(&record(&resource, &first)))
         .await
         .expect("apply");
@@ -624,14 +620,7 @@ async fn a_ready_volume_is_bound_and_a_new_session_directory_replaces_the_contai
 
 #[tokio::test]
 async fn an_evicted_volume_fails_and_stops_the_container_instead_of_running_it_empty() {
-    let volumes = SessionVolumes::default();
-    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE])).with_volumes(volumes.clone());
-    volumes.set(
-        &scratch(),
-        VolumeState::Ready {
-            path: "/sessions/scratch@s1/data".into(),
-        },
-    );
+    let (volumes, reconciler) = with_scratch_at("/sessions/scratch@s1/data");
     let resource = web(json!({"volumes": [{"sessionStorage": "scratch", "mountPath": "/data"}]}));
     let first = apply(&reconciler, &resource, None).await.expect("apply");
     let first_id = container_details(&first).container_id.expect("id");
@@ -652,11 +641,7 @@ async fn an_evicted_volume_fails_and_stops_the_container_instead_of_running_it_e
 
 #[tokio::test]
 async fn a_removed_container_is_recreated_and_its_restart_count_kept() {
-    let reconciler = reconciler(FakeRuntime::with_images(&[IMAGE]));
-    let resource = web(json!({}));
-    let applied = apply(&reconciler, &resource, None).await.expect("apply");
-    let id = container_details(&applied).container_id.expect("id");
-    let (hash, mut owned) = record(&resource, &applied);
+    let (reconciler, resource, id, (hash, mut owned)) = created(json!({})).await;
     owned.restarts = 3;
     reconciler.runtime().remove(&id).await.expect("remove");
     let repaired = apply(&reconciler, &resource, Some(&(hash, owned)))
