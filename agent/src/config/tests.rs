@@ -66,6 +66,22 @@ fn standalone(args: &[&str], file: &str) -> Result<Config, ConfigError> {
     )
 }
 
+/// Agent `pi-1` of the manager at http://m:7800, from flags alone, with `args` added.
+fn managed(args: &[&str]) -> Result<Config, ConfigError> {
+    let mut all = vec![
+        "fleetlet-agent",
+        "--agent-id",
+        "pi-1",
+        "--manager-url",
+        "http://m:7800",
+    ];
+    all.extend_from_slice(args);
+    Config::resolve(
+        Settings::from_args(all).expect("flags parse"),
+        Settings::default(),
+    )
+}
+
 #[test]
 fn sizes_take_the_documented_forms() {
     assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
@@ -276,36 +292,14 @@ fn a_token_given_both_inline_and_as_a_file_is_refused() {
         ("--token", "--token-file"),
         ("--bootstrap-token", "--bootstrap-token-file"),
     ] {
-        let cli = Settings::from_args([
-            "fleetlet-agent",
-            "--agent-id",
-            "pi-1",
-            "--manager-url",
-            "http://m:7800",
-            inline,
-            "inline",
-            file_flag,
-            file,
-        ])
-        .expect("flags parse");
-        let error = Config::resolve(cli, Settings::default()).expect_err("refused");
+        let error = managed(&[inline, "inline", file_flag, file]).expect_err("refused");
         assert!(error.to_string().contains("set only one of"), "{error}");
     }
 }
 
 #[test]
 fn the_token_never_shows_in_debug_output() {
-    let cli = Settings::from_args([
-        "fleetlet-agent",
-        "--agent-id",
-        "pi-1",
-        "--manager-url",
-        "http://m:7800",
-        "--token",
-        "very-secret-token",
-    ])
-    .expect("flags parse");
-    let config = Config::resolve(cli, Settings::default()).expect("valid");
+    let config = managed(&["--token", "very-secret-token"]).expect("valid");
     assert!(!format!("{config:?}").contains("very-secret-token"));
     assert!(!config.snapshot().to_string().contains("very-secret-token"));
 }
