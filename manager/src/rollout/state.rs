@@ -178,17 +178,12 @@ impl RolloutState {
                 let Some(good) = self.good_revision else {
                     return Err(refuse(": no earlier revision completed its rollout"));
                 };
+                // A fresh rollout of the good revision, apart from where it came from.
                 next = Self {
-                    target_revision: good,
                     good_revision: Some(good),
                     rolled_back_from: Some(self.target_revision),
                     phase: RolloutPhase::RolledBack,
-                    planned: None,
-                    batches: Vec::new(),
-                    batch_done: false,
-                    pause_reason: None,
-                    paused_awaiting_approval: false,
-                    paused_unwritten: false,
+                    ..Self::first(good)
                 };
                 NewEvent::new(
                     EventType::RolloutRolledBack,
