@@ -231,16 +231,7 @@ impl MemoryStore {
                     created: false,
                 });
             }
-            let stored = StoredManifest {
-                generation: current + 1,
-                resources: manifest.resources,
-                content_hash: manifest.content_hash,
-                signature: manifest.signature,
-                rollout: manifest.rollout,
-                fleet: manifest.fleet,
-                created_at: now,
-                created_by: manifest.created_by,
-            };
+            let stored = manifest.into_stored(current + 1, now);
             agent.manifests.push(stored.clone());
             agent.append(
                 NewEvent::new(

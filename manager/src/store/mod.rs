@@ -118,6 +118,20 @@ impl NewManifest {
             if_generation,
         }
     }
+
+    /// The manifest as stored at `generation`, written `now` (both stores build it here).
+    pub fn into_stored(self, generation: u64, now: OffsetDateTime) -> StoredManifest {
+        StoredManifest {
+            generation,
+            resources: self.resources,
+            content_hash: self.content_hash,
+            signature: self.signature,
+            rollout: self.rollout,
+            fleet: self.fleet,
+            created_at: now,
+            created_by: self.created_by,
+        }
+    }
 }
 
 /// The result of storing a manifest.

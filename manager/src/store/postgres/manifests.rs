@@ -92,16 +92,7 @@ impl PgStore {
                 });
             }
         }
-        let stored = StoredManifest {
-            generation: current + 1,
-            resources: manifest.resources,
-            content_hash: manifest.content_hash,
-            signature: manifest.signature,
-            rollout: manifest.rollout,
-            fleet: manifest.fleet,
-            created_at: now,
-            created_by: manifest.created_by,
-        };
+        let stored = manifest.into_stored(current + 1, now);
         sqlx::query(
             "INSERT INTO manifests \
                (agent_id, generation, resources, content_hash, signature, rollout, created_at, \
