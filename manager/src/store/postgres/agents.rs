@@ -21,33 +21,17 @@ impl PgStore {
         token_hash: TokenHash,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
         // A decommissioned agent may come back under its id (a replaced device); an active one
         // may not be registered twice, which the WHERE of the upsert enforces.
-        let registered = sqlx::query(
-            "INSERT INTO agents (agent_id, labels, token_hash, registered_at) VALUES ($1, $2, $3, $4) \
+        let insert = "INSERT INTO agents (agent_id, labels, token_hash, registered_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (agent_id) DO UPDATE SET labels = EXCLUDED.labels, \
                token_hash = EXCLUDED.token_hash, registered_at = EXCLUDED.registered_at, \
                decommissioned_at = NULL \
              WHERE agents.decommissioned_at IS NOT NULL \
-             RETURNING agent_id",
-        )
-        .bind(agent_id.as_str())
-        .bind(Json(labels))
-        .bind(token_hash.to_hex())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if registered.is_none() {
-            return Err(StoreError::AgentExists(agent_id.clone()));
-        }
-        let event = NewEvent::new(
-            EventType::AgentRegistered,
-            serde_json::json!({"labels": labels}),
-        );
-        Self::append_events(&mut tx, agent_id, vec![event], now).await?;
-        tx.commit().await?;
-        Ok(())
+             RETURNING agent_id";
+        let details = serde_json::json!({"labels": labels});
+        self.insert_agent(insert, agent_id, labels, token_hash, details, now)
+            .await
     }
 
     pub async fn enroll_agent(
@@ -57,26 +41,38 @@ impl PgStore {
         token_hash: TokenHash,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
         // Unlike an admin registration, enrollment never takes over an existing id, not even a
         // decommissioned one: bringing a device back is the admin's decision.
-        let enrolled = sqlx::query(
-            "INSERT INTO agents (agent_id, labels, token_hash, registered_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (agent_id) DO NOTHING RETURNING agent_id",
-        )
-        .bind(agent_id.as_str())
-        .bind(Json(labels))
-        .bind(token_hash.to_hex())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if enrolled.is_none() {
+        let insert = "INSERT INTO agents (agent_id, labels, token_hash, registered_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (agent_id) DO NOTHING RETURNING agent_id";
+        let details = serde_json::json!({"labels": labels, "via": "enroll"});
+        self.insert_agent(insert, agent_id, labels, token_hash, details, now)
+            .await
+    }
+
+    /// Runs `insert` (which returns the agent id only when it took the row), then records
+    /// `AgentRegistered` with `details`, in one transaction; no row is `AgentExists`.
+    async fn insert_agent(
+        &self,
+        insert: &'static str,
+        agent_id: &AgentId,
+        labels: &BTreeMap<String, String>,
+        token_hash: TokenHash,
+        details: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(insert)
+            .bind(agent_id.as_str())
+            .bind(Json(labels))
+            .bind(token_hash.to_hex())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if inserted.is_none() {
             return Err(StoreError::AgentExists(agent_id.clone()));
         }
-        let event = NewEvent::new(
-            EventType::AgentRegistered,
-            serde_json::json!({"labels": labels, "via": "enroll"}),
-        );
+        let event = NewEvent::new(EventType::AgentRegistered, details);
         Self::append_events(&mut tx, agent_id, vec![event], now).await?;
         tx.commit().await?;
         Ok(())
