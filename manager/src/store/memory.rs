@@ -115,7 +115,37 @@ impl MemoryStore {
         token_hash: TokenHash,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let details = serde_json::json!({"labels": labels});
+        self.insert_agent(agent_id, labels, token_hash, details, false, now)
+    }
+
+    pub async fn enroll_agent(
+        &self,
+        agent_id: &AgentId,
+        labels: &BTreeMap<String, String>,
+        token_hash: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        // Any known id, decommissioned or not, is taken (see the PostgreSQL store).
+        let details = serde_json::json!({"labels": labels, "via": "enroll"});
+        self.insert_agent(agent_id, labels, token_hash, details, true, now)
+    }
+
+    /// Registers `agent_id` under one lock: a new id, or (unless `known_is_taken`) a
+    /// decommissioned one; an active id is `AgentExists`.
+    fn insert_agent(
+        &self,
+        agent_id: &AgentId,
+        labels: &BTreeMap<String, String>,
+        token_hash: TokenHash,
+        details: serde_json::Value,
+        known_is_taken: bool,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let mut agents = self.lock();
+        if known_is_taken && agents.contains_key(agent_id) {
+            return Err(StoreError::AgentExists(agent_id.clone()));
+        }
         let agent = agents
             .entry(agent_id.clone())
             .or_insert_with(|| MemoryAgent {
@@ -135,28 +165,8 @@ impl MemoryStore {
         agent.decommissioned = false;
         agent.labels = labels.clone();
         agent.token_hash = Some(token_hash);
-        agent.append(
-            NewEvent::new(
-                EventType::AgentRegistered,
-                serde_json::json!({"labels": labels}),
-            ),
-            now,
-        );
+        agent.append(NewEvent::new(EventType::AgentRegistered, details), now);
         Ok(())
-    }
-
-    pub async fn enroll_agent(
-        &self,
-        agent_id: &AgentId,
-        labels: &BTreeMap<String, String>,
-        token_hash: TokenHash,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        // Any known id, decommissioned or not, is taken (see the PostgreSQL store).
-        if self.lock().contains_key(agent_id) {
-            return Err(StoreError::AgentExists(agent_id.clone()));
-        }
-        self.register_agent(agent_id, labels, token_hash, now).await
     }
 
     pub async fn rotate_token(

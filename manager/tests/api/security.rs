@@ -41,6 +41,14 @@ async fn a_device_enrolls_once_with_the_bootstrap_token_and_its_token_works(stor
     let fleet = server.json("/api/v1/agents?label=site=lab", ADMIN).await;
     assert_eq!(fleet["items"][0]["agentId"], "pi-new");
 
+    // Both stores record how the agent came to be, with the same payload.
+    let events = server
+        .json("/api/v1/agents/pi-new/events?limit=10", ADMIN)
+        .await;
+    assert_eq!(events["items"][0]["type"], "AgentRegistered");
+    assert_eq!(events["items"][0]["payload"]["via"], "enroll");
+    assert_eq!(events["items"][0]["payload"]["labels"]["site"], "lab");
+
     // Once: a second enrollment of the id is a conflict, and the first token keeps working.
     expect_error(enroll(&server, BOOTSTRAP, "pi-new").await, 409, "conflict").await;
     server
