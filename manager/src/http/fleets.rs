@@ -21,6 +21,7 @@ use super::cursor;
 use super::error::HttpError;
 use super::extract::{Caller, JsonBody, QueryParams};
 use super::nul::refuse_nul;
+use super::status::EventParams;
 use crate::rollout::selection::reselect;
 use crate::rollout::state::{RolloutState, supersede};
 use crate::rollout::view::fleet_view;
@@ -281,13 +282,6 @@ pub async fn revisions(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EventParams {
-    after_seq: Option<u64>,
-    limit: Option<usize>,
-}
-
 /// `GET /api/v1/fleets/{name}/events`: the fleet's event log, oldest first, after `afterSeq`.
 pub async fn events(
     State(state): State<AppState>,
@@ -296,16 +290,14 @@ pub async fn events(
     QueryParams(params): QueryParams<EventParams>,
 ) -> Result<Json<Page<Event>>, HttpError> {
     caller.require_reader()?;
-    let limit = params
-        .limit
-        .unwrap_or(DEFAULT_LIMIT)
-        .clamp(1, super::MAX_EVENTS_LIMIT);
+    let limit = params.limit();
     let store = readable(&state, &name)?;
     if store.get_fleet(&name).await?.is_none() {
         return Err(not_found(&name));
     }
-    let after = params.after_seq.unwrap_or(0).min(i64::MAX as u64);
-    let mut items = store.fleet_events(&name, after, limit + 1).await?;
+    let mut items = store
+        .fleet_events(&name, params.after_seq(), limit + 1)
+        .await?;
     let next_cursor = cursor::page(&mut items, limit, |e| e.seq.to_string());
     Ok(Json(Page { items, next_cursor }))
 }

@@ -87,11 +87,27 @@ pub async fn get(
     Ok(Json(StatusView { status, summary }))
 }
 
+/// The query of an event log read (an agent's or a fleet's): `afterSeq` and `limit`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventParams {
     after_seq: Option<u64>,
     limit: Option<usize>,
+}
+
+impl EventParams {
+    /// The page size asked for, within 1..=`MAX_EVENTS_LIMIT`.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(DEFAULT_EVENTS_LIMIT)
+            .clamp(1, MAX_EVENTS_LIMIT)
+    }
+
+    /// The seq to read after. Seqs are bigints: nothing lies above i64::MAX, so a larger
+    /// `afterSeq` is an empty page, not a value the store has to refuse.
+    pub(super) fn after_seq(&self) -> u64 {
+        self.after_seq.unwrap_or(0).min(i64::MAX as u64)
+    }
 }
 
 /// `GET /api/v1/agents/{agentId}/events`: the event log, oldest first, from `afterSeq` on.
@@ -103,19 +119,10 @@ pub async fn events(
     QueryParams(params): QueryParams<EventParams>,
 ) -> Result<Json<Page<Event>>, HttpError> {
     caller.require_reader()?;
-    let limit = params
-        .limit
-        .unwrap_or(DEFAULT_EVENTS_LIMIT)
-        .clamp(1, MAX_EVENTS_LIMIT);
+    let limit = params.limit();
     let mut items = state
         .store
-        // Seqs are bigints: nothing lies above i64::MAX, so a larger afterSeq is an empty page,
-        // not a value the store has to refuse.
-        .events(
-            &agent_id,
-            params.after_seq.unwrap_or(0).min(i64::MAX as u64),
-            limit + 1,
-        )
+        .events(&agent_id, params.after_seq(), limit + 1)
         .await?;
     let next_cursor = super::cursor::page(&mut items, limit, |e| e.seq.to_string());
     Ok(Json(Page { items, next_cursor }))
