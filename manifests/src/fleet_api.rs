@@ -42,7 +42,8 @@ pub enum RolloutPhase {
     /// render its parameters (`parameters`). The target revision goes to no further device until
     /// `resume`.
     Paused,
-    /// Every selected device was given the target revision.
+    /// Every batch passed: each selected device in contact was given the target revision; a
+    /// stale device of the last batch (`Deferred`) gets it when it is back in contact.
     Completed,
     /// Stopped for good by an operator; devices keep what they have.
     Aborted,
