@@ -1,7 +1,9 @@
 //! The connection loop: plain HTTP or HTTPS (rustls), with the limits that `axum::serve` cannot
 //! set: the size of a request's header block, and how long a client may take to finish its TLS
 //! handshake or send its headers. A slow or silent client costs one task and a socket for at most
-//! those timeouts, and never delays another client's handshake.
+//! those timeouts, and never delays another client's handshake. Each connection's TCP
+//! retransmission is tuned so that an answer lost in a partition arrives soon after it heals
+//! (`tcp.rs`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+
+pub mod tcp;
 
 /// The request line and headers together may not exceed this; hyper answers 431 beyond it.
 /// Real clients send well under 8 KiB; 64 KiB leaves room for long bearer tokens and proxies.
@@ -88,6 +92,7 @@ pub async fn serve(
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     let graceful = GracefulShutdown::new();
+    let mut warned_uncapped = false;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -104,6 +109,16 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let tuned = tcp::tune(&stream);
+        if !tuned.interval_capped && !warned_uncapped {
+            warned_uncapped = true;
+            tracing::warn!(
+                ?tuned,
+                "this kernel cannot cap TCP retransmission intervals (TCP_RTO_MAX_MS, Linux 6.15): \
+                 an answer lost in a network partition may reach its agent seconds to minutes \
+                 after the link heals"
+            );
+        }
         let service = TowerToHyperService::new(app.clone());
         // One task per connection, and a plain connection's task is only as large as a plain
         // connection: a single future for both cases would be sized for the TLS stream (its

@@ -587,6 +587,19 @@ impl ManagerProcess {
         Ok(page.items)
     }
 
+    /// The manager's Prometheus metrics text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self
+            .admin(self.http.get(format!("{}/metrics", self.url())))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET /metrics answered {status}: {}", response.text().await?);
+        }
+        Ok(response.text().await?)
+    }
+
     /// An admin GET of `path`, its JSON answer decoded; any other answer is an error naming it.
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self

@@ -5,6 +5,10 @@
 //! The faults are switched at run time through [`ProxyControl`]: a delay, and a number of the next
 //! connections to cut, each after a random number of answer bytes (1 to 200, counted over the
 //! connection's answers, so a cut may fall in a later answer of a kept-alive connection).
+//!
+//! Its accepted connections get the manager's own retransmission settings
+//! (`fleetlet_manager::server::tcp::tune`), as README asks of a proxy in front of a manager: the
+//! proxy, not the manager, is then the one resending an answer a partition dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ impl Proxy {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                fleetlet_manager::server::tcp::tune(&client);
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 let cut = shared
                     .cut_next

@@ -102,6 +102,37 @@ impl Rig {
         Ok(())
     }
 
+    /// Seconds from `since` to the manager's receipt (by its own clock) of the report that
+    /// observed `generation`.
+    async fn reported_since(&self, generation: u64, since: OffsetDateTime) -> anyhow::Result<f64> {
+        let events = self.manager.events(&self.agent_id).await?;
+        let reported = events
+            .iter()
+            .find(|event| {
+                event.type_ == EventType::StatusReported
+                    && event.payload["observedGeneration"].as_u64() == Some(generation)
+            })
+            .context("no StatusReported event for the generation pushed")?;
+        Ok((reported.created_at - since).as_seconds_f64())
+    }
+
+    /// Waits until the manager holds the agent's long-poll, with nothing else of the agent's in
+    /// flight (its report of the last generation was received: the caller waited for it).
+    async fn poll_held(&self) -> anyhow::Result<()> {
+        wait_for(
+            "the agent's long-poll to be held by the manager",
+            Duration::from_secs(30),
+            || async {
+                let metrics = self.manager.metrics().await.ok()?;
+                metrics
+                    .lines()
+                    .any(|line| line == "fleetlet_long_polls_open 1")
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// See [`check_nothing_lost`].
     async fn check_nothing_lost(&self, sampled: &[u64]) -> anyhow::Result<()> {
         check_nothing_lost(&self.manager, &self.dirs, &self.agent_id, sampled).await
@@ -324,15 +355,7 @@ async fn a_generation_pushed_during_a_partition_converges_within_two_seconds_of_
             let partition = healed - cut_at;
             rig.converged(generation, Duration::from_secs(60)).await?;
             let by_poll = healed.elapsed().as_secs_f64();
-            let events = rig.manager.events(&rig.agent_id).await?;
-            let reported = events
-                .iter()
-                .find(|event| {
-                    event.type_ == EventType::StatusReported
-                        && event.payload["observedGeneration"].as_u64() == Some(generation)
-                })
-                .context("no StatusReported event for the generation pushed")?;
-            let by_event = (reported.created_at - heal_wall).as_seconds_f64();
+            let by_event = rig.reported_since(generation, heal_wall).await?;
             eprintln!(
                 "partition round {round}: {:.1} s partition ({:.1} s after the agent noticed), \
                  converged {by_event:.2} s after the heal (the manager's receipt; {by_poll:.2} s \
@@ -386,6 +409,81 @@ async fn a_generation_pushed_during_a_partition_converges_within_two_seconds_of_
         "a generation pushed during a partition converged later than {HEAL_BOUND:?} after the \
          heal: {}\nagent log:\n{}",
         slow.join("; "),
+        rig.agent_logs()
+    );
+    Ok(())
+}
+
+/// The partition the agent cannot notice: it comes and goes while the agent's long-poll is held,
+/// and the generation pushed meanwhile wakes the poll, so its answer is what the partition drops.
+/// The agent sends nothing until that answer comes; only the manager's retransmission of it can
+/// end the wait, so how soon after the heal that retransmission fires is the whole delay
+/// (manager/src/server/tcp.rs). With the kernel's own backoff the rounds took 0.17, 2.74, 5.46,
+/// 0.76 and 6.75 s; with the interval capped but no TCP_USER_TIMEOUT, the last two took 3.19 and
+/// 11.17 s (the kernel dropped the connection, and the agent learned of it from its keepalive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_lost_in_a_partition_shorter_than_the_long_poll_arrives_soon_after_the_heal()
+-> anyhow::Result<()> {
+    // Partitions from the push to the heal; the last outlasts the kernel's own give-up time at
+    // a 1 s retransmission cap (about 14 s), which the manager's TCP_USER_TIMEOUT overrides.
+    const HOLDS: [Duration; 5] = [
+        Duration::from_millis(1_500),
+        Duration::from_millis(4_000),
+        Duration::from_millis(8_000),
+        Duration::from_millis(13_000),
+        Duration::from_millis(20_000),
+    ];
+    let mut rig = Rig::new("netshort", false).await?;
+    // The poll outlasts every partition, and no heartbeat goes out during one: the agent sends
+    // nothing that could find the partition for it.
+    rig.options.watch_wait = "60s";
+    rig.options.report_interval = "10m";
+    let first = rig.push("before\n").await?;
+    rig.start_agent()?;
+    rig.converged(first, Duration::from_secs(60)).await?;
+    let mut figures = Vec::new();
+    for (round, hold) in HOLDS.iter().enumerate() {
+        rig.poll_held().await?;
+        rig.ns.set_link(Link::Partitioned)?;
+        let generation = rig
+            .push(&format!("pushed while the poll was held {round}\n"))
+            .await?;
+        tokio::time::sleep(*hold).await;
+        let sockets = rig.ns.tcp_sockets()?;
+        let heal_wall = OffsetDateTime::now_utc();
+        rig.ns.set_link(Link::Up)?;
+        rig.converged(generation, Duration::from_secs(90)).await?;
+        let after = rig.reported_since(generation, heal_wall).await?;
+        eprintln!(
+            "held-poll partition round {round}: {:.1} s partition, converged {after:.2} s after \
+             the heal (the manager's receipt); the agent's TCP sockets just before the heal:",
+            hold.as_secs_f64()
+        );
+        for line in sockets.lines().skip(1) {
+            eprintln!("    {line}");
+        }
+        figures.push((*hold, after));
+    }
+    let listed: Vec<String> = figures
+        .iter()
+        .map(|(_, after)| format!("{after:.2} s"))
+        .collect();
+    eprintln!(
+        "held-poll partition: heal -> converged in {} (bound {:.1} s)",
+        listed.join(", "),
+        HEAL_BOUND.as_secs_f64()
+    );
+    let slow: Vec<String> = figures
+        .iter()
+        .filter(|(_, after)| *after > HEAL_BOUND.as_secs_f64())
+        .map(|(hold, after)| format!("{:.1} s partition: {after:.2} s", hold.as_secs_f64()))
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "an answer lost in a partition reached the agent later than {HEAL_BOUND:?} after the \
+         heal: {}\nmanager log:\n{}\nagent log:\n{}",
+        slow.join("; "),
+        rig.manager.logs(),
         rig.agent_logs()
     );
     Ok(())
