@@ -1032,3 +1032,20 @@ fn the_unit_suffixes_the_reference_lists_are_the_codes() {
          fleetlet_manifests::ids::UNIT_SUFFIXES"
     );
 }
+
+#[test]
+fn the_pause_reasons_docs_fleets_lists_are_the_codes() {
+    use fleetlet_manager::rollout::state::PauseCause;
+    let codes: Vec<String> = PauseCause::ALL
+        .iter()
+        .map(|cause| format!("`{}`", cause.as_str()))
+        .collect();
+    let (last, rest) = codes.split_last().expect("pause causes");
+    let listed = format!("`RolloutPaused` (reason {} or {last}", rest.join(", "));
+    let text = read_doc("docs/fleets.md");
+    assert!(
+        text.contains(&listed),
+        "docs/fleets.md should list the pause reasons the controller emits as \"{listed}\" \
+         (fleetlet_manager::rollout::state::PauseCause)"
+    );
+}

@@ -209,7 +209,12 @@ async fn drive(
             .map_err(|e| StoreError::Internal(format!("rollout state: {e}")))?;
         let types: Vec<_> = outcome.events.iter().map(|e| e.type_).collect();
         for event in &outcome.events {
-            tracing::info!(fleet = %stored.name, event = event.type_.as_str(), payload = %event.payload, "rollout");
+            tracing::info!(
+                fleet = %stored.name,
+                event = event.type_.as_str(),
+                payload = %event.payload,
+                "rollout"
+            );
         }
         let write = RolloutWrite {
             version: stored.rollout_version,
@@ -228,7 +233,13 @@ async fn drive(
             .for_each(crate::metrics::count_fleet_event);
     }
     if !outcome.writes.is_empty() {
-        tracing::info!(fleet = %stored.name, devices = rows.len(), writes = outcome.writes.len(), ms = started.elapsed().as_millis(), "rollout step committed; writing manifests");
+        tracing::info!(
+            fleet = %stored.name,
+            devices = rows.len(),
+            writes = outcome.writes.len(),
+            ms = started.elapsed().as_millis(),
+            "rollout step committed; writing manifests"
+        );
     }
     write_devices(store, &stored.name, &rows, outcome.writes).await
 }
@@ -351,10 +362,23 @@ fn note_write(
     let error = match done {
         Ok(Ok((written, took))) => {
             for device in &written {
-                tracing::debug!(fleet = %name, agent_id = %device.agent_id, revision = device.revision, generation = device.generation, created = device.created, "fleet manifest written");
+                tracing::debug!(
+                    fleet = %name,
+                    agent_id = %device.agent_id,
+                    revision = device.revision,
+                    generation = device.generation,
+                    created = device.created,
+                    "fleet manifest written"
+                );
             }
             let created = written.iter().filter(|w| w.created).count();
-            tracing::info!(fleet = %name, devices = written.len(), new_generations = created, ms = took.as_millis(), "fleet manifests written");
+            tracing::info!(
+                fleet = %name,
+                devices = written.len(),
+                new_generations = created,
+                ms = took.as_millis(),
+                "fleet manifests written"
+            );
             return;
         }
         Ok(Err(error)) => error,

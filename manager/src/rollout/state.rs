@@ -8,6 +8,38 @@ use time::OffsetDateTime;
 
 use crate::store::NewEvent;
 
+/// Why a rollout paused: the `reason` of its `RolloutPaused` event (docs/fleets.md, "Events and
+/// metrics"); the state's `pause_reason` is the sentence for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// `POST …/rollout/pause`.
+    Operator,
+    /// A finished batch fell short of the success threshold.
+    Threshold,
+    /// No device of the running batch could be reached within its timeout.
+    Unreachable,
+    /// Every device the running batch could take failed to render its parameters.
+    Parameters,
+}
+
+impl PauseCause {
+    pub const ALL: [Self; 4] = [
+        Self::Operator,
+        Self::Threshold,
+        Self::Unreachable,
+        Self::Parameters,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Threshold => "threshold",
+            Self::Unreachable => "unreachable",
+            Self::Parameters => "parameters",
+        }
+    }
+}
+
 /// Where a fleet's rollout stands: everything the controller needs beyond the device rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -124,8 +156,8 @@ impl RolloutState {
                 next.paused_awaiting_approval = self.phase == RolloutPhase::WaitingApproval;
                 NewEvent::new(
                     EventType::RolloutPaused,
-                    serde_json::json!({"revision": revision, "reason": "operator",
-                        "batch": self.current_batch()}),
+                    serde_json::json!({"revision": revision,
+                        "reason": PauseCause::Operator.as_str(), "batch": self.current_batch()}),
                 )
             }
             (RolloutAction::Resume, RolloutPhase::Paused) => {

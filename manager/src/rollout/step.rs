@@ -12,7 +12,7 @@ use fleetlet_manifests::fleet_api::{DeviceRolloutState as D, RolloutPhase};
 use fleetlet_manifests::{AgentId, Phase};
 use time::OffsetDateTime;
 
-use super::state::{BatchOutcome, BatchRecord, RolloutState};
+use super::state::{BatchOutcome, BatchRecord, PauseCause, RolloutState};
 use crate::store::NewEvent;
 use crate::store::fleets::DeviceHealth;
 
@@ -411,8 +411,9 @@ fn advance(
             st.pause_reason = Some(reason.clone());
             events.push(NewEvent::new(
                 EventType::RolloutPaused,
-                serde_json::json!({"revision": target, "reason": "threshold", "batch": k,
-                    "devices": outcome.devices, "succeeded": outcome.succeeded,
+                serde_json::json!({"revision": target, "batch": k,
+                    "reason": PauseCause::Threshold.as_str(), "devices": outcome.devices,
+                    "succeeded": outcome.succeeded,
                     "failed": outcome.failed, "pending": outcome.pending,
                     "deferred": outcome.deferred, "threshold": plan.threshold_percent,
                     "message": reason}),
@@ -469,7 +470,7 @@ fn pause_unwritten(st: &mut RolloutState, plan: &Plan, u: Unwritten, events: &mu
             failed_to_render(u.unrendered),
             target
         );
-        ("parameters", reason)
+        (PauseCause::Parameters, reason)
     } else {
         let also = if u.unrendered > 0 {
             format!(", {}", failed_to_render(u.unrendered))
@@ -487,14 +488,14 @@ fn pause_unwritten(st: &mut RolloutState, plan: &Plan, u: Unwritten, events: &mu
             also,
             target
         );
-        ("unreachable", reason)
+        (PauseCause::Unreachable, reason)
     };
     st.phase = RolloutPhase::Paused;
     st.pause_reason = Some(reason.clone());
     st.paused_unwritten = true;
     events.push(NewEvent::new(
         EventType::RolloutPaused,
-        serde_json::json!({"revision": target, "reason": code, "batch": k,
+        serde_json::json!({"revision": target, "reason": code.as_str(), "batch": k,
             "devices": u.outcome.devices, "succeeded": 0, "failed": 0, "pending": 0,
             "deferred": u.outcome.deferred, "stale": u.stale,
             "parameterErrors": u.unrendered, "message": reason}),

@@ -104,14 +104,18 @@ impl Lab {
         u64::try_from(generation).expect("positive")
     }
 
-    async fn event_types(&self, name: &str) -> Vec<String> {
+    /// The fleet's events, oldest first.
+    async fn events(&self, name: &str) -> Vec<Value> {
         let page = self
             .server
             .json(&format!("/api/v1/fleets/{name}/events?limit=1000"), READER)
             .await;
-        page["items"]
-            .as_array()
-            .expect("items")
+        page["items"].as_array().expect("items").clone()
+    }
+
+    async fn event_types(&self, name: &str) -> Vec<String> {
+        self.events(name)
+            .await
             .iter()
             .map(|e| e["type"].as_str().expect("a type").to_owned())
             .collect()

@@ -29,14 +29,9 @@ async fn until_stopped(lab: &Lab, name: &str, within: Duration) -> Value {
 
 /// The payloads of the fleet's events of one type, oldest first.
 async fn payloads(lab: &Lab, name: &str, type_: &str) -> Vec<Value> {
-    let page = lab
-        .server
-        .json(&format!("/api/v1/fleets/{name}/events?limit=1000"), READER)
-        .await;
-    page["items"]
-        .as_array()
-        .expect("items")
-        .iter()
+    lab.events(name)
+        .await
+        .into_iter()
         .filter(|e| e["type"] == type_)
         .map(|e| e["payload"].clone())
         .collect()
