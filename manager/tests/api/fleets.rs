@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 use crate::support::{ADMIN, Backend, READER, TestServer, expect_error, serve, status};
 
+mod statistics;
 mod unwritten;
 
 const INTERVAL: Duration = Duration::from_secs(30);

@@ -21,9 +21,10 @@
 //!   the whole fleet list is walked 100 times in pages of `page` rows (default 500) while the pace
 //!   goes on; then `reporters` tasks (default 64) send status reports as fast as the manager
 //!   takes them for `seconds`, and the list is walked 20 times more; manager RSS at the end.
-//! - `fleet-rollout [devices] [reads]` (issue 20): a fleet of `devices` simulated agents holding
-//!   long-polls (default 10,000); the time to render and store a revision for all of them, then
-//!   the rollout status and pages of 1,000 device rows timed (`fleet_load/fleets.rs`).
+//! - `fleet-rollout [devices] [reads] [watchers]` (issue 20): a fleet of `devices` simulated
+//!   agents holding long-polls (default 10,000); the time to render and store a revision for all
+//!   of them, with `watchers` reading the rollout status once a second meanwhile, then the
+//!   rollout status and pages of 1,000 device rows timed (`fleet_load/fleets.rs`).
 //!
 //! The agent binary is `target/debug/fleetlet-agent` unless `--agent-bin` names another (the
 //! release build for memory figures). Debug builds of the manager are used throughout.
