@@ -424,6 +424,19 @@ fn quotes() -> Vec<Quote> {
         .expect("STATEMENT_TIMEOUT_MS is a number");
 
     vec![
+        // README.md: network partitions.
+        quote(
+            README,
+            "caps each connection's retransmission interval at {} s",
+            whole_secs(fleetlet_manager::server::tcp::RETRANSMIT_INTERVAL_MAX),
+            "fleetlet_manager::server::tcp::RETRANSMIT_INTERVAL_MAX, in seconds",
+        ),
+        quote(
+            README,
+            "keeps resending for {} s",
+            whole_secs(fleetlet_manager::server::tcp::UNACKED_LIMIT),
+            "fleetlet_manager::server::tcp::UNACKED_LIMIT, in seconds",
+        ),
         // README.md: running the manager.
         quote(
             README,

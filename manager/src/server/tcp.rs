@@ -3,7 +3,7 @@
 //! second after the link heals, not when the kernel's exponential backoff next fires, which after a
 //! partition of a few seconds is seconds away and after one of a minute is a minute away. The
 //! agent cannot notice such a partition itself: its long-poll is a request already sent, and it
-//! sends nothing more until the answer comes (RELIABILITY.md, "Bad network").
+//! sends nothing more until the answer comes (RELIABILITY.md, "Bad networks").
 //!
 //! Set on every accepted connection ([`tune`]):
 //! - `TCP_RTO_MAX_MS` = 1 s (Linux 6.15 and later): retransmission intervals double up to 1 s
